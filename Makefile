@@ -1,0 +1,56 @@
+# volplane — `make run` starts the whole system, `make test` runs the tests.
+# Everything lives in .venv, created here from pyproject.toml; nothing is installed globally.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+GEN    := volplane/csi
+STUBS  := $(GEN)/csi_pb2.py $(GEN)/csi_pb2_grpc.py
+
+.PHONY: all install proto run test unit integration bench rebuild clean distclean
+
+all: install proto
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Python stubs for proto/csi.proto; generated, never edited by hand.
+$(STUBS) &: proto/csi.proto $(STAMP)
+	mkdir -p $(GEN)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) proto/csi.proto
+	sed -i 's/^import csi_pb2 as csi__pb2/from . import csi_pb2 as csi__pb2/' $(GEN)/csi_pb2_grpc.py
+	touch $(GEN)/__init__.py
+
+proto: $(STUBS)
+
+run: install proto
+	$(BIN)/python -m volplane.launcher
+
+test: install proto
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+unit: install proto
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: install proto
+	$(BIN)/python -m pytest -q tests/integration
+
+bench: install proto
+	$(BIN)/python -m bench.csi_bench $(BENCH_ARGS)
+
+# Drop every projection in Redis and replay the event log (services may keep running).
+rebuild: install proto
+	$(BIN)/python -m services.rebuild
+
+clean:
+	rm -rf $(GEN) .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,88 @@
+"""CSI Node service: each call is checked, then sent to this node's nodeagent."""
+
+from __future__ import annotations
+
+import grpc
+
+from volplane import subjects
+from volplane.bus import Bus
+from volplane.commands import PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
+from volplane.csi import csi_pb2 as csi
+from volplane.csi import csi_pb2_grpc
+from volplane.errors import FailedPrecondition
+
+from . import convert
+from .errors import grpc_errors
+
+RPC = csi.NodeServiceCapability.RPC
+CAPABILITIES = (RPC.STAGE_UNSTAGE_VOLUME,)
+
+
+class Node(csi_pb2_grpc.NodeServicer):
+    def __init__(self, bus: Bus, node_id: str, max_volumes: int = 0) -> None:
+        self._bus = bus
+        self._node = node_id
+        self._max_volumes = max_volumes
+
+    def _subject(self, verb: str) -> str:
+        return subjects.node_command(self._node, verb)
+
+    async def NodeStageVolume(self, request: csi.NodeStageVolumeRequest, context: grpc.aio.ServicerContext) -> csi.NodeStageVolumeResponse:
+        async with grpc_errors(context):
+            cmd = StageVolume(
+                volume_id=convert.identifier("volume_id", request.volume_id),
+                staging_path=convert.required("staging_target_path", request.staging_target_path),
+                capability=_capability(request),
+                volume_context=dict(request.volume_context),
+            )
+            await self._bus.request(self._subject(subjects.NODE_STAGE), cmd, convert.deadline(context))
+            return csi.NodeStageVolumeResponse()
+
+    async def NodeUnstageVolume(self, request: csi.NodeUnstageVolumeRequest, context: grpc.aio.ServicerContext) -> csi.NodeUnstageVolumeResponse:
+        async with grpc_errors(context):
+            cmd = UnstageVolume(
+                volume_id=convert.identifier("volume_id", request.volume_id),
+                staging_path=convert.required("staging_target_path", request.staging_target_path),
+            )
+            await self._bus.request(self._subject(subjects.NODE_UNSTAGE), cmd, convert.deadline(context))
+            return csi.NodeUnstageVolumeResponse()
+
+    async def NodePublishVolume(self, request: csi.NodePublishVolumeRequest, context: grpc.aio.ServicerContext) -> csi.NodePublishVolumeResponse:
+        async with grpc_errors(context):
+            vid = convert.identifier("volume_id", request.volume_id)
+            target = convert.required("target_path", request.target_path)
+            cap = _capability(request)
+            if not request.staging_target_path:
+                # We advertise STAGE_UNSTAGE_VOLUME, so the CO must have staged first.
+                raise FailedPrecondition("staging_target_path: required, this plugin stages volumes")
+            cmd = PublishVolume(
+                volume_id=vid,
+                staging_path=request.staging_target_path,
+                target_path=target,
+                capability=cap,
+                readonly=request.readonly,
+                volume_context=dict(request.volume_context),
+            )
+            await self._bus.request(self._subject(subjects.NODE_PUBLISH), cmd, convert.deadline(context))
+            return csi.NodePublishVolumeResponse()
+
+    async def NodeUnpublishVolume(self, request: csi.NodeUnpublishVolumeRequest, context: grpc.aio.ServicerContext) -> csi.NodeUnpublishVolumeResponse:
+        async with grpc_errors(context):
+            cmd = UnpublishVolume(
+                volume_id=convert.identifier("volume_id", request.volume_id),
+                target_path=convert.required("target_path", request.target_path),
+            )
+            await self._bus.request(self._subject(subjects.NODE_UNPUBLISH), cmd, convert.deadline(context))
+            return csi.NodeUnpublishVolumeResponse()
+
+    async def NodeGetCapabilities(self, request: csi.NodeGetCapabilitiesRequest, context: grpc.aio.ServicerContext) -> csi.NodeGetCapabilitiesResponse:
+        return csi.NodeGetCapabilitiesResponse(capabilities=[csi.NodeServiceCapability(rpc=RPC(type=t)) for t in CAPABILITIES])
+
+    async def NodeGetInfo(self, request: csi.NodeGetInfoRequest, context: grpc.aio.ServicerContext) -> csi.NodeGetInfoResponse:
+        return csi.NodeGetInfoResponse(node_id=self._node, max_volumes_per_node=self._max_volumes)
+
+
+def _capability(request: csi.NodeStageVolumeRequest | csi.NodePublishVolumeRequest):  # type: ignore[no-untyped-def]
+    if not request.HasField("volume_capability"):
+        convert.required("volume_capability", "")
+    return convert.capability(request.volume_capability, "volume_capability")

@@ -1,0 +1,63 @@
+"""apigw's gRPC server: the CSI services plus grpc.health.v1, on a unix socket and
+optionally TCP.
+
+    server = await serve(cfg, nc)      # listening when it returns
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from nats.aio.client import Client as NATS
+
+from volplane.bus import Bus
+from volplane.config import Config
+from volplane.csi import csi_pb2_grpc
+
+from .controller import Controller
+from .identity import Identity
+from .node import Node
+
+log = logging.getLogger(__name__)
+
+
+async def serve(cfg: Config, nc: NATS) -> grpc.aio.Server:
+    bus = Bus(nc)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    csi_pb2_grpc.add_IdentityServicer_to_server(Identity(nc, controller=True), server)
+    csi_pb2_grpc.add_ControllerServicer_to_server(Controller(bus), server)
+    csi_pb2_grpc.add_NodeServicer_to_server(Node(bus, cfg.node_id), server)
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+
+    socket_path = _unix_path(cfg.csi_endpoint)
+    if socket_path is not None:
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)  # A stale socket from a killed run.
+        server.add_insecure_port(f"unix://{socket_path}")
+    else:
+        server.add_insecure_port(cfg.csi_endpoint)
+    if cfg.csi_tcp:
+        server.add_insecure_port(cfg.csi_tcp)
+    # The socket is created by start(): a tight umask makes it 0600 from birth.
+    old = os.umask(0o177)
+    try:
+        await server.start()
+    finally:
+        os.umask(old)
+    await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+    await checker.set("csi.v1.Controller", health_pb2.HealthCheckResponse.SERVING)
+    await checker.set("csi.v1.Node", health_pb2.HealthCheckResponse.SERVING)
+    log.info("CSI endpoint %s ready", cfg.csi_endpoint, extra={"node": cfg.node_id})
+    return server
+
+
+def _unix_path(endpoint: str) -> Path | None:
+    for prefix in ("unix://", "unix:"):
+        if endpoint.startswith(prefix):
+            return Path(endpoint[len(prefix) :]).absolute()
+    return None

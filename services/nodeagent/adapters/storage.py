@@ -1,0 +1,229 @@
+"""Host storage adapter: loop devices, filesystems and mounts on a node.
+
+Commands run without a shell, so a path is always one argument and can inject nothing; state is read from
+/proc/self/mountinfo and /sys/block/loop*/loop/backing_file, the kernel's own view, which cannot go stale.
+
+    storage = HostStorage()
+    device = await storage.attach(Path("/var/lib/volplane/images/pv-1.img"))
+    await storage.mount(device, Path("/staging/pv-1"), "ext4", ["noatime"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+from asyncio.subprocess import DEVNULL, PIPE
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+SYS_BLOCK = Path("/sys/block")
+COMMAND_TIMEOUT_S = 60.0
+# Each umount peels one stacked mount; the bound stops a mount that keeps reappearing from looping forever.
+MAX_UNMOUNT_ATTEMPTS = 8
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+_FORMAT_COMMANDS: dict[str, tuple[str, ...]] = {
+    # Lazy init leaves inode-table and journal zeroing to the kernel, so formatting a big sparse image is instant.
+    "ext4": ("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"),
+    "xfs": ("mkfs.xfs", "-q", "-f"),
+}
+
+
+class StorageError(Exception):
+    """A failed command, ``StorageError(["umount", "/m"], 32, "not mounted")``; exit_code None: never ran or killed."""
+
+    def __init__(self, command: Sequence[str], exit_code: int | None, stderr: str) -> None:
+        self.command = tuple(command)
+        self.exit_code = exit_code
+        self.stderr = stderr.strip()
+        super().__init__(f"`{shlex.join(self.command)}` failed (exit code {exit_code}): {self.stderr}")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of ``/proc/self/mountinfo`` with escapes decoded: ``"ro" in storage.mount_point(p).options``."""
+
+    mount_id: int
+    parent_id: int
+    major_minor: str
+    root: str
+    mount_point: Path
+    options: tuple[str, ...]
+    fs_type: str
+    source: str
+    super_options: tuple[str, ...]
+
+
+def _unescape(field: bytes) -> str:
+    """Decode the kernel's octal escapes: ``_unescape(b"/mnt/a\\\\040b") == "/mnt/a b"``."""
+    # The kernel escapes space, tab, newline and backslash so that fields stay space-separated.
+    return os.fsdecode(_OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def _parse_mountinfo_line(line: bytes) -> MountEntry:
+    """Parse one line: ``_parse_mountinfo_line(b"42 27 7:0 / /mnt rw - ext4 /dev/loop0 rw")``."""
+    # Splitting on single spaces keeps an empty source field in place instead of shifting the rest.
+    fields = line.rstrip(b"\n").split(b" ")
+    # Optional fields such as "shared:1" vary in number, so the fixed tail is found by its "-" separator.
+    tail = fields.index(b"-", 6) + 1
+    return MountEntry(
+        mount_id=int(fields[0]), parent_id=int(fields[1]), major_minor=fields[2].decode(),
+        root=_unescape(fields[3]), mount_point=Path(_unescape(fields[4])),
+        options=tuple(fields[5].decode().split(",")), fs_type=_unescape(fields[tail]),
+        source=_unescape(fields[tail + 1]), super_options=tuple(_unescape(fields[tail + 2]).split(",")),
+    )
+
+
+def _arg(path: Path) -> str:
+    """Render a path as a command argument: ``_arg(Path("-o")) == "/cwd/-o"``."""
+    # An absolute path always starts with "/", so it can never be mistaken for an option.
+    return os.path.abspath(path)
+
+
+class HostStorage:
+    """Loop devices, filesystems and mounts on this host, for root: ``HostStorage(timeout=60.0)``."""
+
+    def __init__(self, timeout: float = COMMAND_TIMEOUT_S) -> None:
+        self._timeout = timeout
+        # Attach and detach check then act, so two requests in this process must not interleave.
+        self._loop_lock = asyncio.Lock()
+
+    async def _run(self, *command: str) -> str:
+        """Run a command without a shell and return its stdout: ``await self._run("losetup", "-a")``."""
+        # A fixed locale keeps stderr in English, so error messages and logs read the same on every node.
+        env = {**os.environ, "LC_ALL": "C"}
+        try:
+            proc = await asyncio.create_subprocess_exec(*command, stdin=DEVNULL, stdout=PIPE, stderr=PIPE, env=env)
+        except OSError as err:
+            raise StorageError(command, None, str(err)) from err
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), self._timeout)
+        except BaseException as exc:
+            # A hung or cancelled command must not outlive its request, so it is killed; the reap is bounded
+            # because a process stuck in uninterruptible sleep ignores SIGKILL.
+            if proc.returncode is None:
+                with suppress(ProcessLookupError):
+                    proc.kill()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 5)
+            if isinstance(exc, TimeoutError):
+                raise StorageError(command, None, f"killed after {self._timeout:g} s") from None
+            raise
+        if proc.returncode != 0:
+            raise StorageError(command, proc.returncode, stderr.decode(errors="replace"))
+        return stdout.decode(errors="replace")
+
+    async def loop_devices_for(self, image: Path) -> list[str]:
+        """Every loop device backed by ``image``: ``await storage.loop_devices_for(img) == ["/dev/loop0"]``."""
+        # The kernel stores the resolved path and appends " (deleted)" once the file is unlinked, so only an
+        # exact match on the resolved path counts as backing the live file.
+        wanted = str(image.resolve())
+        found: list[tuple[int, str]] = []
+        for backing in SYS_BLOCK.glob("loop*/loop/backing_file"):
+            try:
+                current = os.fsdecode(backing.read_bytes()).rstrip("\n")
+            except OSError:
+                # The device was detached between listing and reading, so it backs nothing.
+                continue
+            if current == wanted:
+                name = backing.parent.parent.name
+                found.append((int(name.removeprefix("loop")), f"/dev/{name}"))
+        return [device for _, device in sorted(found)]
+
+    async def attach(self, image: Path) -> str:
+        """Attach ``image``, reusing a device that backs it: ``await storage.attach(img) == "/dev/loop0"``."""
+        async with self._loop_lock:
+            existing = await self.loop_devices_for(image)
+            if existing:
+                return existing[0]
+            # --nooverlap makes losetup itself reuse a device that another process attached after the scan.
+            out = await self._run("losetup", "--find", "--show", "--nooverlap", str(image.resolve()))
+            return out.strip()
+
+    async def detach(self, image: Path) -> None:
+        """Detach every loop device backing ``image``: ``await storage.detach(img)``.
+
+        A device still open (mounted) is only marked to auto-detach on its last close; that counts as success.
+        """
+        async with self._loop_lock:
+            for device in await self.loop_devices_for(image):
+                try:
+                    await self._run("losetup", "--detach", device)
+                except StorageError:
+                    # Someone else may have detached it after the scan; only a device still backing the image
+                    # is a failure.
+                    if device in await self.loop_devices_for(image):
+                        raise
+
+    async def refresh(self, device: str) -> None:
+        """Make the device see a grown image: ``os.truncate(img, 2 << 30); await storage.refresh("/dev/loop0")``."""
+        await self._run("losetup", "--set-capacity", device)
+
+    async def filesystem_of(self, device: str) -> str | None:
+        """The filesystem on ``device``, None if blank: ``await storage.filesystem_of("/dev/loop0") == "ext4"``."""
+        try:
+            out = await self._run("blkid", "-p", "-o", "value", "-s", "TYPE", device)
+        except StorageError as err:
+            # Exit code 2 means "no signature", the normal state of a new image; anything else, such as 8 for
+            # ambiguous signatures, is raised so that a caller never formats over data it cannot identify.
+            if err.exit_code == 2:
+                return None
+            raise
+        return out.strip() or None
+
+    async def format(self, device: str, fs_type: str) -> None:
+        """Create a filesystem, destroying any data: ``await storage.format("/dev/loop0", "ext4")``."""
+        command = _FORMAT_COMMANDS.get(fs_type)
+        if command is None:
+            raise ValueError(f"unsupported filesystem {fs_type!r}; expected one of {sorted(_FORMAT_COMMANDS)}")
+        await self._run(*command, device)
+
+    def mount_point(self, path: Path) -> MountEntry | None:
+        """The topmost mount at ``path`` or None: ``storage.mount_point(Path("/mnt/pv-1")).fs_type == "ext4"``."""
+        wanted = Path(_arg(path))
+        # Mounts stacked on one path are listed oldest first, so the last match is the visible one.
+        top: MountEntry | None = None
+        for line in MOUNTINFO.read_bytes().splitlines():
+            entry = _parse_mountinfo_line(line)
+            if entry.mount_point == wanted:
+                top = entry
+        return top
+
+    async def mount(self, device: str, path: Path, fs_type: str, options: list[str]) -> None:
+        """Mount a device: ``await storage.mount("/dev/loop0", Path("/mnt/pv-1"), "ext4", ["noatime"])``."""
+        command = ["mount", "-t", fs_type]
+        if options:
+            command += ["-o", ",".join(options)]
+        await self._run(*command, device, _arg(path))
+
+    async def bind(self, source: Path, target: Path, readonly: bool) -> None:
+        """Bind-mount a directory: ``await storage.bind(Path("/staging/v"), Path("/pods/x/v"), readonly=True)``."""
+        await self._run("mount", "--bind", _arg(source), _arg(target))
+        if not readonly:
+            return
+        try:
+            # A bind inherits the source's flags; read-only needs a second, per-mount remount.
+            await self._run("mount", "-o", "remount,bind,ro", _arg(target))
+        except StorageError:
+            # A bind left writable would hand a read-only volume to the workload as writable, so it is undone.
+            await self._run("umount", _arg(target))
+            raise
+
+    async def unmount(self, path: Path) -> None:
+        """Remove every mount stacked at ``path``; a no-op if none: ``await storage.unmount(Path("/mnt/pv-1"))``."""
+        for _ in range(MAX_UNMOUNT_ATTEMPTS):
+            if self.mount_point(path) is None:
+                return
+            try:
+                await self._run("umount", _arg(path))
+            except StorageError:
+                # A concurrent unmount may have won the race; only a mount that is still there is a failure.
+                if self.mount_point(path) is None:
+                    return
+                raise
+        if self.mount_point(path) is not None:
+            raise StorageError(("umount", _arg(path)), None, f"still mounted after {MAX_UNMOUNT_ATTEMPTS} attempts")

@@ -1,0 +1,94 @@
+"""Events of the node-volume aggregate (subject ``vp.ev.node.<node>.<volume_id>``).
+
+Each host change has an intent before it and a result after it; on restart the
+nodeagent finishes every intent left without a result (all node steps are idempotent
+when redone: attach reuses the loop device, a mounted path is not mounted again).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from volplane.events import Event
+
+
+class VolumeStaging(Event):
+    type: Literal["VolumeStaging"] = "VolumeStaging"
+    volume_id: str
+    staging_path: str
+    fs_type: str
+    mount_flags: tuple[str, ...] = ()
+
+
+class VolumeStaged(Event):
+    type: Literal["VolumeStaged"] = "VolumeStaged"
+    volume_id: str
+    device: str
+    formatted: bool
+
+
+class VolumeStageFailed(Event):
+    type: Literal["VolumeStageFailed"] = "VolumeStageFailed"
+    volume_id: str
+    reason: str
+
+
+class VolumeUnstaging(Event):
+    type: Literal["VolumeUnstaging"] = "VolumeUnstaging"
+    volume_id: str
+
+
+class VolumeUnstaged(Event):
+    type: Literal["VolumeUnstaged"] = "VolumeUnstaged"
+    volume_id: str
+
+
+class VolumePublishing(Event):
+    type: Literal["VolumePublishing"] = "VolumePublishing"
+    volume_id: str
+    target_path: str
+    readonly: bool
+    mount_flags: tuple[str, ...] = ()
+
+
+class VolumePublished(Event):
+    type: Literal["VolumePublished"] = "VolumePublished"
+    volume_id: str
+    target_path: str
+
+
+class VolumePublishFailed(Event):
+    type: Literal["VolumePublishFailed"] = "VolumePublishFailed"
+    volume_id: str
+    target_path: str
+    reason: str
+
+
+class VolumeUnpublishing(Event):
+    type: Literal["VolumeUnpublishing"] = "VolumeUnpublishing"
+    volume_id: str
+    target_path: str
+
+
+class VolumeUnpublished(Event):
+    type: Literal["VolumeUnpublished"] = "VolumeUnpublished"
+    volume_id: str
+    target_path: str
+
+
+NodeVolumeEvent = Annotated[
+    VolumeStaging
+    | VolumeStaged
+    | VolumeStageFailed
+    | VolumeUnstaging
+    | VolumeUnstaged
+    | VolumePublishing
+    | VolumePublished
+    | VolumePublishFailed
+    | VolumeUnpublishing
+    | VolumeUnpublished,
+    Field(discriminator="type"),
+]
+NODE_VOLUME_EVENTS: TypeAdapter[NodeVolumeEvent] = TypeAdapter(NodeVolumeEvent)

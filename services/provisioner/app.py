@@ -1,0 +1,221 @@
+"""The provisioner's application layer: load → decide → append → act → append.
+
+    app = ProvisionerApp(store, runner, pool)
+    info = await app.create_volume(CreateVolume(name="pvc-1", capabilities=(Capability(),)))
+"""
+
+from __future__ import annotations
+
+import logging
+
+from volplane import codec, subjects
+from volplane.commands import (
+    CapacityInfo,
+    CreateVolume,
+    DeleteVolume,
+    Done,
+    GetCapacity,
+    GetVolume,
+    ListVolumes,
+    VolumeInfo,
+    VolumePage,
+)
+from volplane.errors import Aborted, ConcurrencyConflict, InvalidArgument, NotFound, ResourceExhausted, VolplaneError
+from volplane.eventstore import EventStore
+from volplane.locks import KeyedLocks
+from volplane.projection import ProjectionRunner
+
+from .adapters.pool import ImagePool
+from .adapters.projection import INFLIGHT, VOLS, used_key, volume_key
+from .domain.events import VOLUME_EVENTS, VolumeCreated, VolumeCreateFailed, VolumeDeleted
+from .domain.volume import (
+    MAX_NAME,
+    MIN_SIZE,
+    VolumeState,
+    check_capabilities,
+    decide_create,
+    decide_delete,
+    evolve,
+    fs_type_of,
+    is_volume_id,
+    resolve_size,
+    volume_id_for,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ProvisionerApp:
+    def __init__(self, store: EventStore, runner: ProjectionRunner[VolumeState], pool: ImagePool) -> None:
+        self._store = store
+        self._runner = runner
+        self._redis = runner._redis
+        self._pool = pool
+        self._locks = KeyedLocks("volume")
+        # Bytes promised by intents not yet counted in Redis' used total (see _reserve).
+        self._reserved: dict[str, int] = {}
+
+    # -- commands -----------------------------------------------------------
+
+    async def create_volume(self, cmd: CreateVolume) -> VolumeInfo:
+        name_bytes = len(cmd.name.encode())
+        if not cmd.name or name_bytes > MAX_NAME:
+            raise InvalidArgument(f"name: must be 1 to {MAX_NAME} bytes, got {name_bytes}")
+        check_capabilities(cmd.capabilities)
+        fs_type_of(cmd)
+        size = resolve_size(cmd.required_bytes, cmd.limit_bytes)
+        vid = volume_id_for(cmd.name)
+        async with self._locks.hold(vid):
+            state = await self._load(vid)
+            for _ in range(3):
+                intent = decide_create(state, cmd, pool=self._pool.name, size=size)
+                if intent is None:
+                    assert state is not None
+                    if state.phase == "creating":
+                        state = await self._finish_create(state)
+                    if state.name != cmd.name:
+                        raise Aborted(f"volume id collision between {cmd.name!r} and {state.name!r}")
+                    return self._info(state)
+                await self._reserve(vid, size)
+                try:
+                    seq = await self._store.append(subjects.volume(vid), intent, expected=state.version if state else 0)
+                    await self._runner.wait_for(seq)
+                except ConcurrencyConflict:
+                    state = await self._reload(vid)
+                    continue
+                finally:
+                    self._reserved.pop(vid, None)
+                state = evolve(state, intent, seq)
+                assert state is not None
+                return self._info(await self._finish_create(state))
+            raise Aborted(f"volume {cmd.name!r} is contended, retry")
+
+    async def delete_volume(self, cmd: DeleteVolume) -> Done:
+        if not is_volume_id(cmd.volume_id):
+            return Done()  # Never ours, so already gone: DeleteVolume is OK for unknown ids.
+        async with self._locks.hold(cmd.volume_id):
+            state = await self._load(cmd.volume_id)
+            for _ in range(3):
+                if state is not None and state.phase == "deleting":
+                    await self._finish_delete(state)
+                    return Done()
+                intent = decide_delete(state)
+                if intent is None:
+                    return Done()
+                assert state is not None
+                try:
+                    seq = await self._store.append(subjects.volume(state.volume_id), intent, expected=state.version)
+                except ConcurrencyConflict:
+                    state = await self._reload(cmd.volume_id)
+                    continue
+                deleting = evolve(state, intent, seq)
+                assert deleting is not None
+                await self._finish_delete(deleting)
+                return Done()
+            raise Aborted(f"volume {cmd.volume_id} is contended, retry")
+
+    async def get_volume(self, cmd: GetVolume) -> VolumeInfo:
+        state = await self._load(cmd.volume_id) if is_volume_id(cmd.volume_id) else None
+        if state is None or state.phase not in ("ready", "creating", "deleting"):
+            raise NotFound(f"volume {cmd.volume_id!r} does not exist")
+        return self._info(state)
+
+    async def list_volumes(self, cmd: ListVolumes) -> VolumePage:
+        if cmd.max_entries < 0:
+            raise InvalidArgument("max_entries: must not be negative")
+        if cmd.starting_token and not is_volume_id(cmd.starting_token):
+            raise Aborted(f"starting_token {cmd.starting_token[:64]!r} was not issued by this driver")
+        start = f"({cmd.starting_token}" if cmd.starting_token else "-"
+        limit = cmd.max_entries or 1000
+        ids = await self._redis.zrangebylex(VOLS, start, "+", start=0, num=limit + 1)
+        page, more = ids[:limit], len(ids) > limit
+        raws = await self._redis.mget([volume_key(i.decode()) for i in page]) if page else []
+        states = [self._runner.projection.load(r) for r in raws if r is not None]
+        return VolumePage(
+            volumes=tuple(self._info(s) for s in states),
+            next_token=page[-1].decode() if more else "",
+        )
+
+    async def get_capacity(self, cmd: GetCapacity) -> CapacityInfo:
+        used = int(await self._redis.get(used_key(self._pool.name)) or 0)
+        free = max(0, self._pool.capacity - used - sum(self._reserved.values()))
+        return CapacityInfo(
+            available_bytes=free,
+            total_bytes=self._pool.capacity,
+            maximum_volume_size=free,
+            minimum_volume_size=MIN_SIZE,
+        )
+
+    async def recover(self) -> int:
+        """Finish every intent a crash left without its result; returns how many."""
+        ids = sorted(i.decode() for i in await self._redis.smembers(INFLIGHT))
+        for vid in ids:
+            async with self._locks.hold(vid):
+                state = await self._load(vid)
+                if state is None:
+                    continue
+                log.info("recovering volume %s from phase %s", vid, state.phase)
+                if state.phase == "creating":
+                    await self._finish_create(state)
+                elif state.phase == "deleting":
+                    await self._finish_delete(state)
+        return len(ids)
+
+    # -- steps --------------------------------------------------------------
+
+    async def _finish_create(self, state: VolumeState) -> VolumeState:
+        subject = subjects.volume(state.volume_id)
+        try:
+            self._pool.create(state.volume_id, state.capacity_bytes)
+        except VolplaneError as exc:
+            self._pool.delete(state.volume_id)
+            seq = await self._store.append(subject, VolumeCreateFailed(volume_id=state.volume_id, reason=exc.message), expected=state.version)
+            await self._runner.wait_for(seq)
+            raise
+        seq = await self._store.append(subject, VolumeCreated(volume_id=state.volume_id), expected=state.version)
+        await self._runner.wait_for(seq)
+        return state.model_copy(update={"phase": "ready", "version": seq})
+
+    async def _finish_delete(self, state: VolumeState) -> None:
+        self._pool.delete(state.volume_id)
+        seq = await self._store.append(subjects.volume(state.volume_id), VolumeDeleted(volume_id=state.volume_id), expected=state.version)
+        await self._runner.wait_for(seq)
+
+    async def _reserve(self, vid: str, size: int) -> None:
+        """Promise ``size`` bytes of the pool to ``vid`` or raise ResourceExhausted.
+
+        Redis' used total counts intents already projected; ``_reserved`` counts ours
+        in flight. The snapshot taken before reading Redis is added back so that an
+        intent projected while we read is counted at least once. Other replicas'
+        in-flight intents are not seen: two replicas may briefly over-commit a pool by
+        at most what they have in flight (a known shortcut).
+        """
+        before = dict(self._reserved)
+        used = int(await self._redis.get(used_key(self._pool.name)) or 0)
+        pending = sum((before | self._reserved).values())
+        if used + pending + size > self._pool.capacity:
+            free = max(0, self._pool.capacity - used - pending)
+            raise ResourceExhausted(f"pool {self._pool.name} has {free} bytes free, {size} requested")
+        self._reserved[vid] = size
+
+    async def _load(self, vid: str) -> VolumeState | None:
+        return await self._runner.get(volume_key(vid))
+
+    async def _reload(self, vid: str) -> VolumeState | None:
+        """The aggregate from the log itself, after losing a race to another writer."""
+        state: VolumeState | None = None
+        for record in await self._store.read(subjects.volume(vid)):
+            state = evolve(state, codec.decode(VOLUME_EVENTS, record.data), record.seq)
+        return state
+
+    def _info(self, state: VolumeState) -> VolumeInfo:
+        fs = state.parameters.get("fsType") or next((c.fs_type for c in state.capabilities if c.fs_type), "") or "ext4"
+        return VolumeInfo(
+            volume_id=state.volume_id,
+            name=state.name,
+            capacity_bytes=state.capacity_bytes,
+            pool=state.pool,
+            capabilities=state.capabilities,
+            parameters=state.parameters,
+            volume_context={"pool": state.pool, "fsType": fs},
+        )

@@ -1,0 +1,1 @@
+"""The volume aggregate: pure commands → events → state, no I/O."""

@@ -1,0 +1,50 @@
+"""The only place that builds NATS and Redis clients.
+
+    nc = await connect_nats(cfg)       # raises Unavailable with the URL in the message
+    r = connect_redis(cfg)
+"""
+
+from __future__ import annotations
+
+import nats
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+
+from volplane.config import Config
+from volplane.errors import Unavailable
+
+__all__ = ["connect_nats", "connect_redis", "check_redis"]
+
+
+async def connect_nats(cfg: Config, name: str) -> NATS:
+    try:
+        return await nats.connect(
+            cfg.nats_url,
+            name=name,
+            connect_timeout=5,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            pending_size=64 * 2**20,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types here.
+        raise Unavailable(f"cannot connect to NATS at {_redact(cfg.nats_url)}: {exc}") from exc
+
+
+def connect_redis(cfg: Config) -> aioredis.Redis:
+    return aioredis.Redis.from_url(cfg.redis_url, decode_responses=False, health_check_interval=30)
+
+
+async def check_redis(r: aioredis.Redis, cfg: Config) -> None:
+    try:
+        await r.ping()
+    except Exception as exc:
+        raise Unavailable(f"cannot reach Redis at {_redact(cfg.redis_url)}: {exc}") from exc
+
+
+def _redact(url: str) -> str:
+    """Keep credentials out of messages and logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

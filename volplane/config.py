@@ -1,0 +1,75 @@
+"""One Config for every process, read from the environment.
+
+    cfg = Config.from_env()
+
+The launcher (`volplane.launcher`) fills these variables for the processes it starts;
+a deployment sets them itself. Sizes accept Kubernetes quantities (``100Gi``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Config", "parse_quantity", "NODE_ID_RE"]
+
+_UNITS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+}
+_QUANTITY = re.compile(r"^([0-9]+)(|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)$")
+# DNS-1123 subdomain, as Kubernetes requires of node names.
+NODE_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def parse_quantity(text: str) -> int:
+    """``parse_quantity("10Gi") == 10 * 2**30``; whole numbers with a binary or decimal suffix."""
+    m = _QUANTITY.match(text.strip())
+    if not m:
+        raise ValueError(f"not a quantity: {text!r} (expected e.g. 500Mi, 10Gi, 1T)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _default_node() -> str:
+    name = socket.gethostname().lower()
+    return name if NODE_ID_RE.match(name) and len(name) <= 128 else "node-1"
+
+
+@dataclass(frozen=True)
+class Config:
+    nats_url: str = "nats://127.0.0.1:4222"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    run_dir: Path = Path("run")
+    node_id: str = field(default_factory=_default_node)
+    pool_name: str = "default"
+    pool_dir: Path = Path("run/pools/default")
+    pool_capacity: int = 100 * 2**30
+    csi_endpoint: str = "unix://run/csi.sock"
+    csi_tcp: str = ""
+    log_level: str = "INFO"
+    # Staging and target paths must lie below one of these (Kubernetes: /var/lib/kubelet).
+    path_roots: tuple[Path, ...] = (Path("/"),)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Config:
+        e = os.environ if env is None else env
+        run_dir = Path(e.get("VOLPLANE_RUN_DIR", "run")).absolute()
+        node_id = e.get("VOLPLANE_NODE_ID") or _default_node()
+        if not NODE_ID_RE.match(node_id) or len(node_id) > 128:
+            raise ValueError(f"VOLPLANE_NODE_ID={node_id!r} is not a DNS-1123 name of at most 128 bytes")
+        return cls(
+            nats_url=e.get("NATS_URL", cls.nats_url),
+            redis_url=e.get("REDIS_URL", cls.redis_url),
+            run_dir=run_dir,
+            node_id=node_id,
+            pool_name=e.get("VOLPLANE_POOL", "default"),
+            pool_dir=Path(e.get("VOLPLANE_POOL_DIR", str(run_dir / "pools" / "default"))).absolute(),
+            pool_capacity=parse_quantity(e.get("VOLPLANE_POOL_CAPACITY", "100Gi")),
+            csi_endpoint=e.get("VOLPLANE_CSI_ENDPOINT", f"unix://{run_dir / 'csi.sock'}"),
+            csi_tcp=e.get("VOLPLANE_CSI_TCP", ""),
+            log_level=e.get("VOLPLANE_LOG_LEVEL", "INFO"),
+            path_roots=tuple(Path(p) for p in e.get("VOLPLANE_PATH_ROOTS", "/").split(":") if p),
+        )

@@ -1,0 +1,143 @@
+"""The event log: an append-only JetStream stream with one subject per aggregate.
+
+``append`` is optimistic: it states the sequence of the aggregate's last event it has
+seen (``Nats-Expected-Last-Subject-Sequence``), so two writers racing on one aggregate
+cannot both win; and it names the message by content and position (``Nats-Msg-Id``),
+so a retried append of the same event is acknowledged once, not written twice.
+
+    store = EventStore(js)
+    seq = await store.append(subjects.volume(vid), event, expected=state.version)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext, api
+
+from volplane import codec, subjects
+from volplane.errors import ConcurrencyConflict, Unavailable
+from volplane.events import Event
+
+__all__ = ["EventStore", "Record"]
+
+# JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence check.
+_WRONG_LAST_SEQUENCE = 10071
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored event, still encoded: projections decode only what they handle."""
+
+    seq: int
+    subject: str
+    type: str
+    data: bytes
+
+
+class EventStore:
+    def __init__(self, js: JetStreamContext, stream: str = subjects.STREAM) -> None:
+        self._js = js
+        self._stream = stream
+
+    async def ensure_stream(self, *, replicas: int = 1) -> None:
+        """Create the stream if it is missing; an existing one is left as it is."""
+        try:
+            await self._js.stream_info(self._stream)
+        except nats.js.errors.NotFoundError:
+            await self._js.add_stream(
+                name=self._stream,
+                subjects=[subjects.EVENTS],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS,
+                duplicate_window=120.0,
+                num_replicas=replicas,
+                allow_direct=True,
+            )
+
+    async def append(self, subject: str, event: Event, *, expected: int) -> int:
+        """Append one event after the aggregate's event number ``expected`` (0: none yet).
+
+        Returns the new event's stream sequence. Raises ConcurrencyConflict when
+        another writer appended first.
+        """
+        payload = codec.encode(event)
+        # The id covers the position and the content without its timestamp, so only
+        # a true retry of this very append is deduplicated.
+        body = event.model_dump(exclude={"at"})
+        digest = hashlib.blake2b(codec.pack(body), digest_size=12).hexdigest()
+        headers = {
+            subjects.MSG_ID: f"{subject}:{expected}:{digest}",
+            subjects.EXPECTED_LAST_SUBJECT_SEQ: str(expected),
+            subjects.EVENT_TYPE: event.type,  # type: ignore[attr-defined]
+        }
+        try:
+            ack = await self._js.publish(subject, payload, headers=headers, stream=self._stream)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE:
+                raise ConcurrencyConflict(f"{subject} moved past {expected}") from exc
+            raise Unavailable(f"event log refused append to {subject}: {exc}") from exc
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.js.errors.NoStreamResponseError) as exc:
+            raise Unavailable(f"event log did not acknowledge append to {subject}") from exc
+        return ack.seq
+
+    async def read(self, subject: str) -> list[Record]:
+        """Every event of one aggregate, oldest first (used to recover, not on hot paths)."""
+        records: list[Record] = []
+        seq = 1
+        while True:
+            try:
+                msg = await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True, direct=True)
+            except nats.js.errors.NotFoundError:
+                return records
+            records.append(_record(msg.seq, msg.subject, msg.headers, msg.data))
+            seq = msg.seq + 1
+
+    async def next_seq(self, filter_subject: str, after: int) -> int | None:
+        """The sequence of the first event on ``filter_subject`` after ``after``, if any."""
+        try:
+            msg = await self._js.get_msg(self._stream, seq=after + 1, subject=filter_subject, next=True, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.seq
+
+    async def last_seq(self) -> int:
+        info = await self._js.stream_info(self._stream)
+        return info.state.last_seq
+
+    async def follow(self, filter_subject: str, after: int) -> AsyncIterator[Record]:
+        """Every event on ``filter_subject`` after stream sequence ``after``, then live ones.
+
+        An ordered consumer: gaps and redeliveries are handled by the client, which
+        recreates the consumer from the last sequence it delivered.
+        """
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after else api.DeliverPolicy.ALL,
+            opt_start_seq=after + 1 if after else None,
+        )
+        sub = await self._js.subscribe(
+            filter_subject,
+            stream=self._stream,
+            ordered_consumer=True,
+            config=config,
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        try:
+            async for msg in sub.messages:
+                yield _record(msg.metadata.sequence.stream, msg.subject, msg.headers, msg.data)
+        finally:
+            try:
+                await asyncio.shield(sub.unsubscribe())
+            except Exception:  # noqa: BLE001 - the connection may already be gone at shutdown.
+                pass
+
+
+def _record(seq: int, subject: str, headers: dict[str, str] | None, data: bytes | None) -> Record:
+    kind = (headers or {}).get(subjects.EVENT_TYPE, "")
+    return Record(seq=seq, subject=subject, type=kind, data=data or b"")

@@ -1,0 +1,190 @@
+"""``python -m volplane.launcher`` (``make run``): the whole system on one machine.
+
+Starts a nats-server and a redis-server of its own (unless NATS_URL / REDIS_URL are
+set), then apigw, provisioner, attacher and nodeagent as separate processes; waits
+until each answers its health check; prints the CSI endpoint; and on Ctrl-C or SIGTERM
+stops the services, then the servers. Data lives under ``run/`` (VOLPLANE_RUN_DIR), so
+the next run finds its volumes again. Tests use ``Stack`` the same way.
+
+    stack = Stack(Path("run")); stack.start(); ...; stack.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from volplane import subjects
+from volplane.embedded import EmbeddedServer, die_with_parent
+
+__all__ = ["Stack", "SERVICES", "main"]
+
+SERVICES = ("provisioner", "attacher", "nodeagent", "apigw")
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    nats: EmbeddedServer | None = None
+    redis: EmbeddedServer | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir = self.run_dir.absolute()
+        base = {k: v for k, v in os.environ.items()}
+        base.update(self.env)
+        base.setdefault("VOLPLANE_RUN_DIR", str(self.run_dir))
+        base.setdefault("VOLPLANE_CSI_ENDPOINT", f"unix://{self.run_dir / 'csi.sock'}")
+        base.setdefault("VOLPLANE_NODE_ID", "node-1")
+        base.setdefault("VOLPLANE_POOL_DIR", str(self.run_dir / "pools" / "default"))
+        self.env = base
+
+    @property
+    def csi_endpoint(self) -> str:
+        return self.env["VOLPLANE_CSI_ENDPOINT"]
+
+    @property
+    def node_id(self) -> str:
+        return self.env["VOLPLANE_NODE_ID"]
+
+    def start_servers(self) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if "NATS_URL" not in self.env:
+            self.nats = EmbeddedServer.nats(self.run_dir / "nats")
+        if "REDIS_URL" not in self.env:
+            self.redis = EmbeddedServer.redis(self.run_dir / "redis")
+        for server in (self.nats, self.redis):
+            if server is not None:
+                server.start()
+        if self.nats:
+            self.env["NATS_URL"] = self.nats.url
+        if self.redis:
+            self.env["REDIS_URL"] = self.redis.url
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.start_servers()
+        for name in SERVICES:
+            self.start_service(name)
+        self.wait_healthy(SERVICES, timeout)
+
+    def start_service(self, name: str) -> None:
+        log = open(self.run_dir / "logs" / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+
+    def stop_service(self, name: str, kill: bool = False) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart_service(self, name: str, kill: bool = False, timeout: float = 60.0) -> None:
+        self.stop_service(name, kill=kill)
+        self.start_service(name)
+        self.wait_healthy((name,), timeout)
+
+    def stop(self) -> None:
+        for name in reversed(SERVICES):
+            self.stop_service(name)
+        for server in (self.redis, self.nats):
+            if server is not None:
+                server.stop()
+
+    def dead(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def wait_healthy(self, names: tuple[str, ...] | list[str], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while pending:
+            for name in list(pending):
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.run_dir / 'logs' / (name + '.log')}")
+                if self._healthy(name):
+                    pending.remove(name)
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"not healthy after {timeout}s: {', '.join(pending)}; see {self.run_dir / 'logs'}")
+            if pending:
+                time.sleep(0.1)
+
+    def _healthy(self, name: str) -> bool:
+        if name == "apigw":
+            try:
+                with grpc.insecure_channel(self.csi_endpoint) as ch:
+                    resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+            except grpc.RpcError:
+                return False
+        node = self.node_id if name == "nodeagent" else None
+        return asyncio.run(_nats_health(self.env["NATS_URL"], subjects.health(name, node)))
+
+
+async def _nats_health(url: str, subject: str) -> bool:
+    import nats
+
+    try:
+        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False)
+    except Exception:  # noqa: BLE001 - not up yet.
+        return False
+    try:
+        await nc.request(subject, b"\x80", timeout=1)
+        return True
+    except Exception:  # noqa: BLE001 - no responder yet.
+        return False
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    stack = Stack(Path(os.environ.get("VOLPLANE_RUN_DIR", "run")))
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  node id:      {stack.node_id}")
+        print(f"  NATS:         {stack.env['NATS_URL']}\n  Redis:        {stack.env['REDIS_URL']}")
+        print(f"  logs:         {stack.run_dir / 'logs'}\nPress Ctrl-C to stop.", flush=True)
+        while not stopping:
+            dead = stack.dead()
+            if dead:
+                print(f"stopping: {', '.join(dead)} exited; see {stack.run_dir / 'logs'}", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    except RuntimeError as exc:
+        print(f"volplane failed to start: {exc}", file=sys.stderr)
+        stack.stop()
+        sys.exit(1)
+    stack.stop()
+    print("volplane stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Redis read models, fed from the event log.
+
+A ``Projection`` says which Redis key an event changes and how (a pure ``evolve``
+over decoded state); a ``ProjectionRunner`` follows the log and writes each event's
+effect together with the projection's position in one Lua call, which skips events
+at or below the stored position. So an event is applied once even when two replicas
+run the same projection or a runner restarts from an older position, and dropping
+every ``vp:`` key and replaying the log rebuilds the same bytes.
+
+    runner = ProjectionRunner(redis, store, VolumesProjection())
+    await runner.start()
+    seq = await store.append(...)
+    await runner.wait_for(seq)          # read-your-writes for the handler
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from volplane.errors import Unavailable
+from volplane.eventstore import EventStore, Record
+
+__all__ = ["Projection", "ProjectionRunner", "PREFIX", "position_key", "rebuild"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "vp:"
+S = TypeVar("S")
+Op = Sequence[str | bytes | int]
+
+# ARGV: n_records, then per record: seq, n_ops, then per op: n_args, args...
+_APPLY = """
+local pos = tonumber(redis.call('GET', KEYS[1]) or '0')
+local i = 1
+local applied = 0
+local nrec = tonumber(ARGV[i]); i = i + 1
+for r = 1, nrec do
+  local seq = tonumber(ARGV[i]); local nops = tonumber(ARGV[i + 1]); i = i + 2
+  for o = 1, nops do
+    local nargs = tonumber(ARGV[i]); i = i + 1
+    if seq > pos then redis.call(unpack(ARGV, i, i + nargs - 1)) end
+    i = i + nargs
+  end
+  if seq > pos then pos = seq; applied = applied + 1 end
+end
+redis.call('SET', KEYS[1], pos)
+return applied
+"""
+
+_BATCH = 256
+
+
+def position_key(name: str) -> str:
+    return f"{PREFIX}pos:{name}"
+
+
+class Projection(Protocol[S]):
+    """One read model. ``evolve`` is pure; ``ops`` adds index writes beside the state."""
+
+    name: str
+    filter_subject: str
+
+    def key_for(self, record: Record) -> str | None: ...
+
+    def evolve(self, state: S | None, record: Record) -> S | None: ...
+
+    def dump(self, state: S) -> bytes: ...
+
+    def load(self, raw: bytes) -> S: ...
+
+    def ops(self, key: str, old: S | None, new: S | None) -> list[Op]: ...
+
+
+class ProjectionRunner(Generic[S]):
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        store: EventStore,
+        projection: Projection[S],
+        *,
+        cache_size: int = 200_000,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self.projection = projection
+        self._script = redis.register_script(_APPLY)
+        self._pos_key = position_key(projection.name)
+        self.position = 0
+        self._cache: OrderedDict[str, S | None] = OrderedDict()
+        self._cache_size = cache_size
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tick = 0
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Catch up with the log, then keep following it in the background."""
+        raw = await self._redis.get(self._pos_key)
+        self.position = int(raw or 0)
+        target = await self._store.last_seq()
+        self._task = asyncio.create_task(self._run(), name=f"projection:{self.projection.name}")
+        # Handlers may rely on the projection as soon as start() returns.
+        await self._ready.wait()
+        await self.wait_for_log(target)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def get(self, key: str) -> S | None:
+        """The current state at ``key``: from the runner's cache, else from Redis."""
+        if key in self._cache:
+            return self._cache[key]
+        raw = await self._redis.get(key)
+        return None if raw is None else self.projection.load(raw)
+
+    async def wait_for(self, seq: int, timeout: float = 30.0) -> None:
+        """Return once the event at stream sequence ``seq`` is in Redis."""
+        if self.position >= seq:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tick += 1
+        heapq.heappush(self._waiters, (seq, self._tick, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            raise Unavailable(f"projection {self.projection.name} is behind the log (at {self.position}, want {seq})") from exc
+
+    async def wait_for_log(self, target: int, timeout: float = 120.0) -> None:
+        """Wait until every event this projection handles up to ``target`` is applied.
+
+        The runner only sees its own subjects, so the stream's last sequence may never
+        be reached exactly; the stream is asked how many of ours are still pending.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.position < target and not await self._nothing_pending(target):
+            if loop.time() > deadline:
+                raise Unavailable(f"projection {self.projection.name} did not catch up to {target}")
+            await asyncio.sleep(0.02)
+
+    async def _nothing_pending(self, target: int) -> bool:
+        nxt = await self._store.next_seq(self.projection.filter_subject, self.position)
+        return nxt is None or nxt > target
+
+    async def _run(self) -> None:
+        queue: asyncio.Queue[Record] = asyncio.Queue()
+
+        async def feed() -> None:
+            async for record in self._store.follow(self.projection.filter_subject, self.position):
+                queue.put_nowait(record)
+
+        feeder = asyncio.create_task(feed())
+        self._ready.set()
+        try:
+            while True:
+                first = await queue.get()
+                batch = [first]
+                while len(batch) < _BATCH and not queue.empty():
+                    batch.append(queue.get_nowait())
+                await self._apply(batch)
+        finally:
+            feeder.cancel()
+
+    async def _apply(self, batch: list[Record]) -> None:
+        batch = [r for r in batch if r.seq > self.position]
+        if not batch:
+            return
+        keys = {k for r in batch if (k := self.projection.key_for(r)) is not None and k not in self._cache}
+        if keys:
+            ordered = sorted(keys)
+            for key, raw in zip(ordered, await self._redis.mget(ordered)):
+                self._remember(key, None if raw is None else self.projection.load(raw))
+        argv: list[Any] = [len(batch)]
+        for record in batch:
+            ops: list[Op] = []
+            key = self.projection.key_for(record)
+            if key is not None:
+                old = self._cache.get(key)
+                new = self.projection.evolve(old, record)
+                ops.append(("SET", key, self.projection.dump(new)) if new is not None else ("DEL", key))
+                ops.extend(self.projection.ops(key, old, new))
+                self._remember(key, new)
+            argv += [record.seq, len(ops)]
+            for op in ops:
+                argv.append(len(op))
+                argv.extend(op)
+        while True:
+            try:
+                await self._script(keys=[self._pos_key], args=argv)
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                # Redis is the read model, not the truth: wait for it, never skip an event.
+                log.warning("redis unavailable, projection %s waits", self.projection.name)
+                await asyncio.sleep(0.5)
+        self.position = batch[-1].seq
+        while self._waiters and self._waiters[0][0] <= self.position:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _remember(self, key: str, state: S | None) -> None:
+        self._cache[key] = state
+        self._cache.move_to_end(key)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+
+async def rebuild(redis: aioredis.Redis, store: EventStore, projections: Sequence[Projection[Any]]) -> int:
+    """Drop every projection key and replay the whole log; returns the keys deleted."""
+    deleted = 0
+    async for key in redis.scan_iter(match=f"{PREFIX}*", count=1000):
+        deleted += await redis.delete(key)
+    for projection in projections:
+        runner = ProjectionRunner(redis, store, projection)
+        await runner.start()
+        await runner.stop()
+    return deleted

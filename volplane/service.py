@@ -1,0 +1,103 @@
+"""The one way a service process starts, serves and stops.
+
+    def main() -> None:
+        run_service("provisioner", setup)      # setup(runtime) wires the app and its handlers
+
+``run_service`` reads the Config, connects NATS and Redis (failing fast with a readable
+message), makes sure the event stream exists, answers health requests on
+``vp.health.<service>``, and on SIGTERM or SIGINT stops taking commands, lets those in
+flight finish and closes its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+
+from volplane import __version__, subjects
+from volplane.bus import Bus
+from volplane.clients import check_redis, connect_nats, connect_redis
+from volplane.config import Config
+from volplane.errors import Unavailable
+from volplane.eventstore import EventStore
+from volplane.logs import setup_logging
+
+__all__ = ["Runtime", "run_service"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    name: str
+    cfg: Config
+    nc: NATS
+    redis: aioredis.Redis
+    store: EventStore
+    bus: Bus
+    node: str | None = None
+    closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+
+
+Setup = Callable[[Runtime], Awaitable[None]]
+
+
+def run_service(name: str, setup: Setup, *, per_node: bool = False) -> None:
+    cfg = Config.from_env()
+    setup_logging(name, cfg.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works.
+        pass
+    try:
+        asyncio.run(_serve(name, cfg, setup, per_node))
+    except Unavailable as exc:
+        log.error("%s cannot start: %s", name, exc.message)
+        sys.exit(2)
+
+
+async def _serve(name: str, cfg: Config, setup: Setup, per_node: bool) -> None:
+    node = cfg.node_id if per_node else None
+    nc = await connect_nats(cfg, name=f"volplane-{name}" + (f"-{node}" if node else ""))
+    redis = connect_redis(cfg)
+    await check_redis(redis, cfg)
+    store = EventStore(nc.jetstream(timeout=10))
+    await store.ensure_stream()
+    rt = Runtime(name=name, cfg=cfg, nc=nc, redis=redis, store=store, bus=Bus(nc), node=node)
+    await setup(rt)
+
+    async def health(_: dict[str, Any]) -> dict[str, Any]:
+        return {"service": name, "node": node, "version": __version__}
+
+    await rt.bus.serve(subjects.health(name, node), subjects.queue(name, node) + ".health", _Any, health)
+    log.info("%s ready", name, extra={"node": node})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("%s stopping", name)
+    await nc.drain()
+    await rt.bus.drain()
+    for close in reversed(rt.closers):
+        await close()
+    await redis.aclose()
+
+
+class _Any(dict):  # type: ignore[type-arg]
+    """Health requests carry no fields; accept any map."""
+
+    @classmethod
+    def model_validate(cls, data: Any) -> dict[str, Any]:
+        return dict(data or {})

@@ -1,0 +1,65 @@
+"""Every NATS subject, stream and header name volplane uses, in one place.
+
+Aggregates live on ``vp.ev.<kind>.<id…>``; commands on ``vp.cmd.<service>.<verb>``;
+health probes on ``vp.health.<service>``. Ids put into subjects are validated
+elsewhere to be single tokens (no '.', '*', '>' or whitespace).
+"""
+
+from __future__ import annotations
+
+STREAM = "VOLPLANE"
+EVENTS = "vp.ev.>"
+
+# Headers JetStream interprets.
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# Our own header: the event's type, so a reader can skip events without decoding them.
+EVENT_TYPE = "Vp-Event-Type"
+
+# Provisioner: one aggregate per volume.
+VOLUME_EVENTS = "vp.ev.volume.>"
+
+
+def volume(volume_id: str) -> str:
+    return f"vp.ev.volume.{volume_id}"
+
+
+# Nodeagent: one aggregate per (node, volume).
+def node_events(node: str) -> str:
+    return f"vp.ev.node.{node_token(node)}.>"
+
+
+def node_volume(node: str, volume_id: str) -> str:
+    return f"vp.ev.node.{node_token(node)}.{volume_id}"
+
+
+# Commands.
+PROVISIONER = "vp.cmd.provisioner"
+CREATE_VOLUME = f"{PROVISIONER}.create_volume"
+DELETE_VOLUME = f"{PROVISIONER}.delete_volume"
+GET_VOLUME = f"{PROVISIONER}.get_volume"
+LIST_VOLUMES = f"{PROVISIONER}.list_volumes"
+GET_CAPACITY = f"{PROVISIONER}.get_capacity"
+
+
+def node_command(node: str, verb: str) -> str:
+    return f"vp.cmd.node.{node_token(node)}.{verb}"
+
+
+NODE_STAGE = "stage"
+NODE_UNSTAGE = "unstage"
+NODE_PUBLISH = "publish"
+NODE_UNPUBLISH = "unpublish"
+
+
+def health(service: str, node: str | None = None) -> str:
+    return f"vp.health.{service}" if node is None else f"vp.health.{service}.{node_token(node)}"
+
+
+def queue(service: str, node: str | None = None) -> str:
+    return service if node is None else f"{service}.{node_token(node)}"
+
+
+def node_token(node: str) -> str:
+    """Node ids are DNS-like names; '.' cannot stand inside a subject token, '~' can."""
+    return node.replace(".", "~")
