@@ -32,7 +32,7 @@ async def connect_nats(cfg: Config, name: str) -> NATS:
 
 
 def connect_redis(cfg: Config) -> aioredis.Redis:
-    return aioredis.Redis.from_url(cfg.redis_url, decode_responses=False, health_check_interval=30)
+    return aioredis.Redis.from_url(cfg.redis_url, decode_responses=False)
 
 
 async def check_redis(r: aioredis.Redis, cfg: Config) -> None:

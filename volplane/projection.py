@@ -10,7 +10,13 @@ every ``vp:`` key and replaying the log rebuilds the same bytes.
     runner = ProjectionRunner(redis, store, VolumesProjection())
     await runner.start()
     seq = await store.append(...)
-    await runner.wait_for(seq)          # read-your-writes for the handler
+    runner.note(key, new_state, seq)    # this process reads its own write at once
+    await runner.settled()              # before a query: Redis has all our writes
+
+Commands do not wait for Redis: a handler notes the state it just appended, and
+``get`` returns that until the runner has applied the event. Queries that read Redis
+directly (lists, totals) first wait until the runner has passed every event this
+process appended, so a caller always sees its own writes.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ class Projection(Protocol[S]):
 
     def ops(self, key: str, old: S | None, new: S | None) -> list[Op]: ...
 
+    # A Redis hash of running totals (or None). The runner reads it together with its
+    # position at start and hands it to ``restore``; from then on the projection keeps
+    # the totals in memory from the ``ops`` calls, which see every event after that
+    # position, so services can read them without a round trip.
+    totals_key: str | None
+
+    def restore(self, totals: dict[bytes, bytes]) -> None: ...
+
 
 class ProjectionRunner(Generic[S]):
     def __init__(
@@ -96,6 +110,9 @@ class ProjectionRunner(Generic[S]):
         self.position = 0
         self._cache: OrderedDict[str, S | None] = OrderedDict()
         self._cache_size = cache_size
+        # States this process appended that the runner has not applied yet: key → (seq, state).
+        self._overlay: dict[str, tuple[int, S | None]] = {}
+        self.written = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tick = 0
         self._task: asyncio.Task[None] | None = None
@@ -103,8 +120,14 @@ class ProjectionRunner(Generic[S]):
 
     async def start(self) -> None:
         """Catch up with the log, then keep following it in the background."""
-        raw = await self._redis.get(self._pos_key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._pos_key)
+            if self.projection.totals_key:
+                pipe.hgetall(self.projection.totals_key)
+            raw, *totals = await pipe.execute()
         self.position = int(raw or 0)
+        if totals:
+            self.projection.restore(totals[0])
         target = await self._store.last_seq()
         self._task = asyncio.create_task(self._run(), name=f"projection:{self.projection.name}")
         # Handlers may rely on the projection as soon as start() returns.
@@ -119,10 +142,29 @@ class ProjectionRunner(Generic[S]):
             except asyncio.CancelledError:
                 pass
 
-    async def get(self, key: str) -> S | None:
-        """The current state at ``key``: from the runner's cache, else from Redis."""
+    def note(self, key: str, state: S | None, seq: int) -> None:
+        """Remember the state this process just appended at ``seq``, ahead of the runner."""
+        if seq > self.position:
+            self._overlay[key] = (seq, state)
+            self.written = max(self.written, seq)
+
+    async def settled(self) -> None:
+        """Wait until Redis holds every event this process has appended."""
+        await self.wait_for(self.written)
+
+    def cached(self, key: str) -> tuple[bool, S | None]:
+        """(known, state) from memory alone; known=False means "ask Redis or the log"."""
+        if key in self._overlay:
+            return True, self._overlay[key][1]
         if key in self._cache:
-            return self._cache[key]
+            return True, self._cache[key]
+        return False, None
+
+    async def get(self, key: str) -> S | None:
+        """The current state at ``key``: from memory, else from Redis."""
+        known, state = self.cached(key)
+        if known:
+            return state
         raw = await self._redis.get(key)
         return None if raw is None else self.projection.load(raw)
 
@@ -193,6 +235,9 @@ class ProjectionRunner(Generic[S]):
                 ops.append(("SET", key, self.projection.dump(new)) if new is not None else ("DEL", key))
                 ops.extend(self.projection.ops(key, old, new))
                 self._remember(key, new)
+                noted = self._overlay.get(key)
+                if noted is not None and noted[0] <= record.seq:
+                    del self._overlay[key]
             argv += [record.seq, len(ops)]
             for op in ops:
                 argv.append(len(op))

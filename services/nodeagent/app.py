@@ -233,9 +233,9 @@ class NodeApp:
             # No state in Redis, but the aggregate has history (it was idle): append after it.
             expected = await self._last_version(subject)
             seq = await self._store.append(subject, event, expected=expected)
-        await self._runner.wait_for(seq)
         new = evolve(state, event, seq)  # type: ignore[arg-type]
         assert new is not None
+        self._runner.note(self._projection.key(new.volume_id), new, seq)
         return new
 
     async def _last_version(self, subject: str) -> int:

@@ -26,7 +26,7 @@ from volplane.locks import KeyedLocks
 from volplane.projection import ProjectionRunner
 
 from .adapters.pool import ImagePool
-from .adapters.projection import INFLIGHT, VOLS, used_key, volume_key
+from .adapters.projection import INFLIGHT, VOLS, volume_key
 from .domain.events import VOLUME_EVENTS, VolumeCreated, VolumeCreateFailed, VolumeDeleted
 from .domain.volume import (
     MAX_NAME,
@@ -52,8 +52,8 @@ class ProvisionerApp:
         self._redis = runner._redis
         self._pool = pool
         self._locks = KeyedLocks("volume")
-        # Bytes promised by intents not yet counted in Redis' used total (see _reserve).
-        self._reserved: dict[str, int] = {}
+        # Bytes promised to creates in flight: id → (size, seq of the intent, 0 until appended).
+        self._reserved: dict[str, tuple[int, int]] = {}
 
     # -- commands -----------------------------------------------------------
 
@@ -66,7 +66,10 @@ class ProvisionerApp:
         size = resolve_size(cmd.required_bytes, cmd.limit_bytes)
         vid = volume_id_for(cmd.name)
         async with self._locks.hold(vid):
-            state = await self._load(vid)
+            # A name the runner has not seen is most likely new: append as the
+            # aggregate's first event and let the log's concurrency check say otherwise,
+            # rather than asking Redis first.
+            known, state = self._runner.cached(volume_key(vid))
             for _ in range(3):
                 intent = decide_create(state, cmd, pool=self._pool.name, size=size)
                 if intent is None:
@@ -76,18 +79,32 @@ class ProvisionerApp:
                     if state.name != cmd.name:
                         raise Aborted(f"volume id collision between {cmd.name!r} and {state.name!r}")
                     return self._info(state)
-                await self._reserve(vid, size)
+                try:
+                    self._reserve(vid, size)
+                except ResourceExhausted:
+                    if known:
+                        raise
+                    # Before refusing, make sure this is not a retry for a volume that exists.
+                    known, state = True, await self._load(vid)
+                    continue
                 try:
                     seq = await self._store.append(subjects.volume(vid), intent, expected=state.version if state else 0)
-                    await self._runner.wait_for(seq)
                 except ConcurrencyConflict:
+                    self._reserved.pop(vid, None)
                     state = await self._reload(vid)
                     continue
-                finally:
+                except BaseException:
                     self._reserved.pop(vid, None)
-                state = evolve(state, intent, seq)
-                assert state is not None
-                return self._info(await self._finish_create(state))
+                    raise
+                # Held until the runner counts the intent in the pool's used total.
+                self._reserved[vid] = (size, seq)
+                creating = evolve(state, intent, seq)
+                assert creating is not None
+                self._runner.note(volume_key(vid), creating, seq)
+                try:
+                    return self._info(await self._finish_create(creating))
+                except ConcurrencyConflict:
+                    state = await self._reload(vid)
             raise Aborted(f"volume {cmd.name!r} is contended, retry")
 
     async def delete_volume(self, cmd: DeleteVolume) -> Done:
@@ -110,6 +127,7 @@ class ProvisionerApp:
                     continue
                 deleting = evolve(state, intent, seq)
                 assert deleting is not None
+                self._runner.note(volume_key(deleting.volume_id), deleting, seq)
                 await self._finish_delete(deleting)
                 return Done()
             raise Aborted(f"volume {cmd.volume_id} is contended, retry")
@@ -125,6 +143,7 @@ class ProvisionerApp:
             raise InvalidArgument("max_entries: must not be negative")
         if cmd.starting_token and not is_volume_id(cmd.starting_token):
             raise Aborted(f"starting_token {cmd.starting_token[:64]!r} was not issued by this driver")
+        await self._runner.settled()
         start = f"({cmd.starting_token}" if cmd.starting_token else "-"
         limit = cmd.max_entries or 1000
         ids = await self._redis.zrangebylex(VOLS, start, "+", start=0, num=limit + 1)
@@ -137,8 +156,7 @@ class ProvisionerApp:
         )
 
     async def get_capacity(self, cmd: GetCapacity) -> CapacityInfo:
-        used = int(await self._redis.get(used_key(self._pool.name)) or 0)
-        free = max(0, self._pool.capacity - used - sum(self._reserved.values()))
+        free = max(0, self._pool.capacity - self._used() - self._in_flight())
         return CapacityInfo(
             available_bytes=free,
             total_bytes=self._pool.capacity,
@@ -170,33 +188,41 @@ class ProvisionerApp:
         except VolplaneError as exc:
             self._pool.delete(state.volume_id)
             seq = await self._store.append(subject, VolumeCreateFailed(volume_id=state.volume_id, reason=exc.message), expected=state.version)
-            await self._runner.wait_for(seq)
+            self._runner.note(volume_key(state.volume_id), state.model_copy(update={"phase": "failed", "version": seq}), seq)
             raise
         seq = await self._store.append(subject, VolumeCreated(volume_id=state.volume_id), expected=state.version)
-        await self._runner.wait_for(seq)
-        return state.model_copy(update={"phase": "ready", "version": seq})
+        ready = state.model_copy(update={"phase": "ready", "version": seq})
+        self._runner.note(volume_key(state.volume_id), ready, seq)
+        return ready
 
     async def _finish_delete(self, state: VolumeState) -> None:
         self._pool.delete(state.volume_id)
         seq = await self._store.append(subjects.volume(state.volume_id), VolumeDeleted(volume_id=state.volume_id), expected=state.version)
-        await self._runner.wait_for(seq)
+        self._runner.note(volume_key(state.volume_id), None, seq)
 
-    async def _reserve(self, vid: str, size: int) -> None:
+    def _reserve(self, vid: str, size: int) -> None:
         """Promise ``size`` bytes of the pool to ``vid`` or raise ResourceExhausted.
 
-        Redis' used total counts intents already projected; ``_reserved`` counts ours
-        in flight. The snapshot taken before reading Redis is added back so that an
-        intent projected while we read is counted at least once. Other replicas'
-        in-flight intents are not seen: two replicas may briefly over-commit a pool by
-        at most what they have in flight (a known shortcut).
+        The projection's in-memory total counts intents the runner has applied;
+        ``_reserved`` counts ours it has not applied yet. Other replicas' in-flight
+        intents are not seen: two replicas may briefly over-commit a pool by at most
+        what they have in flight (a known shortcut until capacity becomes an aggregate).
         """
-        before = dict(self._reserved)
-        used = int(await self._redis.get(used_key(self._pool.name)) or 0)
-        pending = sum((before | self._reserved).values())
-        if used + pending + size > self._pool.capacity:
-            free = max(0, self._pool.capacity - used - pending)
+        used = self._used() + self._in_flight()
+        if used + size > self._pool.capacity:
+            free = max(0, self._pool.capacity - used)
             raise ResourceExhausted(f"pool {self._pool.name} has {free} bytes free, {size} requested")
-        self._reserved[vid] = size
+        self._reserved[vid] = (size, 0)
+
+    def _in_flight(self) -> int:
+        """Bytes reserved and not yet in the projection's total; drops what it has counted."""
+        position = self._runner.position
+        for vid in [v for v, (_, seq) in self._reserved.items() if 0 < seq <= position]:
+            del self._reserved[vid]
+        return sum(size for size, _ in self._reserved.values())
+
+    def _used(self) -> int:
+        return self._runner.projection.used.get(self._pool.name, 0)  # type: ignore[attr-defined]
 
     async def _load(self, vid: str) -> VolumeState | None:
         return await self._runner.get(volume_key(vid))

@@ -16,6 +16,8 @@ from ..domain.volume import NodeVolumeState, evolve, is_idle
 
 
 class NodeProjection:
+    totals_key = None
+
     def __init__(self, node: str) -> None:
         self.node = node
         self.name = f"node:{node}"
@@ -23,6 +25,9 @@ class NodeProjection:
         self._subject_prefix = len(subjects.node_volume(node, ""))
         self._key_prefix = f"{PREFIX}node:{node}:vol:"
         self.inflight = f"{PREFIX}node:{node}:inflight"
+
+    def restore(self, totals: dict[bytes, bytes]) -> None:
+        return None
 
     def key(self, volume_id: str) -> str:
         return self._key_prefix + volume_id

@@ -4,7 +4,7 @@ Keys (all under ``vp:``, so a rebuild can drop them):
   vp:vol:<id>            msgpack VolumeState, absent once the volume is deleted
   vp:vols                sorted set of live volume ids (score 0, ordered by id) for paging
   vp:vols:inflight       ids with an intent but no result yet, finished on restart
-  vp:pool:<pool>:used    bytes promised to volumes in the pool
+  vp:pools:used          hash: pool → bytes promised to its live volumes
 """
 
 from __future__ import annotations
@@ -26,14 +26,21 @@ def volume_key(volume_id: str) -> str:
     return f"{PREFIX}vol:{volume_id}"
 
 
-def used_key(pool: str) -> str:
-    return f"{PREFIX}pool:{pool}:used"
+USED = f"{PREFIX}pools:used"
 
 
 class VolumesProjection:
     name = "volumes"
     filter_subject = subjects.VOLUME_EVENTS
+    totals_key = USED
     _prefix_len = len(subjects.volume(""))
+
+    def __init__(self) -> None:
+        # Bytes used per pool, as of the runner's position (see Projection.totals_key).
+        self.used: dict[str, int] = {}
+
+    def restore(self, totals: dict[bytes, bytes]) -> None:
+        self.used = {k.decode(): int(v) for k, v in totals.items()}
 
     def key_for(self, record: Record) -> str | None:
         return volume_key(record.subject[self._prefix_len :])
@@ -56,10 +63,12 @@ class VolumesProjection:
         is_live = new is not None and new.phase in _LIVE
         if is_live and not was_live:
             assert new is not None
-            ops += [("ZADD", VOLS, 0, vid), ("INCRBY", used_key(new.pool), new.capacity_bytes)]
+            ops += [("ZADD", VOLS, 0, vid), ("HINCRBY", USED, new.pool, new.capacity_bytes)]
+            self.used[new.pool] = self.used.get(new.pool, 0) + new.capacity_bytes
         elif was_live and not is_live:
             assert old is not None
-            ops += [("ZREM", VOLS, vid), ("DECRBY", used_key(old.pool), old.capacity_bytes)]
+            ops += [("ZREM", VOLS, vid), ("HINCRBY", USED, old.pool, -old.capacity_bytes)]
+            self.used[old.pool] = self.used.get(old.pool, 0) - old.capacity_bytes
         if new is not None and new.phase in _INFLIGHT:
             ops.append(("SADD", INFLIGHT, vid))
         elif old is not None and old.phase in _INFLIGHT:

@@ -1,0 +1,634 @@
+"""CSI Node through the real socket: real images, loop devices, ext4 and mounts.
+
+Every path lives under pytest's tmp_path. The ``node`` fixture records what a test
+staged, published and created, and undoes it through the CSI API when the test ends;
+then, as a backstop that does not trust the driver, it unmounts and detaches whatever
+is left by hand and fails the test if it had to.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import Csi, loops_backing, mount_cap, mounts_under, needs_root
+from volplane.csi import csi_pb2 as csi
+from volplane.launcher import Stack
+
+pytestmark = needs_root
+
+MiB = 2**20
+TIMEOUT = 60
+Mode = csi.VolumeCapability.AccessMode
+
+
+def pool_dir(stack: Stack) -> Path:
+    return stack.run_dir / "pools" / "default"
+
+
+def mount_points() -> list[str]:
+    """Every mount point on the host, one per mount (stacked mounts count twice)."""
+    with open("/proc/self/mountinfo") as f:
+        return [line.split(" ")[4] for line in f]
+
+
+def mounts_at(path: Path) -> int:
+    return mount_points().count(str(path))
+
+
+def mount_options_at(path: Path) -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        lines = [line.split(" ") for line in f if line.split(" ")[4] == str(path)]
+    assert lines, f"nothing mounted at {path}"
+    fields = lines[-1]
+    return set(fields[5].split(","))
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()  # type: ignore[attr-defined,no-any-return]
+
+
+class Node:
+    """CSI calls that remember what they did, so the fixture can undo it."""
+
+    def __init__(self, client: Csi, stack: Stack, tmp_path: Path) -> None:
+        self.client = client
+        self.stack = stack
+        self.tmp = tmp_path
+        self.volumes: list[str] = []
+        self.staged: list[tuple[str, Path]] = []
+        self.published: list[tuple[str, Path]] = []
+
+    def create(self, required: int = 64 * MiB) -> csi.Volume:
+        req = csi.CreateVolumeRequest(
+            name=f"node-{uuid.uuid4().hex}",
+            capacity_range=csi.CapacityRange(required_bytes=required),
+            volume_capabilities=[mount_cap()],
+        )
+        vol = self.client.controller.CreateVolume(req, timeout=TIMEOUT).volume
+        self.volumes.append(vol.volume_id)
+        return vol
+
+    def image(self, vol: csi.Volume) -> Path:
+        return pool_dir(self.stack) / f"{vol.volume_id}.img"
+
+    def staging_dir(self, name: str = "staging") -> Path:
+        path = self.tmp / name
+        path.mkdir()
+        return path
+
+    def stage(self, vid: str, staging: Path, cap: csi.VolumeCapability | None = None, context: dict[str, str] | None = None) -> None:
+        self.staged.append((vid, staging))
+        self.client.node.NodeStageVolume(
+            csi.NodeStageVolumeRequest(
+                volume_id=vid,
+                staging_target_path=str(staging),
+                volume_capability=cap or mount_cap(),
+                volume_context=context or {},
+            ),
+            timeout=TIMEOUT,
+        )
+
+    def publish(self, vid: str, staging: Path, target: Path, readonly: bool = False, cap: csi.VolumeCapability | None = None) -> None:
+        self.published.append((vid, target))
+        self.client.node.NodePublishVolume(
+            csi.NodePublishVolumeRequest(
+                volume_id=vid,
+                staging_target_path=str(staging),
+                target_path=str(target),
+                volume_capability=cap or mount_cap(),
+                readonly=readonly,
+            ),
+            timeout=TIMEOUT,
+        )
+
+    def unpublish(self, vid: str, target: Path) -> None:
+        self.client.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=str(target)), timeout=TIMEOUT)
+
+    def unstage(self, vid: str, staging: Path) -> None:
+        self.client.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=str(staging)), timeout=TIMEOUT)
+
+    def delete(self, vid: str) -> None:
+        self.client.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid), timeout=TIMEOUT)
+
+    def loops(self) -> list[str]:
+        return [line for line in loops_backing(pool_dir(self.stack)) if any(v in line for v in self.volumes)]
+
+    def cleanup(self) -> list[str]:
+        """Undo through CSI, then by hand; returns what the driver left behind."""
+        problems: list[str] = []
+        for step, items in ((self.unpublish, self.published), (self.unstage, self.staged)):
+            for vid, path in reversed(items):
+                try:
+                    step(vid, path)
+                except grpc.RpcError as exc:
+                    problems.append(f"{step.__name__}({path}): {exc.code()} {exc.details()}")  # type: ignore[attr-defined]
+        for vid in self.volumes:
+            try:
+                self.delete(vid)
+            except grpc.RpcError as exc:
+                problems.append(f"delete({vid}): {exc.code()} {exc.details()}")  # type: ignore[attr-defined]
+        for point in reversed([p for p in mount_points() if p == str(self.tmp) or p.startswith(f"{self.tmp}/")]):
+            problems.append(f"left mounted: {point}")
+            subprocess.run(["umount", "-l", point], check=False)
+        for line in self.loops():
+            problems.append(f"left attached: {line}")
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], check=False)
+        return problems
+
+
+@pytest.fixture
+def node(client: Csi, stack: Stack, tmp_path: Path) -> Iterator[Node]:
+    n = Node(client, stack, tmp_path)
+    try:
+        yield n
+    finally:
+        problems = n.cleanup()
+    assert problems == [], "cleanup through CSI failed or left host state behind"
+
+
+@pytest.fixture
+def staged(node: Node) -> tuple[csi.Volume, Path]:
+    """A created volume staged at tmp_path/staging."""
+    vol = node.create()
+    staging = node.staging_dir()
+    node.stage(vol.volume_id, staging, context=dict(vol.volume_context))
+    return vol, staging
+
+
+# -- Node identity -------------------------------------------------------------
+
+
+def test_node_info_is_the_node_of_the_stack(client: Csi, stack: Stack) -> None:
+    assert client.node.NodeGetInfo(csi.NodeGetInfoRequest(), timeout=TIMEOUT).node_id == stack.node_id
+
+
+def test_node_capabilities_include_stage_unstage(client: Csi) -> None:
+    resp = client.node.NodeGetCapabilities(csi.NodeGetCapabilitiesRequest(), timeout=TIMEOUT)
+    assert csi.NodeServiceCapability.RPC.STAGE_UNSTAGE_VOLUME in {c.rpc.type for c in resp.capabilities}
+
+
+# -- the whole life ------------------------------------------------------------
+
+
+def test_whole_life_stores_the_written_file_in_the_image_and_leaves_nothing_behind(node: Node, stack: Stack, tmp_path: Path) -> None:
+    vol = node.create()
+    vid = vol.volume_id
+    staging = node.staging_dir()
+    target = tmp_path / "pod" / "volume"
+    target.parent.mkdir()
+    image = node.image(vol)
+    payload = f"hello from {vid}\n"
+
+    node.stage(vid, staging, context=dict(vol.volume_context))
+    assert mounts_at(staging) == 1
+    assert len(node.loops()) == 1
+
+    node.publish(vid, staging, target)
+    assert target.is_dir()
+    assert mounts_at(target) == 1
+    (target / "hello.txt").write_text(payload)
+    assert (staging / "hello.txt").read_text() == payload
+
+    node.unpublish(vid, target)
+    assert not target.exists(), "the target directory the driver created is removed"
+    assert mounts_at(target) == 0
+
+    node.unstage(vid, staging)
+    assert mounts_at(staging) == 0
+    assert node.loops() == []
+    assert not (staging / "hello.txt").exists()
+
+    cat = subprocess.run(["debugfs", "-R", "cat /hello.txt", str(image)], capture_output=True, text=True, check=True)
+    assert cat.stdout == payload
+
+    node.delete(vid)
+    assert not image.exists()
+    assert [line for line in loops_backing(pool_dir(stack)) if vid in line] == []
+    assert mounts_under(tmp_path) == []
+
+
+def test_restaged_volume_keeps_its_data(node: Node, tmp_path: Path) -> None:
+    vol = node.create()
+    vid = vol.volume_id
+    staging = node.staging_dir()
+    target = tmp_path / "target"
+    node.stage(vid, staging)
+    node.publish(vid, staging, target)
+    (target / "kept").write_text("still here")
+    node.unpublish(vid, target)
+    node.unstage(vid, staging)
+
+    node.stage(vid, staging)
+    node.publish(vid, staging, target)
+
+    assert (target / "kept").read_text() == "still here"
+
+
+def test_stage_mounts_ext4_with_the_requested_flags(node: Node, staged: tuple[csi.Volume, Path]) -> None:
+    vol, staging = staged
+    again = node.staging_dir("flagged")
+    other = node.create()
+
+    node.stage(other.volume_id, again, cap=mount_cap(flags=("noatime", "nodev")))
+
+    assert {"noatime", "nodev"} <= mount_options_at(again)
+    with open("/proc/self/mountinfo") as f:
+        fs_types = {line.split(" - ")[1].split(" ")[0] for line in f if line.split(" ")[4] in (str(staging), str(again))}
+    assert fs_types == {"ext4"}
+
+
+# -- idempotency ---------------------------------------------------------------
+
+
+def test_stage_repeated_ten_times_is_ok_and_mounts_once(node: Node, staged: tuple[csi.Volume, Path]) -> None:
+    vol, staging = staged
+    for _ in range(10):
+        node.stage(vol.volume_id, staging, context=dict(vol.volume_context))
+    assert mounts_at(staging) == 1
+    assert len(node.loops()) == 1
+
+
+def test_stage_repeated_with_a_trailing_slash_is_the_same_stage(node: Node, staged: tuple[csi.Volume, Path]) -> None:
+    vol, staging = staged
+    node.client.node.NodeStageVolume(
+        csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=f"{staging}/", volume_capability=mount_cap()),
+        timeout=TIMEOUT,
+    )
+    assert mounts_at(staging) == 1
+
+
+def test_publish_repeated_ten_times_is_ok_and_binds_once(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    target = tmp_path / "target"
+    for _ in range(10):
+        node.publish(vol.volume_id, staging, target)
+    assert mounts_at(target) == 1
+    assert mounts_at(staging) == 1
+
+
+def test_unpublish_and_unstage_repeated_are_ok(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    target = tmp_path / "target"
+    node.publish(vol.volume_id, staging, target)
+
+    for _ in range(10):
+        node.unpublish(vol.volume_id, target)
+    assert mounts_at(target) == 0 and not target.exists()
+    for _ in range(10):
+        node.unstage(vol.volume_id, staging)
+    assert mounts_at(staging) == 0
+    assert node.loops() == []
+
+
+def test_unpublish_and_unstage_of_a_volume_never_staged_are_ok(node: Node, tmp_path: Path) -> None:
+    vol = node.create()
+    node.unpublish(vol.volume_id, tmp_path / "never-published")
+    node.unstage(vol.volume_id, tmp_path / "never-staged")
+    assert mounts_under(tmp_path) == []
+
+
+def test_unpublish_leaves_a_target_it_did_not_publish_alone(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, _ = staged
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep").write_text("x")
+
+    node.unpublish(vol.volume_id, foreign)
+
+    assert (foreign / "keep").read_text() == "x"
+
+
+# -- two targets, read-only ----------------------------------------------------
+
+
+def test_two_targets_are_one_staging_mount_and_two_binds_sharing_files(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    first, second = tmp_path / "pod-a", tmp_path / "pod-b"
+    node.publish(vol.volume_id, staging, first)
+    node.publish(vol.volume_id, staging, second)
+
+    (first / "shared").write_text("written in a")
+
+    assert (second / "shared").read_text() == "written in a"
+    assert (mounts_at(staging), mounts_at(first), mounts_at(second)) == (1, 1, 1)
+    assert len(node.loops()) == 1
+
+    node.unpublish(vol.volume_id, first)
+    assert (second / "shared").read_text() == "written in a", "the other target stays published"
+
+
+def test_readonly_publish_refuses_writes(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    (staging / "existing").write_text("data")
+    target = tmp_path / "ro"
+
+    node.publish(vol.volume_id, staging, target, readonly=True)
+
+    assert (target / "existing").read_text() == "data"
+    assert "ro" in mount_options_at(target)
+    with pytest.raises(OSError) as info:
+        (target / "new").write_text("x")
+    assert info.value.errno == errno.EROFS
+    (staging / "still-writable").write_text("y")  # only the bind is read-only
+
+
+def test_reader_only_access_mode_publishes_read_only(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    target = tmp_path / "reader"
+
+    node.publish(vol.volume_id, staging, target, cap=mount_cap(mode=Mode.SINGLE_NODE_READER_ONLY))
+
+    with pytest.raises(OSError) as info:
+        (target / "new").write_text("x")
+    assert info.value.errno == errno.EROFS
+
+
+def test_publish_with_other_readonly_at_the_same_target_already_exists(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    target = tmp_path / "target"
+    node.publish(vol.volume_id, staging, target, readonly=False)
+
+    assert code_of(lambda: node.publish(vol.volume_id, staging, target, readonly=True)) == grpc.StatusCode.ALREADY_EXISTS
+    assert mounts_at(target) == 1
+
+
+# -- preconditions -------------------------------------------------------------
+
+
+def test_publish_without_a_staging_path_is_a_failed_precondition(node: Node, tmp_path: Path) -> None:
+    vol = node.create()
+    target = tmp_path / "target"
+    req = csi.NodePublishVolumeRequest(volume_id=vol.volume_id, target_path=str(target), volume_capability=mount_cap())
+
+    assert code_of(lambda: node.client.node.NodePublishVolume(req, timeout=TIMEOUT)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert not target.exists()
+
+
+def test_publish_when_not_staged_is_a_failed_precondition(node: Node, tmp_path: Path) -> None:
+    vol = node.create()
+    staging = node.staging_dir()
+    target = tmp_path / "target"
+
+    assert code_of(lambda: node.publish(vol.volume_id, staging, target)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert not target.exists()
+    assert mounts_under(tmp_path) == []
+
+
+def test_publish_from_another_staging_path_is_a_failed_precondition(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, _ = staged
+    elsewhere = node.staging_dir("elsewhere")
+
+    assert code_of(lambda: node.publish(vol.volume_id, elsewhere, tmp_path / "target")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert not (tmp_path / "target").exists()
+
+
+def test_unstage_while_published_is_a_failed_precondition_and_changes_nothing(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    target = tmp_path / "target"
+    node.publish(vol.volume_id, staging, target)
+    (target / "f").write_text("x")
+
+    assert code_of(lambda: node.unstage(vol.volume_id, staging)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (mounts_at(staging), mounts_at(target)) == (1, 1)
+    assert (target / "f").read_text() == "x"
+
+
+def test_stage_at_a_second_path_is_a_failed_precondition(node: Node, staged: tuple[csi.Volume, Path]) -> None:
+    vol, staging = staged
+    second = node.staging_dir("second")
+
+    assert code_of(lambda: node.stage(vol.volume_id, second)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert (mounts_at(staging), mounts_at(second)) == (1, 0)
+
+
+def test_stage_of_a_volume_never_created_is_not_found(node: Node, tmp_path: Path) -> None:
+    vid = uuid.uuid4().hex
+    staging = tmp_path / "staging"
+
+    assert code_of(lambda: node.stage(vid, staging)) == grpc.StatusCode.NOT_FOUND
+    assert not staging.exists()
+    assert mounts_under(tmp_path) == []
+    assert [line for line in loops_backing(pool_dir(node.stack)) if vid in line] == []
+
+
+def test_stage_of_a_deleted_volume_is_not_found(node: Node, tmp_path: Path) -> None:
+    vol = node.create()
+    node.delete(vol.volume_id)
+
+    assert code_of(lambda: node.stage(vol.volume_id, tmp_path / "staging")) == grpc.StatusCode.NOT_FOUND
+    assert mounts_under(tmp_path) == []
+
+
+# -- bad arguments -------------------------------------------------------------
+
+VID = "0123456789abcdef0123456789abcdef"
+
+
+def _bad_requests(tmp: Path) -> list[tuple[str, object]]:
+    s, t, cap = str(tmp / "staging"), str(tmp / "target"), mount_cap()
+    no_type = csi.VolumeCapability(access_mode=Mode(mode=Mode.SINGLE_NODE_WRITER))
+    no_mode = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume())
+    return [
+        ("NodeStageVolume", csi.NodeStageVolumeRequest(staging_target_path=s, volume_capability=cap)),
+        ("NodeStageVolume", csi.NodeStageVolumeRequest(volume_id=VID, volume_capability=cap)),
+        ("NodeStageVolume", csi.NodeStageVolumeRequest(volume_id=VID, staging_target_path=s)),
+        ("NodeStageVolume", csi.NodeStageVolumeRequest(volume_id=VID, staging_target_path=s, volume_capability=no_type)),
+        ("NodeStageVolume", csi.NodeStageVolumeRequest(volume_id=VID, staging_target_path=s, volume_capability=no_mode)),
+        ("NodePublishVolume", csi.NodePublishVolumeRequest(staging_target_path=s, target_path=t, volume_capability=cap)),
+        ("NodePublishVolume", csi.NodePublishVolumeRequest(volume_id=VID, staging_target_path=s, volume_capability=cap)),
+        ("NodePublishVolume", csi.NodePublishVolumeRequest(volume_id=VID, staging_target_path=s, target_path=t)),
+        ("NodeUnstageVolume", csi.NodeUnstageVolumeRequest(staging_target_path=s)),
+        ("NodeUnstageVolume", csi.NodeUnstageVolumeRequest(volume_id=VID)),
+        ("NodeUnpublishVolume", csi.NodeUnpublishVolumeRequest(target_path=t)),
+        ("NodeUnpublishVolume", csi.NodeUnpublishVolumeRequest(volume_id=VID)),
+    ]
+
+
+MISSING = [
+    "stage-no-id", "stage-no-staging", "stage-no-capability", "stage-no-access-type", "stage-no-access-mode",
+    "publish-no-id", "publish-no-target", "publish-no-capability",
+    "unstage-no-id", "unstage-no-staging", "unpublish-no-id", "unpublish-no-target",
+]
+
+
+@pytest.mark.parametrize("case", range(len(MISSING)), ids=MISSING)
+def test_request_with_a_missing_field_is_an_invalid_argument(node: Node, tmp_path: Path, case: int) -> None:
+    method, request = _bad_requests(tmp_path)[case]
+    call = getattr(node.client.node, method)
+    assert code_of(lambda: call(request, timeout=TIMEOUT)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(tmp_path.iterdir()) == []
+
+
+BAD_PATHS = {
+    "relative": lambda tmp: "relative/staging",
+    "dotdot": lambda tmp: f"{tmp}/a/../staging",
+    "dotdot-escape": lambda tmp: f"{tmp}/../../../etc/volplane-escape",
+    "nul": lambda tmp: f"{tmp}/sta\x00ging",
+    "root": lambda tmp: "/",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_PATHS))
+@pytest.mark.parametrize("field", ["staging", "target"])
+def test_bad_path_is_an_invalid_argument(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path, kind: str, field: str) -> None:
+    vol, staging = staged
+    bad = BAD_PATHS[kind](tmp_path)
+    before = mount_points()
+    if field == "staging":
+        other = node.create()
+        call: Callable[[], object] = lambda: node.client.node.NodeStageVolume(  # noqa: E731
+            csi.NodeStageVolumeRequest(volume_id=other.volume_id, staging_target_path=bad, volume_capability=mount_cap()), timeout=TIMEOUT
+        )
+    else:
+        call = lambda: node.client.node.NodePublishVolume(  # noqa: E731
+            csi.NodePublishVolumeRequest(
+                volume_id=vol.volume_id, staging_target_path=str(staging), target_path=bad, volume_capability=mount_cap()
+            ),
+            timeout=TIMEOUT,
+        )
+
+    assert code_of(call) == grpc.StatusCode.INVALID_ARGUMENT
+    assert mount_points() == before
+    assert not Path("/etc/volplane-escape").exists()
+
+
+@pytest.mark.parametrize("kind", ["relative", "dotdot", "nul"])
+def test_bad_path_to_unpublish_or_unstage_is_an_invalid_argument(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path, kind: str) -> None:
+    vol, staging = staged
+    bad = BAD_PATHS[kind](tmp_path)
+
+    assert code_of(lambda: node.client.node.NodeUnpublishVolume(
+        csi.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=bad), timeout=TIMEOUT
+    )) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: node.client.node.NodeUnstageVolume(
+        csi.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=bad), timeout=TIMEOUT
+    )) == grpc.StatusCode.INVALID_ARGUMENT
+    assert mounts_at(staging) == 1
+
+
+def test_target_whose_parent_is_a_symlink_is_an_invalid_argument(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    before = mount_points()
+
+    assert code_of(lambda: node.publish(vol.volume_id, staging, tmp_path / "link" / "target")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(real.iterdir()) == []
+    assert mount_points() == before
+
+
+def test_staging_whose_parent_is_a_symlink_is_an_invalid_argument(node: Node, tmp_path: Path) -> None:
+    vol = node.create()
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+
+    assert code_of(lambda: node.stage(vol.volume_id, tmp_path / "link" / "staging")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(real.iterdir()) == []
+    assert mounts_under(tmp_path) == []
+
+
+def test_target_that_is_a_symlink_is_an_invalid_argument_and_nothing_is_mounted_where_it_points(
+    node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path
+) -> None:
+    vol, staging = staged
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "target").symlink_to(victim)
+
+    assert code_of(lambda: node.publish(vol.volume_id, staging, tmp_path / "target")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert mounts_at(victim) == 0
+    assert (tmp_path / "target").is_symlink()
+
+
+def test_target_whose_parent_does_not_exist_is_refused_and_not_created(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    target = tmp_path / "missing" / "target"
+
+    code = code_of(lambda: node.publish(vol.volume_id, staging, target))
+
+    assert code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
+    assert not target.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "vid",
+    ["../../etc", "..", "../" * 40, "/etc/passwd", "a/../../b", "..%2f..%2fetc", f"{VID}/../../x", VID.upper()],
+    ids=["dotdot-etc", "dotdot", "deep", "absolute", "mixed", "encoded", "hex-prefix", "uppercase-hex"],
+)
+def test_volume_id_that_is_a_path_is_refused_and_creates_nothing(node: Node, stack: Stack, tmp_path: Path, vid: str) -> None:
+    parent = pool_dir(stack).parent
+    before_entries = {p: sorted(os.listdir(p)) for p in (parent, pool_dir(stack), stack.run_dir)}
+    before_mounts = mount_points()
+    staging = node.staging_dir()
+    target = tmp_path / "target"
+
+    stage_code = code_of(lambda: node.stage(vid, staging))
+    publish_code = code_of(lambda: node.publish(vid, staging, target))
+
+    assert stage_code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    assert publish_code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+    assert {p: sorted(os.listdir(p)) for p in before_entries} == before_entries
+    assert mount_points() == before_mounts
+    assert list(staging.iterdir()) == [] and not target.exists()
+
+
+@pytest.mark.parametrize("flag", ["bind", "remount", "x-mount.mkdir", "uid=0", "noatime,bind", "suid"])
+def test_disallowed_mount_flag_is_an_invalid_argument(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path, flag: str) -> None:
+    vol, staging = staged
+    other = node.create()
+    second = node.staging_dir("second")
+    cap = mount_cap(flags=("noatime", flag))
+    before = mount_points()
+
+    assert code_of(lambda: node.stage(other.volume_id, second, cap=cap)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: node.publish(vol.volume_id, staging, tmp_path / "target", cap=cap)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert mount_points() == before
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "vfat", "proc"])
+def test_unsupported_fs_type_is_an_invalid_argument(node: Node, tmp_path: Path, fs: str) -> None:
+    vol = node.create()
+    staging = node.staging_dir()
+
+    assert code_of(lambda: node.stage(vol.volume_id, staging, cap=mount_cap(fs_type=fs))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert mounts_under(tmp_path) == []
+
+
+def test_block_access_is_an_invalid_argument(node: Node, tmp_path: Path) -> None:
+    vol = node.create()
+    staging = node.staging_dir()
+    block = csi.VolumeCapability(block=csi.VolumeCapability.BlockVolume(), access_mode=Mode(mode=Mode.SINGLE_NODE_WRITER))
+
+    assert code_of(lambda: node.stage(vol.volume_id, staging, cap=block)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert mounts_under(tmp_path) == []
+
+
+# -- failures leave the volume usable --------------------------------------------
+
+
+def test_failed_publish_at_a_regular_file_leaves_the_volume_unpublishable_and_unstageable(
+    node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path
+) -> None:
+    vol, staging = staged
+    target = tmp_path / "a-file"
+    target.write_text("not a directory")
+
+    code = code_of(lambda: node.publish(vol.volume_id, staging, target))
+
+    assert code != grpc.StatusCode.OK
+    assert target.read_text() == "not a directory"
+    node.unpublish(vol.volume_id, target)
+    node.unstage(vol.volume_id, staging)
+    assert mounts_under(tmp_path) == []
