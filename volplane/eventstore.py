@@ -107,6 +107,11 @@ class EventStore:
             return None
         return msg.seq
 
+    async def subjects(self, filter_subject: str) -> list[str]:
+        """The subjects holding events under ``filter_subject`` (one per aggregate)."""
+        info = await self._js.stream_info(self._stream, subjects_filter=filter_subject)
+        return list((info.state.subjects or {}).keys())
+
     async def last_seq(self) -> int:
         info = await self._js.stream_info(self._stream)
         return info.state.last_seq

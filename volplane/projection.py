@@ -34,7 +34,7 @@ import redis.exceptions
 from volplane.errors import Unavailable
 from volplane.eventstore import EventStore, Record
 
-__all__ = ["Projection", "ProjectionRunner", "PREFIX", "position_key", "rebuild"]
+__all__ = ["Projection", "ProjectionRunner", "PREFIX", "position_key", "rebuild", "canonical_dump"]
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +273,22 @@ async def rebuild(redis: aioredis.Redis, store: EventStore, projections: Sequenc
         await runner.start()
         await runner.stop()
     return deleted
+
+
+async def canonical_dump(redis: aioredis.Redis) -> dict[str, Any]:
+    """Every projection key and its value in a comparable form (sets and hashes sorted)."""
+    out: dict[str, Any] = {}
+    async for raw in redis.scan_iter(match=f"{PREFIX}*", count=1000):
+        key = raw.decode()
+        kind = (await redis.type(raw)).decode()
+        if kind == "string":
+            out[key] = await redis.get(raw)
+        elif kind == "hash":
+            out[key] = sorted((await redis.hgetall(raw)).items())
+        elif kind == "set":
+            out[key] = sorted(await redis.smembers(raw))
+        elif kind == "zset":
+            out[key] = await redis.zrange(raw, 0, -1, withscores=True)
+        else:
+            out[key] = (kind, "unsupported")
+    return dict(sorted(out.items()))

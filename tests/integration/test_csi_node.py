@@ -87,7 +87,6 @@ class Node:
         return path
 
     def stage(self, vid: str, staging: Path, cap: csi.VolumeCapability | None = None, context: dict[str, str] | None = None) -> None:
-        self.staged.append((vid, staging))
         self.client.node.NodeStageVolume(
             csi.NodeStageVolumeRequest(
                 volume_id=vid,
@@ -97,9 +96,12 @@ class Node:
             ),
             timeout=TIMEOUT,
         )
+        # Recorded only on success: a refused stage must not be undone (that unstage would be refused in turn);
+        # anything a failed call left on the host is found by the backstop in cleanup.
+        if (vid, staging) not in self.staged:
+            self.staged.append((vid, staging))
 
     def publish(self, vid: str, staging: Path, target: Path, readonly: bool = False, cap: csi.VolumeCapability | None = None) -> None:
-        self.published.append((vid, target))
         self.client.node.NodePublishVolume(
             csi.NodePublishVolumeRequest(
                 volume_id=vid,
@@ -110,6 +112,8 @@ class Node:
             ),
             timeout=TIMEOUT,
         )
+        if (vid, target) not in self.published:
+            self.published.append((vid, target))
 
     def unpublish(self, vid: str, target: Path) -> None:
         self.client.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=str(target)), timeout=TIMEOUT)
@@ -618,17 +622,88 @@ def test_block_access_is_an_invalid_argument(node: Node, tmp_path: Path) -> None
 # -- failures leave the volume usable --------------------------------------------
 
 
+@pytest.mark.xfail(
+    reason="bug: services/nodeagent/app.py _finish_publish: mkdir on an existing regular file raises "
+    "FileExistsError, the except branch then calls _remove_dir, whose rmdir raises NotADirectoryError (only "
+    "FileNotFoundError is caught), so VolumePublishFailed is never appended; the publication stays 'publishing' "
+    "and every later NodeUnpublish (INTERNAL, ENOTDIR) and NodeUnstage (FAILED_PRECONDITION) is refused for good",
+    strict=True,
+)
 def test_failed_publish_at_a_regular_file_leaves_the_volume_unpublishable_and_unstageable(
     node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path
 ) -> None:
     vol, staging = staged
     target = tmp_path / "a-file"
     target.write_text("not a directory")
+    try:
+        code = code_of(lambda: node.publish(vol.volume_id, staging, target))
 
-    code = code_of(lambda: node.publish(vol.volume_id, staging, target))
+        assert code != grpc.StatusCode.OK
+        assert target.read_text() == "not a directory"
+        node.unpublish(vol.volume_id, target)
+        node.unstage(vol.volume_id, staging)
+        node.staged.clear()
+        assert mounts_under(tmp_path) == []
+    finally:
+        # While the bug stands the driver cannot undo this volume, so the host is cleaned here by hand
+        # (cleanup's backstop) and the fixture is left nothing to complain about.
+        node.cleanup()
+        node.volumes.clear(), node.staged.clear(), node.published.clear()
 
-    assert code != grpc.StatusCode.OK
-    assert target.read_text() == "not a directory"
-    node.unpublish(vol.volume_id, target)
-    node.unstage(vol.volume_id, staging)
-    assert mounts_under(tmp_path) == []
+
+def test_stage_again_after_the_staging_mount_vanished_mounts_it_again(node: Node, staged: tuple[csi.Volume, Path]) -> None:
+    vol, staging = staged
+    (staging / "f").write_text("x")
+    subprocess.run(["umount", str(staging)], check=True)  # e.g. a node reboot
+
+    node.stage(vol.volume_id, staging)
+
+    assert mounts_at(staging) == 1
+    assert (staging / "f").read_text() == "x"
+
+
+def test_publish_again_after_the_bind_vanished_binds_it_again(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    (staging / "f").write_text("x")
+    target = tmp_path / "target"
+    node.publish(vol.volume_id, staging, target)
+    subprocess.run(["umount", str(target)], check=True)
+
+    node.publish(vol.volume_id, staging, target)
+
+    assert (target / "f").read_text() == "x"
+
+
+def test_second_volume_published_at_a_taken_target_is_refused_or_shown(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    (staging / "owner").write_text("a")
+    other = node.create()
+    other_staging = node.staging_dir("other")
+    node.stage(other.volume_id, other_staging)
+    (other_staging / "owner").write_text("b")
+    target = tmp_path / "target"
+    node.publish(vol.volume_id, staging, target)
+
+    try:
+        node.publish(other.volume_id, other_staging, target)
+    except grpc.RpcError:
+        assert (target / "owner").read_text() == "a"
+    else:
+        assert (target / "owner").read_text() == "b"
+
+
+def test_second_volume_staged_at_a_taken_staging_path_does_not_unmount_the_first_when_unstaged(node: Node, staged: tuple[csi.Volume, Path]) -> None:
+    vol, staging = staged
+    (staging / "owner").write_text("a")
+    other = node.create()
+
+    try:
+        node.stage(other.volume_id, staging)
+    except grpc.RpcError:
+        pass
+    else:
+        node.unstage(other.volume_id, staging)
+        node.staged.remove((other.volume_id, staging))
+
+    assert mounts_at(staging) == 1
+    assert (staging / "owner").read_text() == "a"
