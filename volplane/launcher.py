@@ -86,6 +86,9 @@ class Stack:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            # Its own session: Ctrl-C reaches only the launcher, which stops services
+            # before the servers they depend on.
+            start_new_session=True,
         )
 
     def stop_service(self, name: str, kill: bool = False) -> None:
