@@ -10,6 +10,7 @@ finishes an intent a crash left behind.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -30,8 +31,10 @@ from .domain.events import (
     NODE_VOLUME_EVENTS,
     VolumePublished,
     VolumePublishFailed,
+    VolumePublishing,
     VolumeStaged,
     VolumeStageFailed,
+    VolumeStaging,
     VolumeUnpublished,
     VolumeUnstaged,
 )
@@ -66,7 +69,7 @@ class NodeApp:
         staging = self._checked("staging_target_path", cmd.staging_path, must_exist=False)
         check_capability(cmd.capability)
         fs_type = cmd.capability.fs_type or cmd.volume_context.get("fsType") or "ext4"
-        image = self._image(cmd.volume_id)
+        image = self._existing_image(cmd.volume_id)
         cmd = cmd.model_copy(update={"staging_path": staging})
         async with self._locks.hold(cmd.volume_id):
             state = await self._load(cmd.volume_id)
@@ -75,7 +78,13 @@ class NodeApp:
                 return Done()
             intent = decide_stage(state, cmd, fs_type)
             if intent is None:
-                return Done()
+                assert state is not None
+                if await self._stage_intact(state, image):
+                    return Done()
+                # The host lost what the log says was done (a reboot, a manual umount): redo it.
+                intent = VolumeStaging(volume_id=state.volume_id, staging_path=state.staging_path, fs_type=state.fs_type, mount_flags=state.mount_flags)
+            else:
+                self._refuse_foreign_mount("staging_target_path", Path(staging), await self._host.loop_devices_for(image))
             state = await self._append(state, intent)
             await self._finish_stage(state, image)
             return Done()
@@ -113,7 +122,16 @@ class NodeApp:
                 return Done()
             intent = decide_publish(state, cmd)
             if intent is None:
-                return Done()
+                assert state is not None and pending is not None
+                if self._publish_intact(state, target):
+                    return Done()
+                # The bind is gone although the log says published: bind again.
+                intent = VolumePublishing(volume_id=state.volume_id, target_path=target, readonly=pending.readonly, mount_flags=cmd.capability.mount_flags)
+            else:
+                path = Path(target)
+                if path.exists() and not path.is_dir():
+                    raise FailedPrecondition(f"target_path: {target[:256]} exists and is not a directory")
+                self._refuse_foreign_mount("target_path", path, [])
             state = await self._append(state, intent)
             await self._finish_publish(state, target)
             return Done()
@@ -192,32 +210,53 @@ class NodeApp:
         await self._append(state, VolumeUnstaged(volume_id=state.volume_id))
 
     async def _undo_stage(self, image: Path, staging: Path) -> None:
-        # Unmount before detaching: a mounted loop device only detaches at unmount.
-        await self._host.unmount(staging)
+        # Only our own device's mounts are taken off the staging path; then the device is
+        # detached (a loop device still mounted would only detach at its last unmount).
+        for device in await self._host.loop_devices_for(image, deleted_too=True):
+            await self._host.unmount(staging, source=device)
         await self._host.detach(image)
+
+    async def _stage_intact(self, state: NodeVolumeState, image: Path) -> bool:
+        top = self._host.mount_point(Path(state.staging_path))
+        return top is not None and top.source == state.device and state.device in await self._host.loop_devices_for(image)
+
+    def _publish_intact(self, state: NodeVolumeState, target: str) -> bool:
+        bind = self._host.mount_point(Path(target))
+        staged = self._host.mount_point(Path(state.staging_path))
+        return bind is not None and staged is not None and bind.major_minor == staged.major_minor
+
+    def _refuse_foreign_mount(self, field: str, path: Path, ours: list[str]) -> None:
+        top = self._host.mount_point(path)
+        if top is not None and top.source not in ours:
+            raise FailedPrecondition(f"{field}: {str(path)[:256]} is already a mount point (of {top.source[:128]})")
 
     async def _finish_publish(self, state: NodeVolumeState, target: str) -> NodeVolumeState:
         pub = state.publication(target)
         assert pub is not None
         path = Path(target)
         try:
-            path.mkdir(exist_ok=True)
-            if self._host.mount_point(path) is None:
+            if not self._publish_intact(state, target):
+                if self._host.mount_point(path) is not None:
+                    raise FailedPrecondition(f"target_path: {target[:256]} is already a mount point")
+                path.mkdir(exist_ok=True)
                 await self._host.bind(Path(state.staging_path), path, pub.readonly)
-        except (StorageError, OSError) as exc:
-            await self._host.unmount(path)
+        except (VolplaneError, StorageError, OSError) as exc:
+            await self._host.unmount(path, source=state.device)
             _remove_dir(path)
-            await self._append(state, VolumePublishFailed(volume_id=state.volume_id, target_path=target, reason=str(exc)))
+            reason = exc.message if isinstance(exc, VolplaneError) else str(exc)
+            await self._append(state, VolumePublishFailed(volume_id=state.volume_id, target_path=target, reason=reason))
+            if isinstance(exc, VolplaneError):
+                raise
             raise Internal(f"publishing volume {state.volume_id} at {target} failed: {exc}") from exc
         return await self._append(state, VolumePublished(volume_id=state.volume_id, target_path=target))
 
     async def _finish_unpublish(self, state: NodeVolumeState, target: str) -> NodeVolumeState:
         path = Path(target)
         try:
-            await self._host.unmount(path)
-            _remove_dir(path)
-        except (StorageError, OSError) as exc:
+            await self._host.unmount(path, source=state.device)
+        except StorageError as exc:
             raise Internal(f"unpublishing volume {state.volume_id} from {target} failed: {exc}") from exc
+        _remove_dir(path)
         return await self._append(state, VolumeUnpublished(volume_id=state.volume_id, target_path=target))
 
     # -- plumbing -----------------------------------------------------------
@@ -257,6 +296,12 @@ class NodeApp:
             raise NotFound(f"volume {volume_id[:128]!r} does not exist")
         return path
 
+    def _existing_image(self, volume_id: str) -> Path:
+        image = self._image(volume_id)
+        if not image.exists():
+            raise NotFound(f"volume {volume_id} does not exist (no image in pool {self._cfg.pool_name})")
+        return image
+
     def _checked(self, field: str, text: str, *, must_exist: bool) -> str:
         """A path the CO gave us, refused if it escapes the roots or runs through a symlink."""
         path = check_path(field, text)
@@ -275,8 +320,9 @@ class NodeApp:
 
 
 def _remove_dir(path: Path) -> None:
-    """Remove the target directory we created; an unmounted one is empty."""
+    """Remove the target directory we created, if it is an empty directory; else leave it."""
     try:
         path.rmdir()
-    except FileNotFoundError:
-        pass
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("left %s in place: %s", path, exc.strerror)

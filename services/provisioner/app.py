@@ -35,6 +35,7 @@ from .domain.volume import (
     check_capabilities,
     decide_create,
     decide_delete,
+    effective_fs_type,
     evolve,
     fs_type_of,
     is_volume_id,
@@ -235,7 +236,7 @@ class ProvisionerApp:
         return state
 
     def _info(self, state: VolumeState) -> VolumeInfo:
-        fs = state.parameters.get("fsType") or next((c.fs_type for c in state.capabilities if c.fs_type), "") or "ext4"
+        fs = effective_fs_type(state.parameters, state.capabilities)
         return VolumeInfo(
             volume_id=state.volume_id,
             name=state.name,

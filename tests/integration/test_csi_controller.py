@@ -231,12 +231,6 @@ def test_second_create_with_same_name_and_block_access_already_exists(client: Cs
     assert code_of(lambda: client.controller.CreateVolume(req, timeout=TIMEOUT)) == grpc.StatusCode.ALREADY_EXISTS
 
 
-@pytest.mark.xfail(
-    reason="bug: services/provisioner/domain/volume.py _check_compatible compares only access types, so a "
-    "CreateVolume for an xfs mount returns the existing ext4 volume of the same name instead of ALREADY_EXISTS",
-    raises=pytest.fail.Exception,
-    strict=True,
-)
 def test_second_create_with_same_name_and_another_fs_type_already_exists(client: Csi, volumes: Callable[..., csi.Volume]) -> None:
     name = unique()
     volumes(name, caps=[mount_cap(fs_type="ext4")])
@@ -244,12 +238,6 @@ def test_second_create_with_same_name_and_another_fs_type_already_exists(client:
     assert code_of(lambda: client.controller.CreateVolume(req, timeout=TIMEOUT)) == grpc.StatusCode.ALREADY_EXISTS
 
 
-@pytest.mark.xfail(
-    reason="bug: services/provisioner/domain/volume.py resolve_size rounds an unaligned limit_bytes up past "
-    "itself when required_bytes is 0, so a satisfiable range is refused with OUT_OF_RANGE",
-    raises=grpc.RpcError,
-    strict=True,
-)
 def test_create_with_only_an_unaligned_limit_gets_a_volume_within_it(client: Csi, volumes: Callable[..., csi.Volume]) -> None:
     vol = volumes(required=0, limit=100 * MiB + 1)
     assert 32 * MiB <= vol.capacity_bytes <= 100 * MiB + 1

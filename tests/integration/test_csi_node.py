@@ -648,47 +648,25 @@ def test_block_access_is_an_invalid_argument(node: Node, tmp_path: Path) -> None
 # -- failures leave the volume usable --------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="bug: services/nodeagent/app.py _finish_publish: mkdir on an existing regular file raises "
-    "FileExistsError, the except branch then calls _remove_dir, whose rmdir raises NotADirectoryError (only "
-    "FileNotFoundError is caught), so VolumePublishFailed is never appended; the publication stays 'publishing' "
-    "and every later NodeUnpublish (INTERNAL, ENOTDIR) and NodeUnstage (FAILED_PRECONDITION) is refused for good",
-    raises=grpc.RpcError,
-    strict=True,
-)
-def test_failed_publish_at_a_regular_file_leaves_the_volume_unpublishable_and_unstageable(
+def test_publish_at_a_regular_file_is_refused_and_the_volume_stays_usable(
     node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path
 ) -> None:
     vol, staging = staged
     target = tmp_path / "a-file"
     target.write_text("not a directory")
-    try:
-        code = code_of(lambda: node.publish(vol.volume_id, staging, target))
 
-        assert code != grpc.StatusCode.OK
-        assert target.read_text() == "not a directory"
-        node.unpublish(vol.volume_id, target)
-        node.unstage(vol.volume_id, staging)
-        node.staged.clear()
-        assert mounts_under(tmp_path) == []
-    finally:
-        # While the bug stands the driver cannot undo this volume, so the host is cleaned here by hand
-        # (cleanup's backstop) and the fixture is left nothing to complain about.
-        node.cleanup()
-        node.volumes.clear(), node.staged.clear(), node.published.clear()
+    assert code_of(lambda: node.publish(vol.volume_id, staging, target)) == grpc.StatusCode.FAILED_PRECONDITION
 
+    assert target.read_text() == "not a directory"
+    node.unpublish(vol.volume_id, target)
+    node.unstage(vol.volume_id, staging)
+    node.staged.clear()
+    assert mounts_under(tmp_path) == []
 
 
 # -- the host, not the record, is the truth ----------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="bug: services/nodeagent/app.py stage: decide_stage returns None for a volume Redis records as 'staged' "
-    "without looking at the host, so once the staging mount is gone (node reboot, manual umount) NodeStageVolume "
-    "replies OK and leaves a bare directory on the root filesystem",
-    raises=AssertionError,
-    strict=True,
-)
 def test_stage_again_after_the_staging_mount_vanished_mounts_it_again(node: Node, staged: tuple[csi.Volume, Path]) -> None:
     vol, staging = staged
     (staging / "f").write_text("x")
@@ -700,13 +678,6 @@ def test_stage_again_after_the_staging_mount_vanished_mounts_it_again(node: Node
     assert (staging / "f").read_text() == "x"
 
 
-@pytest.mark.xfail(
-    reason="bug: services/nodeagent/app.py publish: decide_publish returns None for a target Redis records as "
-    "'published' without looking at the host, so once the bind is gone NodePublishVolume replies OK and the "
-    "workload gets an empty directory",
-    raises=FileNotFoundError,
-    strict=True,
-)
 def test_publish_again_after_the_bind_vanished_binds_it_again(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
     vol, staging = staged
     (staging / "f").write_text("x")
@@ -719,16 +690,7 @@ def test_publish_again_after_the_bind_vanished_binds_it_again(node: Node, staged
     assert (target / "f").read_text() == "x"
 
 
-@pytest.mark.xfail(
-    reason="bug: services/nodeagent/app.py _finish_publish binds only 'if mount_point(path) is None' and never "
-    "checks what is mounted there, so volume B published at a target that holds volume A replies OK and the "
-    "target shows A's files",
-    raises=AssertionError,
-    strict=True,
-)
-def test_second_volume_published_at_a_taken_target_is_refused_or_bound_there(
-    node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path
-) -> None:
+def test_second_volume_published_at_a_taken_target_is_refused(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
     vol, staging = staged
     (staging / "owner").write_text("a")
     other = node.create()
@@ -738,63 +700,33 @@ def test_second_volume_published_at_a_taken_target_is_refused_or_bound_there(
     target = tmp_path / "target"
     node.publish(vol.volume_id, staging, target)
 
-    try:
-        node.publish(other.volume_id, other_staging, target)
-    except grpc.RpcError:
-        assert (target / "owner").read_text() == "a"
-    else:
-        assert (target / "owner").read_text() == "b"
+    assert code_of(lambda: node.publish(other.volume_id, other_staging, target)) == grpc.StatusCode.FAILED_PRECONDITION
+
+    assert mounts_at(target) == 1
+    assert (target / "owner").read_text() == "a"
 
 
-@pytest.mark.xfail(
-    reason="bug: services/nodeagent/app.py _finish_stage mounts volume B on top of volume A's staging mount, and "
-    "NodeUnstageVolume of B runs HostStorage.unmount, which peels every mount stacked at the path, so A is "
-    "unmounted too while Redis still records it staged",
-    raises=AssertionError,
-    strict=True,
-)
-def test_second_volume_staged_at_a_taken_staging_path_does_not_unmount_the_first_when_unstaged(
-    node: Node, staged: tuple[csi.Volume, Path]
-) -> None:
+def test_second_volume_staged_at_a_taken_staging_path_is_refused(node: Node, staged: tuple[csi.Volume, Path]) -> None:
     vol, staging = staged
     (staging / "owner").write_text("a")
     other = node.create()
 
-    try:
-        node.stage(other.volume_id, staging)
-    except grpc.RpcError:
-        pass
-    else:
-        node.unstage(other.volume_id, staging)
-        node.staged.remove((other.volume_id, staging))
+    assert code_of(lambda: node.stage(other.volume_id, staging)) == grpc.StatusCode.FAILED_PRECONDITION
 
+    node.unstage(other.volume_id, staging)  # nothing of the other volume is staged: OK, and A stays
     assert mounts_at(staging) == 1
     assert (staging / "owner").read_text() == "a"
 
 
-@pytest.mark.xfail(
-    reason="bug: DeleteVolume of a staged volume replies OK and unlinks the image under its loop device; the "
-    "kernel then reports the backing file as '<path> (deleted)', which HostStorage.loop_devices_for never "
-    "matches, so the later NodeUnstageVolume replies OK and leaves the loop device attached for good",
-    raises=AssertionError,
-    strict=True,
-)
-def test_delete_of_a_staged_volume_is_refused_or_its_loop_device_is_released_at_unstage(
-    node: Node, staged: tuple[csi.Volume, Path]
-) -> None:
+def test_delete_of_a_staged_volume_still_releases_its_loop_device_at_unstage(node: Node, staged: tuple[csi.Volume, Path]) -> None:
     vol, staging = staged
-    try:
-        try:
-            node.delete(vol.volume_id)
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
-        node.unstage(vol.volume_id, staging)
-        node.staged.clear()
 
-        assert node.loops() == []
-    finally:
-        node.cleanup()  # detaches by hand what the driver leaks while the bug stands
-        node.volumes.clear(), node.staged.clear(), node.published.clear()
+    node.delete(vol.volume_id)  # a misbehaving CO: delete before unstage
+    node.unstage(vol.volume_id, staging)
+    node.staged.clear()
+
+    assert node.loops() == []
+    assert mounts_at(staging) == 0
 
 
 # -- concurrency --------------------------------------------------------------------

@@ -103,13 +103,6 @@ def test_path_that_is_not_normalised_is_refused(text: str) -> None:
         check_path("target_path", text)
 
 
-@pytest.mark.xfail(
-    reason="bug: posixpath.normpath keeps a leading '//' (POSIX leaves it implementation-defined), so check_path "
-    "accepts '//var/x' unnormalised; Linux treats it as '/var/x', yet the state compares the strings, so staging at "
-    "'//var/x' and then at '/var/x' (the same directory) is refused as 'already staged elsewhere'",
-    raises=AssertionError,
-    strict=True,
-)
 def test_path_with_a_leading_double_slash_is_normalised_or_refused() -> None:
     try:
         assert check_path("target_path", "/" + TARGET) == TARGET

@@ -103,12 +103,6 @@ def test_required_rounding_past_the_limit_is_out_of_range() -> None:
         resolve_size(100 * MiB + 1, 100 * MiB + 2)
 
 
-@pytest.mark.xfail(
-    reason="bug: resolve_size(0, limit) rounds min(DEFAULT_SIZE, limit) UP, so an unaligned limit below 1 GiB "
-    "is refused with OutOfRange although the whole-MiB size below it satisfies the range",
-    raises=OutOfRange,
-    strict=True,
-)
 def test_unaligned_limit_alone_gives_the_largest_whole_mib_below_it() -> None:
     assert resolve_size(0, 100 * MiB + 1) == 100 * MiB
 
@@ -176,12 +170,6 @@ def test_second_create_without_the_parameters_of_the_first_already_exists() -> N
         decide_create(ready(params={"tier": "fast"}), create(), pool=POOL, size=DEFAULT_SIZE)
 
 
-@pytest.mark.xfail(
-    reason="bug: _check_compatible compares only access types, so a volume created for ext4 is returned "
-    "to a CreateVolume of the same name that asks for an xfs mount capability",
-    raises=pytest.fail.Exception,
-    strict=True,
-)
 def test_second_create_with_another_fs_type_already_exists() -> None:
     with pytest.raises(AlreadyExists):
         decide_create(

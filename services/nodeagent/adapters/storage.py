@@ -117,11 +117,16 @@ class HostStorage:
             raise StorageError(command, proc.returncode, stderr.decode(errors="replace"))
         return stdout.decode(errors="replace")
 
-    async def loop_devices_for(self, image: Path) -> list[str]:
-        """Every loop device backed by ``image``: ``await storage.loop_devices_for(img) == ["/dev/loop0"]``."""
-        # The kernel stores the resolved path and appends " (deleted)" once the file is unlinked, so only an
-        # exact match on the resolved path counts as backing the live file.
+    async def loop_devices_for(self, image: Path, *, deleted_too: bool = False) -> list[str]:
+        """Every loop device backed by ``image``: ``await storage.loop_devices_for(img) == ["/dev/loop0"]``.
+
+        The kernel appends " (deleted)" to the backing path once the file is unlinked. Such a
+        device backs an old incarnation of the image, never the live file, so it is listed
+        only with ``deleted_too`` — which ``detach`` uses, so that nothing leaks when an
+        image was deleted while still attached.
+        """
         wanted = str(image.resolve())
+        accepted = {wanted, f"{wanted} (deleted)"} if deleted_too else {wanted}
         found: list[tuple[int, str]] = []
         for backing in SYS_BLOCK.glob("loop*/loop/backing_file"):
             try:
@@ -129,7 +134,7 @@ class HostStorage:
             except OSError:
                 # The device was detached between listing and reading, so it backs nothing.
                 continue
-            if current == wanted:
+            if current in accepted:
                 name = backing.parent.parent.name
                 found.append((int(name.removeprefix("loop")), f"/dev/{name}"))
         return [device for _, device in sorted(found)]
@@ -150,13 +155,13 @@ class HostStorage:
         A device still open (mounted) is only marked to auto-detach on its last close; that counts as success.
         """
         async with self._loop_lock:
-            for device in await self.loop_devices_for(image):
+            for device in await self.loop_devices_for(image, deleted_too=True):
                 try:
                     await self._run("losetup", "--detach", device)
                 except StorageError:
                     # Someone else may have detached it after the scan; only a device still backing the image
                     # is a failure.
-                    if device in await self.loop_devices_for(image):
+                    if device in await self.loop_devices_for(image, deleted_too=True):
                         raise
 
     async def refresh(self, device: str) -> None:
@@ -213,17 +218,23 @@ class HostStorage:
             await self._run("umount", _arg(target))
             raise
 
-    async def unmount(self, path: Path) -> None:
-        """Remove every mount stacked at ``path``; a no-op if none: ``await storage.unmount(Path("/mnt/pv-1"))``."""
+    async def unmount(self, path: Path, source: str | None = None) -> None:
+        """Remove the mounts stacked at ``path``; a no-op if none: ``await storage.unmount(Path("/mnt/pv-1"))``.
+
+        With ``source``, only mounts of that device are peeled: whatever someone else
+        mounted there, over or under ours, is left alone.
+        """
         for _ in range(MAX_UNMOUNT_ATTEMPTS):
-            if self.mount_point(path) is None:
+            top = self.mount_point(path)
+            if top is None or (source is not None and top.source != source):
                 return
             try:
                 await self._run("umount", _arg(path))
             except StorageError:
                 # A concurrent unmount may have won the race; only a mount that is still there is a failure.
-                if self.mount_point(path) is None:
-                    return
+                if self.mount_point(path) != top:
+                    continue
                 raise
-        if self.mount_point(path) is not None:
+        top = self.mount_point(path)
+        if top is not None and (source is None or top.source == source):
             raise StorageError(("umount", _arg(path)), None, f"still mounted after {MAX_UNMOUNT_ATTEMPTS} attempts")

@@ -74,7 +74,7 @@ def check_path(field: str, text: str) -> str:
         raise InvalidArgument(f"{field}: longer than {MAX_PATH} bytes")
     if not text.startswith("/"):
         raise InvalidArgument(f"{field}: must be an absolute path")
-    if text == "/" or posixpath.normpath(text) != text.rstrip("/") or "/../" in f"{text}/":
+    if text == "/" or text.startswith("//") or posixpath.normpath(text) != text.rstrip("/") or "/../" in f"{text}/":
         raise InvalidArgument(f"{field}: must be a normalised path below /, got {text[:256]!r}")
     return text.rstrip("/")
 

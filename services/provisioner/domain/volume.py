@@ -23,6 +23,7 @@ __all__ = ["VolumeState", "decide_create", "decide_delete", "evolve", "resolve_s
 
 from .events import VolumeCreated, VolumeCreateFailed, VolumeCreating, VolumeDeleted, VolumeDeleting, VolumeEvent
 
+BLOCK = 4096
 MiB = 2**20
 GiB = 2**30
 DEFAULT_SIZE = 1 * GiB
@@ -50,20 +51,31 @@ class VolumeState(Frozen):
 
 
 def resolve_size(required: int, limit: int) -> int:
-    """The size to create for a CSI CapacityRange, rounded up to whole MiB.
+    """The size to create for a CSI CapacityRange: whole MiB where the range allows,
+    else whole 4 KiB blocks (loop devices need whole sectors).
 
     >>> resolve_size(0, 0) == DEFAULT_SIZE
+    True
+    >>> resolve_size(0, 100 * MiB + 1) == 100 * MiB
     True
     """
     if required < 0 or limit < 0:
         raise InvalidArgument("capacity_range: bytes must not be negative")
     if limit and required > limit:
         raise OutOfRange(f"capacity_range: required_bytes {required} exceeds limit_bytes {limit}")
-    size = required or (min(DEFAULT_SIZE, limit) if limit else DEFAULT_SIZE)
-    size = max(MIN_SIZE, -(-size // MiB) * MiB)
+    if required:
+        size = max(MIN_SIZE, _round_up(required, MiB))
+        if limit and size > limit:
+            size = max(MIN_SIZE, _round_up(required, BLOCK))
+    else:
+        size = max(MIN_SIZE, min(DEFAULT_SIZE, limit // MiB * MiB) if limit else DEFAULT_SIZE)
     if limit and size > limit:
-        raise OutOfRange(f"capacity_range: limit_bytes {limit} is below the smallest volume ({MIN_SIZE} bytes)")
+        raise OutOfRange(f"capacity_range: no size of whole blocks of at least {MIN_SIZE} bytes fits in [{required}, {limit}]")
     return size
+
+
+def _round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
 
 
 def check_capabilities(caps: tuple[Capability, ...]) -> None:
@@ -77,10 +89,15 @@ def check_capabilities(caps: tuple[Capability, ...]) -> None:
 
 
 def fs_type_of(cmd: CreateVolume) -> str:
-    fs = cmd.parameters.get("fsType", "") or next((c.fs_type for c in cmd.capabilities if c.fs_type), "")
-    if fs and fs not in FS_TYPES:
+    fs = effective_fs_type(cmd.parameters, cmd.capabilities)
+    if fs not in FS_TYPES:
         raise InvalidArgument(f"parameters.fsType: {fs!r} is not supported (ext4, xfs)")
-    return fs or "ext4"
+    return fs
+
+
+def effective_fs_type(parameters: dict[str, str], capabilities: tuple[Capability, ...]) -> str:
+    """The filesystem a volume gets: the ``fsType`` parameter, else a capability's, else ext4."""
+    return parameters.get("fsType", "") or next((c.fs_type for c in capabilities if c.fs_type), "") or "ext4"
 
 
 def decide_create(state: VolumeState | None, cmd: CreateVolume, *, pool: str, size: int) -> VolumeCreating | None:
@@ -109,6 +126,10 @@ def _check_compatible(state: VolumeState, cmd: CreateVolume) -> None:
         raise AlreadyExists(f"volume {cmd.name!r} exists with another access type")
     if cmd.parameters != state.parameters:
         raise AlreadyExists(f"volume {cmd.name!r} exists with other parameters")
+    wanted = effective_fs_type(cmd.parameters, cmd.capabilities)
+    have = effective_fs_type(state.parameters, state.capabilities)
+    if any(c.access_type == "mount" for c in cmd.capabilities) and wanted != have:
+        raise AlreadyExists(f"volume {cmd.name!r} exists with {have}, not {wanted}")
 
 
 def decide_delete(state: VolumeState | None) -> VolumeDeleting | None:
