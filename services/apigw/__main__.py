@@ -7,7 +7,7 @@ import os
 # gRPC's legacy poller answers a unary call on this kind of host about a quarter
 # faster than the EventEngine default (measured: 527 → 422 µs per round trip, see
 # docs/performance.md); a deployment can still choose by setting the variable itself.
-os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener,-event_engine_dns")
+os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
