@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import nats
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
@@ -15,12 +17,29 @@ from volplane.errors import Unavailable
 
 __all__ = ["connect_nats", "connect_redis", "check_redis"]
 
+log = logging.getLogger(__name__)
+
 
 async def connect_nats(cfg: Config, name: str) -> NATS:
+    url = _redact(cfg.nats_url)
+
+    async def on_error(exc: Exception) -> None:
+        # One line, no traceback: while NATS is away this fires on every reconnect attempt.
+        log.warning("NATS %s: %s", url, exc or type(exc).__name__)
+
+    async def on_disconnect() -> None:
+        log.warning("disconnected from NATS %s, reconnecting", url)
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to NATS %s", url)
+
     try:
         return await nats.connect(
             cfg.nats_url,
             name=name,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
             connect_timeout=5,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

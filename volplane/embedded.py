@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["EmbeddedServer", "free_port", "die_with_parent"]
+__all__ = ["EmbeddedServer", "free_port", "with_parent"]
 
 
 def free_port() -> int:
@@ -25,12 +25,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the launcher dies, so nothing is left stray."""
-    import ctypes
+def with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that the child gets SIGTERM when its parent dies (no stray processes).
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    util-linux's ``setpriv --pdeathsig`` sets the signal and then execs, so no Python
+    code runs between fork and exec (a ``preexec_fn`` would, and in a process with gRPC
+    threads that can abort the child). Without setpriv the child simply lacks the guard.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 def _binary(name: str, packaged: Path | None = None) -> str:
@@ -82,7 +85,7 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 20.0) -> None:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=True)
+        self.proc = subprocess.Popen(with_parent(self.argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from volplane import subjects
-from volplane.embedded import EmbeddedServer, die_with_parent
+from volplane.embedded import EmbeddedServer, with_parent
 
 __all__ = ["Stack", "SERVICES", "main"]
 
@@ -80,12 +80,11 @@ class Stack:
     def start_service(self, name: str) -> None:
         log = open(self.run_dir / "logs" / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
+            with_parent([sys.executable, "-m", f"services.{name}"]),
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
             # Its own session: Ctrl-C reaches only the launcher, which stops services
             # before the servers they depend on.
             start_new_session=True,

@@ -30,7 +30,7 @@ from volplane.errors import Unavailable
 from volplane.eventstore import EventStore
 from volplane.logs import setup_logging
 
-__all__ = ["Runtime", "run_service"]
+__all__ = ["Runtime", "run_service", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,24 @@ async def _serve(name: str, cfg: Config, setup: Setup, per_node: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("%s stopping", name)
-    await nc.drain()
-    await rt.bus.drain()
+    await shutdown(nc, rt.bus)
     for close in reversed(rt.closers):
         await close()
     await redis.aclose()
+
+
+async def shutdown(nc: NATS, bus: Bus | None = None, grace: float = 5.0) -> None:
+    """Stop taking requests, let those in flight finish, close — within ``grace`` seconds,
+    even when NATS itself is already gone (a drain would wait for a reconnect forever)."""
+    try:
+        await asyncio.wait_for(nc.drain(), grace)
+        if bus is not None:
+            await asyncio.wait_for(bus.drain(), grace)
+    except (TimeoutError, Exception):  # noqa: BLE001 - shutting down regardless.
+        log.warning("shutdown did not finish within %.0fs; closing", grace)
+    finally:
+        if not nc.is_closed:
+            await nc.close()
 
 
 class _Any(dict):  # type: ignore[type-arg]

@@ -18,6 +18,7 @@ from volplane.clients import connect_nats  # noqa: E402
 from volplane.config import Config  # noqa: E402
 from volplane.errors import Unavailable  # noqa: E402
 from volplane.logs import setup_logging  # noqa: E402
+from volplane.service import shutdown  # noqa: E402
 
 from .server import serve  # noqa: E402
 
@@ -33,7 +34,7 @@ async def _main(cfg: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(grace=5)
-    await nc.drain()
+    await shutdown(nc)
 
 
 def main() -> None:
