@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the summary gives the median")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="volplane-bench-") as tmp:
-        stack = Stack(Path(tmp), env={"VOLPLANE_POOL_CAPACITY": "1Pi", "VOLPLANE_LOG_LEVEL": "WARNING"})
+        stack = Stack(Path(tmp), env={"VOLPLANE_POOL_CAPACITY": "1Pi", "VOLPLANE_SHARED_POOL_CAPACITY": "1Pi", "VOLPLANE_LOG_LEVEL": "WARNING"})
         stack.start()
         try:
             results = asyncio.run(main_async(args, stack.csi_endpoint))

@@ -18,16 +18,17 @@ from volplane import subjects
 from volplane.clients import check_redis, connect_nats, connect_redis
 from volplane.config import Config
 from volplane.eventstore import EventStore
+from volplane.nodes import NodesProjection
 from volplane.projection import Projection, canonical_dump, rebuild
 
 from .nodeagent.adapters.projection import NodeProjection
-from .provisioner.adapters.projection import VolumesProjection
+from .provisioner.adapters.projection import SnapshotsProjection, VolumesProjection
 
 
 async def all_projections(store: EventStore) -> list[Projection]:  # type: ignore[type-arg]
     """Every projection the log feeds: volumes, and one per node that has events."""
     nodes = sorted({s.split(".")[3].replace("~", ".") for s in await store.subjects("vp.ev.node.>")})
-    return [VolumesProjection(), *(NodeProjection(n) for n in nodes)]
+    return [NodesProjection(), VolumesProjection(), SnapshotsProjection(), *(NodeProjection(n) for n in nodes)]
 
 
 async def main_async(check: bool) -> int:

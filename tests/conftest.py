@@ -54,7 +54,7 @@ def mounts_under(directory: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stack"), env={"VOLPLANE_POOL_CAPACITY": "64Gi"})
+    s = Stack(tmp_path_factory.mktemp("stack"), env={"VOLPLANE_POOL_CAPACITY": "64Gi", "VOLPLANE_SHARED_POOL_CAPACITY": "64Gi"})
     s.start()
     yield s
     s.stop()

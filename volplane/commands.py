@@ -28,7 +28,28 @@ __all__ = [
     "PublishVolume",
     "UnpublishVolume",
     "Done",
+    "ContentSource",
+    "Topology",
+    "ExpandVolume",
+    "ExpandResult",
+    "CreateSnapshot",
+    "DeleteSnapshot",
+    "ListSnapshots",
+    "SnapshotInfo",
+    "SnapshotPage",
+    "ControllerPublish",
+    "ControllerUnpublish",
+    "PublishContext",
+    "GetAttachments",
+    "Attachments",
+    "NodeExpand",
+    "NodeExpanded",
+    "GetVolumeStats",
+    "VolumeStats",
 ]
+
+# A topology segment, e.g. {"topology.csi.volplane.io/node": "node-1"}.
+Topology = dict[str, str]
 
 AccessType = Literal["mount", "block"]
 
@@ -45,12 +66,23 @@ class Capability(Frozen):
     access_mode: int = 1
 
 
+class ContentSource(Frozen):
+    """What a new volume starts from: a snapshot or another volume (a clone)."""
+
+    kind: Literal["snapshot", "volume"]
+    id: str
+
+
 class CreateVolume(Frozen):
     name: str
     required_bytes: int = 0
     limit_bytes: int = 0
     capabilities: tuple[Capability, ...]
     parameters: dict[str, str] = Field(default_factory=dict)
+    content_source: ContentSource | None = None
+    # CSI TopologyRequirement: requisite segments (any of), preferred ones in order.
+    requisite: tuple[Topology, ...] = ()
+    preferred: tuple[Topology, ...] = ()
 
 
 class DeleteVolume(Frozen):
@@ -68,6 +100,7 @@ class ListVolumes(Frozen):
 
 class GetCapacity(Frozen):
     parameters: dict[str, str] = Field(default_factory=dict)
+    topology: Topology | None = None
 
 
 class VolumeInfo(Frozen):
@@ -78,6 +111,11 @@ class VolumeInfo(Frozen):
     capabilities: tuple[Capability, ...]
     parameters: dict[str, str]
     volume_context: dict[str, str]
+    accessible_topology: tuple[Topology, ...] = ()
+    content_source: ContentSource | None = None
+    # A volume whose image is gone is reported abnormal (ControllerGetVolume, VOLUME_CONDITION).
+    abnormal: bool = False
+    condition: str = ""
 
 
 class VolumePage(Frozen):
@@ -97,6 +135,7 @@ class StageVolume(Frozen):
     staging_path: str
     capability: Capability
     volume_context: dict[str, str] = Field(default_factory=dict)
+    publish_context: dict[str, str] = Field(default_factory=dict)
 
 
 class UnstageVolume(Frozen):
@@ -122,3 +161,101 @@ class Done(Frozen):
     """The reply of a command whose success carries no data."""
 
     ok: bool = True
+
+
+class ExpandVolume(Frozen):
+    volume_id: str
+    required_bytes: int = 0
+    limit_bytes: int = 0
+
+
+class ExpandResult(Frozen):
+    capacity_bytes: int
+    node_expansion_required: bool
+
+
+class CreateSnapshot(Frozen):
+    name: str
+    source_volume_id: str
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class DeleteSnapshot(Frozen):
+    snapshot_id: str
+
+
+class ListSnapshots(Frozen):
+    max_entries: int = 0
+    starting_token: str = ""
+    snapshot_id: str = ""
+    source_volume_id: str = ""
+
+
+class SnapshotInfo(Frozen):
+    snapshot_id: str
+    name: str
+    source_volume_id: str
+    size_bytes: int
+    creation_time_ns: int
+    ready_to_use: bool = True
+
+
+class SnapshotPage(Frozen):
+    snapshots: tuple[SnapshotInfo, ...]
+    next_token: str = ""
+
+
+class ControllerPublish(Frozen):
+    volume_id: str
+    node_id: str
+    capability: Capability
+    readonly: bool = False
+
+
+class ControllerUnpublish(Frozen):
+    volume_id: str
+    node_id: str = ""  # empty: from every node
+
+
+class PublishContext(Frozen):
+    """What NodeStage needs to know; returned by ControllerPublish, passed back by the CO."""
+
+    context: dict[str, str]
+
+
+class GetAttachments(Frozen):
+    volume_ids: tuple[str, ...]
+
+
+class Attachments(Frozen):
+    nodes: dict[str, tuple[str, ...]]  # volume id → node ids it is published to
+
+
+class NodeExpand(Frozen):
+    volume_id: str
+    volume_path: str
+    staging_path: str = ""
+    required_bytes: int = 0
+    limit_bytes: int = 0
+
+
+class NodeExpanded(Frozen):
+    capacity_bytes: int
+
+
+class GetVolumeStats(Frozen):
+    volume_id: str
+    volume_path: str
+    staging_path: str = ""
+
+
+class VolumeStats(Frozen):
+    block: bool
+    total_bytes: int
+    used_bytes: int
+    available_bytes: int
+    total_inodes: int = 0
+    used_inodes: int = 0
+    available_inodes: int = 0
+    abnormal: bool = False
+    condition: str = ""

@@ -44,14 +44,25 @@ class Config:
     redis_url: str = "redis://127.0.0.1:6379/0"
     run_dir: Path = Path("run")
     node_id: str = field(default_factory=_default_node)
-    pool_name: str = "default"
-    pool_dir: Path = Path("run/pools/default")
-    pool_capacity: int = 100 * 2**30
+    # This node's local pool (named after the node); volumes in it are pinned to the node.
+    pool_dir: Path = Path("run/pools/node-1")
+    pool_capacity: int = 2**40
+    # The pool every node can reach (a shared filesystem in a real cluster); "" for none.
+    shared_pool_dir: Path | None = None
+    shared_pool_capacity: int = 2**40
+    max_volumes_per_node: int = 0
+    # apigw: "all" serves Identity, Controller and Node; "node" only Identity and Node (a node plugin).
+    apigw_mode: str = "all"
     csi_endpoint: str = "unix://run/csi.sock"
     csi_tcp: str = ""
     log_level: str = "INFO"
     # Staging and target paths must lie below one of these (Kubernetes: /var/lib/kubelet).
     path_roots: tuple[Path, ...] = (Path("/"),)
+
+    @property
+    def pool_name(self) -> str:
+        """The local pool is named after its node."""
+        return self.node_id
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -65,9 +76,12 @@ class Config:
             redis_url=e.get("REDIS_URL", cls.redis_url),
             run_dir=run_dir,
             node_id=node_id,
-            pool_name=e.get("VOLPLANE_POOL", "default"),
-            pool_dir=Path(e.get("VOLPLANE_POOL_DIR", str(run_dir / "pools" / "default"))).absolute(),
-            pool_capacity=parse_quantity(e.get("VOLPLANE_POOL_CAPACITY", "100Gi")),
+            pool_dir=Path(e.get("VOLPLANE_POOL_DIR", str(run_dir / "pools" / node_id))).absolute(),
+            pool_capacity=parse_quantity(e.get("VOLPLANE_POOL_CAPACITY", "1Ti")),
+            shared_pool_dir=Path(e["VOLPLANE_SHARED_POOL_DIR"]).absolute() if e.get("VOLPLANE_SHARED_POOL_DIR") else None,
+            shared_pool_capacity=parse_quantity(e.get("VOLPLANE_SHARED_POOL_CAPACITY", "1Ti")),
+            max_volumes_per_node=int(e.get("VOLPLANE_MAX_VOLUMES_PER_NODE", "0")),
+            apigw_mode=e.get("VOLPLANE_APIGW_MODE", "all"),
             csi_endpoint=e.get("VOLPLANE_CSI_ENDPOINT", f"unix://{run_dir / 'csi.sock'}"),
             csi_tcp=e.get("VOLPLANE_CSI_TCP", ""),
             log_level=e.get("VOLPLANE_LOG_LEVEL", "INFO"),

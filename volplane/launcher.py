@@ -26,15 +26,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from volplane import subjects
 from volplane.embedded import EmbeddedServer, with_parent
 
-__all__ = ["Stack", "SERVICES", "main"]
-
-SERVICES = ("provisioner", "attacher", "nodeagent", "apigw")
+__all__ = ["Stack", "main"]
 
 
 @dataclass
 class Stack:
+    """The whole system as processes. ``nodes`` > 1 adds, per extra node ``node-N``, a
+    nodeagent (``nodeagent-node-N``) and an apigw serving that node's CSI Node service on
+    ``run/node-N/csi.sock`` (``apigw-node-N``), as each Kubernetes node runs its own node
+    plugin; the first node's apigw (``apigw``, on ``run/csi.sock``) serves all three CSI
+    services."""
+
     run_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    nodes: int = 1
     nats: EmbeddedServer | None = None
     redis: EmbeddedServer | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -46,8 +51,13 @@ class Stack:
         base.setdefault("VOLPLANE_RUN_DIR", str(self.run_dir))
         base.setdefault("VOLPLANE_CSI_ENDPOINT", f"unix://{self.run_dir / 'csi.sock'}")
         base.setdefault("VOLPLANE_NODE_ID", "node-1")
-        base.setdefault("VOLPLANE_POOL_DIR", str(self.run_dir / "pools" / "default"))
+        base.setdefault("VOLPLANE_SHARED_POOL_DIR", str(self.run_dir / "pools" / "shared"))
         self.env = base
+        first = self.node_id
+        self.node_ids = [first] + [f"node-{i}" for i in range(2, self.nodes + 1) if f"node-{i}" != first]
+        self.services: list[str] = ["provisioner", "attacher"]
+        for node in self.node_ids:
+            self.services += ["nodeagent", "apigw"] if node == first else [f"nodeagent-{node}", f"apigw-{node}"]
 
     @property
     def csi_endpoint(self) -> str:
@@ -56,6 +66,19 @@ class Stack:
     @property
     def node_id(self) -> str:
         return self.env["VOLPLANE_NODE_ID"]
+
+    def endpoint_of(self, node: str) -> str:
+        """The CSI endpoint serving ``node``'s Node service."""
+        return self.csi_endpoint if node == self.node_id else f"unix://{self.run_dir / node / 'csi.sock'}"
+
+    def pool_dir(self, pool: str) -> Path:
+        """Where a pool's images live: ``shared``, or a node's local pool by node id."""
+        return Path(self.env["VOLPLANE_SHARED_POOL_DIR"]) if pool == "shared" else self.run_dir / "pools" / pool
+
+    def _process(self, name: str) -> tuple[str, str]:
+        """(module, node) of a process name such as ``nodeagent-node-2``."""
+        kind, _, node = name.partition("-")
+        return kind, node or self.node_id
 
     def start_servers(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -73,15 +96,20 @@ class Stack:
 
     def start(self, timeout: float = 60.0) -> None:
         self.start_servers()
-        for name in SERVICES:
+        for name in self.services:
             self.start_service(name)
-        self.wait_healthy(SERVICES, timeout)
+        self.wait_healthy(self.services, timeout)
 
     def start_service(self, name: str) -> None:
+        kind, node = self._process(name)
+        env = dict(self.env, VOLPLANE_NODE_ID=node)
+        if node != self.node_id:
+            env["VOLPLANE_CSI_ENDPOINT"] = self.endpoint_of(node)
+            env["VOLPLANE_APIGW_MODE"] = "node"
         log = open(self.run_dir / "logs" / f"{name}.log", "ab")
         self.procs[name] = subprocess.Popen(
-            with_parent([sys.executable, "-m", f"services.{name}"]),
-            env=self.env,
+            with_parent([sys.executable, "-m", f"services.{kind}"]),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -107,7 +135,7 @@ class Stack:
         self.wait_healthy((name,), timeout)
 
     def stop(self) -> None:
-        for name in reversed(SERVICES):
+        for name in reversed(self.services):
             self.stop_service(name)
         for server in (self.redis, self.nats):
             if server is not None:
@@ -132,15 +160,15 @@ class Stack:
                 time.sleep(0.1)
 
     def _healthy(self, name: str) -> bool:
-        if name == "apigw":
+        kind, node = self._process(name)
+        if kind == "apigw":
             try:
-                with grpc.insecure_channel(self.csi_endpoint) as ch:
+                with grpc.insecure_channel(self.endpoint_of(node)) as ch:
                     resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
                     return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
             except grpc.RpcError:
                 return False
-        node = self.node_id if name == "nodeagent" else None
-        return asyncio.run(_nats_health(self.env["NATS_URL"], subjects.health(name, node)))
+        return asyncio.run(_nats_health(self.env["NATS_URL"], subjects.health(kind, node if kind == "nodeagent" else None)))
 
 
 async def _nats_health(url: str, subject: str) -> bool:
@@ -160,7 +188,7 @@ async def _nats_health(url: str, subject: str) -> bool:
 
 
 def main() -> None:
-    stack = Stack(Path(os.environ.get("VOLPLANE_RUN_DIR", "run")))
+    stack = Stack(Path(os.environ.get("VOLPLANE_RUN_DIR", "run")), nodes=int(os.environ.get("NODES", "1")))
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -172,6 +200,8 @@ def main() -> None:
     try:
         stack.start()
         print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  node id:      {stack.node_id}")
+        for node in stack.node_ids[1:]:
+            print(f"  node {node}: {stack.endpoint_of(node)} (Identity and Node services)")
         print(f"  NATS:         {stack.env['NATS_URL']}\n  Redis:        {stack.env['REDIS_URL']}")
         print(f"  logs:         {stack.run_dir / 'logs'}\nPress Ctrl-C to stop.", flush=True)
         while not stopping:

@@ -40,6 +40,40 @@ DELETE_VOLUME = f"{PROVISIONER}.delete_volume"
 GET_VOLUME = f"{PROVISIONER}.get_volume"
 LIST_VOLUMES = f"{PROVISIONER}.list_volumes"
 GET_CAPACITY = f"{PROVISIONER}.get_capacity"
+EXPAND_VOLUME = f"{PROVISIONER}.expand_volume"
+CREATE_SNAPSHOT = f"{PROVISIONER}.create_snapshot"
+DELETE_SNAPSHOT = f"{PROVISIONER}.delete_snapshot"
+LIST_SNAPSHOTS = f"{PROVISIONER}.list_snapshots"
+
+# Snapshots: one aggregate per snapshot.
+SNAPSHOT_EVENTS = "vp.ev.snapshot.>"
+
+
+def snapshot(snapshot_id: str) -> str:
+    return f"vp.ev.snapshot.{snapshot_id}"
+
+
+# Attacher: one aggregate per volume, holding every node it is published to, so that the
+# log's concurrency check keeps a single-node volume on one node across replicas.
+ATTACHMENT_EVENTS = "vp.ev.attachment.>"
+
+
+def attachment(volume_id: str) -> str:
+    return f"vp.ev.attachment.{volume_id}"
+
+
+ATTACHER = "vp.cmd.attacher"
+CONTROLLER_PUBLISH = f"{ATTACHER}.publish"
+CONTROLLER_UNPUBLISH = f"{ATTACHER}.unpublish"
+GET_ATTACHMENTS = f"{ATTACHER}.attachments"
+
+# Nodes announce themselves (id, topology, local pool) on start.
+NODE_INFO_EVENTS = "vp.ev.nodeinfo.>"
+
+
+def node_info(node: str) -> str:
+    return f"vp.ev.nodeinfo.{node_token(node)}"
+
 
 
 def node_command(node: str, verb: str) -> str:
@@ -50,6 +84,8 @@ NODE_STAGE = "stage"
 NODE_UNSTAGE = "unstage"
 NODE_PUBLISH = "publish"
 NODE_UNPUBLISH = "unpublish"
+NODE_EXPAND = "expand"
+NODE_STATS = "stats"
 
 
 def health(service: str, node: str | None = None) -> str:

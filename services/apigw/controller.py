@@ -1,19 +1,36 @@
-"""CSI Controller service: each call is checked, then sent to the provisioner."""
+"""CSI Controller service: each call is checked field by field, then sent to the
+provisioner (volumes, snapshots, capacity) or the attacher (publish, unpublish)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import Int64Value
 
 from volplane import subjects
 from volplane.bus import Bus
 from volplane.commands import (
+    Attachments,
     CapacityInfo,
+    ContentSource,
+    ControllerPublish,
+    ControllerUnpublish,
+    CreateSnapshot,
     CreateVolume,
+    DeleteSnapshot,
     DeleteVolume,
+    ExpandResult,
+    ExpandVolume,
+    GetAttachments,
     GetCapacity,
     GetVolume,
+    ListSnapshots,
     ListVolumes,
+    PublishContext,
+    SnapshotInfo,
+    SnapshotPage,
     VolumeInfo,
     VolumePage,
 )
@@ -25,34 +42,73 @@ from . import convert
 from .errors import grpc_errors
 
 RPC = csi.ControllerServiceCapability.RPC
-CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY)
+CAPABILITIES = (
+    RPC.CREATE_DELETE_VOLUME,
+    RPC.PUBLISH_UNPUBLISH_VOLUME,
+    RPC.LIST_VOLUMES,
+    RPC.GET_CAPACITY,
+    RPC.CREATE_DELETE_SNAPSHOT,
+    RPC.LIST_SNAPSHOTS,
+    RPC.CLONE_VOLUME,
+    RPC.PUBLISH_READONLY,
+    RPC.EXPAND_VOLUME,
+    RPC.LIST_VOLUMES_PUBLISHED_NODES,
+    RPC.GET_VOLUME,
+    RPC.VOLUME_CONDITION,
+    RPC.SINGLE_NODE_MULTI_WRITER,
+)
 
 
 class Controller(csi_pb2_grpc.ControllerServicer):
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
 
+    async def _ask(self, subject: str, cmd: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._bus.request(subject, cmd, convert.deadline(context))
+
     async def CreateVolume(self, request: csi.CreateVolumeRequest, context: grpc.aio.ServicerContext) -> csi.CreateVolumeResponse:
         async with grpc_errors(context):
             name = convert.identifier("name", request.name)
             caps = convert.capabilities(request.volume_capabilities, "volume_capabilities")
-            if request.HasField("volume_content_source"):
-                raise InvalidArgument("volume_content_source: snapshots and clones are not supported yet")
             cmd = CreateVolume(
                 name=name,
                 required_bytes=request.capacity_range.required_bytes,
                 limit_bytes=request.capacity_range.limit_bytes,
                 capabilities=caps,
                 parameters=dict(request.parameters),
+                content_source=_content_source(request),
+                requisite=tuple(dict(t.segments) for t in request.accessibility_requirements.requisite),
+                preferred=tuple(dict(t.segments) for t in request.accessibility_requirements.preferred),
             )
-            info = VolumeInfo.model_validate(await self._bus.request(subjects.CREATE_VOLUME, cmd, convert.deadline(context)))
+            info = VolumeInfo.model_validate(await self._ask(subjects.CREATE_VOLUME, cmd, context))
             return csi.CreateVolumeResponse(volume=_volume(info))
 
     async def DeleteVolume(self, request: csi.DeleteVolumeRequest, context: grpc.aio.ServicerContext) -> csi.DeleteVolumeResponse:
         async with grpc_errors(context):
             vid = convert.identifier("volume_id", request.volume_id)
-            await self._bus.request(subjects.DELETE_VOLUME, DeleteVolume(volume_id=vid), convert.deadline(context))
+            await self._ask(subjects.DELETE_VOLUME, DeleteVolume(volume_id=vid), context)
             return csi.DeleteVolumeResponse()
+
+    async def ControllerPublishVolume(
+        self, request: csi.ControllerPublishVolumeRequest, context: grpc.aio.ServicerContext
+    ) -> csi.ControllerPublishVolumeResponse:
+        async with grpc_errors(context):
+            vid = convert.identifier("volume_id", request.volume_id)
+            node = convert.identifier("node_id", request.node_id)
+            if not request.HasField("volume_capability"):
+                raise InvalidArgument("volume_capability: required")
+            cap = convert.capability(request.volume_capability, "volume_capability")
+            cmd = ControllerPublish(volume_id=vid, node_id=node, capability=cap, readonly=request.readonly)
+            ctx = PublishContext.model_validate(await self._ask(subjects.CONTROLLER_PUBLISH, cmd, context))
+            return csi.ControllerPublishVolumeResponse(publish_context=ctx.context)
+
+    async def ControllerUnpublishVolume(
+        self, request: csi.ControllerUnpublishVolumeRequest, context: grpc.aio.ServicerContext
+    ) -> csi.ControllerUnpublishVolumeResponse:
+        async with grpc_errors(context):
+            vid = convert.identifier("volume_id", request.volume_id)
+            await self._ask(subjects.CONTROLLER_UNPUBLISH, ControllerUnpublish(volume_id=vid, node_id=request.node_id), context)
+            return csi.ControllerUnpublishVolumeResponse()
 
     async def ValidateVolumeCapabilities(
         self, request: csi.ValidateVolumeCapabilitiesRequest, context: grpc.aio.ServicerContext
@@ -60,7 +116,7 @@ class Controller(csi_pb2_grpc.ControllerServicer):
         async with grpc_errors(context):
             vid = convert.identifier("volume_id", request.volume_id)
             caps = convert.capabilities(request.volume_capabilities, "volume_capabilities")
-            info = VolumeInfo.model_validate(await self._bus.request(subjects.GET_VOLUME, GetVolume(volume_id=vid), convert.deadline(context)))
+            info = VolumeInfo.model_validate(await self._ask(subjects.GET_VOLUME, GetVolume(volume_id=vid), context))
             unsupported = _unsupported(info, caps)
             if unsupported:
                 return csi.ValidateVolumeCapabilitiesResponse(message=unsupported)
@@ -76,22 +132,82 @@ class Controller(csi_pb2_grpc.ControllerServicer):
     async def ListVolumes(self, request: csi.ListVolumesRequest, context: grpc.aio.ServicerContext) -> csi.ListVolumesResponse:
         async with grpc_errors(context):
             cmd = ListVolumes(max_entries=request.max_entries, starting_token=request.starting_token)
-            page = VolumePage.model_validate(await self._bus.request(subjects.LIST_VOLUMES, cmd, convert.deadline(context)))
+            page = VolumePage.model_validate(await self._ask(subjects.LIST_VOLUMES, cmd, context))
+            published = await self._published(tuple(v.volume_id for v in page.volumes), context)
             return csi.ListVolumesResponse(
-                entries=[csi.ListVolumesResponse.Entry(volume=_volume(v)) for v in page.volumes],
+                entries=[
+                    csi.ListVolumesResponse.Entry(
+                        volume=_volume(v),
+                        status=csi.ListVolumesResponse.VolumeStatus(published_node_ids=published.get(v.volume_id, ())),
+                    )
+                    for v in page.volumes
+                ],
                 next_token=page.next_token,
+            )
+
+    async def ControllerGetVolume(self, request: csi.ControllerGetVolumeRequest, context: grpc.aio.ServicerContext) -> csi.ControllerGetVolumeResponse:
+        async with grpc_errors(context):
+            vid = convert.identifier("volume_id", request.volume_id)
+            info = VolumeInfo.model_validate(await self._ask(subjects.GET_VOLUME, GetVolume(volume_id=vid), context))
+            published = await self._published((vid,), context)
+            return csi.ControllerGetVolumeResponse(
+                volume=_volume(info),
+                status=csi.ControllerGetVolumeResponse.VolumeStatus(
+                    published_node_ids=published.get(vid, ()),
+                    volume_condition=csi.VolumeCondition(abnormal=info.abnormal, message=info.condition or "volume is healthy"),
+                ),
             )
 
     async def GetCapacity(self, request: csi.GetCapacityRequest, context: grpc.aio.ServicerContext) -> csi.GetCapacityResponse:
         async with grpc_errors(context):
             for i, cap in enumerate(request.volume_capabilities):
                 convert.capability(cap, f"volume_capabilities[{i}]")
-            cmd = GetCapacity(parameters=dict(request.parameters))
-            info = CapacityInfo.model_validate(await self._bus.request(subjects.GET_CAPACITY, cmd, convert.deadline(context)))
+            topology = dict(request.accessible_topology.segments) if request.HasField("accessible_topology") else None
+            cmd = GetCapacity(parameters=dict(request.parameters), topology=topology)
+            info = CapacityInfo.model_validate(await self._ask(subjects.GET_CAPACITY, cmd, context))
             return csi.GetCapacityResponse(
                 available_capacity=info.available_bytes,
                 maximum_volume_size=Int64Value(value=info.maximum_volume_size),
                 minimum_volume_size=Int64Value(value=info.minimum_volume_size),
+            )
+
+    async def ControllerExpandVolume(
+        self, request: csi.ControllerExpandVolumeRequest, context: grpc.aio.ServicerContext
+    ) -> csi.ControllerExpandVolumeResponse:
+        async with grpc_errors(context):
+            vid = convert.identifier("volume_id", request.volume_id)
+            if not request.HasField("capacity_range"):
+                raise InvalidArgument("capacity_range: required")
+            cmd = ExpandVolume(volume_id=vid, required_bytes=request.capacity_range.required_bytes, limit_bytes=request.capacity_range.limit_bytes)
+            result = ExpandResult.model_validate(await self._ask(subjects.EXPAND_VOLUME, cmd, context))
+            return csi.ControllerExpandVolumeResponse(capacity_bytes=result.capacity_bytes, node_expansion_required=result.node_expansion_required)
+
+    async def CreateSnapshot(self, request: csi.CreateSnapshotRequest, context: grpc.aio.ServicerContext) -> csi.CreateSnapshotResponse:
+        async with grpc_errors(context):
+            name = convert.identifier("name", request.name)
+            source = convert.identifier("source_volume_id", request.source_volume_id)
+            cmd = CreateSnapshot(name=name, source_volume_id=source, parameters=dict(request.parameters))
+            info = SnapshotInfo.model_validate(await self._ask(subjects.CREATE_SNAPSHOT, cmd, context))
+            return csi.CreateSnapshotResponse(snapshot=_snapshot(info))
+
+    async def DeleteSnapshot(self, request: csi.DeleteSnapshotRequest, context: grpc.aio.ServicerContext) -> csi.DeleteSnapshotResponse:
+        async with grpc_errors(context):
+            sid = convert.identifier("snapshot_id", request.snapshot_id)
+            await self._ask(subjects.DELETE_SNAPSHOT, DeleteSnapshot(snapshot_id=sid), context)
+            return csi.DeleteSnapshotResponse()
+
+    async def ListSnapshots(self, request: csi.ListSnapshotsRequest, context: grpc.aio.ServicerContext) -> csi.ListSnapshotsResponse:
+        async with grpc_errors(context):
+            cmd = ListSnapshots(
+                max_entries=request.max_entries,
+                starting_token=request.starting_token,
+                snapshot_id=request.snapshot_id,
+                source_volume_id=request.source_volume_id,
+            )
+            page = SnapshotPage.model_validate(await self._ask(subjects.LIST_SNAPSHOTS, cmd, context))
+            return csi.ListSnapshotsResponse(
+                entries=[csi.ListSnapshotsResponse.Entry(snapshot=_snapshot(s)) for s in page.snapshots],
+                next_token=page.next_token,
             )
 
     async def ControllerGetCapabilities(
@@ -101,9 +217,49 @@ class Controller(csi_pb2_grpc.ControllerServicer):
             capabilities=[csi.ControllerServiceCapability(rpc=RPC(type=t)) for t in CAPABILITIES]
         )
 
+    async def _published(self, volume_ids: tuple[str, ...], context: grpc.aio.ServicerContext) -> dict[str, tuple[str, ...]]:
+        if not volume_ids:
+            return {}
+        return Attachments.model_validate(await self._ask(subjects.GET_ATTACHMENTS, GetAttachments(volume_ids=volume_ids), context)).nodes
+
+
+def _content_source(request: csi.CreateVolumeRequest) -> ContentSource | None:
+    if not request.HasField("volume_content_source"):
+        return None
+    src = request.volume_content_source
+    kind = src.WhichOneof("type")
+    if kind == "snapshot":
+        return ContentSource(kind="snapshot", id=convert.identifier("volume_content_source.snapshot.snapshot_id", src.snapshot.snapshot_id))
+    if kind == "volume":
+        return ContentSource(kind="volume", id=convert.identifier("volume_content_source.volume.volume_id", src.volume.volume_id))
+    raise InvalidArgument("volume_content_source: one of snapshot or volume is required")
+
 
 def _volume(info: VolumeInfo) -> csi.Volume:
-    return csi.Volume(volume_id=info.volume_id, capacity_bytes=info.capacity_bytes, volume_context=info.volume_context)
+    vol = csi.Volume(
+        volume_id=info.volume_id,
+        capacity_bytes=info.capacity_bytes,
+        volume_context=info.volume_context,
+        accessible_topology=[csi.Topology(segments=t) for t in info.accessible_topology],
+    )
+    if info.content_source is not None:
+        if info.content_source.kind == "snapshot":
+            vol.content_source.snapshot.snapshot_id = info.content_source.id
+        else:
+            vol.content_source.volume.volume_id = info.content_source.id
+    return vol
+
+
+def _snapshot(info: SnapshotInfo) -> csi.Snapshot:
+    created = Timestamp()
+    created.FromNanoseconds(info.creation_time_ns)
+    return csi.Snapshot(
+        snapshot_id=info.snapshot_id,
+        source_volume_id=info.source_volume_id,
+        size_bytes=info.size_bytes,
+        creation_time=created,
+        ready_to_use=info.ready_to_use,
+    )
 
 
 def _unsupported(info: VolumeInfo, caps: tuple) -> str:  # type: ignore[type-arg]

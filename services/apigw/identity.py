@@ -22,9 +22,13 @@ class Identity(csi_pb2_grpc.IdentityServicer):
         return csi.GetPluginInfoResponse(name=DRIVER_NAME, vendor_version=__version__)
 
     async def GetPluginCapabilities(self, request: csi.GetPluginCapabilitiesRequest, context: grpc.aio.ServicerContext) -> csi.GetPluginCapabilitiesResponse:
-        caps = []
+        Service = csi.PluginCapability.Service
+        caps = [
+            csi.PluginCapability(service=Service(type=Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+            csi.PluginCapability(volume_expansion=csi.PluginCapability.VolumeExpansion(type=csi.PluginCapability.VolumeExpansion.ONLINE)),
+        ]
         if self._controller:
-            caps.append(csi.PluginCapability(service=csi.PluginCapability.Service(type=csi.PluginCapability.Service.CONTROLLER_SERVICE)))
+            caps.insert(0, csi.PluginCapability(service=Service(type=Service.CONTROLLER_SERVICE)))
         return csi.GetPluginCapabilitiesResponse(capabilities=caps)
 
     async def Probe(self, request: csi.ProbeRequest, context: grpc.aio.ServicerContext) -> csi.ProbeResponse:

@@ -6,16 +6,32 @@ import grpc
 
 from volplane import subjects
 from volplane.bus import Bus
-from volplane.commands import PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
+from volplane.commands import (
+    GetVolumeStats,
+    NodeExpand,
+    NodeExpanded,
+    PublishVolume,
+    StageVolume,
+    UnpublishVolume,
+    UnstageVolume,
+    VolumeStats,
+)
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc
-from volplane.errors import FailedPrecondition
+from volplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from volplane.nodes import TOPOLOGY_KEY
 
 from . import convert
 from .errors import grpc_errors
 
 RPC = csi.NodeServiceCapability.RPC
-CAPABILITIES = (RPC.STAGE_UNSTAGE_VOLUME,)
+CAPABILITIES = (
+    RPC.STAGE_UNSTAGE_VOLUME,
+    RPC.GET_VOLUME_STATS,
+    RPC.EXPAND_VOLUME,
+    RPC.VOLUME_CONDITION,
+    RPC.SINGLE_NODE_MULTI_WRITER,
+)
 
 
 class Node(csi_pb2_grpc.NodeServicer):
@@ -34,6 +50,7 @@ class Node(csi_pb2_grpc.NodeServicer):
                 staging_path=convert.required("staging_target_path", request.staging_target_path),
                 capability=_capability(request),
                 volume_context=dict(request.volume_context),
+                publish_context=dict(request.publish_context),
             )
             await self._bus.request(self._subject(subjects.NODE_STAGE), cmd, convert.deadline(context))
             return csi.NodeStageVolumeResponse()
@@ -75,14 +92,56 @@ class Node(csi_pb2_grpc.NodeServicer):
             await self._bus.request(self._subject(subjects.NODE_UNPUBLISH), cmd, convert.deadline(context))
             return csi.NodeUnpublishVolumeResponse()
 
+    async def NodeExpandVolume(self, request: csi.NodeExpandVolumeRequest, context: grpc.aio.ServicerContext) -> csi.NodeExpandVolumeResponse:
+        async with grpc_errors(context):
+            vid = convert.identifier("volume_id", request.volume_id)
+            path = _volume_path(request.volume_path)
+            cmd = NodeExpand(
+                volume_id=vid,
+                volume_path=path,
+                staging_path=request.staging_target_path,
+                required_bytes=request.capacity_range.required_bytes,
+                limit_bytes=request.capacity_range.limit_bytes,
+            )
+            done = NodeExpanded.model_validate(await self._bus.request(self._subject(subjects.NODE_EXPAND), cmd, convert.deadline(context)))
+            return csi.NodeExpandVolumeResponse(capacity_bytes=done.capacity_bytes)
+
+    async def NodeGetVolumeStats(self, request: csi.NodeGetVolumeStatsRequest, context: grpc.aio.ServicerContext) -> csi.NodeGetVolumeStatsResponse:
+        async with grpc_errors(context):
+            vid = convert.identifier("volume_id", request.volume_id)
+            path = _volume_path(request.volume_path)
+            cmd = GetVolumeStats(volume_id=vid, volume_path=path, staging_path=request.staging_target_path)
+            stats = VolumeStats.model_validate(await self._bus.request(self._subject(subjects.NODE_STATS), cmd, convert.deadline(context)))
+            Unit = csi.VolumeUsage.Unit
+            usage = [csi.VolumeUsage(unit=Unit.BYTES, total=stats.total_bytes, used=stats.used_bytes, available=stats.available_bytes)]
+            if not stats.block:
+                usage.append(csi.VolumeUsage(unit=Unit.INODES, total=stats.total_inodes, used=stats.used_inodes, available=stats.available_inodes))
+            return csi.NodeGetVolumeStatsResponse(
+                usage=usage,
+                volume_condition=csi.VolumeCondition(abnormal=stats.abnormal, message=stats.condition or "volume is healthy"),
+            )
+
     async def NodeGetCapabilities(self, request: csi.NodeGetCapabilitiesRequest, context: grpc.aio.ServicerContext) -> csi.NodeGetCapabilitiesResponse:
         return csi.NodeGetCapabilitiesResponse(capabilities=[csi.NodeServiceCapability(rpc=RPC(type=t)) for t in CAPABILITIES])
 
     async def NodeGetInfo(self, request: csi.NodeGetInfoRequest, context: grpc.aio.ServicerContext) -> csi.NodeGetInfoResponse:
-        return csi.NodeGetInfoResponse(node_id=self._node, max_volumes_per_node=self._max_volumes)
+        return csi.NodeGetInfoResponse(
+            node_id=self._node,
+            max_volumes_per_node=self._max_volumes,
+            accessible_topology=csi.Topology(segments={TOPOLOGY_KEY: self._node}),
+        )
 
 
 def _capability(request: csi.NodeStageVolumeRequest | csi.NodePublishVolumeRequest):  # type: ignore[no-untyped-def]
     if not request.HasField("volume_capability"):
         convert.required("volume_capability", "")
     return convert.capability(request.volume_capability, "volume_capability")
+
+
+def _volume_path(path: str) -> str:
+    if not path:
+        raise InvalidArgument("volume_path: required")
+    if not path.startswith("/"):
+        # No volume is ever published at a relative path, so it cannot be found there.
+        raise NotFound(f"volume_path: no volume is published at {path[:256]!r}")
+    return path

@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 async def serve(cfg: Config, nc: NATS) -> grpc.aio.Server:
     bus = Bus(nc)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    csi_pb2_grpc.add_IdentityServicer_to_server(Identity(nc, controller=True), server)
-    csi_pb2_grpc.add_ControllerServicer_to_server(Controller(bus), server)
-    csi_pb2_grpc.add_NodeServicer_to_server(Node(bus, cfg.node_id), server)
+    controller = cfg.apigw_mode != "node"
+    csi_pb2_grpc.add_IdentityServicer_to_server(Identity(nc, controller=controller), server)
+    if controller:
+        csi_pb2_grpc.add_ControllerServicer_to_server(Controller(bus), server)
+    csi_pb2_grpc.add_NodeServicer_to_server(Node(bus, cfg.node_id, cfg.max_volumes_per_node), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
 
@@ -50,7 +52,8 @@ async def serve(cfg: Config, nc: NATS) -> grpc.aio.Server:
     finally:
         os.umask(old)
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
-    await checker.set("csi.v1.Controller", health_pb2.HealthCheckResponse.SERVING)
+    if controller:
+        await checker.set("csi.v1.Controller", health_pb2.HealthCheckResponse.SERVING)
     await checker.set("csi.v1.Node", health_pb2.HealthCheckResponse.SERVING)
     log.info("CSI endpoint %s ready", cfg.csi_endpoint, extra={"node": cfg.node_id})
     return server

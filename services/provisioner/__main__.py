@@ -1,30 +1,60 @@
-"""``python -m services.provisioner``: the PV controller side — volumes and their images."""
+"""``python -m services.provisioner``: the PV controller side — volumes, snapshots, pools."""
 
 from __future__ import annotations
 
 from volplane import subjects
-from volplane.commands import CreateVolume, DeleteVolume, GetCapacity, GetVolume, ListVolumes
+from volplane.commands import (
+    CreateSnapshot,
+    CreateVolume,
+    DeleteSnapshot,
+    DeleteVolume,
+    ExpandVolume,
+    GetCapacity,
+    GetVolume,
+    ListSnapshots,
+    ListVolumes,
+)
+from volplane.nodes import SHARED_POOL, NodesProjection
 from volplane.projection import ProjectionRunner
 from volplane.service import Runtime, run_service
 
-from .adapters.pool import ImagePool
-from .adapters.projection import VolumesProjection
+from .adapters.pool import ImagePool, Pools
+from .adapters.projection import SnapshotsProjection, VolumesProjection
 from .app import ProvisionerApp
+from .capacity import Capacity
+from .snapshots import SnapshotsApp
 
 
 async def setup(rt: Runtime) -> None:
-    runner = ProjectionRunner(rt.redis, rt.store, VolumesProjection())
-    await runner.start()
-    rt.closers.append(runner.stop)
-    pool = ImagePool(rt.cfg.pool_dir, rt.cfg.pool_name, rt.cfg.pool_capacity)
-    app = ProvisionerApp(rt.store, runner, pool)
+    runners = [
+        ProjectionRunner(rt.redis, rt.store, NodesProjection()),
+        ProjectionRunner(rt.redis, rt.store, VolumesProjection()),
+        ProjectionRunner(rt.redis, rt.store, SnapshotsProjection()),
+    ]
+    for runner in runners:
+        await runner.start()
+        rt.closers.append(runner.stop)
+    nodes, volumes, snapshots = runners
+    cfg = rt.cfg
+    shared = ImagePool(cfg.shared_pool_dir, SHARED_POOL, "shared", cfg.shared_pool_capacity) if cfg.shared_pool_dir else None
+    pools = Pools(shared, nodes.projection)  # type: ignore[arg-type]
+    app = ProvisionerApp(rt.store, volumes, Capacity(pools, volumes, snapshots), snapshots)
+    snaps = SnapshotsApp(rt.store, snapshots, volumes, pools)
     await app.recover()
+    await snaps.recover()
     q = subjects.queue("provisioner")
-    await rt.bus.serve(subjects.CREATE_VOLUME, q, CreateVolume, app.create_volume)
-    await rt.bus.serve(subjects.DELETE_VOLUME, q, DeleteVolume, app.delete_volume)
-    await rt.bus.serve(subjects.GET_VOLUME, q, GetVolume, app.get_volume)
-    await rt.bus.serve(subjects.LIST_VOLUMES, q, ListVolumes, app.list_volumes)
-    await rt.bus.serve(subjects.GET_CAPACITY, q, GetCapacity, app.get_capacity)
+    for subject, model, handler in (
+        (subjects.CREATE_VOLUME, CreateVolume, app.create_volume),
+        (subjects.DELETE_VOLUME, DeleteVolume, app.delete_volume),
+        (subjects.EXPAND_VOLUME, ExpandVolume, app.expand_volume),
+        (subjects.GET_VOLUME, GetVolume, app.get_volume),
+        (subjects.LIST_VOLUMES, ListVolumes, app.list_volumes),
+        (subjects.GET_CAPACITY, GetCapacity, app.get_capacity),
+        (subjects.CREATE_SNAPSHOT, CreateSnapshot, snaps.create_snapshot),
+        (subjects.DELETE_SNAPSHOT, DeleteSnapshot, snaps.delete_snapshot),
+        (subjects.LIST_SNAPSHOTS, ListSnapshots, snaps.list_snapshots),
+    ):
+        await rt.bus.serve(subject, q, model, handler)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -1,12 +1,13 @@
-"""The provisioner's application layer: load → decide → append → act → append.
+"""The provisioner's volumes: load → decide → append intent → act on the pool → append result.
 
-    app = ProvisionerApp(store, runner, pool)
+    app = ProvisionerApp(store, runner, capacity, snapshots)
     info = await app.create_volume(CreateVolume(name="pvc-1", capabilities=(Capability(),)))
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from volplane import codec, subjects
 from volplane.commands import (
@@ -14,31 +15,38 @@ from volplane.commands import (
     CreateVolume,
     DeleteVolume,
     Done,
+    ExpandResult,
+    ExpandVolume,
     GetCapacity,
     GetVolume,
     ListVolumes,
     VolumeInfo,
     VolumePage,
 )
-from volplane.errors import Aborted, ConcurrencyConflict, InvalidArgument, NotFound, ResourceExhausted, VolplaneError
+from volplane.errors import Aborted, ConcurrencyConflict, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, VolplaneError
 from volplane.eventstore import EventStore
 from volplane.locks import KeyedLocks
 from volplane.projection import ProjectionRunner
 
-from .adapters.pool import ImagePool
-from .adapters.projection import INFLIGHT, VOLS, volume_key
-from .domain.events import VOLUME_EVENTS, VolumeCreated, VolumeCreateFailed, VolumeDeleted
+from .adapters.projection import INFLIGHT, VOLS, snapshot_key, volume_key
+from .capacity import Capacity
+from .domain.events import VOLUME_EVENTS, VolumeCreated, VolumeCreateFailed, VolumeDeleted, VolumeExpanded
+from .domain.placement import candidates, choose_pool
+from .domain.snapshot import SnapshotState
 from .domain.volume import (
     MAX_NAME,
     MIN_SIZE,
+    MIN_SIZE_XFS,
     VolumeState,
     check_capabilities,
     decide_create,
     decide_delete,
+    decide_expand,
     effective_fs_type,
     evolve,
     fs_type_of,
     is_volume_id,
+    minimum_size,
     resolve_size,
     volume_id_for,
 )
@@ -47,14 +55,14 @@ log = logging.getLogger(__name__)
 
 
 class ProvisionerApp:
-    def __init__(self, store: EventStore, runner: ProjectionRunner[VolumeState], pool: ImagePool) -> None:
+    def __init__(self, store: EventStore, runner: ProjectionRunner[VolumeState], capacity: Capacity, snapshots: ProjectionRunner[SnapshotState]) -> None:
         self._store = store
         self._runner = runner
         self._redis = runner._redis
-        self._pool = pool
-        self._locks = KeyedLocks("volume")
-        # Bytes promised to creates in flight: id → (size, seq of the intent, 0 until appended).
-        self._reserved: dict[str, tuple[int, int]] = {}
+        self._capacity = capacity
+        self._pools = capacity.pools
+        self._snapshots = snapshots
+        self.locks = KeyedLocks("volume")
 
     # -- commands -----------------------------------------------------------
 
@@ -64,54 +72,60 @@ class ProvisionerApp:
             raise InvalidArgument(f"name: must be 1 to {MAX_NAME} bytes, got {name_bytes}")
         check_capabilities(cmd.capabilities)
         fs_type_of(cmd)
-        size = resolve_size(cmd.required_bytes, cmd.limit_bytes)
+        size = resolve_size(cmd.required_bytes, cmd.limit_bytes, minimum_size(cmd))
         vid = volume_id_for(cmd.name)
-        async with self._locks.hold(vid):
+        async with self.locks.hold(vid):
             # A name the runner has not seen is most likely new: append as the
             # aggregate's first event and let the log's concurrency check say otherwise,
             # rather than asking Redis first.
             known, state = self._runner.cached(volume_key(vid))
             for _ in range(3):
-                intent = decide_create(state, cmd, pool=self._pool.name, size=size)
-                if intent is None:
-                    assert state is not None
+                if state is not None and state.phase not in ("deleted", "failed"):
+                    intent = decide_create(state, cmd, pool=state.pool, size=size)
+                    assert intent is None
                     if state.phase == "creating":
                         state = await self._finish_create(state)
                     if state.name != cmd.name:
                         raise Aborted(f"volume id collision between {cmd.name!r} and {state.name!r}")
                     return self._info(state)
                 try:
-                    self._reserve(vid, size)
-                except ResourceExhausted:
+                    source = await self._source_of(cmd)
+                    size = max(size, self._source_size(cmd, source))
+                    pool = choose_pool(self._capacity.views(), size, cmd.parameters, cmd.requisite, cmd.preferred)
+                    self._capacity.reserve(vid, pool.name, size)
+                except (ResourceExhausted, NotFound):
                     if known:
                         raise
                     # Before refusing, make sure this is not a retry for a volume that exists.
                     known, state = True, await self._load(vid)
+                    if state is None:
+                        raise
                     continue
+                intent = decide_create(state, cmd, pool=pool.name, size=size)
+                assert intent is not None
                 try:
                     seq = await self._store.append(subjects.volume(vid), intent, expected=state.version if state else 0)
                 except ConcurrencyConflict:
-                    self._reserved.pop(vid, None)
-                    state = await self._reload(vid)
+                    self._capacity.release(vid)
+                    known, state = True, await self._reload(vid)
                     continue
                 except BaseException:
-                    self._reserved.pop(vid, None)
+                    self._capacity.release(vid)
                     raise
-                # Held until the runner counts the intent in the pool's used total.
-                self._reserved[vid] = (size, seq)
+                self._capacity.confirm(vid, seq, self._runner)
                 creating = evolve(state, intent, seq)
                 assert creating is not None
                 self._runner.note(volume_key(vid), creating, seq)
                 try:
                     return self._info(await self._finish_create(creating))
                 except ConcurrencyConflict:
-                    state = await self._reload(vid)
+                    known, state = True, await self._reload(vid)
             raise Aborted(f"volume {cmd.name!r} is contended, retry")
 
     async def delete_volume(self, cmd: DeleteVolume) -> Done:
         if not is_volume_id(cmd.volume_id):
             return Done()  # Never ours, so already gone: DeleteVolume is OK for unknown ids.
-        async with self._locks.hold(cmd.volume_id):
+        async with self.locks.hold(cmd.volume_id):
             state = await self._load(cmd.volume_id)
             for _ in range(3):
                 if state is not None and state.phase == "deleting":
@@ -133,11 +147,40 @@ class ProvisionerApp:
                 return Done()
             raise Aborted(f"volume {cmd.volume_id} is contended, retry")
 
+    async def expand_volume(self, cmd: ExpandVolume) -> ExpandResult:
+        if not is_volume_id(cmd.volume_id):
+            raise NotFound(f"volume {cmd.volume_id[:128]!r} does not exist")
+        size = resolve_size(cmd.required_bytes, cmd.limit_bytes)
+        async with self.locks.hold(cmd.volume_id):
+            state = await self._load(cmd.volume_id)
+            if state is not None and state.phase == "expanding":
+                state = await self._finish_expand(state)
+            intent = decide_expand(state, cmd.volume_id, size)
+            assert state is not None
+            if intent is None:
+                if cmd.limit_bytes and state.capacity_bytes > cmd.limit_bytes:
+                    raise OutOfRange(f"volume {cmd.volume_id} already has {state.capacity_bytes} bytes, more than limit {cmd.limit_bytes}")
+                return ExpandResult(capacity_bytes=state.capacity_bytes, node_expansion_required=False)
+            key = f"expand:{cmd.volume_id}"
+            self._capacity.reserve(key, state.pool, size - state.capacity_bytes)
+            try:
+                seq = await self._store.append(subjects.volume(cmd.volume_id), intent, expected=state.version)
+            except BaseException:
+                self._capacity.release(key)
+                raise
+            self._capacity.confirm(key, seq, self._runner)
+            expanding = evolve(state, intent, seq)
+            assert expanding is not None
+            self._runner.note(volume_key(cmd.volume_id), expanding, seq)
+            done = await self._finish_expand(expanding)
+            # Loop devices and filesystems on the node must follow the grown image.
+            return ExpandResult(capacity_bytes=done.capacity_bytes, node_expansion_required=True)
+
     async def get_volume(self, cmd: GetVolume) -> VolumeInfo:
         state = await self._load(cmd.volume_id) if is_volume_id(cmd.volume_id) else None
-        if state is None or state.phase not in ("ready", "creating", "deleting"):
-            raise NotFound(f"volume {cmd.volume_id!r} does not exist")
-        return self._info(state)
+        if state is None or state.phase in ("deleted", "failed"):
+            raise NotFound(f"volume {cmd.volume_id[:128]!r} does not exist")
+        return self._info(state, check=True)
 
     async def list_volumes(self, cmd: ListVolumes) -> VolumePage:
         if cmd.max_entries < 0:
@@ -145,49 +188,63 @@ class ProvisionerApp:
         if cmd.starting_token and not is_volume_id(cmd.starting_token):
             raise Aborted(f"starting_token {cmd.starting_token[:64]!r} was not issued by this driver")
         await self._runner.settled()
+        # The token is the last id returned; ids are listed in order, so a page resumes
+        # correctly even if that volume was deleted since.
         start = f"({cmd.starting_token}" if cmd.starting_token else "-"
-        limit = cmd.max_entries or 1000
-        ids = await self._redis.zrangebylex(VOLS, start, "+", start=0, num=limit + 1)
-        page, more = ids[:limit], len(ids) > limit
+        if cmd.max_entries:
+            ids = await self._redis.zrangebylex(VOLS, start, "+", start=0, num=cmd.max_entries + 1)
+        else:
+            ids = await self._redis.zrangebylex(VOLS, start, "+")
+        page = ids[: cmd.max_entries] if cmd.max_entries else ids
+        more = bool(cmd.max_entries) and len(ids) > cmd.max_entries
         raws = await self._redis.mget([volume_key(i.decode()) for i in page]) if page else []
         states = [self._runner.projection.load(r) for r in raws if r is not None]
-        return VolumePage(
-            volumes=tuple(self._info(s) for s in states),
-            next_token=page[-1].decode() if more else "",
-        )
+        return VolumePage(volumes=tuple(self._info(s) for s in states), next_token=page[-1].decode() if more else "")
 
     async def get_capacity(self, cmd: GetCapacity) -> CapacityInfo:
-        free = max(0, self._pool.capacity - self._used() - self._in_flight())
-        return CapacityInfo(
-            available_bytes=free,
-            total_bytes=self._pool.capacity,
-            maximum_volume_size=free,
-            minimum_volume_size=MIN_SIZE,
-        )
+        requisite = (cmd.topology,) if cmd.topology else ()
+        pools = {v.name: v for v in self._capacity.views()}
+        try:
+            options = candidates(list(pools.values()), cmd.parameters, requisite, requisite)
+        except InvalidArgument:
+            options = []
+        free = max((p.free for p in options), default=0)
+        total = max((self._pools.get(p.name).capacity for p in options), default=0)
+        return CapacityInfo(available_bytes=free, total_bytes=total, maximum_volume_size=free, minimum_volume_size=minimum_size_for(cmd.parameters))
 
     async def recover(self) -> int:
         """Finish every intent a crash left without its result; returns how many."""
         ids = sorted(i.decode() for i in await self._redis.smembers(INFLIGHT))
         for vid in ids:
-            async with self._locks.hold(vid):
+            async with self.locks.hold(vid):
                 state = await self._load(vid)
                 if state is None:
                     continue
                 log.info("recovering volume %s from phase %s", vid, state.phase)
-                if state.phase == "creating":
-                    await self._finish_create(state)
-                elif state.phase == "deleting":
-                    await self._finish_delete(state)
+                try:
+                    if state.phase == "creating":
+                        await self._finish_create(state)
+                    elif state.phase == "expanding":
+                        await self._finish_expand(state)
+                    elif state.phase == "deleting":
+                        await self._finish_delete(state)
+                except VolplaneError as exc:
+                    log.error("could not recover volume %s: %s", vid, exc.message)
         return len(ids)
 
     # -- steps --------------------------------------------------------------
 
     async def _finish_create(self, state: VolumeState) -> VolumeState:
         subject = subjects.volume(state.volume_id)
+        pool = self._pools.get(state.pool)
         try:
-            self._pool.create(state.volume_id, state.capacity_bytes)
+            source = self._source_image(state)
+            if source is None:
+                pool.create(state.volume_id, state.capacity_bytes)
+            else:
+                await pool.copy_in(source, state.volume_id, state.capacity_bytes)
         except VolplaneError as exc:
-            self._pool.delete(state.volume_id)
+            pool.delete(state.volume_id)
             seq = await self._store.append(subject, VolumeCreateFailed(volume_id=state.volume_id, reason=exc.message), expected=state.version)
             self._runner.note(volume_key(state.volume_id), state.model_copy(update={"phase": "failed", "version": seq}), seq)
             raise
@@ -196,34 +253,55 @@ class ProvisionerApp:
         self._runner.note(volume_key(state.volume_id), ready, seq)
         return ready
 
+    async def _finish_expand(self, state: VolumeState) -> VolumeState:
+        self._pools.get(state.pool).grow(state.volume_id, state.capacity_bytes)
+        event = VolumeExpanded(volume_id=state.volume_id, capacity_bytes=state.capacity_bytes)
+        seq = await self._store.append(subjects.volume(state.volume_id), event, expected=state.version)
+        ready = state.model_copy(update={"phase": "ready", "version": seq})
+        self._runner.note(volume_key(state.volume_id), ready, seq)
+        return ready
+
     async def _finish_delete(self, state: VolumeState) -> None:
-        self._pool.delete(state.volume_id)
+        self._pools.get(state.pool).delete(state.volume_id)
         seq = await self._store.append(subjects.volume(state.volume_id), VolumeDeleted(volume_id=state.volume_id), expected=state.version)
         self._runner.note(volume_key(state.volume_id), None, seq)
 
-    def _reserve(self, vid: str, size: int) -> None:
-        """Promise ``size`` bytes of the pool to ``vid`` or raise ResourceExhausted.
+    # -- content sources ----------------------------------------------------
 
-        The projection's in-memory total counts intents the runner has applied;
-        ``_reserved`` counts ours it has not applied yet. Other replicas' in-flight
-        intents are not seen: two replicas may briefly over-commit a pool by at most
-        what they have in flight (a known shortcut until capacity becomes an aggregate).
-        """
-        used = self._used() + self._in_flight()
-        if used + size > self._pool.capacity:
-            free = max(0, self._pool.capacity - used)
-            raise ResourceExhausted(f"pool {self._pool.name} has {free} bytes free, {size} requested")
-        self._reserved[vid] = (size, 0)
+    async def _source_of(self, cmd: CreateVolume) -> VolumeState | SnapshotState | None:
+        src = cmd.content_source
+        if src is None:
+            return None
+        if src.kind == "snapshot":
+            snap = await self._snapshots.get(snapshot_key(src.id)) if is_volume_id(src.id) else None
+            if snap is None or snap.phase != "ready":
+                raise NotFound(f"snapshot {src.id[:128]!r} does not exist")
+            return snap
+        vol = await self._load(src.id) if is_volume_id(src.id) else None
+        if vol is None or vol.phase != "ready":
+            raise NotFound(f"source volume {src.id[:128]!r} does not exist")
+        return vol
 
-    def _in_flight(self) -> int:
-        """Bytes reserved and not yet in the projection's total; drops what it has counted."""
-        position = self._runner.position
-        for vid in [v for v, (_, seq) in self._reserved.items() if 0 < seq <= position]:
-            del self._reserved[vid]
-        return sum(size for size, _ in self._reserved.values())
+    def _source_size(self, cmd: CreateVolume, source: VolumeState | SnapshotState | None) -> int:
+        if source is None:
+            return 0
+        have = source.capacity_bytes if isinstance(source, VolumeState) else source.size_bytes
+        if cmd.limit_bytes and have > cmd.limit_bytes:
+            raise OutOfRange(f"the content source holds {have} bytes, more than limit_bytes {cmd.limit_bytes}")
+        return have
 
-    def _used(self) -> int:
-        return self._runner.projection.used.get(self._pool.name, 0)  # type: ignore[attr-defined]
+    def _source_image(self, state: VolumeState) -> Path | None:
+        src = state.content_source
+        if src is None:
+            return None
+        if src.kind == "snapshot":
+            snap = self._snapshots.cached(snapshot_key(src.id))[1]
+            pool = self._pools.get(snap.pool if snap else state.pool)
+            return pool.snapshot_path(src.id)
+        vol = self._runner.cached(volume_key(src.id))[1]
+        return self._pools.get(vol.pool if vol else state.pool).path_for(src.id)
+
+    # -- plumbing -----------------------------------------------------------
 
     async def _load(self, vid: str) -> VolumeState | None:
         return await self._runner.get(volume_key(vid))
@@ -235,8 +313,11 @@ class ProvisionerApp:
             state = evolve(state, codec.decode(VOLUME_EVENTS, record.data), record.seq)
         return state
 
-    def _info(self, state: VolumeState) -> VolumeInfo:
-        fs = effective_fs_type(state.parameters, state.capabilities)
+    def _info(self, state: VolumeState, check: bool = False) -> VolumeInfo:
+        pool = next((p for p in self._capacity.views() if p.name == state.pool), None)
+        condition = ""
+        if check and state.phase == "ready" and not self._pools.get(state.pool).path_for(state.volume_id).exists():
+            condition = f"the image of volume {state.volume_id} is missing from pool {state.pool}"
         return VolumeInfo(
             volume_id=state.volume_id,
             name=state.name,
@@ -244,5 +325,13 @@ class ProvisionerApp:
             pool=state.pool,
             capabilities=state.capabilities,
             parameters=state.parameters,
-            volume_context={"pool": state.pool, "fsType": fs},
+            volume_context={"pool": state.pool, "fsType": effective_fs_type(state.parameters, state.capabilities)},
+            accessible_topology=pool.topology if pool else (),
+            content_source=state.content_source,
+            abnormal=bool(condition),
+            condition=condition,
         )
+
+
+def minimum_size_for(parameters: dict[str, str]) -> int:
+    return MIN_SIZE_XFS if parameters.get("fsType") == "xfs" else MIN_SIZE

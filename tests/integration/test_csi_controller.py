@@ -29,7 +29,7 @@ def unique(prefix: str = "pvc") -> str:
 
 
 def pool_dir(stack: Stack) -> Path:
-    return stack.run_dir / "pools" / "default"
+    return stack.pool_dir("shared")
 
 
 def create_request(name: str, required: int = 64 * MiB, limit: int = 0, **kw: object) -> csi.CreateVolumeRequest:
@@ -96,10 +96,15 @@ def test_plugin_capabilities_include_the_controller_service(client: Csi) -> None
     assert csi.PluginCapability.Service.CONTROLLER_SERVICE in {c.service.type for c in resp.capabilities}
 
 
-def test_controller_capabilities_are_create_delete_list_and_capacity(client: Csi) -> None:
+def test_controller_capabilities_are_the_whole_driver_and_no_alpha_get_snapshot(client: Csi) -> None:
     resp = client.controller.ControllerGetCapabilities(csi.ControllerGetCapabilitiesRequest(), timeout=TIMEOUT)
     RPC = csi.ControllerServiceCapability.RPC
-    assert {c.rpc.type for c in resp.capabilities} == {RPC.CREATE_DELETE_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY}
+    assert {c.rpc.type for c in resp.capabilities} == {
+        RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY,
+        RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME, RPC.PUBLISH_READONLY,
+        RPC.EXPAND_VOLUME, RPC.LIST_VOLUMES_PUBLISHED_NODES, RPC.GET_VOLUME, RPC.VOLUME_CONDITION,
+        RPC.SINGLE_NODE_MULTI_WRITER,
+    }
 
 
 # -- CreateVolume: arguments ---------------------------------------------------
@@ -196,7 +201,7 @@ def test_create_without_a_capacity_range_makes_one_gib(stack: Stack, volumes: Ca
 
 def test_create_reports_pool_and_fs_type_in_the_volume_context(volumes: Callable[..., csi.Volume]) -> None:
     vol = volumes()
-    assert dict(vol.volume_context) == {"pool": "default", "fsType": "ext4"}
+    assert dict(vol.volume_context) == {"pool": "shared", "fsType": "ext4"}
 
 
 def test_second_create_with_same_name_returns_same_volume(client: Csi, volumes: Callable[..., csi.Volume]) -> None:

@@ -20,7 +20,7 @@ from volplane.commands import Capability
 from volplane.csi import csi_pb2 as csi
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
-from volplane.launcher import SERVICES, Stack
+from volplane.launcher import Stack
 from volplane.projection import canonical_dump
 
 CAP = mount_cap()
@@ -76,7 +76,7 @@ def test_volume_survives_a_restart_of_everything_and_finishes_its_life(tmp_path:
         assert not target.exists()
         assert mounts_under(tmp_path) == []
         assert loops_backing(run_dir / "pools") == []
-        assert list((run_dir / "pools" / "default").iterdir()) == []
+        assert list((s.pool_dir("shared")).iterdir()) == []
     finally:
         c.close()
         s.stop()
@@ -89,9 +89,9 @@ def test_create_intent_left_by_a_crash_is_finished_when_the_provisioner_starts(t
     try:
         s.stop_service("provisioner")
         vid = volume_id_for("half-made")
-        image = tmp_path / "run" / "pools" / "default" / f"{vid}.img"
+        image = s.pool_dir("shared") / f"{vid}.img"
         # What a provisioner killed right after recording its intent leaves behind.
-        _append(s, subjects.volume(vid), VolumeCreating(volume_id=vid, name="half-made", pool="default", capacity_bytes=64 * 2**20, capabilities=(Capability(),)))
+        _append(s, subjects.volume(vid), VolumeCreating(volume_id=vid, name="half-made", pool="shared", capacity_bytes=64 * 2**20, capabilities=(Capability(),)))
         assert not image.exists()
         s.start_service("provisioner")
         s.wait_healthy(["provisioner"])
@@ -152,7 +152,7 @@ def test_flushed_redis_rebuilt_from_the_log_is_identical(tmp_path: Path) -> None
         ids = [c.controller.CreateVolume(csi.CreateVolumeRequest(name=f"keep-{i}", volume_capabilities=[CAP])).volume.volume_id for i in range(5)]
         for vid in ids[:2]:
             c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid))
-        for name in SERVICES:
+        for name in list(s.services):
             s.stop_service(name)
         before = _dump(s.env["REDIS_URL"])
         assert len(before) > 3

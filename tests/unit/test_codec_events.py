@@ -14,7 +14,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from services.nodeagent.domain import events as node_events
 from services.provisioner.domain import events as volume_events
 from volplane import codec
-from volplane.commands import Capability
+from volplane.commands import Capability, ContentSource
 
 VID = "0123456789abcdef0123456789abcdef"
 TARGET = "/var/lib/kubelet/pods/p1/volumes/v1"
@@ -33,8 +33,22 @@ VOLUME_EXAMPLES: list[BaseModel] = [
     ),
     volume_events.VolumeCreated(volume_id=VID),
     volume_events.VolumeCreateFailed(volume_id=VID, reason="pool default: no room for 1073741824 bytes"),
+    volume_events.VolumeExpanding(volume_id=VID, capacity_bytes=3 * 2**40),
+    volume_events.VolumeExpanded(volume_id=VID, capacity_bytes=3 * 2**40),
     volume_events.VolumeDeleting(volume_id=VID),
     volume_events.VolumeDeleted(volume_id=VID),
+    volume_events.VolumeCreating(
+        volume_id=VID, name="clone", pool="shared", capacity_bytes=2**30, capabilities=(Capability(),),
+        content_source=ContentSource(kind="snapshot", id=VID),
+    ),
+]
+
+SNAPSHOT_EXAMPLES: list[BaseModel] = [
+    volume_events.SnapshotCreating(snapshot_id=VID, name="snap-1", source_volume_id=VID, pool="node-1", size_bytes=2**30, parameters={"a": "b"}),
+    volume_events.SnapshotCreated(snapshot_id=VID),
+    volume_events.SnapshotCreateFailed(snapshot_id=VID, reason="source image is gone"),
+    volume_events.SnapshotDeleting(snapshot_id=VID),
+    volume_events.SnapshotDeleted(snapshot_id=VID),
 ]
 
 NODE_EXAMPLES: list[BaseModel] = [
@@ -50,7 +64,11 @@ NODE_EXAMPLES: list[BaseModel] = [
     node_events.VolumeUnpublished(volume_id=VID, target_path=TARGET),
 ]
 
-CASES = [(volume_events.VOLUME_EVENTS, e) for e in VOLUME_EXAMPLES] + [(node_events.NODE_VOLUME_EVENTS, e) for e in NODE_EXAMPLES]
+CASES = (
+    [(volume_events.VOLUME_EVENTS, e) for e in VOLUME_EXAMPLES]
+    + [(volume_events.SNAPSHOT_EVENTS, e) for e in SNAPSHOT_EXAMPLES]
+    + [(node_events.NODE_VOLUME_EVENTS, e) for e in NODE_EXAMPLES]
+)
 
 
 def _members(annotated: typing.Any) -> set[type]:
@@ -59,7 +77,10 @@ def _members(annotated: typing.Any) -> set[type]:
     return set(typing.get_args(union))
 
 
-@pytest.mark.parametrize(("union", "examples"), [(volume_events.VolumeEvent, VOLUME_EXAMPLES), (node_events.NodeVolumeEvent, NODE_EXAMPLES)])
+@pytest.mark.parametrize(
+    ("union", "examples"),
+    [(volume_events.VolumeEvent, VOLUME_EXAMPLES), (volume_events.SnapshotEvent, SNAPSHOT_EXAMPLES), (node_events.NodeVolumeEvent, NODE_EXAMPLES)],
+)
 def test_examples_cover_every_event_type_of_the_union(union: typing.Any, examples: list[BaseModel]) -> None:
     members = _members(union)
     assert len(members) >= 5

@@ -5,6 +5,10 @@ Keys (all under ``vp:``, so a rebuild can drop them):
   vp:vols                sorted set of live volume ids (score 0, ordered by id) for paging
   vp:vols:inflight       ids with an intent but no result yet, finished on restart
   vp:pools:used          hash: pool → bytes promised to its live volumes
+  vp:snap:<id>           msgpack SnapshotState of a live snapshot
+  vp:snaps               sorted set of live snapshot ids (ListSnapshots paging)
+  vp:snaps:inflight      snapshot ids with an intent but no result yet
+  vp:pools:snapshots     hash: pool → bytes held by its snapshots
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ from volplane import codec, subjects
 from volplane.eventstore import Record
 from volplane.projection import PREFIX, Op
 
-from ..domain.events import VOLUME_EVENTS
+from ..domain.events import SNAPSHOT_EVENTS, VOLUME_EVENTS
+from ..domain.snapshot import SnapshotState, evolve_snapshot
 from ..domain.volume import VolumeState, evolve
 
 VOLS = f"{PREFIX}vols"
 INFLIGHT = f"{PREFIX}vols:inflight"
-_LIVE = ("creating", "ready", "deleting")
-_INFLIGHT = ("creating", "deleting")
+_LIVE = ("creating", "ready", "expanding", "deleting")
+_INFLIGHT = ("creating", "expanding", "deleting")
 
 
 def volume_key(volume_id: str) -> str:
@@ -69,8 +74,66 @@ class VolumesProjection:
             assert old is not None
             ops += [("ZREM", VOLS, vid), ("HINCRBY", USED, old.pool, -old.capacity_bytes)]
             self.used[old.pool] = self.used.get(old.pool, 0) - old.capacity_bytes
+        elif was_live and is_live and old.capacity_bytes != new.capacity_bytes:  # type: ignore[union-attr]
+            assert old is not None and new is not None
+            ops.append(("HINCRBY", USED, new.pool, new.capacity_bytes - old.capacity_bytes))
+            self.used[new.pool] = self.used.get(new.pool, 0) + new.capacity_bytes - old.capacity_bytes
         if new is not None and new.phase in _INFLIGHT:
             ops.append(("SADD", INFLIGHT, vid))
         elif old is not None and old.phase in _INFLIGHT:
             ops.append(("SREM", INFLIGHT, vid))
+        return ops
+
+
+SNAPS = f"{PREFIX}snaps"
+SNAPS_INFLIGHT = f"{PREFIX}snaps:inflight"
+SNAP_USED = f"{PREFIX}pools:snapshots"
+
+
+def snapshot_key(snapshot_id: str) -> str:
+    return f"{PREFIX}snap:{snapshot_id}"
+
+
+class SnapshotsProjection:
+    name = "snapshots"
+    filter_subject = subjects.SNAPSHOT_EVENTS
+    totals_key = SNAP_USED
+    _prefix_len = len(subjects.snapshot(""))
+
+    def __init__(self) -> None:
+        self.used: dict[str, int] = {}
+
+    def restore(self, totals: dict[bytes, bytes]) -> None:
+        self.used = {k.decode(): int(v) for k, v in totals.items()}
+
+    def key_for(self, record: Record) -> str | None:
+        return snapshot_key(record.subject[self._prefix_len :])
+
+    def evolve(self, state: SnapshotState | None, record: Record) -> SnapshotState | None:
+        new = evolve_snapshot(state, codec.decode(SNAPSHOT_EVENTS, record.data), record.seq)
+        return None if new is not None and new.phase == "deleted" else new
+
+    def dump(self, state: SnapshotState) -> bytes:
+        return codec.encode(state)
+
+    def load(self, raw: bytes) -> SnapshotState:
+        return SnapshotState.model_validate(codec.unpack(raw))
+
+    def ops(self, key: str, old: SnapshotState | None, new: SnapshotState | None) -> list[Op]:
+        sid = key[len(snapshot_key("")) :]
+        ops: list[Op] = []
+        was_live = old is not None and old.phase in _LIVE
+        is_live = new is not None and new.phase in _LIVE
+        if is_live and not was_live:
+            assert new is not None
+            ops += [("ZADD", SNAPS, 0, sid), ("HINCRBY", SNAP_USED, new.pool, new.size_bytes)]
+            self.used[new.pool] = self.used.get(new.pool, 0) + new.size_bytes
+        elif was_live and not is_live:
+            assert old is not None
+            ops += [("ZREM", SNAPS, sid), ("HINCRBY", SNAP_USED, old.pool, -old.size_bytes)]
+            self.used[old.pool] = self.used.get(old.pool, 0) - old.size_bytes
+        if new is not None and new.phase in ("creating", "deleting"):
+            ops.append(("SADD", SNAPS_INFLIGHT, sid))
+        elif old is not None and old.phase in ("creating", "deleting"):
+            ops.append(("SREM", SNAPS_INFLIGHT, sid))
         return ops

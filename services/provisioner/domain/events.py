@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from volplane.commands import Capability
+from volplane.commands import Capability, ContentSource
 from volplane.events import Event
 
 
@@ -23,6 +23,7 @@ class VolumeCreating(Event):
     capacity_bytes: int
     capabilities: tuple[Capability, ...]
     parameters: dict[str, str] = Field(default_factory=dict)
+    content_source: ContentSource | None = None
 
 
 class VolumeCreated(Event):
@@ -36,6 +37,18 @@ class VolumeCreateFailed(Event):
     reason: str
 
 
+class VolumeExpanding(Event):
+    type: Literal["VolumeExpanding"] = "VolumeExpanding"
+    volume_id: str
+    capacity_bytes: int
+
+
+class VolumeExpanded(Event):
+    type: Literal["VolumeExpanded"] = "VolumeExpanded"
+    volume_id: str
+    capacity_bytes: int
+
+
 class VolumeDeleting(Event):
     type: Literal["VolumeDeleting"] = "VolumeDeleting"
     volume_id: str
@@ -47,7 +60,48 @@ class VolumeDeleted(Event):
 
 
 VolumeEvent = Annotated[
-    VolumeCreating | VolumeCreated | VolumeCreateFailed | VolumeDeleting | VolumeDeleted,
+    VolumeCreating | VolumeCreated | VolumeCreateFailed | VolumeExpanding | VolumeExpanded | VolumeDeleting | VolumeDeleted,
     Field(discriminator="type"),
 ]
 VOLUME_EVENTS: TypeAdapter[VolumeEvent] = TypeAdapter(VolumeEvent)
+
+
+# Snapshots: one aggregate per snapshot, subject ``vp.ev.snapshot.<snapshot_id>``.
+
+
+class SnapshotCreating(Event):
+    type: Literal["SnapshotCreating"] = "SnapshotCreating"
+    snapshot_id: str
+    name: str
+    source_volume_id: str
+    pool: str
+    size_bytes: int
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class SnapshotCreated(Event):
+    type: Literal["SnapshotCreated"] = "SnapshotCreated"
+    snapshot_id: str
+
+
+class SnapshotCreateFailed(Event):
+    type: Literal["SnapshotCreateFailed"] = "SnapshotCreateFailed"
+    snapshot_id: str
+    reason: str
+
+
+class SnapshotDeleting(Event):
+    type: Literal["SnapshotDeleting"] = "SnapshotDeleting"
+    snapshot_id: str
+
+
+class SnapshotDeleted(Event):
+    type: Literal["SnapshotDeleted"] = "SnapshotDeleted"
+    snapshot_id: str
+
+
+SnapshotEvent = Annotated[
+    SnapshotCreating | SnapshotCreated | SnapshotCreateFailed | SnapshotDeleting | SnapshotDeleted,
+    Field(discriminator="type"),
+]
+SNAPSHOT_EVENTS: TypeAdapter[SnapshotEvent] = TypeAdapter(SnapshotEvent)

@@ -14,28 +14,38 @@ from __future__ import annotations
 
 from typing import Literal
 
-from volplane.commands import Capability, CreateVolume
-from volplane.errors import AlreadyExists, InvalidArgument, OperationPending, OutOfRange
+from volplane.commands import Capability, ContentSource, CreateVolume
+from volplane.errors import AlreadyExists, InvalidArgument, NotFound, OperationPending, OutOfRange
 from volplane.events import Frozen
 from volplane.ids import is_volume_id, volume_id_for
 
-__all__ = ["VolumeState", "decide_create", "decide_delete", "evolve", "resolve_size", "is_volume_id", "volume_id_for"]
+from .events import (
+    VolumeCreated,
+    VolumeCreateFailed,
+    VolumeCreating,
+    VolumeDeleted,
+    VolumeDeleting,
+    VolumeEvent,
+    VolumeExpanded,
+    VolumeExpanding,
+)
 
-from .events import VolumeCreated, VolumeCreateFailed, VolumeCreating, VolumeDeleted, VolumeDeleting, VolumeEvent
+__all__ = ["VolumeState", "decide_create", "decide_delete", "decide_expand", "evolve", "resolve_size", "is_volume_id", "volume_id_for"]
 
 BLOCK = 4096
 MiB = 2**20
 GiB = 2**30
 DEFAULT_SIZE = 1 * GiB
-# Small enough for tests, large enough for ext4 and xfs with their journals.
+# Small enough for tests, large enough for ext4 with its journal; xfs needs 300 MiB.
 MIN_SIZE = 32 * MiB
+MIN_SIZE_XFS = 300 * MiB
 MAX_NAME = 128
 
 # CSI AccessMode.Mode numbers a single-node filesystem or block volume can serve.
 SINGLE_NODE_MODES = frozenset({1, 2, 6, 7})  # WRITER, READER_ONLY, SINGLE_WRITER, MULTI_WRITER
 FS_TYPES = frozenset({"ext4", "xfs"})
 
-Phase = Literal["creating", "ready", "failed", "deleting", "deleted"]
+Phase = Literal["creating", "ready", "expanding", "failed", "deleting", "deleted"]
 
 
 class VolumeState(Frozen):
@@ -48,9 +58,10 @@ class VolumeState(Frozen):
     phase: Phase
     version: int  # stream sequence of this aggregate's last event
     created_at: int
+    content_source: ContentSource | None = None
 
 
-def resolve_size(required: int, limit: int) -> int:
+def resolve_size(required: int, limit: int, minimum: int = MIN_SIZE) -> int:
     """The size to create for a CSI CapacityRange: whole MiB where the range allows,
     else whole 4 KiB blocks (loop devices need whole sectors).
 
@@ -64,14 +75,19 @@ def resolve_size(required: int, limit: int) -> int:
     if limit and required > limit:
         raise OutOfRange(f"capacity_range: required_bytes {required} exceeds limit_bytes {limit}")
     if required:
-        size = max(MIN_SIZE, _round_up(required, MiB))
+        size = max(minimum, _round_up(required, MiB))
         if limit and size > limit:
-            size = max(MIN_SIZE, _round_up(required, BLOCK))
+            size = max(minimum, _round_up(required, BLOCK))
     else:
-        size = max(MIN_SIZE, min(DEFAULT_SIZE, limit // MiB * MiB) if limit else DEFAULT_SIZE)
+        size = max(minimum, min(DEFAULT_SIZE, limit // MiB * MiB) if limit else DEFAULT_SIZE)
     if limit and size > limit:
-        raise OutOfRange(f"capacity_range: no size of whole blocks of at least {MIN_SIZE} bytes fits in [{required}, {limit}]")
+        raise OutOfRange(f"capacity_range: no size of whole blocks of at least {minimum} bytes fits in [{required}, {limit}]")
     return size
+
+
+def minimum_size(cmd: CreateVolume) -> int:
+    mount = any(c.access_type == "mount" for c in cmd.capabilities)
+    return MIN_SIZE_XFS if mount and fs_type_of(cmd) == "xfs" else MIN_SIZE
 
 
 def _round_up(n: int, unit: int) -> int:
@@ -110,6 +126,7 @@ def decide_create(state: VolumeState | None, cmd: CreateVolume, *, pool: str, si
             capacity_bytes=size,
             capabilities=cmd.capabilities,
             parameters=cmd.parameters,
+            content_source=cmd.content_source,
         )
     if state.phase == "deleting":
         raise OperationPending(f"volume {cmd.name!r} is being deleted")
@@ -130,15 +147,28 @@ def _check_compatible(state: VolumeState, cmd: CreateVolume) -> None:
     have = effective_fs_type(state.parameters, state.capabilities)
     if any(c.access_type == "mount" for c in cmd.capabilities) and wanted != have:
         raise AlreadyExists(f"volume {cmd.name!r} exists with {have}, not {wanted}")
+    if cmd.content_source != state.content_source:
+        raise AlreadyExists(f"volume {cmd.name!r} exists with another content source")
 
 
 def decide_delete(state: VolumeState | None) -> VolumeDeleting | None:
     """The intent to record, or None when there is nothing to delete."""
     if state is None or state.phase in ("deleted", "failed"):
         return None
-    if state.phase == "creating":
-        raise OperationPending(f"volume {state.volume_id} is still being created")
+    if state.phase in ("creating", "expanding"):
+        raise OperationPending(f"volume {state.volume_id} is still being {state.phase[:-3]}ed")
     return VolumeDeleting(volume_id=state.volume_id)
+
+
+def decide_expand(state: VolumeState | None, volume_id: str, size: int) -> VolumeExpanding | None:
+    """The intent to grow to ``size``, or None when the volume is already that big."""
+    if state is None or state.phase in ("deleted", "failed"):
+        raise NotFound(f"volume {volume_id} does not exist")
+    if state.phase in ("creating", "deleting", "expanding"):
+        raise OperationPending(f"volume {volume_id} is {state.phase}")
+    if size <= state.capacity_bytes:
+        return None
+    return VolumeExpanding(volume_id=volume_id, capacity_bytes=size)
 
 
 def evolve(state: VolumeState | None, event: VolumeEvent, seq: int) -> VolumeState | None:
@@ -154,6 +184,7 @@ def evolve(state: VolumeState | None, event: VolumeEvent, seq: int) -> VolumeSta
                 phase="creating",
                 version=seq,
                 created_at=event.at,
+                content_source=event.content_source,
             )
         case VolumeCreated():
             assert state is not None
@@ -161,6 +192,12 @@ def evolve(state: VolumeState | None, event: VolumeEvent, seq: int) -> VolumeSta
         case VolumeCreateFailed():
             assert state is not None
             return state.model_copy(update={"phase": "failed", "version": seq})
+        case VolumeExpanding():
+            assert state is not None
+            return state.model_copy(update={"phase": "expanding", "capacity_bytes": event.capacity_bytes, "version": seq})
+        case VolumeExpanded():
+            assert state is not None
+            return state.model_copy(update={"phase": "ready", "capacity_bytes": event.capacity_bytes, "version": seq})
         case VolumeDeleting():
             assert state is not None
             return state.model_copy(update={"phase": "deleting", "version": seq})
