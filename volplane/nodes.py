@@ -71,7 +71,7 @@ async def register(store: EventStore, event: NodeRegistered) -> None:
 class NodesProjection:
     name = "nodes"
     filter_subject = subjects.NODE_INFO_EVENTS
-    totals_key = NODES
+    totals_key: str | None = NODES
 
     def __init__(self) -> None:
         # Every registered node, kept whole in memory: there are few, and all are read often.

@@ -1,17 +1,35 @@
-"""``python -m services.attacher``: the attach/detach controller.
+"""``python -m services.attacher``: the attach/detach side — ControllerPublish/Unpublish.
 
-It joins the system now so that `make run` starts the whole topology and health
-checks cover it; ControllerPublish/Unpublish and the AD controller's loops arrive
-with issues #3 and #4.
+It follows two projections: the node registry (does a node exist, its topology and
+max_volumes) and its own attachments (which nodes hold each volume).
 """
 
 from __future__ import annotations
 
+from volplane import subjects
+from volplane.commands import ControllerPublish, ControllerUnpublish, GetAttachments
+from volplane.nodes import NodeInfo, NodesProjection
+from volplane.projection import ProjectionRunner
 from volplane.service import Runtime, run_service
+
+from .adapters.projection import AttachmentsProjection
+from .adapters.volumes import ProvisionerVolumes
+from .app import AttacherApp
+from .domain.attachment import AttachmentState
 
 
 async def setup(rt: Runtime) -> None:
-    return None
+    nodes: ProjectionRunner[NodeInfo] = ProjectionRunner(rt.redis, rt.store, NodesProjection())  # type: ignore[arg-type]
+    await nodes.start()
+    rt.closers.append(nodes.stop)
+    runner: ProjectionRunner[AttachmentState] = ProjectionRunner(rt.redis, rt.store, AttachmentsProjection())
+    await runner.start()
+    rt.closers.append(runner.stop)
+    app = AttacherApp(rt.store, rt.redis, runner, nodes, ProvisionerVolumes(rt.bus))
+    q = subjects.queue("attacher")
+    await rt.bus.serve(subjects.CONTROLLER_PUBLISH, q, ControllerPublish, app.publish)
+    await rt.bus.serve(subjects.CONTROLLER_UNPUBLISH, q, ControllerUnpublish, app.unpublish)
+    await rt.bus.serve(subjects.GET_ATTACHMENTS, q, GetAttachments, app.get_attachments)
 
 
 def main() -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from volplane import subjects
 from volplane.commands import (
+    Attachments,
     CreateSnapshot,
     CreateVolume,
     DeleteSnapshot,
     DeleteVolume,
     ExpandVolume,
+    GetAttachments,
     GetCapacity,
     GetVolume,
     ListSnapshots,
@@ -38,7 +40,11 @@ async def setup(rt: Runtime) -> None:
     cfg = rt.cfg
     shared = ImagePool(cfg.shared_pool_dir, SHARED_POOL, "shared", cfg.shared_pool_capacity) if cfg.shared_pool_dir else None
     pools = Pools(shared, nodes.projection)  # type: ignore[arg-type]
-    app = ProvisionerApp(rt.store, volumes, Capacity(pools, volumes, snapshots), snapshots)
+    async def published_on(volume_id: str) -> tuple[str, ...]:
+        reply = await rt.bus.request(subjects.GET_ATTACHMENTS, GetAttachments(volume_ids=(volume_id,)))
+        return Attachments.model_validate(reply).nodes.get(volume_id, ())
+
+    app = ProvisionerApp(rt.store, volumes, Capacity(pools, volumes, snapshots), snapshots, published_on)
     snaps = SnapshotsApp(rt.store, snapshots, volumes, pools)
     await app.recover()
     await snaps.recover()

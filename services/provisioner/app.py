@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from volplane import codec, subjects
@@ -23,7 +24,16 @@ from volplane.commands import (
     VolumeInfo,
     VolumePage,
 )
-from volplane.errors import Aborted, ConcurrencyConflict, InvalidArgument, NotFound, OutOfRange, ResourceExhausted, VolplaneError
+from volplane.errors import (
+    Aborted,
+    ConcurrencyConflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+    VolplaneError,
+)
 from volplane.eventstore import EventStore
 from volplane.locks import KeyedLocks
 from volplane.projection import ProjectionRunner
@@ -53,10 +63,21 @@ from .domain.volume import (
 
 log = logging.getLogger(__name__)
 
+# Which nodes a volume is published to (the attacher knows); deleting those is refused.
+PublishedOn = Callable[[str], Awaitable[tuple[str, ...]]]
+
 
 class ProvisionerApp:
-    def __init__(self, store: EventStore, runner: ProjectionRunner[VolumeState], capacity: Capacity, snapshots: ProjectionRunner[SnapshotState]) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        runner: ProjectionRunner[VolumeState],
+        capacity: Capacity,
+        snapshots: ProjectionRunner[SnapshotState],
+        published_on: PublishedOn,
+    ) -> None:
         self._store = store
+        self._published_on = published_on
         self._runner = runner
         self._redis = runner._redis
         self._capacity = capacity
@@ -135,6 +156,9 @@ class ProvisionerApp:
                 if intent is None:
                     return Done()
                 assert state is not None
+                nodes = await self._published_on(state.volume_id)
+                if nodes:
+                    raise FailedPrecondition(f"volume {state.volume_id} is published to {', '.join(nodes)}; unpublish it first")
                 try:
                     seq = await self._store.append(subjects.volume(state.volume_id), intent, expected=state.version)
                 except ConcurrencyConflict:

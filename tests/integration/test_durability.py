@@ -52,6 +52,7 @@ def test_volume_survives_a_restart_of_everything_and_finishes_its_life(tmp_path:
     c = Csi(s.csi_endpoint)
     try:
         vol = c.controller.CreateVolume(csi.CreateVolumeRequest(name="restart-me", volume_capabilities=[CAP])).volume
+        c.controller.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(volume_id=vol.volume_id, node_id="node-a", volume_capability=CAP))
         c.node.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(stage), volume_capability=CAP))
         c.node.NodePublishVolume(csi.NodePublishVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(stage), target_path=str(target), volume_capability=CAP))
         (target / "data").write_text("before restart")
@@ -72,6 +73,7 @@ def test_volume_survives_a_restart_of_everything_and_finishes_its_life(tmp_path:
         assert len([m for m in mounts_under(tmp_path) if f" {target} " in m]) == 1
         c.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=str(target)))
         c.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(stage)))
+        c.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=vol.volume_id, node_id="node-a"))
         c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id))
         assert not target.exists()
         assert mounts_under(tmp_path) == []

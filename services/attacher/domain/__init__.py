@@ -1,0 +1,1 @@
+"""The attachment aggregate: pure commands → events → state, no I/O."""
