@@ -59,6 +59,7 @@ class ImagePool:
     async def copy_in(self, source: Path, volume_id: str, size: int) -> Path:
         """A new image holding ``source``'s data, grown to ``size``; redone from scratch if interrupted."""
         path = self.path_for(volume_id)
+        await asyncio.to_thread(os.sync)  # A clone's source may be mounted: see snapshot().
         await _sparse_copy(source, path, self.name)
         self._truncate(path, size, create=False)
         return path
