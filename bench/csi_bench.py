@@ -1,17 +1,24 @@
-"""``make bench``: CreateVolume+DeleteVolume pairs through the CSI socket.
+"""``make bench``: what the driver sustains through the CSI socket.
 
-Starts its own stack (own nats-server and redis-server, temporary directory), then for
-1 and 16 concurrent clients runs at least 300 pairs, first with no other volumes and
-then with 10,000 existing ones, and prints pairs/s and p50/p99 pair latency.
+Starts its own stack (own nats-server and redis-server, temporary directory), then:
 
-    make bench                       # the full run
-    make bench BENCH_ARGS="--pairs 100 --existing 1000"
+- controller: CreateVolume+DeleteVolume pairs, 1 and 16 concurrent clients, at least 300
+  pairs each, first with no other volumes and then with 10,000 existing ones;
+- node (root only): NodeStage+NodePublish+NodeUnpublish+NodeUnstage cycles on real loop
+  devices and mounts, for filesystem and block volumes, 1 and 16 clients;
+- snapshot: CreateSnapshot+DeleteSnapshot pairs, 1 and 16 clients;
+
+and prints operations/s and p50/p99 latency for each case.
+
+    make bench                                        # everything
+    make bench BENCH_ARGS="--suite node --cycles 100"
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -77,7 +84,84 @@ def _row(label: str, clients: int, elapsed: float, lat: list[float]) -> str:
     return f"{label:<18}{clients:>8}{len(lat):>8}{len(lat) / elapsed:>10.0f}{q[49] * 1000:>10.2f}{q[98] * 1000:>10.2f}"
 
 
-async def main_async(args: argparse.Namespace, endpoint: str) -> list[tuple[str, int, float]]:
+async def _parallel(clients: int, total: int, make_worker_state, step) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+    """Run ``total`` steps over ``clients`` workers, each with its own state; time each step."""
+    states = [await make_worker_state(i) for i in range(clients)]
+    for st in states:  # Warm each worker outside the timing.
+        await step(st, -1)
+    remaining = iter(range(total))
+    latencies: list[float] = []
+
+    async def worker(st) -> None:  # type: ignore[no-untyped-def]
+        for i in remaining:
+            t0 = time.perf_counter()
+            await step(st, i)
+            latencies.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(st) for st in states))
+    return time.perf_counter() - t0, latencies
+
+
+async def node_suite(stack: Stack, args: argparse.Namespace, root: Path) -> None:
+    """Stage/publish/unpublish/unstage cycles on volumes published to the stack's node."""
+    print(f"\n{'node cycles':<18}{'clients':>8}{'cycles':>8}{'cycles/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    async with grpc.aio.insecure_channel(stack.csi_endpoint) as ch:
+        ctl, node = rpc.ControllerStub(ch), rpc.NodeStub(ch)
+        node_id = (await node.NodeGetInfo(csi.NodeGetInfoRequest())).node_id
+        for kind in ("filesystem", "block"):
+            cap = CAP if kind == "filesystem" else csi.VolumeCapability(block=csi.VolumeCapability.BlockVolume(), access_mode=CAP.access_mode)
+            for clients in args.clients:
+                made: list[str] = []
+
+                async def prepare(i: int, kind: str = kind, cap: csi.VolumeCapability = cap, clients: int = clients) -> dict[str, object]:
+                    name = f"node-{kind}-{clients}-{i}-{uuid.uuid4().hex[:6]}"
+                    vol = (await ctl.CreateVolume(csi.CreateVolumeRequest(name=name, capacity_range=SIZE, volume_capabilities=[cap]))).volume
+                    made.append(vol.volume_id)
+                    pub = await ctl.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(volume_id=vol.volume_id, node_id=node_id, volume_capability=cap))
+                    staging = root / name / "staging"
+                    staging.mkdir(parents=True)
+                    return {"vol": vol.volume_id, "cap": cap, "ctx": pub.publish_context, "staging": str(staging), "target": str(root / name / "target")}
+
+                async def cycle(st: dict, _: int) -> None:  # type: ignore[type-arg]
+                    vid, cap_, ctx, staging, target = st["vol"], st["cap"], st["ctx"], st["staging"], st["target"]
+                    await node.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=vid, staging_target_path=staging, volume_capability=cap_, publish_context=ctx))
+                    await node.NodePublishVolume(
+                        csi.NodePublishVolumeRequest(volume_id=vid, staging_target_path=staging, target_path=target, volume_capability=cap_, publish_context=ctx)
+                    )
+                    await node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target))
+                    await node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging))
+
+                elapsed, lat = await _parallel(clients, args.cycles, prepare, cycle)
+                print(_row(kind, clients, elapsed, lat), flush=True)
+                for vid in made:
+                    await ctl.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=node_id))
+                    await ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid))
+
+
+async def snapshot_suite(stack: Stack, args: argparse.Namespace) -> None:
+    print(f"\n{'snapshots':<18}{'clients':>8}{'pairs':>8}{'pairs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    async with grpc.aio.insecure_channel(stack.csi_endpoint) as ch:
+        ctl = rpc.ControllerStub(ch)
+        for clients in args.clients:
+            made: list[str] = []
+
+            async def prepare(i: int, clients: int = clients) -> str:
+                vol = (await ctl.CreateVolume(csi.CreateVolumeRequest(name=f"snapsrc-{clients}-{i}-{uuid.uuid4().hex[:6]}", capacity_range=SIZE, volume_capabilities=[CAP]))).volume
+                made.append(vol.volume_id)
+                return vol.volume_id
+
+            async def pair(source: str, i: int) -> None:
+                snap = (await ctl.CreateSnapshot(csi.CreateSnapshotRequest(name=f"snap-{source}-{i}", source_volume_id=source))).snapshot
+                await ctl.DeleteSnapshot(csi.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+
+            elapsed, lat = await _parallel(clients, args.snapshots, prepare, pair)
+            print(_row("create+delete", clients, elapsed, lat), flush=True)
+            for vid in made:
+                await ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid))
+
+
+async def controller_suite(args: argparse.Namespace, endpoint: str) -> list[tuple[str, int, float]]:
     print(f"{'volumes existing':<18}{'clients':>8}{'pairs':>8}{'pairs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     results = []
     for label, existing in (("0", 0), (f"{args.existing:,}", args.existing)):
@@ -100,20 +184,32 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=600)
     parser.add_argument("--existing", type=int, default=10_000)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the summary gives the median")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per controller case; the summary gives the median")
+    parser.add_argument("--cycles", type=int, default=200, help="node cycles per case")
+    parser.add_argument("--snapshots", type=int, default=200, help="snapshot pairs per case")
+    parser.add_argument("--suite", choices=["all", "controller", "node", "snapshot"], default="all")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="volplane-bench-") as tmp:
         stack = Stack(Path(tmp), env={"VOLPLANE_POOL_CAPACITY": "1Pi", "VOLPLANE_SHARED_POOL_CAPACITY": "1Pi", "VOLPLANE_LOG_LEVEL": "WARNING"})
         stack.start()
         try:
-            results = asyncio.run(main_async(args, stack.csi_endpoint))
+            if args.suite in ("all", "node"):
+                if os.geteuid() == 0:
+                    asyncio.run(node_suite(stack, args, Path(tmp) / "mnt"))
+                else:
+                    print("node suite skipped: needs root for loop devices and mounts")
+            if args.suite in ("all", "snapshot"):
+                asyncio.run(snapshot_suite(stack, args))
+            if args.suite in ("all", "controller"):
+                print()
+                results = asyncio.run(controller_suite(args, stack.csi_endpoint))
+                print("\nmedian pairs/s:")
+                base = {c: r for label, c, r in results if label == "0"}
+                for label, clients, rate in results:
+                    ratio = f"  ({rate / base[clients]:.2f}x the empty case's rate)" if label != "0" else ""
+                    print(f"  {label:>7} existing, {clients:>2} clients: {rate:7.0f}{ratio}")
         finally:
             stack.stop()
-    print("\nmedian pairs/s:")
-    base = {c: r for label, c, r in results if label == "0"}
-    for label, clients, rate in results:
-        ratio = f"  ({base[clients] / rate:.2f}x the empty case's time)" if label != "0" else ""
-        print(f"  {label:>7} existing, {clients:>2} clients: {rate:7.0f}{ratio}")
 
 
 if __name__ == "__main__":

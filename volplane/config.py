@@ -53,6 +53,9 @@ class Config:
     max_volumes_per_node: int = 0
     # apigw: "all" serves Identity, Controller and Node; "node" only Identity and Node (a node plugin).
     apigw_mode: str = "all"
+    # A nodeagent stages only volumes the attacher has published to its node; 0 turns the
+    # check off for a node without an attacher (a bare node plugin under test).
+    require_attachment: bool = True
     csi_endpoint: str = "unix://run/csi.sock"
     csi_tcp: str = ""
     log_level: str = "INFO"
@@ -82,6 +85,7 @@ class Config:
             shared_pool_capacity=parse_quantity(e.get("VOLPLANE_SHARED_POOL_CAPACITY", "1Ti")),
             max_volumes_per_node=int(e.get("VOLPLANE_MAX_VOLUMES_PER_NODE", "0")),
             apigw_mode=e.get("VOLPLANE_APIGW_MODE", "all"),
+            require_attachment=e.get("VOLPLANE_REQUIRE_ATTACHMENT", "1") != "0",
             csi_endpoint=e.get("VOLPLANE_CSI_ENDPOINT", f"unix://{run_dir / 'csi.sock'}"),
             csi_tcp=e.get("VOLPLANE_CSI_TCP", ""),
             log_level=e.get("VOLPLANE_LOG_LEVEL", "INFO"),

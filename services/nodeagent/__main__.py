@@ -1,29 +1,53 @@
-"""``python -m services.nodeagent``: the volume manager of one node (``VOLPLANE_NODE_ID``)."""
+"""``python -m services.nodeagent``: the volume manager of one node (``VOLPLANE_NODE_ID``).
+
+On start it creates its local pool directory, announces itself (id, topology, pools) in the
+node registry, finishes what a crash left undone, and then serves its node commands.
+
+``VOLPLANE_REQUIRE_ATTACHMENT=0`` stages volumes without asking the attacher whether they
+are published to this node (default 1: ask).
+"""
 
 from __future__ import annotations
 
 from volplane import subjects
-from volplane.commands import PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
+from volplane.commands import GetVolumeStats, NodeExpand, PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
+from volplane.config import Config
+from volplane.nodes import SHARED_POOL, TOPOLOGY_KEY, NodeRegistered, PoolSpec, register
 from volplane.projection import ProjectionRunner
 from volplane.service import Runtime, run_service
 
+from .adapters.attacher import attacher_check
 from .adapters.projection import NodeProjection
 from .adapters.storage import HostStorage
 from .app import NodeApp
 
 
+def registration(cfg: Config) -> NodeRegistered:
+    """What this node announces: ``registration(cfg).pools[0].name == cfg.node_id``."""
+    pools = [PoolSpec(name=cfg.pool_name, kind="local", directory=str(cfg.pool_dir), capacity=cfg.pool_capacity)]
+    if cfg.shared_pool_dir is not None:
+        pools.append(PoolSpec(name=SHARED_POOL, kind="shared", directory=str(cfg.shared_pool_dir), capacity=cfg.shared_pool_capacity))
+    return NodeRegistered(node_id=cfg.node_id, topology={TOPOLOGY_KEY: cfg.node_id}, max_volumes=cfg.max_volumes_per_node, pools=tuple(pools))
+
+
 async def setup(rt: Runtime) -> None:
-    node = rt.cfg.node_id
+    cfg = rt.cfg
+    node = cfg.node_id
+    cfg.pool_dir.mkdir(parents=True, exist_ok=True)
+    await register(rt.store, registration(cfg))
     runner = ProjectionRunner(rt.redis, rt.store, NodeProjection(node))
     await runner.start()
     rt.closers.append(runner.stop)
-    app = NodeApp(rt.cfg, rt.store, runner, HostStorage())
+    # Read here until Config carries it.
+    app = NodeApp(cfg, rt.store, runner, HostStorage(), is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None)
     await app.recover()
     q = subjects.queue("nodeagent", node)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_STAGE), q, StageVolume, app.stage)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_UNSTAGE), q, UnstageVolume, app.unstage)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_PUBLISH), q, PublishVolume, app.publish)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_UNPUBLISH), q, UnpublishVolume, app.unpublish)
+    await rt.bus.serve(subjects.node_command(node, subjects.NODE_EXPAND), q, NodeExpand, app.expand)
+    await rt.bus.serve(subjects.node_command(node, subjects.NODE_STATS), q, GetVolumeStats, app.volume_stats)
 
 
 def main() -> None:

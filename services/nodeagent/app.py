@@ -1,34 +1,50 @@
-"""The nodeagent's application layer: NodeStage/Unstage/Publish/Unpublish on this host.
+"""The nodeagent's application layer: NodeStage/Unstage/Publish/Unpublish/Expand and volume stats on this host.
 
-Every step is load → decide → append intent → act on the host → append result, under a
-per-volume lock. The host actions are idempotent when redone, which is how ``recover``
-finishes an intent a crash left behind.
+Every change is load → decide → append intent → act on the host (``steps.py``) → append
+result, under a per-volume lock. The host steps are idempotent when redone, which is how
+``recover`` finishes an intent a crash left behind.
 
-    app = NodeApp(cfg, store, runner, HostStorage())
+    app = NodeApp(cfg, store, runner, HostStorage(), is_published=attacher_check(bus, cfg.node_id))
     await app.stage(StageVolume(volume_id=vid, staging_path="/var/lib/…/globalmount", capability=Capability()))
+
+A volume's image is looked up when the volume is first staged — in this node's pool, then
+in the shared pool — and recorded in VolumeStaging; every later step uses the recorded path.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from volplane import codec, subjects
-from volplane.commands import Done, PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
+from volplane.commands import (
+    Done,
+    GetVolumeStats,
+    NodeExpand,
+    NodeExpanded,
+    PublishVolume,
+    StageVolume,
+    UnpublishVolume,
+    UnstageVolume,
+    VolumeStats,
+)
 from volplane.config import Config
 from volplane.errors import ConcurrencyConflict, FailedPrecondition, Internal, InvalidArgument, NotFound, VolplaneError
 from volplane.events import Event
 from volplane.eventstore import EventStore
-from volplane.ids import image_path
+from volplane.ids import image_path, is_volume_id
 from volplane.locks import KeyedLocks
+from volplane.nodes import SHARED_POOL
 from volplane.projection import ProjectionRunner
 
 from .adapters.projection import NodeProjection
 from .adapters.storage import HostStorage, StorageError
 from .domain.events import (
     NODE_VOLUME_EVENTS,
+    VolumeExpandedOnNode,
+    VolumeExpandOnNodeFailed,
     VolumePublished,
     VolumePublishFailed,
     VolumePublishing,
@@ -42,59 +58,89 @@ from .domain.volume import (
     NodeVolumeState,
     check_capability,
     check_path,
+    decide_expand,
     decide_publish,
     decide_stage,
     decide_unpublish,
     decide_unstage,
     evolve,
     is_idle,
+    locate,
 )
+from .steps import HostSteps
 
 log = logging.getLogger(__name__)
 
+PublishedCheck = Callable[[str], Awaitable[bool]]
+"""Whether a volume is published (ControllerPublishVolume) to this node: ``await check(volume_id)``."""
+
 
 class NodeApp:
-    def __init__(self, cfg: Config, store: EventStore, runner: ProjectionRunner[NodeVolumeState], host: HostStorage) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: EventStore,
+        runner: ProjectionRunner[NodeVolumeState],
+        host: HostStorage,
+        *,
+        is_published: PublishedCheck | None = None,
+    ) -> None:
+        """``is_published`` None: stage without asking the attacher (a node without a controller in front)."""
         self._cfg = cfg
         self._node = cfg.node_id
         self._store = store
         self._runner = runner
         self._projection: NodeProjection = runner.projection  # type: ignore[assignment]
         self._host = host
+        self._steps = HostSteps(host)
+        self._is_published = is_published
         self._locks = KeyedLocks("volume")
+        self._pools = [(cfg.pool_name, cfg.pool_dir)]
+        if cfg.shared_pool_dir is not None:
+            self._pools.append((SHARED_POOL, cfg.shared_pool_dir))
 
     # -- commands -----------------------------------------------------------
 
     async def stage(self, cmd: StageVolume) -> Done:
         staging = self._checked("staging_target_path", cmd.staging_path, must_exist=False)
         check_capability(cmd.capability)
-        fs_type = cmd.capability.fs_type or cmd.volume_context.get("fsType") or "ext4"
-        image = self._existing_image(cmd.volume_id)
+        block = cmd.capability.access_type == "block"
+        fs_type = "" if block else cmd.capability.fs_type or cmd.volume_context.get("fsType") or "ext4"
+        self._valid_id(cmd.volume_id)
         cmd = cmd.model_copy(update={"staging_path": staging})
         async with self._locks.hold(cmd.volume_id):
-            state = await self._load(cmd.volume_id)
+            state = await self._load_settled(cmd.volume_id)
             if state is not None and state.stage_phase == "staging":
                 await self._finish_stage(state)
                 return Done()
-            intent = decide_stage(state, cmd, fs_type)
+            # Only a volume staged anew is looked up in the pools; a staged one keeps its image.
+            image = self._resolve_image(cmd.volume_id) if state is None or state.stage_phase == "none" else self._image_of(state)
+            intent = decide_stage(state, cmd, fs_type, str(image))
             if intent is None:
                 assert state is not None
-                if await self._stage_intact(state, image):
+                if await self._steps.stage_intact(state, image):
                     return Done()
+                if not image.exists():
+                    raise NotFound(f"volume {state.volume_id} has no image at {image}")
                 # The host lost what the log says was done (a reboot, a manual umount): redo it.
-                intent = VolumeStaging(volume_id=state.volume_id, staging_path=state.staging_path, fs_type=state.fs_type, mount_flags=state.mount_flags)
+                intent = VolumeStaging(
+                    volume_id=state.volume_id, staging_path=state.staging_path, fs_type=state.fs_type,
+                    mount_flags=state.mount_flags, image=str(image), access_type=state.access_type,
+                )
             else:
-                self._refuse_foreign_mount("staging_target_path", Path(staging), await self._host.loop_devices_for(image))
+                await self._require_published(cmd.volume_id)
+                if not block:
+                    self._steps.refuse_foreign_mount("staging_target_path", Path(staging), await self._host.loop_devices_for(image))
             state = await self._append(state, intent)
-            await self._finish_stage(state, image)
+            await self._finish_stage(state)
             return Done()
 
     async def unstage(self, cmd: UnstageVolume) -> Done:
         staging = check_path("staging_target_path", cmd.staging_path)
-        if image_path(self._cfg.pool_dir, cmd.volume_id) is None:
+        if not is_volume_id(cmd.volume_id):
             return Done()  # Not an id of ours: nothing of it can be staged here.
         async with self._locks.hold(cmd.volume_id):
-            state = await self._load(cmd.volume_id)
+            state = await self._load_settled(cmd.volume_id)
             if state is not None and state.stage_phase == "staging":
                 # Finish the pending stage (or let it roll back), then undo it.
                 try:
@@ -112,10 +158,10 @@ class NodeApp:
         staging = check_path("staging_target_path", cmd.staging_path)
         target = self._checked("target_path", cmd.target_path, must_exist=False)
         check_capability(cmd.capability)
-        self._image(cmd.volume_id)
+        self._valid_id(cmd.volume_id)
         cmd = cmd.model_copy(update={"staging_path": staging, "target_path": target})
         async with self._locks.hold(cmd.volume_id):
-            state = await self._load(cmd.volume_id)
+            state = await self._load_settled(cmd.volume_id)
             pending = state.publication(target) if state else None
             if state is not None and pending is not None and pending.phase == "publishing":
                 await self._finish_publish(state, target)
@@ -123,31 +169,65 @@ class NodeApp:
             intent = decide_publish(state, cmd)
             if intent is None:
                 assert state is not None and pending is not None
-                if self._publish_intact(state, target):
+                if await self._steps.publish_intact(state, pending, self._image_of(state)):
                     return Done()
                 # The bind is gone although the log says published: bind again.
                 intent = VolumePublishing(volume_id=state.volume_id, target_path=target, readonly=pending.readonly, mount_flags=cmd.capability.mount_flags)
             else:
-                path = Path(target)
-                if path.exists() and not path.is_dir():
-                    raise FailedPrecondition(f"target_path: {target[:256]} exists and is not a directory")
-                self._refuse_foreign_mount("target_path", path, [])
+                assert state is not None
+                self._steps.check_new_target(state, Path(target))
             state = await self._append(state, intent)
             await self._finish_publish(state, target)
             return Done()
 
     async def unpublish(self, cmd: UnpublishVolume) -> Done:
         target = check_path("target_path", cmd.target_path)
-        if image_path(self._cfg.pool_dir, cmd.volume_id) is None:
+        if not is_volume_id(cmd.volume_id):
             return Done()
         async with self._locks.hold(cmd.volume_id):
-            state = await self._load(cmd.volume_id)
+            state = await self._load_settled(cmd.volume_id)
             intent = decide_unpublish(state, target)
             if intent is not None:
                 state = await self._append(state, intent)
             if state is not None and state.publication(target) is not None:
                 await self._finish_unpublish(state, target)
             return Done()
+
+    async def expand(self, cmd: NodeExpand) -> NodeExpanded:
+        """Grow the loop device and filesystem to the image's size (ControllerExpandVolume grew the image)."""
+        if not cmd.volume_path:
+            raise InvalidArgument("volume_path: required")
+        self._valid_id(cmd.volume_id)
+        async with self._locks.hold(cmd.volume_id):
+            state = await self._load_settled(cmd.volume_id)
+            locate(state, cmd.volume_id, cmd.volume_path, cmd.staging_path)
+            assert state is not None
+            image = self._image_of(state)
+            try:
+                image_bytes = image.stat().st_size
+            except FileNotFoundError as exc:
+                raise NotFound(f"volume {state.volume_id} has no image at {image}") from exc
+            grows_online = state.access_type == "block" or self._host.grows_online(state.fs_type)
+            intent = decide_expand(state, image_bytes, cmd.required_bytes, cmd.limit_bytes, grows_online)
+            if intent is not None:
+                state = await self._append(state, intent)
+                state = await self._finish_expand(state)
+            return NodeExpanded(capacity_bytes=state.capacity_bytes)
+
+    async def volume_stats(self, cmd: GetVolumeStats) -> VolumeStats:
+        """Usage of the volume where it is staged or published; abnormal (never an error) when the host lost it."""
+        if not cmd.volume_path:
+            raise InvalidArgument("volume_path: required")
+        self._valid_id(cmd.volume_id)
+        # No lock: this only reads, and a CO polls it while other operations on the volume run.
+        state = await self._load(cmd.volume_id)
+        path = locate(state, cmd.volume_id, cmd.volume_path, cmd.staging_path)
+        assert state is not None
+        try:
+            return await self._steps.stats(state, path, self._image_of(state))
+        except (StorageError, OSError) as exc:
+            block = state.access_type == "block"
+            return VolumeStats(block=block, total_bytes=0, used_bytes=0, available_bytes=0, abnormal=True, condition=f"cannot read usage: {exc}")
 
     async def recover(self) -> int:
         """Finish every intent a crash left without its result; returns how many volumes."""
@@ -164,6 +244,8 @@ class NodeApp:
                     elif state.stage_phase == "unstaging":
                         await self._finish_unstage(state)
                         continue
+                    if state.expanding:
+                        state = await self._finish_expand(state)
                     for pub in state.publications:
                         if pub.phase == "publishing":
                             state = await self._finish_publish(state, pub.target_path)
@@ -173,93 +255,63 @@ class NodeApp:
                     log.error("could not recover volume %s: %s", vid, exc.message)
         return len(ids)
 
-    # -- host steps ---------------------------------------------------------
+    # -- act, then record the result ------------------------------------------
 
-    async def _finish_stage(self, state: NodeVolumeState, image: Path | None = None) -> NodeVolumeState:
-        image = image or self._image(state.volume_id)
-        staging = Path(state.staging_path)
+    async def _finish_stage(self, state: NodeVolumeState) -> NodeVolumeState:
+        image = self._image_of(state)
         try:
-            if not image.exists():
-                raise NotFound(f"volume {state.volume_id} has no image in pool {self._cfg.pool_name}")
-            device = await self._host.attach(image)
-            formatted = False
-            current = await self._host.filesystem_of(device)
-            if current is None:
-                await self._host.format(device, state.fs_type)
-                formatted = True
-            elif current != state.fs_type:
-                raise FailedPrecondition(f"volume {state.volume_id} holds {current}, not {state.fs_type}")
-            staging.mkdir(exist_ok=True)
-            mounted = self._host.mount_point(staging)
-            if mounted is None or mounted.source != device:
-                await self._host.mount(device, staging, state.fs_type, list(state.mount_flags))
+            device, formatted = await self._steps.stage(state, image)
         except (VolplaneError, StorageError, OSError) as exc:
-            await self._undo_stage(image, staging)
-            reason = exc.message if isinstance(exc, VolplaneError) else str(exc)
-            await self._append(state, VolumeStageFailed(volume_id=state.volume_id, reason=reason))
+            await self._steps.undo_stage(state, image)
+            await self._append(state, VolumeStageFailed(volume_id=state.volume_id, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
                 raise
-            raise Internal(f"staging volume {state.volume_id} failed: {reason}") from exc
+            raise Internal(f"staging volume {state.volume_id} failed: {_reason(exc)}") from exc
         return await self._append(state, VolumeStaged(volume_id=state.volume_id, device=device, formatted=formatted))
 
     async def _finish_unstage(self, state: NodeVolumeState) -> None:
         try:
-            await self._undo_stage(self._image(state.volume_id), Path(state.staging_path))
+            await self._steps.undo_stage(state, self._image_of(state))
         except (StorageError, OSError) as exc:
             raise Internal(f"unstaging volume {state.volume_id} failed: {exc}") from exc
         await self._append(state, VolumeUnstaged(volume_id=state.volume_id))
 
-    async def _undo_stage(self, image: Path, staging: Path) -> None:
-        # Only our own device's mounts are taken off the staging path; then the device is
-        # detached (a loop device still mounted would only detach at its last unmount).
-        for device in await self._host.loop_devices_for(image, deleted_too=True):
-            await self._host.unmount(staging, source=device)
-        await self._host.detach(image)
-
-    async def _stage_intact(self, state: NodeVolumeState, image: Path) -> bool:
-        top = self._host.mount_point(Path(state.staging_path))
-        return top is not None and top.source == state.device and state.device in await self._host.loop_devices_for(image)
-
-    def _publish_intact(self, state: NodeVolumeState, target: str) -> bool:
-        bind = self._host.mount_point(Path(target))
-        staged = self._host.mount_point(Path(state.staging_path))
-        return bind is not None and staged is not None and bind.major_minor == staged.major_minor
-
-    def _refuse_foreign_mount(self, field: str, path: Path, ours: list[str]) -> None:
-        top = self._host.mount_point(path)
-        if top is not None and top.source not in ours:
-            raise FailedPrecondition(f"{field}: {str(path)[:256]} is already a mount point (of {top.source[:128]})")
-
     async def _finish_publish(self, state: NodeVolumeState, target: str) -> NodeVolumeState:
         pub = state.publication(target)
         assert pub is not None
-        path = Path(target)
+        image = self._image_of(state)
         try:
-            if not self._publish_intact(state, target):
-                if self._host.mount_point(path) is not None:
-                    raise FailedPrecondition(f"target_path: {target[:256]} is already a mount point")
-                path.mkdir(exist_ok=True)
-                await self._host.bind(Path(state.staging_path), path, pub.readonly)
+            await self._steps.publish(state, pub, image)
         except (VolplaneError, StorageError, OSError) as exc:
-            await self._host.unmount(path, source=state.device)
-            _remove_dir(path)
-            reason = exc.message if isinstance(exc, VolplaneError) else str(exc)
-            await self._append(state, VolumePublishFailed(volume_id=state.volume_id, target_path=target, reason=reason))
+            await self._steps.unpublish(state, Path(target), image)
+            await self._append(state, VolumePublishFailed(volume_id=state.volume_id, target_path=target, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
                 raise
             raise Internal(f"publishing volume {state.volume_id} at {target} failed: {exc}") from exc
         return await self._append(state, VolumePublished(volume_id=state.volume_id, target_path=target))
 
     async def _finish_unpublish(self, state: NodeVolumeState, target: str) -> NodeVolumeState:
-        path = Path(target)
         try:
-            await self._host.unmount(path, source=state.device)
-        except StorageError as exc:
+            await self._steps.unpublish(state, Path(target), self._image_of(state))
+        except (StorageError, OSError) as exc:
             raise Internal(f"unpublishing volume {state.volume_id} from {target} failed: {exc}") from exc
-        _remove_dir(path)
         return await self._append(state, VolumeUnpublished(volume_id=state.volume_id, target_path=target))
 
+    async def _finish_expand(self, state: NodeVolumeState) -> NodeVolumeState:
+        try:
+            size = await self._steps.expand(state, self._image_of(state))
+        except (VolplaneError, StorageError, OSError) as exc:
+            await self._append(state, VolumeExpandOnNodeFailed(volume_id=state.volume_id, reason=_reason(exc)))
+            if isinstance(exc, VolplaneError):
+                raise
+            raise Internal(f"expanding volume {state.volume_id} failed: {_reason(exc)}") from exc
+        return await self._append(state, VolumeExpandedOnNode(volume_id=state.volume_id, capacity_bytes=size))
+
     # -- plumbing -----------------------------------------------------------
+
+    async def _require_published(self, volume_id: str) -> None:
+        if self._is_published is not None and not await self._is_published(volume_id):
+            raise FailedPrecondition(f"volume {volume_id} is not published to node {self._node}; call ControllerPublishVolume first")
 
     async def _append(self, state: NodeVolumeState | None, event: Event) -> NodeVolumeState:
         subject = subjects.node_volume(self._node, event.volume_id)  # type: ignore[attr-defined]
@@ -290,17 +342,40 @@ class NodeApp:
     async def _load(self, volume_id: str) -> NodeVolumeState | None:
         return await self._runner.get(self._projection.key(volume_id))
 
-    def _image(self, volume_id: str) -> Path:
-        path = image_path(self._cfg.pool_dir, volume_id)
-        if path is None:
-            raise NotFound(f"volume {volume_id[:128]!r} does not exist")
-        return path
+    async def _load_settled(self, volume_id: str) -> NodeVolumeState | None:
+        """The state, after finishing an expansion a crash left pending (it would race the next step)."""
+        state = await self._load(volume_id)
+        if state is not None and state.expanding:
+            try:
+                state = await self._finish_expand(state)
+            except VolplaneError:
+                state = await self._load(volume_id)
+        return state
 
-    def _existing_image(self, volume_id: str) -> Path:
-        image = self._image(volume_id)
-        if not image.exists():
-            raise NotFound(f"volume {volume_id} does not exist (no image in pool {self._cfg.pool_name})")
-        return image
+    @staticmethod
+    def _valid_id(volume_id: str) -> None:
+        if not is_volume_id(volume_id):
+            raise NotFound(f"volume {volume_id[:128]!r} does not exist")
+
+    def _resolve_image(self, volume_id: str) -> Path:
+        """The image in this node's pool, else in the shared pool; NotFound when in neither."""
+        for _, directory in self._pools:
+            path = image_path(directory, volume_id)
+            if path is not None and path.exists():
+                return path
+        pools = " or ".join(name for name, _ in self._pools)
+        raise NotFound(f"volume {volume_id[:128]} does not exist (no image in pool {pools})")
+
+    def _image_of(self, state: NodeVolumeState) -> Path:
+        if state.image:
+            return Path(state.image)
+        # Staged before images were recorded, when a node had a single pool: look for it again.
+        try:
+            return self._resolve_image(state.volume_id)
+        except NotFound:
+            path = image_path(self._cfg.pool_dir, state.volume_id)
+            assert path is not None
+            return path
 
     def _checked(self, field: str, text: str, *, must_exist: bool) -> str:
         """A path the CO gave us, refused if it escapes the roots or runs through a symlink."""
@@ -319,10 +394,5 @@ class NodeApp:
         return path
 
 
-def _remove_dir(path: Path) -> None:
-    """Remove the target directory we created, if it is an empty directory; else leave it."""
-    try:
-        path.rmdir()
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            log.warning("left %s in place: %s", path, exc.strerror)
+def _reason(exc: Exception) -> str:
+    return exc.message if isinstance(exc, VolplaneError) else str(exc)

@@ -4,12 +4,16 @@ Every path lives under pytest's tmp_path. The ``node`` fixture records what a te
 staged, published and created, and undoes it through the CSI API when the test ends;
 then, as a backstop that does not trust the driver, it unmounts and detaches whatever
 is left by hand and fails the test if it had to.
+
+Images live in this node's pool (``run/pools/<node id>``) or in the shared pool
+(``run/pools/shared``), wherever the provisioner put them.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +25,7 @@ import pytest
 from tests.conftest import Csi, loops_backing, mount_cap, mounts_under, needs_root
 from volplane.csi import csi_pb2 as csi
 from volplane.launcher import Stack
+from volplane.nodes import SHARED_POOL
 
 pytestmark = needs_root
 
@@ -29,8 +34,15 @@ TIMEOUT = 60
 Mode = csi.VolumeCapability.AccessMode
 
 
-def pool_dir(stack: Stack) -> Path:
-    return stack.run_dir / "pools" / "default"
+def pools_root(stack: Stack) -> Path:
+    return stack.run_dir / "pools"
+
+
+def pool_dirs(stack: Stack) -> list[Path]:
+    """This node's pool, then the shared pool."""
+    local = stack.env.get("VOLPLANE_POOL_DIR") or pools_root(stack) / stack.node_id
+    shared = stack.env.get("VOLPLANE_SHARED_POOL_DIR") or pools_root(stack) / SHARED_POOL
+    return [Path(local), Path(shared)]
 
 
 def mount_points() -> list[str]:
@@ -68,18 +80,34 @@ class Node:
         self.staged: list[tuple[str, Path]] = []
         self.published: list[tuple[str, Path]] = []
 
-    def create(self, required: int = 64 * MiB) -> csi.Volume:
+    def create(
+        self, required: int = 64 * MiB, cap: csi.VolumeCapability | None = None, attach: bool = True, parameters: dict[str, str] | None = None
+    ) -> csi.Volume:
+        """A new volume, published to this node (ControllerPublishVolume) as a CO does before staging."""
         req = csi.CreateVolumeRequest(
             name=f"node-{uuid.uuid4().hex}",
             capacity_range=csi.CapacityRange(required_bytes=required),
-            volume_capabilities=[mount_cap()],
+            volume_capabilities=[cap or mount_cap()],
+            parameters=parameters or {},
         )
         vol = self.client.controller.CreateVolume(req, timeout=TIMEOUT).volume
         self.volumes.append(vol.volume_id)
+        if attach:
+            self.attach(vol.volume_id, cap)
         return vol
 
+    def attach(self, vid: str, cap: csi.VolumeCapability | None = None) -> None:
+        req = csi.ControllerPublishVolumeRequest(volume_id=vid, node_id=self.stack.node_id, volume_capability=cap or mount_cap())
+        self.client.controller.ControllerPublishVolume(req, timeout=TIMEOUT)
+
+    def detach(self, vid: str) -> None:
+        req = csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=self.stack.node_id)
+        self.client.controller.ControllerUnpublishVolume(req, timeout=TIMEOUT)
+
     def image(self, vol: csi.Volume) -> Path:
-        return pool_dir(self.stack) / f"{vol.volume_id}.img"
+        """The volume's image, in whichever pool the provisioner put it."""
+        candidates = [d / f"{vol.volume_id}.img" for d in pool_dirs(self.stack)]
+        return next((c for c in candidates if c.exists()), candidates[0])
 
     def staging_dir(self, name: str = "staging") -> Path:
         path = self.tmp / name
@@ -122,10 +150,12 @@ class Node:
         self.client.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=str(staging)), timeout=TIMEOUT)
 
     def delete(self, vid: str) -> None:
+        """ControllerUnpublish from this node, then DeleteVolume (which refuses a published volume)."""
+        self.detach(vid)
         self.client.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid), timeout=TIMEOUT)
 
     def loops(self) -> list[str]:
-        return [line for line in loops_backing(pool_dir(self.stack)) if any(v in line for v in self.volumes)]
+        return [line for line in loops_backing(pools_root(self.stack)) if any(v in line for v in self.volumes)]
 
     def cleanup(self) -> list[str]:
         """Undo through CSI, then by hand; returns what the driver left behind."""
@@ -217,7 +247,7 @@ def test_whole_life_stores_the_written_file_in_the_image_and_leaves_nothing_behi
 
     node.delete(vid)
     assert not image.exists()
-    assert [line for line in loops_backing(pool_dir(stack)) if vid in line] == []
+    assert [line for line in loops_backing(pools_root(stack)) if vid in line] == []
     assert mounts_under(tmp_path) == []
 
 
@@ -437,7 +467,7 @@ def test_stage_of_a_volume_never_created_is_not_found(node: Node, tmp_path: Path
     assert code_of(lambda: node.stage(vid, staging)) == grpc.StatusCode.NOT_FOUND
     assert not staging.exists()
     assert mounts_under(tmp_path) == []
-    assert [line for line in loops_backing(pool_dir(node.stack)) if vid in line] == []
+    assert [line for line in loops_backing(pools_root(node.stack)) if vid in line] == []
 
 
 def test_stage_of_a_deleted_volume_is_not_found(node: Node, tmp_path: Path) -> None:
@@ -598,8 +628,8 @@ def test_target_whose_parent_does_not_exist_is_refused_and_not_created(node: Nod
     ids=["dotdot-etc", "dotdot", "deep", "absolute", "mixed", "encoded", "hex-prefix", "uppercase-hex"],
 )
 def test_volume_id_that_is_a_path_is_refused_and_creates_nothing(node: Node, stack: Stack, tmp_path: Path, vid: str) -> None:
-    parent = pool_dir(stack).parent
-    before_entries = {p: sorted(os.listdir(p)) for p in (parent, pool_dir(stack), stack.run_dir)}
+    watched = [pools_root(stack), *pool_dirs(stack), stack.run_dir]
+    before_entries = {p: sorted(os.listdir(p)) for p in watched if p.is_dir()}
     before_mounts = mount_points()
     staging = node.staging_dir()
     target = tmp_path / "target"
@@ -636,12 +666,22 @@ def test_unsupported_fs_type_is_an_invalid_argument(node: Node, tmp_path: Path, 
     assert mounts_under(tmp_path) == []
 
 
-def test_block_access_is_an_invalid_argument(node: Node, tmp_path: Path) -> None:
-    vol = node.create()
-    staging = node.staging_dir()
+def test_block_volume_through_csi_is_a_device_at_the_target_and_leaves_nothing_behind(node: Node, tmp_path: Path) -> None:
     block = csi.VolumeCapability(block=csi.VolumeCapability.BlockVolume(), access_mode=Mode(mode=Mode.SINGLE_NODE_WRITER))
+    vol = node.create(cap=block)
+    staging = node.staging_dir()
+    (tmp_path / "pod").mkdir()
+    target = tmp_path / "pod" / "dev"
 
-    assert code_of(lambda: node.stage(vol.volume_id, staging, cap=block)) == grpc.StatusCode.INVALID_ARGUMENT
+    node.stage(vol.volume_id, staging, cap=block)
+    node.publish(vol.volume_id, staging, target, cap=block)
+
+    assert mounts_at(staging) == 0 and mounts_at(target) == 1
+    assert stat.S_ISBLK(os.stat(target).st_mode)
+    assert code_of(lambda: node.publish(vol.volume_id, staging, tmp_path / "fs", cap=mount_cap())) == grpc.StatusCode.FAILED_PRECONDITION
+    node.unpublish(vol.volume_id, target)
+    node.unstage(vol.volume_id, staging)
+    assert not target.exists() and node.loops() == []
     assert mounts_under(tmp_path) == []
 
 
@@ -727,6 +767,110 @@ def test_delete_of_a_staged_volume_still_releases_its_loop_device_at_unstage(nod
 
     assert node.loops() == []
     assert mounts_at(staging) == 0
+
+
+# -- attachment required ---------------------------------------------------------------
+
+
+def test_stage_of_a_volume_not_published_to_this_node_is_a_failed_precondition(node: Node, tmp_path: Path) -> None:
+    vol = node.create(attach=False)
+    staging = node.staging_dir()
+
+    with pytest.raises(grpc.RpcError) as info:
+        node.stage(vol.volume_id, staging)
+
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "ControllerPublishVolume" in info.value.details()  # type: ignore[attr-defined]
+    assert mounts_under(tmp_path) == [] and node.loops() == []
+
+
+def test_stage_after_controller_publish_goes_ahead(node: Node) -> None:
+    vol = node.create(attach=False)
+    staging = node.staging_dir()
+    node.attach(vol.volume_id)
+
+    node.stage(vol.volume_id, staging)
+
+    assert mounts_at(staging) == 1
+
+
+def test_staged_volume_restaged_does_not_ask_the_attacher_again(node: Node, staged: tuple[csi.Volume, Path]) -> None:
+    vol, staging = staged
+    node.detach(vol.volume_id)  # the controller side forgot it; the node still holds it
+
+    node.stage(vol.volume_id, staging)
+
+    assert mounts_at(staging) == 1
+
+
+# -- volume stats and expansion through CSI ------------------------------------------------
+
+Unit = csi.VolumeUsage.Unit
+
+
+def stats_of(node: Node, vid: str, path: Path | str) -> csi.NodeGetVolumeStatsResponse:
+    return node.client.node.NodeGetVolumeStats(csi.NodeGetVolumeStatsRequest(volume_id=vid, volume_path=str(path)), timeout=TIMEOUT)
+
+
+def test_volume_stats_through_csi_are_the_mounted_filesystem_and_healthy(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    target = tmp_path / "target"
+    node.publish(vol.volume_id, staging, target)
+    fs = os.statvfs(target)
+
+    resp = stats_of(node, vol.volume_id, target)
+
+    usage = {u.unit: u for u in resp.usage}
+    assert usage[Unit.BYTES].total == fs.f_blocks * fs.f_frsize
+    assert usage[Unit.INODES].total == fs.f_files
+    assert not resp.volume_condition.abnormal
+
+
+def test_volume_stats_through_csi_turn_abnormal_when_the_image_is_gone(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path) -> None:
+    vol, staging = staged
+    target = tmp_path / "target"
+    node.publish(vol.volume_id, staging, target)
+    node.image(vol).unlink()
+
+    resp = stats_of(node, vol.volume_id, target)
+
+    assert resp.volume_condition.abnormal
+    assert "gone" in resp.volume_condition.message
+
+
+@pytest.mark.parametrize("where", ["some/path", "elsewhere"])
+def test_volume_stats_and_expansion_where_the_volume_is_not_are_not_found(node: Node, staged: tuple[csi.Volume, Path], tmp_path: Path, where: str) -> None:
+    vol, _ = staged
+    path = where if where == "some/path" else str(tmp_path / where)
+
+    assert code_of(lambda: stats_of(node, vol.volume_id, path)) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: node.client.node.NodeExpandVolume(
+        csi.NodeExpandVolumeRequest(volume_id=vol.volume_id, volume_path=path), timeout=TIMEOUT
+    )) == grpc.StatusCode.NOT_FOUND
+
+
+def test_controller_then_node_expansion_grows_a_published_xfs_volume(node: Node, tmp_path: Path) -> None:
+    cap = mount_cap(fs_type="xfs")
+    vol = node.create(required=320 * MiB, cap=cap)
+    staging = node.staging_dir()
+    target = tmp_path / "target"
+    node.stage(vol.volume_id, staging, cap=cap)
+    node.publish(vol.volume_id, staging, target, cap=cap)
+    (target / "kept").write_text("data")
+    before = os.statvfs(target)
+
+    grown = node.client.controller.ControllerExpandVolume(
+        csi.ControllerExpandVolumeRequest(volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=640 * MiB)), timeout=TIMEOUT
+    )
+    resp = node.client.node.NodeExpandVolume(
+        csi.NodeExpandVolumeRequest(volume_id=vol.volume_id, volume_path=str(target), capacity_range=csi.CapacityRange(required_bytes=640 * MiB)),
+        timeout=TIMEOUT,
+    )
+
+    after = os.statvfs(target)
+    assert grown.node_expansion_required and resp.capacity_bytes == grown.capacity_bytes >= 640 * MiB
+    assert after.f_blocks * after.f_frsize > before.f_blocks * before.f_frsize + 250 * MiB
+    assert (target / "kept").read_text() == "data"
 
 
 # -- concurrency --------------------------------------------------------------------

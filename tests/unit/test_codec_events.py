@@ -62,6 +62,10 @@ NODE_EXAMPLES: list[BaseModel] = [
     node_events.VolumePublishFailed(volume_id=VID, target_path=TARGET, reason="EPERM"),
     node_events.VolumeUnpublishing(volume_id=VID, target_path=TARGET),
     node_events.VolumeUnpublished(volume_id=VID, target_path=TARGET),
+    node_events.VolumeStaging(volume_id=VID, staging_path="/staging/b", fs_type="", image=f"/pools/shared/{VID}.img", access_type="block"),
+    node_events.VolumeExpandingOnNode(volume_id=VID, capacity_bytes=3 * 2**40),
+    node_events.VolumeExpandedOnNode(volume_id=VID, capacity_bytes=3 * 2**40),
+    node_events.VolumeExpandOnNodeFailed(volume_id=VID, reason="resize2fs failed"),
 ]
 
 CASES = (

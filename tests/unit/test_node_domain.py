@@ -11,7 +11,11 @@ from functools import reduce
 import pytest
 
 from services.nodeagent.domain.events import (
+    NODE_VOLUME_EVENTS,
     NodeVolumeEvent,
+    VolumeExpandedOnNode,
+    VolumeExpandingOnNode,
+    VolumeExpandOnNodeFailed,
     VolumePublished,
     VolumePublishFailed,
     VolumePublishing,
@@ -28,22 +32,28 @@ from services.nodeagent.domain.volume import (
     NodeVolumeState,
     check_capability,
     check_path,
+    decide_expand,
     decide_publish,
     decide_stage,
     decide_unpublish,
     decide_unstage,
     evolve,
     is_idle,
+    locate,
 )
+from volplane import codec
 from volplane.commands import Capability, PublishVolume, StageVolume
-from volplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, OperationPending
+from volplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OperationPending, OutOfRange
 
 VID = "0123456789abcdef0123456789abcdef"
 STAGING = "/var/lib/kubelet/plugins/volplane/staging/v1"
 TARGET = "/var/lib/kubelet/pods/p1/volumes/v1"
 OTHER_TARGET = "/var/lib/kubelet/pods/p2/volumes/v1"
 DEVICE = "/dev/loop7"
+IMAGE = f"/var/lib/volplane/pools/node-1/{VID}.img"
 CAP = Capability(access_type="mount", fs_type="ext4", mount_flags=("noatime",), access_mode=1)
+BLOCK = Capability(access_type="block", access_mode=1)
+GiB = 2**30
 
 
 def given(*events: NodeVolumeEvent) -> NodeVolumeState | None:
@@ -52,10 +62,18 @@ def given(*events: NodeVolumeEvent) -> NodeVolumeState | None:
 
 
 def staging(path: str = STAGING, fs: str = "ext4", flags: tuple[str, ...] = ("noatime",)) -> VolumeStaging:
-    return VolumeStaging(volume_id=VID, staging_path=path, fs_type=fs, mount_flags=flags)
+    return VolumeStaging(volume_id=VID, staging_path=path, fs_type=fs, mount_flags=flags, image=IMAGE)
 
 
 STAGED: tuple[NodeVolumeEvent, ...] = (staging(), VolumeStaged(volume_id=VID, device=DEVICE, formatted=True))
+BLOCK_STAGED: tuple[NodeVolumeEvent, ...] = (
+    VolumeStaging(volume_id=VID, staging_path=STAGING, fs_type="", image=IMAGE, access_type="block"),
+    VolumeStaged(volume_id=VID, device=DEVICE, formatted=False),
+)
+
+
+def expanded(capacity: int) -> tuple[NodeVolumeEvent, ...]:
+    return (VolumeExpandingOnNode(volume_id=VID, capacity_bytes=capacity), VolumeExpandedOnNode(volume_id=VID, capacity_bytes=capacity))
 
 
 def published(target: str = TARGET, readonly: bool = False) -> tuple[NodeVolumeEvent, ...]:
@@ -146,9 +164,14 @@ def test_error_names_the_field() -> None:
 # -- check_capability ---------------------------------------------------------
 
 
-def test_block_access_is_refused() -> None:
-    with pytest.raises(InvalidArgument):
-        check_capability(Capability(access_type="block"))
+def test_block_access_is_accepted() -> None:
+    check_capability(BLOCK)
+
+
+@pytest.mark.parametrize("cap", [Capability(access_type="block", fs_type="ext4"), Capability(access_type="block", mount_flags=("noatime",))])
+def test_block_access_with_a_filesystem_or_mount_flags_is_refused(cap: Capability) -> None:
+    with pytest.raises(InvalidArgument, match="block"):
+        check_capability(cap)
 
 
 @pytest.mark.parametrize("fs", ["btrfs", "vfat", "ext3", "EXT4", "ext4 "])
@@ -180,47 +203,68 @@ def test_mount_flags_outside_the_allow_list_are_refused(flag: str) -> None:
 
 
 def test_stage_of_a_new_volume_records_the_intent() -> None:
-    intent = decide_stage(None, stage(), "ext4")
+    intent = decide_stage(None, stage(), "ext4", IMAGE)
     assert isinstance(intent, VolumeStaging)
     assert (intent.volume_id, intent.staging_path, intent.fs_type, intent.mount_flags) == (VID, STAGING, "ext4", ("noatime",))
+    assert (intent.image, intent.access_type) == (IMAGE, "mount")
+
+
+def test_stage_of_a_block_volume_records_a_block_intent_without_a_filesystem() -> None:
+    intent = decide_stage(None, stage(cap=BLOCK), "", IMAGE)
+    assert isinstance(intent, VolumeStaging)
+    assert (intent.access_type, intent.fs_type, intent.mount_flags, intent.image) == ("block", "", (), IMAGE)
+
+
+def test_repeated_block_stage_does_nothing_when_staged() -> None:
+    assert decide_stage(given(*BLOCK_STAGED), stage(cap=BLOCK), "", IMAGE) is None
+
+
+def test_stage_as_block_of_a_volume_staged_as_a_filesystem_already_exists() -> None:
+    with pytest.raises(AlreadyExists, match="mount"):
+        decide_stage(given(*STAGED), stage(cap=BLOCK), "", IMAGE)
+
+
+def test_stage_as_a_filesystem_of_a_volume_staged_as_block_already_exists() -> None:
+    with pytest.raises(AlreadyExists, match="block"):
+        decide_stage(given(*BLOCK_STAGED), stage(), "ext4", IMAGE)
 
 
 def test_stage_after_unstage_records_a_new_intent() -> None:
     state = given(*STAGED, VolumeUnstaging(volume_id=VID), VolumeUnstaged(volume_id=VID))
-    assert isinstance(decide_stage(state, stage(), "ext4"), VolumeStaging)
+    assert isinstance(decide_stage(state, stage(), "ext4", IMAGE), VolumeStaging)
 
 
 def test_stage_after_a_failed_stage_records_a_new_intent() -> None:
     state = given(staging(), VolumeStageFailed(volume_id=VID, reason="no image"))
-    assert isinstance(decide_stage(state, stage(), "ext4"), VolumeStaging)
+    assert isinstance(decide_stage(state, stage(), "ext4", IMAGE), VolumeStaging)
 
 
 def test_repeated_stage_does_nothing_when_staged() -> None:
-    assert decide_stage(given(*STAGED), stage(), "ext4") is None
+    assert decide_stage(given(*STAGED), stage(), "ext4", IMAGE) is None
 
 
 def test_repeated_stage_does_nothing_when_published() -> None:
-    assert decide_stage(given(*STAGED, *published()), stage(), "ext4") is None
+    assert decide_stage(given(*STAGED, *published()), stage(), "ext4", IMAGE) is None
 
 
 def test_stage_at_another_path_is_a_failed_precondition() -> None:
     with pytest.raises(FailedPrecondition):
-        decide_stage(given(*STAGED), stage(path=STAGING + "-other"), "ext4")
+        decide_stage(given(*STAGED), stage(path=STAGING + "-other"), "ext4", IMAGE)
 
 
 def test_stage_with_another_fs_type_already_exists() -> None:
     with pytest.raises(AlreadyExists):
-        decide_stage(given(*STAGED), stage(cap=Capability(fs_type="xfs", mount_flags=("noatime",))), "xfs")
+        decide_stage(given(*STAGED), stage(cap=Capability(fs_type="xfs", mount_flags=("noatime",))), "xfs", IMAGE)
 
 
 def test_stage_with_other_mount_flags_already_exists() -> None:
     with pytest.raises(AlreadyExists):
-        decide_stage(given(*STAGED), stage(cap=Capability(fs_type="ext4", mount_flags=("sync",))), "ext4")
+        decide_stage(given(*STAGED), stage(cap=Capability(fs_type="ext4", mount_flags=("sync",))), "ext4", IMAGE)
 
 
 def test_stage_while_unstaging_is_pending() -> None:
     with pytest.raises(OperationPending):
-        decide_stage(given(*STAGED, VolumeUnstaging(volume_id=VID)), stage(), "ext4")
+        decide_stage(given(*STAGED, VolumeUnstaging(volume_id=VID)), stage(), "ext4", IMAGE)
 
 
 # -- decide_unstage -----------------------------------------------------------
@@ -270,7 +314,7 @@ def test_publish_readonly_records_a_readonly_intent() -> None:
     assert isinstance(intent, VolumePublishing) and intent.readonly
 
 
-@pytest.mark.parametrize("mode", [2, 4])
+@pytest.mark.parametrize("mode", [2, 3], ids=["SINGLE_NODE_READER_ONLY", "MULTI_NODE_READER_ONLY"])
 def test_publish_with_a_reader_only_mode_is_readonly_even_without_the_flag(mode: int) -> None:
     intent = decide_publish(given(*STAGED), publish(cap=Capability(fs_type="ext4", mount_flags=("noatime",), access_mode=mode)))
     assert isinstance(intent, VolumePublishing) and intent.readonly
@@ -316,6 +360,44 @@ def test_publish_from_another_staging_path_is_a_failed_precondition() -> None:
         decide_publish(given(*STAGED), publish(staging_path=STAGING + "-other"))
 
 
+def test_publish_of_a_staged_block_volume_records_the_intent() -> None:
+    intent = decide_publish(given(*BLOCK_STAGED), publish(cap=BLOCK))
+    assert isinstance(intent, VolumePublishing) and intent.target_path == TARGET
+
+
+def test_publish_as_a_filesystem_of_a_volume_staged_as_block_is_a_failed_precondition() -> None:
+    with pytest.raises(FailedPrecondition, match="block"):
+        decide_publish(given(*BLOCK_STAGED), publish())
+
+
+def test_publish_as_block_of_a_volume_staged_as_a_filesystem_is_a_failed_precondition() -> None:
+    with pytest.raises(FailedPrecondition, match="mount"):
+        decide_publish(given(*STAGED), publish(cap=BLOCK))
+
+
+def test_publish_as_a_filesystem_at_a_target_published_as_block_already_exists() -> None:
+    with pytest.raises(AlreadyExists):
+        decide_publish(given(*BLOCK_STAGED, *published()), publish())
+
+
+SINGLE_WRITER = Capability(fs_type="ext4", mount_flags=("noatime",), access_mode=6)
+
+
+def test_single_node_single_writer_volume_is_writable_at_one_target_only() -> None:
+    with pytest.raises(FailedPrecondition, match=TARGET):
+        decide_publish(given(*STAGED, *published(TARGET)), publish(OTHER_TARGET, cap=SINGLE_WRITER))
+
+
+def test_single_node_single_writer_volume_may_add_readonly_targets() -> None:
+    intent = decide_publish(given(*STAGED, *published(TARGET)), publish(OTHER_TARGET, readonly=True, cap=SINGLE_WRITER))
+    assert isinstance(intent, VolumePublishing) and intent.readonly
+
+
+def test_single_node_single_writer_volume_is_writable_once_the_writer_left() -> None:
+    state = given(*STAGED, *published(TARGET, readonly=True))
+    assert isinstance(decide_publish(state, publish(OTHER_TARGET, cap=SINGLE_WRITER)), VolumePublishing)
+
+
 # -- decide_unpublish ---------------------------------------------------------
 
 
@@ -343,7 +425,115 @@ def test_unpublish_records_nothing_while_an_intent_is_pending() -> None:
     assert decide_unpublish(state, TARGET) is None
 
 
+# -- locate -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [STAGING, STAGING + "/", TARGET, TARGET + "/"])
+def test_a_staging_path_or_published_target_is_located(path: str) -> None:
+    assert locate(given(*STAGED, *published()), VID, path) == path.rstrip("/")
+
+
+@pytest.mark.parametrize("path", [OTHER_TARGET, "some/path", "/", STAGING + "/sub"])
+def test_a_path_where_the_volume_is_not_is_not_found(path: str) -> None:
+    with pytest.raises(NotFound):
+        locate(given(*STAGED, *published()), VID, path)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [(), (staging(),), (*STAGED, VolumeUnstaging(volume_id=VID)), (*STAGED, VolumeUnstaging(volume_id=VID), VolumeUnstaged(volume_id=VID))],
+    ids=["unknown", "staging", "unstaging", "unstaged"],
+)
+def test_a_volume_not_staged_is_not_found_anywhere(events: tuple[NodeVolumeEvent, ...]) -> None:
+    with pytest.raises(NotFound):
+        locate(given(*events), VID, STAGING)
+
+
+def test_a_target_still_publishing_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        locate(given(*STAGED, VolumePublishing(volume_id=VID, target_path=TARGET, readonly=False)), VID, TARGET)
+
+
+def test_a_staging_path_given_beside_the_volume_path_must_be_where_it_is_staged() -> None:
+    state = given(*STAGED, *published())
+    assert locate(state, VID, TARGET, STAGING + "/") == TARGET
+    with pytest.raises(NotFound):
+        locate(state, VID, TARGET, STAGING + "-other")
+
+
+# -- decide_expand ------------------------------------------------------------
+
+
+def test_expand_of_a_staged_volume_records_the_intent_to_reach_the_image_size() -> None:
+    intent = decide_expand(given(*STAGED, *published()), 2 * GiB, 2 * GiB, 0, grows_online=True)
+    assert isinstance(intent, VolumeExpandingOnNode) and intent.capacity_bytes == 2 * GiB
+
+
+def test_expand_does_nothing_when_already_grown_to_the_image_size() -> None:
+    assert decide_expand(given(*STAGED, *expanded(2 * GiB)), 2 * GiB, GiB, 0, grows_online=True) is None
+
+
+def test_expand_after_the_image_grew_again_records_a_new_intent() -> None:
+    intent = decide_expand(given(*STAGED, *expanded(2 * GiB)), 3 * GiB, 0, 0, grows_online=True)
+    assert isinstance(intent, VolumeExpandingOnNode) and intent.capacity_bytes == 3 * GiB
+
+
+def test_expand_to_more_than_the_image_holds_is_out_of_range() -> None:
+    with pytest.raises(OutOfRange, match="ControllerExpandVolume"):
+        decide_expand(given(*STAGED), GiB, 2 * GiB, 0, grows_online=True)
+
+
+def test_expand_beyond_the_limit_is_out_of_range() -> None:
+    with pytest.raises(OutOfRange):
+        decide_expand(given(*STAGED), 2 * GiB, 0, GiB, grows_online=True)
+
+
+def test_expand_that_cannot_grow_online_is_refused_while_published() -> None:
+    with pytest.raises(FailedPrecondition, match=TARGET):
+        decide_expand(given(*STAGED, *published()), 2 * GiB, 0, 0, grows_online=False)
+
+
+def test_expand_that_cannot_grow_online_is_allowed_while_only_staged() -> None:
+    assert isinstance(decide_expand(given(*STAGED), 2 * GiB, 0, 0, grows_online=False), VolumeExpandingOnNode)
+
+
+def test_expand_that_cannot_grow_online_does_nothing_when_already_grown_even_if_published() -> None:
+    assert decide_expand(given(*STAGED, *expanded(2 * GiB), *published()), 2 * GiB, 0, 0, grows_online=False) is None
+
+
 # -- evolve / is_idle ---------------------------------------------------------
+
+
+def test_expansion_is_pending_until_its_result_and_remembers_the_size() -> None:
+    pending = given(*STAGED, VolumeExpandingOnNode(volume_id=VID, capacity_bytes=2 * GiB))
+    done = given(*STAGED, *expanded(2 * GiB))
+    failed = given(*STAGED, VolumeExpandingOnNode(volume_id=VID, capacity_bytes=2 * GiB), VolumeExpandOnNodeFailed(volume_id=VID, reason="x"))
+    assert pending is not None and (pending.expanding, pending.capacity_bytes) == (True, 0)
+    assert done is not None and (done.expanding, done.capacity_bytes) == (False, 2 * GiB)
+    assert failed is not None and (failed.expanding, failed.capacity_bytes) == (False, 0)
+
+
+def test_a_new_stage_forgets_the_size_grown_to() -> None:
+    state = given(*STAGED, *expanded(2 * GiB), VolumeUnstaging(volume_id=VID), VolumeUnstaged(volume_id=VID), *STAGED)
+    assert state is not None and state.capacity_bytes == 0
+
+
+def test_staged_block_volume_remembers_its_image_and_access_type() -> None:
+    state = given(*BLOCK_STAGED)
+    assert state is not None
+    assert (state.access_type, state.image, state.device, state.fs_type) == ("block", IMAGE, DEVICE, "")
+
+
+def test_an_unstaged_block_volume_is_idle_and_forgets_its_image() -> None:
+    state = given(*BLOCK_STAGED, VolumeUnstaging(volume_id=VID), VolumeUnstaged(volume_id=VID))
+    assert state is not None and is_idle(state)
+    assert (state.access_type, state.image) == ("mount", "")
+
+
+def test_a_stage_recorded_before_pools_decodes_with_no_image_as_a_filesystem_volume() -> None:
+    old = codec.pack({"type": "VolumeStaging", "volume_id": VID, "staging_path": STAGING, "fs_type": "ext4", "mount_flags": [], "at": 1})
+    event = codec.decode(NODE_VOLUME_EVENTS, old)
+    assert isinstance(event, VolumeStaging) and (event.image, event.access_type) == ("", "mount")
 
 
 def test_a_whole_life_on_the_node_ends_idle() -> None:

@@ -55,4 +55,4 @@ class NodeProjection:
 
 
 def _pending(state: NodeVolumeState) -> bool:
-    return state.stage_phase in ("staging", "unstaging") or any(p.phase != "published" for p in state.publications)
+    return state.stage_phase in ("staging", "unstaging") or state.expanding or any(p.phase != "published" for p in state.publications)

@@ -1,7 +1,7 @@
 """Host storage adapter: loop devices, filesystems and mounts on a node.
 
 Commands run without a shell, so a path is always one argument and can inject nothing; state is read from
-/proc/self/mountinfo and /sys/block/loop*/loop/backing_file, the kernel's own view, which cannot go stale.
+/proc/self/mountinfo and /sys/block/loop*/{loop/backing_file,ro,size}, the kernel's own view, which cannot go stale.
 
     storage = HostStorage()
     device = await storage.attach(Path("/var/lib/volplane/images/pv-1.img"))
@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import shlex
+import stat
 from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Sequence
 from contextlib import suppress
@@ -21,7 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MOUNTINFO = Path("/proc/self/mountinfo")
+PROC_STATUS = Path("/proc/self/status")
 SYS_BLOCK = Path("/sys/block")
+SECTOR = 512
+# ext4 grows a mounted filesystem only for a caller holding this capability (ext4_resize_begin).
+CAP_SYS_RESOURCE = 24
 COMMAND_TIMEOUT_S = 60.0
 # Each umount peels one stacked mount; the bound stops a mount that keeps reappearing from looping forever.
 MAX_UNMOUNT_ATTEMPTS = 8
@@ -139,23 +144,37 @@ class HostStorage:
                 found.append((int(name.removeprefix("loop")), f"/dev/{name}"))
         return [device for _, device in sorted(found)]
 
-    async def attach(self, image: Path) -> str:
-        """Attach ``image``, reusing a device that backs it: ``await storage.attach(img) == "/dev/loop0"``."""
+    async def attach(self, image: Path, *, readonly: bool = False) -> str:
+        """Attach ``image``, reusing a device that backs it: ``await storage.attach(img) == "/dev/loop0"``.
+
+        With ``readonly`` the device is a read-only one (``losetup --read-only``), a second device
+        beside the writable one: a read-only bind of a device node still lets writes through, so a
+        read-only block publication needs a device the kernel itself refuses to write.
+        """
         async with self._loop_lock:
             existing = await self.loop_devices_for(image)
-            if existing:
-                return existing[0]
-            # --nooverlap makes losetup itself reuse a device that another process attached after the scan.
-            out = await self._run("losetup", "--find", "--show", "--nooverlap", str(image.resolve()))
+            matching = [d for d in existing if self.is_readonly(d) is readonly]
+            if matching:
+                return matching[0]
+            command = ["losetup", "--find", "--show"]
+            if readonly:
+                command.append("--read-only")
+            elif not existing:
+                # --nooverlap makes losetup itself reuse a device that another process attached after the
+                # scan. It refuses outright when a read-only device backs the image, so it is left out then.
+                command.append("--nooverlap")
+            out = await self._run(*command, str(image.resolve()))
             return out.strip()
 
-    async def detach(self, image: Path) -> None:
-        """Detach every loop device backing ``image``: ``await storage.detach(img)``.
+    async def detach(self, image: Path, *, readonly_only: bool = False) -> None:
+        """Detach every loop device backing ``image`` (only read-only ones with ``readonly_only``).
 
         A device still open (mounted) is only marked to auto-detach on its last close; that counts as success.
         """
         async with self._loop_lock:
             for device in await self.loop_devices_for(image, deleted_too=True):
+                if readonly_only and not self.is_readonly(device):
+                    continue
                 try:
                     await self._run("losetup", "--detach", device)
                 except StorageError:
@@ -167,6 +186,66 @@ class HostStorage:
     async def refresh(self, device: str) -> None:
         """Make the device see a grown image: ``os.truncate(img, 2 << 30); await storage.refresh("/dev/loop0")``."""
         await self._run("losetup", "--set-capacity", device)
+
+    def is_readonly(self, device: str) -> bool | None:
+        """Whether a block device refuses writes; None once it is gone: ``storage.is_readonly("/dev/loop1")``."""
+        try:
+            return (SYS_BLOCK / Path(device).name / "ro").read_text().strip() == "1"
+        except OSError:
+            return None
+
+    def device_size(self, device: str) -> int:
+        """The size of a block device in bytes: ``storage.device_size("/dev/loop0") == 64 << 20``.
+
+        sysfs counts in 512-byte sectors whatever the device's block size. Raises OSError when the device is gone.
+        """
+        return int((SYS_BLOCK / Path(device).name / "size").read_text()) * SECTOR
+
+    @staticmethod
+    def device_number(path: Path | str) -> int | None:
+        """The device a path is (st_rdev), following a bind; None if it is no block device or missing."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_rdev if stat.S_ISBLK(st.st_mode) else None
+
+    @staticmethod
+    def grows_online(fs_type: str) -> bool:
+        """Whether a mounted filesystem of this type can grow from this process: always for xfs; for ext4
+        only with CAP_SYS_RESOURCE, which some sandboxes drop even for root."""
+        if fs_type != "ext4":
+            return True
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+        return False
+
+    async def grow_filesystem(self, device: str, mount_point: Path, fs_type: str) -> None:
+        """Grow a mounted filesystem to fill its (refreshed) device; a no-op if it already does.
+
+        ``await storage.grow_filesystem("/dev/loop0", Path("/staging/pv-1"), "xfs")``
+        """
+        if fs_type == "ext4":
+            await self._run("resize2fs", device)
+        elif fs_type == "xfs":
+            # xfs grows only while mounted, and is addressed by its mount point.
+            await self._run("xfs_growfs", _arg(mount_point))
+        else:
+            raise ValueError(f"cannot grow filesystem {fs_type!r}")
+
+    async def grow_unmounted(self, device: str, fs_type: str) -> None:
+        """Check, then grow an unmounted ext4 filesystem: ``await storage.grow_unmounted("/dev/loop0", "ext4")``."""
+        if fs_type != "ext4":
+            raise ValueError(f"cannot grow an unmounted {fs_type!r} filesystem")
+        try:
+            # resize2fs refuses a filesystem not checked since it was last mounted.
+            await self._run("e2fsck", "-f", "-p", device)
+        except StorageError as err:
+            # Exit code 1 means "errors corrected": the filesystem is clean now.
+            if err.exit_code != 1:
+                raise
+        await self._run("resize2fs", device)
 
     async def filesystem_of(self, device: str) -> str | None:
         """The filesystem on ``device``, None if blank: ``await storage.filesystem_of("/dev/loop0") == "ext4"``."""
@@ -206,7 +285,11 @@ class HostStorage:
         await self._run(*command, device, _arg(path))
 
     async def bind(self, source: Path, target: Path, readonly: bool) -> None:
-        """Bind-mount a directory: ``await storage.bind(Path("/staging/v"), Path("/pods/x/v"), readonly=True)``."""
+        """Bind-mount a directory, or a device node onto a file: ``await storage.bind(Path("/staging/v"), Path("/pods/x/v"), True)``.
+
+        Read-only is a per-mount flag: for a device node it does not stop writes through it (the
+        kernel skips the check for special files), so a read-only block volume binds a read-only device.
+        """
         await self._run("mount", "--bind", _arg(source), _arg(target))
         if not readonly:
             return
@@ -237,4 +320,24 @@ class HostStorage:
                 raise
         top = self.mount_point(path)
         if top is not None and (source is None or top.source == source):
+            raise StorageError(("umount", _arg(path)), None, f"still mounted after {MAX_UNMOUNT_ATTEMPTS} attempts")
+
+    async def unmount_device(self, path: Path, devices: Sequence[str]) -> None:
+        """Remove the binds of any of ``devices`` stacked at ``path`` (a block volume's target file).
+
+        A device bound onto a file shows the devtmpfs, not the device, in mountinfo, so the
+        device is recognised by what the path is (its st_rdev) while something is mounted there.
+        """
+        wanted = {n for n in (self.device_number(d) for d in devices) if n is not None}
+        for _ in range(MAX_UNMOUNT_ATTEMPTS):
+            top = self.mount_point(path)
+            if top is None or self.device_number(path) not in wanted:
+                return
+            try:
+                await self._run("umount", _arg(path))
+            except StorageError:
+                if self.mount_point(path) != top:
+                    continue
+                raise
+        if self.mount_point(path) is not None and self.device_number(path) in wanted:
             raise StorageError(("umount", _arg(path)), None, f"still mounted after {MAX_UNMOUNT_ATTEMPTS} attempts")

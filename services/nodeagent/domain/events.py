@@ -2,7 +2,10 @@
 
 Each host change has an intent before it and a result after it; on restart the
 nodeagent finishes every intent left without a result (all node steps are idempotent
-when redone: attach reuses the loop device, a mounted path is not mounted again).
+when redone: attach reuses the loop device, a mounted path is not mounted again, a
+filesystem already as large as its device does not grow).
+
+Fields added later have defaults, so events written before them still decode.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
+from volplane.commands import AccessType
 from volplane.events import Event
 
 
@@ -18,8 +22,12 @@ class VolumeStaging(Event):
     type: Literal["VolumeStaging"] = "VolumeStaging"
     volume_id: str
     staging_path: str
-    fs_type: str
+    fs_type: str  # "" for a block volume
     mount_flags: tuple[str, ...] = ()
+    # The image the stage resolved (local pool first, then the shared one); every later step
+    # uses it. "" in events from before pools: the image is looked up again.
+    image: str = ""
+    access_type: AccessType = "mount"
 
 
 class VolumeStaged(Event):
@@ -78,6 +86,26 @@ class VolumeUnpublished(Event):
     target_path: str
 
 
+class VolumeExpandingOnNode(Event):
+    """NodeExpandVolume: the loop device is refreshed and the filesystem grown to the image's size."""
+
+    type: Literal["VolumeExpandingOnNode"] = "VolumeExpandingOnNode"
+    volume_id: str
+    capacity_bytes: int  # the image's size when decided
+
+
+class VolumeExpandedOnNode(Event):
+    type: Literal["VolumeExpandedOnNode"] = "VolumeExpandedOnNode"
+    volume_id: str
+    capacity_bytes: int  # the device's size after the refresh
+
+
+class VolumeExpandOnNodeFailed(Event):
+    type: Literal["VolumeExpandOnNodeFailed"] = "VolumeExpandOnNodeFailed"
+    volume_id: str
+    reason: str
+
+
 NodeVolumeEvent = Annotated[
     VolumeStaging
     | VolumeStaged
@@ -88,7 +116,10 @@ NodeVolumeEvent = Annotated[
     | VolumePublished
     | VolumePublishFailed
     | VolumeUnpublishing
-    | VolumeUnpublished,
+    | VolumeUnpublished
+    | VolumeExpandingOnNode
+    | VolumeExpandedOnNode
+    | VolumeExpandOnNodeFailed,
     Field(discriminator="type"),
 ]
 NODE_VOLUME_EVENTS: TypeAdapter[NodeVolumeEvent] = TypeAdapter(NodeVolumeEvent)

@@ -1,10 +1,11 @@
-"""State of one volume on one node, and the decisions NodeStage/Publish make on it.
+"""State of one volume on one node, and the decisions NodeStage/Publish/Expand make on it.
 
-    intent = decide_stage(state, cmd, fs_type="ext4")   # VolumeStaging, or None if already staged
+    intent = decide_stage(state, cmd, fs_type="ext4", image="/pools/node-1/3f….img")   # None if already staged
 
-The state answers "what did we do to this host for this volume": staged where, on which
-loop device, published at which targets. It is gone (None) once the volume is neither
-staged nor published on the node; the log keeps the history.
+The state answers "what did we do to this host for this volume": staged where, from which
+image, as a filesystem or a raw block device, on which loop device, published at which
+targets, grown to what size. It is gone (None) once the volume is neither staged nor
+published on the node; the log keeps the history.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import posixpath
 from typing import Literal
 
-from volplane.commands import Capability, PublishVolume, StageVolume
-from volplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, OperationPending
+from volplane.commands import AccessType, Capability, PublishVolume, StageVolume
+from volplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OperationPending, OutOfRange
 from volplane.events import Frozen
 
 from .events import (
     NodeVolumeEvent,
+    VolumeExpandedOnNode,
+    VolumeExpandingOnNode,
+    VolumeExpandOnNodeFailed,
     VolumePublished,
     VolumePublishFailed,
     VolumePublishing,
@@ -34,7 +38,8 @@ StagePhase = Literal["none", "staging", "staged", "unstaging"]
 PublishPhase = Literal["publishing", "published", "unpublishing"]
 
 FS_TYPES = frozenset({"ext4", "xfs"})
-READER_ONLY_MODES = frozenset({2, 4})  # SINGLE_NODE_READER_ONLY, MULTI_NODE_READER_ONLY
+READER_ONLY_MODES = frozenset({2, 3})  # SINGLE_NODE_READER_ONLY, MULTI_NODE_READER_ONLY
+SINGLE_NODE_SINGLE_WRITER = 6
 # Mount flags a capability may carry: they change how, never where or what, is mounted.
 MOUNT_FLAGS = frozenset({
     "noatime", "nodiratime", "relatime", "strictatime", "lazytime", "nolazytime",
@@ -53,11 +58,17 @@ class Publication(Frozen):
 class NodeVolumeState(Frozen):
     volume_id: str
     staging_path: str = ""
+    access_type: AccessType = "mount"
+    image: str = ""
     fs_type: str = ""
     mount_flags: tuple[str, ...] = ()
     device: str = ""
     stage_phase: StagePhase = "none"
     publications: tuple[Publication, ...] = ()
+    # An expansion was decided and its result is not recorded yet.
+    expanding: bool = False
+    # The size the device and filesystem were last grown to on this node; 0: not since staging.
+    capacity_bytes: int = 0
     version: int = 0
 
     def publication(self, target: str) -> Publication | None:
@@ -80,8 +91,10 @@ def check_path(field: str, text: str) -> str:
 
 
 def check_capability(cap: Capability) -> None:
-    if cap.access_type != "mount":
-        raise InvalidArgument("volume_capability: only mount access is supported by this node")
+    if cap.access_type == "block":
+        if cap.fs_type or cap.mount_flags:
+            raise InvalidArgument("volume_capability.block: a block volume takes no fs_type or mount_flags")
+        return
     if cap.fs_type and cap.fs_type not in FS_TYPES:
         raise InvalidArgument(f"volume_capability.mount.fs_type: {cap.fs_type!r} is not supported (ext4, xfs)")
     bad = [f for f in cap.mount_flags if f not in MOUNT_FLAGS]
@@ -89,13 +102,20 @@ def check_capability(cap: Capability) -> None:
         raise InvalidArgument(f"volume_capability.mount.mount_flags: not allowed: {', '.join(sorted(bad))[:256]}")
 
 
-def decide_stage(state: NodeVolumeState | None, cmd: StageVolume, fs_type: str) -> VolumeStaging | None:
+def decide_stage(state: NodeVolumeState | None, cmd: StageVolume, fs_type: str, image: str) -> VolumeStaging | None:
+    """The intent, or None when already staged so. ``fs_type`` is "" for a block volume."""
+    access = cmd.capability.access_type
     if state is None or state.stage_phase == "none":
-        return VolumeStaging(volume_id=cmd.volume_id, staging_path=cmd.staging_path, fs_type=fs_type, mount_flags=cmd.capability.mount_flags)
+        return VolumeStaging(
+            volume_id=cmd.volume_id, staging_path=cmd.staging_path, fs_type=fs_type,
+            mount_flags=cmd.capability.mount_flags, image=image, access_type=access,
+        )
     if state.stage_phase == "unstaging":
         raise OperationPending(f"volume {cmd.volume_id} is being unstaged")
     if state.staging_path != cmd.staging_path:
         raise FailedPrecondition(f"volume {cmd.volume_id} is already staged at {state.staging_path}")
+    if state.access_type != access:
+        raise AlreadyExists(f"volume {cmd.volume_id} is staged at {state.staging_path} as a {state.access_type} volume, not {access}")
     if state.fs_type != fs_type or state.mount_flags != cmd.capability.mount_flags:
         raise AlreadyExists(f"volume {cmd.volume_id} is staged at {state.staging_path} with another capability")
     return None
@@ -117,10 +137,18 @@ def decide_unstage(state: NodeVolumeState | None, staging_path: str) -> VolumeUn
 def decide_publish(state: NodeVolumeState | None, cmd: PublishVolume) -> VolumePublishing | None:
     if state is None or state.stage_phase != "staged" or state.staging_path != cmd.staging_path:
         raise FailedPrecondition(f"volume {cmd.volume_id} is not staged at {cmd.staging_path}")
+    access = cmd.capability.access_type
     readonly = cmd.readonly or cmd.capability.access_mode in READER_ONLY_MODES
     existing = state.publication(cmd.target_path)
     if existing is None:
+        if access != state.access_type:
+            raise FailedPrecondition(f"volume {cmd.volume_id} is staged as a {state.access_type} volume and cannot be published as {access}")
+        writers = [p.target_path for p in state.publications if not p.readonly]
+        if cmd.capability.access_mode == SINGLE_NODE_SINGLE_WRITER and not readonly and writers:
+            raise FailedPrecondition(f"volume {cmd.volume_id} is SINGLE_NODE_SINGLE_WRITER and already writable at {writers[0]}")
         return VolumePublishing(volume_id=cmd.volume_id, target_path=cmd.target_path, readonly=readonly, mount_flags=cmd.capability.mount_flags)
+    if access != state.access_type:
+        raise AlreadyExists(f"volume {cmd.volume_id} is published at {cmd.target_path} as a {state.access_type} volume")
     if existing.readonly != readonly:
         raise AlreadyExists(f"volume {cmd.volume_id} is published at {cmd.target_path} with readonly={existing.readonly}")
     if existing.phase == "unpublishing":
@@ -136,15 +164,64 @@ def decide_unpublish(state: NodeVolumeState | None, target: str) -> VolumeUnpubl
     return VolumeUnpublishing(volume_id=state.volume_id, target_path=target)
 
 
+def locate(state: NodeVolumeState | None, volume_id: str, volume_path: str, staging_path: str = "") -> str:
+    """The path, normalised, if this volume is staged or published there on this node; else NotFound.
+
+    ``volume_path`` is matched as given, not checked as a path: a CO asking about a path that
+    is none of ours learns that the volume is not there (csi-sanity sends "some/path").
+    """
+    path = volume_path.rstrip("/") or volume_path
+    wanted_staging = staging_path.rstrip("/") or staging_path
+    if state is None or state.stage_phase != "staged":
+        raise NotFound(f"volume {volume_id[:128]} is not staged on this node")
+    if wanted_staging and wanted_staging != state.staging_path:
+        raise NotFound(f"volume {volume_id} is not staged at {wanted_staging[:256]} on this node")
+    pub = state.publication(path)
+    if path != state.staging_path and (pub is None or pub.phase != "published"):
+        raise NotFound(f"volume {volume_id} is neither staged nor published at {path[:256]} on this node")
+    return path
+
+
+def decide_expand(
+    state: NodeVolumeState, image_bytes: int, required_bytes: int, limit_bytes: int, grows_online: bool
+) -> VolumeExpandingOnNode | None:
+    """The intent to grow the device and filesystem to the image's size, or None when done already.
+
+    ``grows_online`` is False when this node cannot grow the filesystem while mounted (ext4
+    without CAP_SYS_RESOURCE): then it is grown unmounted, which only a volume published
+    nowhere allows.
+    """
+    vid = state.volume_id
+    if required_bytes and image_bytes < required_bytes:
+        raise OutOfRange(f"volume {vid} holds {image_bytes} bytes, fewer than the {required_bytes} required; expand it with ControllerExpandVolume first")
+    if limit_bytes and image_bytes > limit_bytes:
+        raise OutOfRange(f"volume {vid} holds {image_bytes} bytes, more than the limit of {limit_bytes}")
+    if state.capacity_bytes == image_bytes:
+        return None
+    if not grows_online and state.publications:
+        raise FailedPrecondition(
+            f"volume {vid} is published at {state.publications[0].target_path}: its {state.fs_type} filesystem cannot grow "
+            "while mounted on this node (CAP_SYS_RESOURCE is missing); it grows when next staged and expanded before publishing"
+        )
+    return VolumeExpandingOnNode(volume_id=vid, capacity_bytes=image_bytes)
+
+
 def evolve(state: NodeVolumeState | None, event: NodeVolumeEvent, seq: int) -> NodeVolumeState | None:
     s = state or NodeVolumeState(volume_id=event.volume_id)
     match event:
         case VolumeStaging():
-            s = s.model_copy(update={"stage_phase": "staging", "staging_path": event.staging_path, "fs_type": event.fs_type, "mount_flags": event.mount_flags})
+            s = s.model_copy(update={
+                "stage_phase": "staging", "staging_path": event.staging_path, "fs_type": event.fs_type,
+                "mount_flags": event.mount_flags, "image": event.image, "access_type": event.access_type,
+                "capacity_bytes": 0, "expanding": False,
+            })
         case VolumeStaged():
             s = s.model_copy(update={"stage_phase": "staged", "device": event.device})
         case VolumeStageFailed() | VolumeUnstaged():
-            s = s.model_copy(update={"stage_phase": "none", "staging_path": "", "device": "", "fs_type": "", "mount_flags": ()})
+            s = s.model_copy(update={
+                "stage_phase": "none", "staging_path": "", "device": "", "fs_type": "", "mount_flags": (),
+                "image": "", "access_type": "mount", "capacity_bytes": 0, "expanding": False,
+            })
         case VolumeUnstaging():
             s = s.model_copy(update={"stage_phase": "unstaging"})
         case VolumePublishing():
@@ -156,6 +233,12 @@ def evolve(state: NodeVolumeState | None, event: NodeVolumeEvent, seq: int) -> N
             s = s.model_copy(update={"publications": pubs})
         case VolumePublishFailed() | VolumeUnpublished():
             s = s.model_copy(update={"publications": _without(s, event.target_path)})
+        case VolumeExpandingOnNode():
+            s = s.model_copy(update={"expanding": True})
+        case VolumeExpandedOnNode():
+            s = s.model_copy(update={"expanding": False, "capacity_bytes": event.capacity_bytes})
+        case VolumeExpandOnNodeFailed():
+            s = s.model_copy(update={"expanding": False})
         case _:
             raise TypeError(f"unknown event {event!r}")
     s = s.model_copy(update={"version": seq})
