@@ -99,6 +99,14 @@ class EventStore:
             records.append(_record(msg.seq, msg.subject, msg.headers, msg.data))
             seq = msg.seq + 1
 
+    async def last(self, subject: str) -> Record | None:
+        """The aggregate's newest event, in one request whatever its history's length."""
+        try:
+            msg = await self._js.get_last_msg(self._stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return _record(msg.seq, msg.subject, msg.headers, msg.data)
+
     async def next_seq(self, filter_subject: str, after: int) -> int | None:
         """The sequence of the first event on ``filter_subject`` after ``after``, if any."""
         try:

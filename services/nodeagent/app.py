@@ -18,7 +18,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from volplane import codec, subjects
+from volplane import subjects
 from volplane.commands import (
     Done,
     GetVolumeStats,
@@ -42,7 +42,6 @@ from volplane.projection import ProjectionRunner
 from .adapters.projection import NodeProjection
 from .adapters.storage import HostStorage, StorageError
 from .domain.events import (
-    NODE_VOLUME_EVENTS,
     VolumeExpandedOnNode,
     VolumeExpandOnNodeFailed,
     VolumePublished,
@@ -64,7 +63,6 @@ from .domain.volume import (
     decide_unpublish,
     decide_unstage,
     evolve,
-    is_idle,
     locate,
 )
 from .steps import HostSteps
@@ -322,22 +320,27 @@ class NodeApp:
             if state is not None:
                 raise
             # No state in Redis, but the aggregate has history (it was idle): append after it.
-            expected = await self._last_version(subject)
+            expected = await self._last_version(subject, event.volume_id)  # type: ignore[attr-defined]
             seq = await self._store.append(subject, event, expected=expected)
         new = evolve(state, event, seq)  # type: ignore[arg-type]
         assert new is not None
         self._runner.note(self._projection.key(new.volume_id), new, seq)
         return new
 
-    async def _last_version(self, subject: str) -> int:
-        state: NodeVolumeState | None = None
-        for record in await self._store.read(subject):
-            state = evolve(state, codec.decode(NODE_VOLUME_EVENTS, record.data), record.seq)
-        if state is None:
+    async def _last_version(self, subject: str, volume_id: str) -> int:
+        """The aggregate's version when Redis holds no state for it (it went idle).
+
+        Only the newest event is fetched: once the runner has applied it and the state is
+        still absent, the aggregate is idle at that version. Reading the whole history
+        instead would cost one request per event ever recorded for the volume.
+        """
+        last = await self._store.last(subject)
+        if last is None:
             return 0
-        if not is_idle(state):
+        await self._runner.wait_for(last.seq)
+        if await self._load(volume_id) is not None:
             raise ConcurrencyConflict(f"{subject} changed under us")
-        return state.version
+        return last.seq
 
     async def _load(self, volume_id: str) -> NodeVolumeState | None:
         return await self._runner.get(self._projection.key(volume_id))
