@@ -258,14 +258,14 @@ class NodeApp:
     async def _finish_stage(self, state: NodeVolumeState) -> NodeVolumeState:
         image = self._image_of(state)
         try:
-            device, formatted = await self._steps.stage(state, image)
+            device, formatted, capacity = await self._steps.stage(state, image)
         except (VolplaneError, StorageError, OSError) as exc:
             await self._steps.undo_stage(state, image)
             await self._append(state, VolumeStageFailed(volume_id=state.volume_id, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
                 raise
             raise Internal(f"staging volume {state.volume_id} failed: {_reason(exc)}") from exc
-        return await self._append(state, VolumeStaged(volume_id=state.volume_id, device=device, formatted=formatted))
+        return await self._append(state, VolumeStaged(volume_id=state.volume_id, device=device, formatted=formatted, capacity_bytes=capacity))
 
     async def _finish_unstage(self, state: NodeVolumeState) -> None:
         try:

@@ -39,13 +39,23 @@ class HostSteps:
 
     # -- stage ------------------------------------------------------------------
 
-    async def stage(self, state: NodeVolumeState, image: Path) -> tuple[str, bool]:
-        """Attach (and for a filesystem volume format if blank, then mount); returns (device, formatted)."""
+    async def stage(self, state: NodeVolumeState, image: Path) -> tuple[str, bool, int]:
+        """Attach (and for a filesystem volume format if blank, then mount); returns
+        (device, formatted, bytes the volume now offers).
+
+        A filesystem smaller than its device (the image grew while the volume was not
+        staged) is grown on the way, while it is still unmounted — which needs no
+        privilege that online growth might lack — so the volume always offers its size.
+        """
         if not image.exists():
             raise NotFound(f"volume {state.volume_id} has no image at {image}")
         device = await self.storage.attach(image)
+        size = self.storage.device_size(device)
+        if size < image.stat().st_size:  # A device kept from before the image grew.
+            await self.storage.refresh(device)
+            size = self.storage.device_size(device)
         if state.access_type == "block":
-            return device, False
+            return device, False, size
         formatted = False
         current = await self.storage.filesystem_of(device)
         if current is None:
@@ -53,9 +63,14 @@ class HostSteps:
             formatted = True
         elif current != state.fs_type:
             raise FailedPrecondition(f"volume {state.volume_id} holds {current}, not {state.fs_type}")
+        behind = not formatted and self.storage.filesystem_bytes(device, state.fs_type) < size
+        if behind and state.fs_type == "ext4" and self.storage.mount_point(Path(state.staging_path)) is None:
+            await self.storage.grow_unmounted(device, "ext4")
         Path(state.staging_path).mkdir(exist_ok=True)
         await self._mount_staging(state, device)
-        return device, formatted
+        if behind and state.fs_type == "xfs":
+            await self.storage.grow_filesystem(device, Path(state.staging_path), "xfs")
+        return device, formatted, size
 
     async def undo_stage(self, state: NodeVolumeState, image: Path) -> None:
         # Only our own device's mounts are taken off the staging path; then every device of the

@@ -5,6 +5,7 @@ is never attached to two nodes of a two-node stack."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -237,3 +238,22 @@ def test_local_volume_of_node_two_is_refused_to_node_one(two_nodes: Stack) -> No
         one.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id), timeout=TIMEOUT)
     finally:
         one.close()
+
+
+@needs_root
+def test_expand_before_staging_then_node_expand_after_publishing_is_ok_and_df_sees_it(flow: Flow) -> None:
+    """The conformance suite's order: ControllerExpand, stage, publish, NodeExpand on the
+    target. The filesystem is grown while staging (unmounted), so NodeExpand finds it done —
+    on any node, with or without the privilege online ext4 growth needs."""
+    vol = flow.volume()
+    grown = flow.c.ControllerExpandVolume(
+        csi.ControllerExpandVolumeRequest(volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=256 * MiB)), timeout=TIMEOUT
+    )
+    assert grown.capacity_bytes == 256 * MiB and grown.node_expansion_required
+    target = flow.mount(vol, "grown")
+    done = flow.n.NodeExpandVolume(
+        csi.NodeExpandVolumeRequest(volume_id=vol.volume_id, volume_path=str(target), capacity_range=csi.CapacityRange(required_bytes=256 * MiB)), timeout=TIMEOUT
+    )
+    assert done.capacity_bytes == 256 * MiB
+    st = os.statvfs(target)
+    assert st.f_blocks * st.f_frsize > 200 * MiB  # ext4 keeps some for itself; 64 MiB before

@@ -240,6 +240,27 @@ class HostStorage:
                 raise
         await self._run("resize2fs", device)
 
+    @staticmethod
+    def filesystem_bytes(device: str, fs_type: str) -> int:
+        """The size the filesystem on ``device`` believes it has, read from its superblock.
+
+        ``storage.filesystem_bytes("/dev/loop0", "ext4") == 64 << 20``; 0 for another type.
+        """
+        with open(device, "rb") as dev:
+            if fs_type == "ext4":
+                dev.seek(1024)
+                sb = dev.read(1024)
+                blocks = int.from_bytes(sb[0x04:0x08], "little")
+                if int.from_bytes(sb[0x60:0x64], "little") & 0x80:  # INCOMPAT_64BIT
+                    blocks |= int.from_bytes(sb[0x150:0x154], "little") << 32
+                return blocks * (1024 << int.from_bytes(sb[0x18:0x1C], "little"))
+            if fs_type == "xfs":
+                sb = dev.read(16)
+                if sb[:4] != b"XFSB":
+                    return 0
+                return int.from_bytes(sb[4:8], "big") * int.from_bytes(sb[8:16], "big")
+        return 0
+
     async def filesystem_of(self, device: str) -> str | None:
         """The filesystem on ``device``, None if blank: ``await storage.filesystem_of("/dev/loop0") == "ext4"``."""
         try:

@@ -35,6 +35,7 @@ class VolumeStaged(Event):
     volume_id: str
     device: str
     formatted: bool
+    capacity_bytes: int = 0  # what the device and filesystem offer once staged
 
 
 class VolumeStageFailed(Event):

@@ -216,7 +216,7 @@ def evolve(state: NodeVolumeState | None, event: NodeVolumeEvent, seq: int) -> N
                 "capacity_bytes": 0, "expanding": False,
             })
         case VolumeStaged():
-            s = s.model_copy(update={"stage_phase": "staged", "device": event.device})
+            s = s.model_copy(update={"stage_phase": "staged", "device": event.device, "capacity_bytes": event.capacity_bytes})
         case VolumeStageFailed() | VolumeUnstaged():
             s = s.model_copy(update={
                 "stage_phase": "none", "staging_path": "", "device": "", "fs_type": "", "mount_flags": (),
