@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from volplane import subjects
+from services.attacher.adapters.projection import AttachmentsProjection, attachment_key
 from volplane.commands import (
-    Attachments,
     CreateSnapshot,
     CreateVolume,
     DeleteSnapshot,
     DeleteVolume,
     ExpandVolume,
-    GetAttachments,
     GetCapacity,
     GetVolume,
     ListSnapshots,
@@ -40,9 +39,15 @@ async def setup(rt: Runtime) -> None:
     cfg = rt.cfg
     shared = ImagePool(cfg.shared_pool_dir, SHARED_POOL, "shared", cfg.shared_pool_capacity) if cfg.shared_pool_dir else None
     pools = Pools(shared, nodes.projection)  # type: ignore[arg-type]
+    # The attacher's read model, followed here as the node registry is, so that
+    # DeleteVolume can refuse a published volume without a round trip to the attacher.
+    attachments = ProjectionRunner(rt.redis, rt.store, AttachmentsProjection())
+    await attachments.start()
+    rt.closers.append(attachments.stop)
+
     async def published_on(volume_id: str) -> tuple[str, ...]:
-        reply = await rt.bus.request(subjects.GET_ATTACHMENTS, GetAttachments(volume_ids=(volume_id,)))
-        return Attachments.model_validate(reply).nodes.get(volume_id, ())
+        state = await attachments.get(attachment_key(volume_id))
+        return state.nodes if state is not None else ()
 
     app = ProvisionerApp(rt.store, volumes, Capacity(pools, volumes, snapshots), snapshots, published_on)
     snaps = SnapshotsApp(rt.store, snapshots, volumes, pools)
