@@ -169,6 +169,9 @@ async def controller_suite(args: argparse.Namespace, endpoint: str) -> list[tupl
             t0 = time.perf_counter()
             await preload(endpoint, existing)
             print(f"# preloaded {existing:,} volumes in {time.perf_counter() - t0:.1f}s", flush=True)
+            # Let the servers finish what the burst left them (JetStream block flushes, Redis'
+            # AOF rewrite) so that the timed runs measure steady state, not the aftermath.
+            await asyncio.sleep(args.settle)
         for clients in args.clients:
             rates = []
             for _ in range(args.repeat):
@@ -185,6 +188,7 @@ def main() -> None:
     parser.add_argument("--existing", type=int, default=10_000)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeat", type=int, default=3, help="runs per controller case; the summary gives the median")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait after preloading")
     parser.add_argument("--cycles", type=int, default=200, help="node cycles per case")
     parser.add_argument("--snapshots", type=int, default=200, help="snapshot pairs per case")
     parser.add_argument("--suite", choices=["all", "controller", "node", "snapshot"], default="all")

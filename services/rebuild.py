@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import sys
 
-from volplane import subjects
 from volplane.clients import check_redis, connect_nats, connect_redis
 from volplane.config import Config
 from volplane.eventstore import EventStore

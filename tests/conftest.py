@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -40,6 +40,30 @@ def mount_cap(mode: int = 1, fs_type: str = "", flags: tuple[str, ...] = ()) -> 
         mount=csi.VolumeCapability.MountVolume(fs_type=fs_type, mount_flags=list(flags)),
         access_mode=csi.VolumeCapability.AccessMode(mode=mode),  # type: ignore[arg-type]
     )
+
+
+def mount_points() -> list[str]:
+    """Every mount point on the host, one per mount (stacked mounts count twice)."""
+    with open("/proc/self/mountinfo") as f:
+        return [line.split(" ")[4] for line in f]
+
+
+def mounts_at(path: Path) -> int:
+    return mount_points().count(str(path))
+
+
+def mount_options_at(path: Path) -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        lines = [line.split(" ") for line in f if line.split(" ")[4] == str(path)]
+    assert lines, f"nothing mounted at {path}"
+    return set(lines[-1][5].split(","))
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    """The status code ``call`` fails with (it must fail)."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()  # type: ignore[attr-defined,no-any-return]
 
 
 def loops_backing(directory: Path) -> list[str]:

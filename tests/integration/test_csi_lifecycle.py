@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import Csi, loops_backing, mount_cap, mounts_under, needs_root
+from tests.conftest import Csi, loops_backing, mount_cap, mounts_at, mounts_under, needs_root
 from volplane.csi import csi_pb2 as csi
 from volplane.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY
@@ -24,9 +24,6 @@ TIMEOUT = 60
 REPEAT = 10
 
 
-def mounts_at(path: Path) -> int:
-    with open("/proc/self/mountinfo") as f:
-        return sum(1 for line in f if line.split()[4] == str(path))
 
 
 def node_topology(client: Csi) -> csi.TopologyRequirement:

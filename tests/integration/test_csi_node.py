@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import Csi, loops_backing, mount_cap, mounts_under, needs_root
+from tests.conftest import Csi, code_of, loops_backing, mount_cap, mount_options_at, mount_points, mounts_at, mounts_under, needs_root
 from volplane.csi import csi_pb2 as csi
 from volplane.launcher import Stack
 from volplane.nodes import SHARED_POOL
@@ -45,28 +45,12 @@ def pool_dirs(stack: Stack) -> list[Path]:
     return [Path(local), Path(shared)]
 
 
-def mount_points() -> list[str]:
-    """Every mount point on the host, one per mount (stacked mounts count twice)."""
-    with open("/proc/self/mountinfo") as f:
-        return [line.split(" ")[4] for line in f]
 
 
-def mounts_at(path: Path) -> int:
-    return mount_points().count(str(path))
 
 
-def mount_options_at(path: Path) -> set[str]:
-    with open("/proc/self/mountinfo") as f:
-        lines = [line.split(" ") for line in f if line.split(" ")[4] == str(path)]
-    assert lines, f"nothing mounted at {path}"
-    fields = lines[-1]
-    return set(fields[5].split(","))
 
 
-def code_of(call: Callable[[], object]) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value.code()  # type: ignore[attr-defined,no-any-return]
 
 
 class Node:

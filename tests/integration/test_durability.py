@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import nats
-import pytest
 import redis
 
 from services.nodeagent.domain.events import VolumeStaging

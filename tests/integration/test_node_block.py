@@ -26,7 +26,7 @@ import nats
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import loops_backing, mounts_under, needs_root
+from tests.conftest import loops_backing, mount_options_at, mount_points, mounts_at, mounts_under, needs_root
 from volplane import codec, subjects
 from volplane.bus import Bus
 from volplane.commands import (
@@ -52,20 +52,10 @@ BLOCK = Capability(access_type="block", access_mode=1)
 EXT4 = Capability(access_type="mount", fs_type="ext4", access_mode=1)
 
 
-def mount_points() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split(" ")[4] for line in f]
 
 
-def mounts_at(path: Path) -> int:
-    return mount_points().count(str(path))
 
 
-def mount_options_at(path: Path) -> set[str]:
-    with open("/proc/self/mountinfo") as f:
-        lines = [line.split(" ") for line in f if line.split(" ")[4] == str(path)]
-    assert lines, f"nothing mounted at {path}"
-    return set(lines[-1][5].split(","))
 
 
 def is_block_device(path: Path) -> bool:
