@@ -20,8 +20,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
 
+import time
+
 from volplane import codec
 from volplane.errors import Internal, InvalidArgument, Unavailable, VolplaneError, error_from_wire
+from volplane.telemetry import INFLIGHT, OPERATIONS, SpanKind, extract, inject, span
 
 __all__ = ["Bus"]
 
@@ -30,19 +33,26 @@ C = TypeVar("C", bound=BaseModel)
 Handler = Callable[[C], Awaitable[Any]]
 
 
+def _attributes(subject: str, operation: str) -> dict[str, str]:
+    return {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation.type": operation}
+
+
 class Bus:
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, service: str = "") -> None:
         self.nc = nc
+        self.service = service
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def request(self, subject: str, command: BaseModel | dict[str, Any], timeout: float = 60.0) -> Any:
         payload = codec.encode(command) if isinstance(command, BaseModel) else codec.pack(command)
-        try:
-            msg = await self.nc.request(subject, payload, timeout=timeout)
-        except nats.errors.NoRespondersError as exc:
-            raise Unavailable(f"no service answers {subject}") from exc
-        except nats.errors.TimeoutError as exc:
-            raise Unavailable(f"{subject} did not answer within {timeout:.0f}s") from exc
+        with span(f"{subject} send", kind=SpanKind.CLIENT, attributes=_attributes(subject, "send")) as s:
+            headers = inject({}) if s.is_recording() else None
+            try:
+                msg = await self.nc.request(subject, payload, timeout=timeout, headers=headers)
+            except nats.errors.NoRespondersError as exc:
+                raise Unavailable(f"no service answers {subject}") from exc
+            except nats.errors.TimeoutError as exc:
+                raise Unavailable(f"{subject} did not answer within {timeout:.0f}s") from exc
         reply = codec.unpack(msg.data)
         if "err" in reply:
             kind, message = reply["err"]
@@ -60,18 +70,30 @@ class Bus:
         await self.nc.subscribe(subject, queue=queue, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
 
     async def _handle(self, msg: Msg, model: type[C], handler: Handler[C]) -> None:
-        try:
+        operation = msg.subject.rsplit(".", 1)[-1]
+        started = time.perf_counter()
+        result_label = "ok"
+        INFLIGHT.labels(self.service).inc()
+        parent = extract(msg.headers) if msg.headers else None
+        with span(f"{msg.subject} process", kind=SpanKind.SERVER, parent=parent, attributes=_attributes(msg.subject, "process")) as s:
             try:
-                command = model.model_validate(codec.unpack(msg.data))
-            except (ValidationError, ValueError) as exc:
-                raise InvalidArgument(_first_error(exc)) from exc
-            result = await handler(command)
-            body: dict[str, Any] = {"ok": result.model_dump() if isinstance(result, BaseModel) else result}
-        except VolplaneError as exc:
-            body = {"err": [type(exc).__name__, exc.message]}
-        except Exception as exc:  # noqa: BLE001 - a bug must still answer the caller.
-            log.exception("handler for %s failed", msg.subject)
-            body = {"err": [Internal.__name__, f"{type(exc).__name__}: {exc}"]}
+                try:
+                    command = model.model_validate(codec.unpack(msg.data))
+                except (ValidationError, ValueError) as exc:
+                    raise InvalidArgument(_first_error(exc)) from exc
+                result = await handler(command)
+                body: dict[str, Any] = {"ok": result.model_dump() if isinstance(result, BaseModel) else result}
+            except VolplaneError as exc:
+                body = {"err": [type(exc).__name__, exc.message]}
+                result_label = type(exc).__name__
+                s.set_attribute("volplane.error", result_label)
+            except Exception as exc:  # noqa: BLE001 - a bug must still answer the caller.
+                log.exception("handler for %s failed", msg.subject)
+                body = {"err": [Internal.__name__, f"{type(exc).__name__}: {exc}"]}
+                result_label = Internal.__name__
+                s.set_attribute("volplane.error", result_label)
+        INFLIGHT.labels(self.service).dec()
+        OPERATIONS.labels(self.service, operation, result_label).observe(time.perf_counter() - started)
         if msg.reply:
             try:
                 await msg.respond(codec.pack(body))

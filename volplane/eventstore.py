@@ -23,6 +23,7 @@ from nats.js import JetStreamContext, api
 from volplane import codec, subjects
 from volplane.errors import ConcurrencyConflict, Unavailable
 from volplane.events import Event
+from volplane.telemetry import SpanKind, inject, span
 
 __all__ = ["EventStore", "Record"]
 
@@ -38,6 +39,7 @@ class Record:
     subject: str
     type: str
     data: bytes
+    pending: int = 0  # events on the follower's filter still to come after this one
 
 
 class EventStore:
@@ -77,6 +79,17 @@ class EventStore:
             subjects.EXPECTED_LAST_SUBJECT_SEQ: str(expected),
             subjects.EVENT_TYPE: event.type,  # type: ignore[attr-defined]
         }
+        # Span names carry the aggregate kind, not its id, to keep their cardinality low.
+        kind = ".".join(subject.split(".")[:3])
+        attributes = {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation.type": "publish", "volplane.event": event.type}  # type: ignore[attr-defined]
+        with span(f"{kind} publish", kind=SpanKind.PRODUCER, attributes=attributes) as s:
+            if s.is_recording():
+                inject(headers)
+            ack = await self._publish(subject, payload, headers, expected)
+            s.set_attribute("volplane.stream_seq", ack)
+        return ack
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], expected: int) -> int:
         try:
             ack = await self._js.publish(subject, payload, headers=headers, stream=self._stream)
         except nats.js.errors.APIError as exc:
@@ -144,7 +157,8 @@ class EventStore:
         )
         try:
             async for msg in sub.messages:
-                yield _record(msg.metadata.sequence.stream, msg.subject, msg.headers, msg.data)
+                meta = msg.metadata
+                yield _record(meta.sequence.stream, msg.subject, msg.headers, msg.data, meta.num_pending or 0)
         finally:
             try:
                 await asyncio.shield(sub.unsubscribe())
@@ -152,6 +166,6 @@ class EventStore:
                 pass
 
 
-def _record(seq: int, subject: str, headers: dict[str, str] | None, data: bytes | None) -> Record:
+def _record(seq: int, subject: str, headers: dict[str, str] | None, data: bytes | None, pending: int = 0) -> Record:
     kind = (headers or {}).get(subjects.EVENT_TYPE, "")
-    return Record(seq=seq, subject=subject, type=kind, data=data or b"")
+    return Record(seq=seq, subject=subject, type=kind, data=data or b"", pending=pending)

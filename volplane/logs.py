@@ -1,4 +1,5 @@
-"""Structured JSON logs, one object per line, on stderr.
+"""Structured JSON logs, one object per line, on stderr, with the trace_id and span_id of
+the span current when the line was logged (so a log line leads to its trace).
 
     setup_logging("provisioner", "INFO")
     log.info("volume created", extra={"volume_id": vid})
@@ -10,6 +11,8 @@ import json
 import logging
 import sys
 import time
+
+from opentelemetry import trace
 
 __all__ = ["setup_logging"]
 
@@ -29,6 +32,10 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            out["trace_id"] = format(ctx.trace_id, "032x")
+            out["span_id"] = format(ctx.span_id, "016x")
         out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -117,6 +117,8 @@ class ProjectionRunner(Generic[S]):
         self._tick = 0
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._queue: asyncio.Queue[Record] | None = None
+        self._log_pending = 0
 
     async def start(self) -> None:
         """Catch up with the log, then keep following it in the background."""
@@ -141,6 +143,12 @@ class ProjectionRunner(Generic[S]):
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+    @property
+    def lag(self) -> int:
+        """Events on this projection's subjects not applied yet: received and queued, or
+        still in the log (as the log said when it delivered the last one)."""
+        return (self._queue.qsize() if self._queue else 0) + self._log_pending
 
     def note(self, key: str, state: S | None, seq: int) -> None:
         """Remember the state this process just appended at ``seq``, ahead of the runner."""
@@ -199,9 +207,11 @@ class ProjectionRunner(Generic[S]):
 
     async def _run(self) -> None:
         queue: asyncio.Queue[Record] = asyncio.Queue()
+        self._queue = queue
 
         async def feed() -> None:
             async for record in self._store.follow(self.projection.filter_subject, self.position):
+                self._log_pending = record.pending
                 queue.put_nowait(record)
 
         feeder = asyncio.create_task(feed())

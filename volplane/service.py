@@ -29,10 +29,15 @@ from volplane.config import Config
 from volplane.errors import Unavailable
 from volplane.eventstore import EventStore
 from volplane.logs import setup_logging
+from volplane.projection import Projection, ProjectionRunner
+from volplane.telemetry import gauge, setup_telemetry, shutdown_telemetry
 
 __all__ = ["Runtime", "run_service", "shutdown"]
 
 log = logging.getLogger(__name__)
+
+SAMPLE_EVERY = 2.0
+PROJECTION_LAG = gauge("volplane_projection_lag_events", "Events a projection has not applied yet.", ("service", "projection"))
 
 
 @dataclass
@@ -45,6 +50,23 @@ class Runtime:
     bus: Bus
     node: str | None = None
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    runners: list[ProjectionRunner[Any]] = field(default_factory=list)
+    # Called every few seconds to refresh gauges (pool usage, volume counts, ...).
+    samplers: list[Callable[[], None]] = field(default_factory=list)
+
+    async def follow(self, projection: Projection[Any]) -> ProjectionRunner[Any]:
+        """A projection runner, caught up with the log, stopped with the service, measured."""
+        runner: ProjectionRunner[Any] = ProjectionRunner(self.redis, self.store, projection)
+        await runner.start()
+        self.closers.append(runner.stop)
+        self.runners.append(runner)
+        return runner
+
+    def sample(self) -> None:
+        for runner in self.runners:
+            PROJECTION_LAG.labels(self.name, runner.projection.name).set(runner.lag)
+        for sampler in self.samplers:
+            sampler()
 
 
 Setup = Callable[[Runtime], Awaitable[None]]
@@ -68,12 +90,13 @@ def run_service(name: str, setup: Setup, *, per_node: bool = False) -> None:
 
 async def _serve(name: str, cfg: Config, setup: Setup, per_node: bool) -> None:
     node = cfg.node_id if per_node else None
+    setup_telemetry(name, node)
     nc = await connect_nats(cfg, name=f"volplane-{name}" + (f"-{node}" if node else ""))
     redis = connect_redis(cfg)
     await check_redis(redis, cfg)
     store = EventStore(nc.jetstream(timeout=10))
     await store.ensure_stream()
-    rt = Runtime(name=name, cfg=cfg, nc=nc, redis=redis, store=store, bus=Bus(nc), node=node)
+    rt = Runtime(name=name, cfg=cfg, nc=nc, redis=redis, store=store, bus=Bus(nc, name), node=node)
     await setup(rt)
 
     async def health(_: dict[str, Any]) -> dict[str, Any]:
@@ -86,12 +109,18 @@ async def _serve(name: str, cfg: Config, setup: Setup, per_node: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    while not stop.is_set():
+        rt.sample()
+        try:
+            await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
+        except TimeoutError:
+            pass
     log.info("%s stopping", name)
     await shutdown(nc, rt.bus)
     for close in reversed(rt.closers):
         await close()
     await redis.aclose()
+    shutdown_telemetry()
 
 
 async def shutdown(nc: NATS, bus: Bus | None = None, grace: float = 5.0) -> None:

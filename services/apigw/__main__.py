@@ -19,6 +19,7 @@ from volplane.config import Config  # noqa: E402
 from volplane.errors import Unavailable  # noqa: E402
 from volplane.logs import setup_logging  # noqa: E402
 from volplane.service import shutdown  # noqa: E402
+from volplane.telemetry import setup_telemetry, shutdown_telemetry  # noqa: E402
 
 from .server import serve  # noqa: E402
 
@@ -26,6 +27,7 @@ log = logging.getLogger("apigw")
 
 
 async def _main(cfg: Config) -> None:
+    setup_telemetry("apigw", cfg.node_id)
     nc = await connect_nats(cfg, name="volplane-apigw")
     server = await serve(cfg, nc)
     stop = asyncio.Event()
@@ -35,6 +37,7 @@ async def _main(cfg: Config) -> None:
     await stop.wait()
     await server.stop(grace=5)
     await shutdown(nc)
+    shutdown_telemetry()
 
 
 def main() -> None:

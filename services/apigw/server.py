@@ -21,13 +21,14 @@ from volplane.csi import csi_pb2_grpc
 from .controller import Controller
 from .identity import Identity
 from .node import Node
+from .telemetry import TelemetryInterceptor
 
 log = logging.getLogger(__name__)
 
 
 async def serve(cfg: Config, nc: NATS) -> grpc.aio.Server:
-    bus = Bus(nc)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    bus = Bus(nc, "apigw")
+    server = grpc.aio.server(interceptors=[TelemetryInterceptor()], options=[("grpc.so_reuseport", 0)])
     controller = cfg.apigw_mode != "node"
     csi_pb2_grpc.add_IdentityServicer_to_server(Identity(nc, controller=controller), server)
     if controller:

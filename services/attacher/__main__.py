@@ -19,12 +19,8 @@ from .domain.attachment import AttachmentState
 
 
 async def setup(rt: Runtime) -> None:
-    nodes: ProjectionRunner[NodeInfo] = ProjectionRunner(rt.redis, rt.store, NodesProjection())  # type: ignore[arg-type]
-    await nodes.start()
-    rt.closers.append(nodes.stop)
-    runner: ProjectionRunner[AttachmentState] = ProjectionRunner(rt.redis, rt.store, AttachmentsProjection())
-    await runner.start()
-    rt.closers.append(runner.stop)
+    nodes: ProjectionRunner[NodeInfo] = await rt.follow(NodesProjection())
+    runner: ProjectionRunner[AttachmentState] = await rt.follow(AttachmentsProjection())
     app = AttacherApp(rt.store, rt.redis, runner, nodes, ProvisionerVolumes(rt.bus))
     q = subjects.queue("attacher")
     await rt.bus.serve(subjects.CONTROLLER_PUBLISH, q, ControllerPublish, app.publish)

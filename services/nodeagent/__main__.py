@@ -13,7 +13,6 @@ from volplane import subjects
 from volplane.commands import GetVolumeStats, NodeExpand, PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
 from volplane.config import Config
 from volplane.nodes import SHARED_POOL, TOPOLOGY_KEY, NodeRegistered, PoolSpec, register
-from volplane.projection import ProjectionRunner
 from volplane.service import Runtime, run_service
 
 from .adapters.attacher import attacher_check
@@ -35,10 +34,7 @@ async def setup(rt: Runtime) -> None:
     node = cfg.node_id
     cfg.pool_dir.mkdir(parents=True, exist_ok=True)
     await register(rt.store, registration(cfg))
-    runner = ProjectionRunner(rt.redis, rt.store, NodeProjection(node))
-    await runner.start()
-    rt.closers.append(runner.stop)
-    # Read here until Config carries it.
+    runner = await rt.follow(NodeProjection(node))
     app = NodeApp(cfg, rt.store, runner, HostStorage(), is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None)
     await app.recover()
     q = subjects.queue("nodeagent", node)

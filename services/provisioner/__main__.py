@@ -16,7 +16,7 @@ from volplane.commands import (
     ListVolumes,
 )
 from volplane.nodes import SHARED_POOL, NodesProjection
-from volplane.projection import ProjectionRunner
+from volplane.telemetry import gauge
 from volplane.service import Runtime, run_service
 
 from .adapters.pool import ImagePool, Pools
@@ -27,29 +27,23 @@ from .snapshots import SnapshotsApp
 
 
 async def setup(rt: Runtime) -> None:
-    runners = [
-        ProjectionRunner(rt.redis, rt.store, NodesProjection()),
-        ProjectionRunner(rt.redis, rt.store, VolumesProjection()),
-        ProjectionRunner(rt.redis, rt.store, SnapshotsProjection()),
-    ]
-    for runner in runners:
-        await runner.start()
-        rt.closers.append(runner.stop)
-    nodes, volumes, snapshots = runners
+    nodes = await rt.follow(NodesProjection())
+    volumes = await rt.follow(VolumesProjection())
+    snapshots = await rt.follow(SnapshotsProjection())
     cfg = rt.cfg
     shared = ImagePool(cfg.shared_pool_dir, SHARED_POOL, "shared", cfg.shared_pool_capacity) if cfg.shared_pool_dir else None
     pools = Pools(shared, nodes.projection)  # type: ignore[arg-type]
     # The attacher's read model, followed here as the node registry is, so that
     # DeleteVolume can refuse a published volume without a round trip to the attacher.
-    attachments = ProjectionRunner(rt.redis, rt.store, AttachmentsProjection())
-    await attachments.start()
-    rt.closers.append(attachments.stop)
+    attachments = await rt.follow(AttachmentsProjection())
 
     async def published_on(volume_id: str) -> tuple[str, ...]:
         state = await attachments.get(attachment_key(volume_id))
         return state.nodes if state is not None else ()
 
-    app = ProvisionerApp(rt.store, volumes, Capacity(pools, volumes, snapshots), snapshots, published_on)
+    capacity = Capacity(pools, volumes, snapshots)
+    app = ProvisionerApp(rt.store, volumes, capacity, snapshots, published_on)
+    rt.samplers.append(lambda: sample_pools(capacity, volumes.projection))
     snaps = SnapshotsApp(rt.store, snapshots, volumes, pools)
     await app.recover()
     await snaps.recover()
@@ -66,6 +60,18 @@ async def setup(rt: Runtime) -> None:
         (subjects.LIST_SNAPSHOTS, ListSnapshots, snaps.list_snapshots),
     ):
         await rt.bus.serve(subject, q, model, handler)  # type: ignore[arg-type]
+
+
+POOL_BYTES = gauge("volplane_pool_bytes", "Bytes of each pool: its capacity, and what volumes and snapshots hold.", ("pool", "kind"))
+POOL_VOLUMES = gauge("volplane_pool_volumes", "Live volumes in each pool.", ("pool",))
+
+
+def sample_pools(capacity: Capacity, volumes: VolumesProjection) -> None:
+    for pool in capacity.pools.all():
+        POOL_BYTES.labels(pool.name, "capacity").set(pool.capacity)
+        POOL_BYTES.labels(pool.name, "free").set(capacity.free(pool))
+        POOL_BYTES.labels(pool.name, "volumes").set(volumes.used.get(pool.name, 0))
+        POOL_VOLUMES.labels(pool.name).set(volumes.count.get(pool.name, 0))
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from volplane.telemetry import span
+
 MOUNTINFO = Path("/proc/self/mountinfo")
 PROC_STATUS = Path("/proc/self/status")
 SYS_BLOCK = Path("/sys/block")
@@ -103,17 +105,19 @@ class HostStorage:
         # subprocess in a worker thread, not the event loop's spawn: CPython starts the child
         # with vfork, which costs ~1.5 ms from a large service process, where uvloop's fork
         # costs ~20 ms (measured; docs/performance.md). A hung command is killed at the timeout.
-        try:
-            done = await asyncio.to_thread(
-                subprocess.run, command, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=self._timeout
-            )
-        except subprocess.TimeoutExpired:
-            raise StorageError(command, None, f"killed after {self._timeout:g} s") from None
-        except OSError as err:
-            raise StorageError(command, None, str(err)) from err
-        if done.returncode != 0:
-            raise StorageError(command, done.returncode, done.stderr.decode(errors="replace"))
-        return done.stdout.decode(errors="replace")
+        with span(f"exec {command[0]}", attributes={"process.command_args": list(command)}) as s:
+            try:
+                done = await asyncio.to_thread(
+                    subprocess.run, command, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=self._timeout
+                )
+            except subprocess.TimeoutExpired:
+                raise StorageError(command, None, f"killed after {self._timeout:g} s") from None
+            except OSError as err:
+                raise StorageError(command, None, str(err)) from err
+            s.set_attribute("process.exit.code", done.returncode)
+            if done.returncode != 0:
+                raise StorageError(command, done.returncode, done.stderr.decode(errors="replace"))
+            return done.stdout.decode(errors="replace")
 
     async def loop_devices_for(self, image: Path, *, deleted_too: bool = False) -> list[str]:
         """Every loop device backed by ``image``: ``await storage.loop_devices_for(img) == ["/dev/loop0"]``.

@@ -4,7 +4,8 @@ Keys (all under ``vp:``, so a rebuild can drop them):
   vp:vol:<id>            msgpack VolumeState, absent once the volume is deleted
   vp:vols                sorted set of live volume ids (score 0, ordered by id) for paging
   vp:vols:inflight       ids with an intent but no result yet, finished on restart
-  vp:pools:used          hash: pool → bytes promised to its live volumes
+  vp:pools:used          hash: pool → bytes promised to its live volumes, and
+                         "<pool>#volumes" → how many live volumes it holds
   vp:snap:<id>           msgpack SnapshotState of a live snapshot
   vp:snaps               sorted set of live snapshot ids (ListSnapshots paging)
   vp:snaps:inflight      snapshot ids with an intent but no result yet
@@ -32,6 +33,7 @@ def volume_key(volume_id: str) -> str:
 
 
 USED = f"{PREFIX}pools:used"
+_COUNT = "#volumes"
 
 
 class VolumesProjection:
@@ -41,11 +43,17 @@ class VolumesProjection:
     _prefix_len = len(subjects.volume(""))
 
     def __init__(self) -> None:
-        # Bytes used per pool, as of the runner's position (see Projection.totals_key).
+        # Bytes used and live volumes per pool, as of the runner's position (see Projection.totals_key).
         self.used: dict[str, int] = {}
+        self.count: dict[str, int] = {}
 
     def restore(self, totals: dict[bytes, bytes]) -> None:
-        self.used = {k.decode(): int(v) for k, v in totals.items()}
+        for raw, value in totals.items():
+            field = raw.decode()
+            if field.endswith(_COUNT):
+                self.count[field[: -len(_COUNT)]] = int(value)
+            else:
+                self.used[field] = int(value)
 
     def key_for(self, record: Record) -> str | None:
         return volume_key(record.subject[self._prefix_len :])
@@ -68,12 +76,14 @@ class VolumesProjection:
         is_live = new is not None and new.phase in _LIVE
         if is_live and not was_live:
             assert new is not None
-            ops += [("ZADD", VOLS, 0, vid), ("HINCRBY", USED, new.pool, new.capacity_bytes)]
+            ops += [("ZADD", VOLS, 0, vid), ("HINCRBY", USED, new.pool, new.capacity_bytes), ("HINCRBY", USED, new.pool + _COUNT, 1)]
             self.used[new.pool] = self.used.get(new.pool, 0) + new.capacity_bytes
+            self.count[new.pool] = self.count.get(new.pool, 0) + 1
         elif was_live and not is_live:
             assert old is not None
-            ops += [("ZREM", VOLS, vid), ("HINCRBY", USED, old.pool, -old.capacity_bytes)]
+            ops += [("ZREM", VOLS, vid), ("HINCRBY", USED, old.pool, -old.capacity_bytes), ("HINCRBY", USED, old.pool + _COUNT, -1)]
             self.used[old.pool] = self.used.get(old.pool, 0) - old.capacity_bytes
+            self.count[old.pool] = self.count.get(old.pool, 0) - 1
         elif was_live and is_live and old.capacity_bytes != new.capacity_bytes:  # type: ignore[union-attr]
             assert old is not None and new is not None
             ops.append(("HINCRBY", USED, new.pool, new.capacity_bytes - old.capacity_bytes))
