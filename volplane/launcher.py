@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from volplane import subjects
-from volplane.embedded import EmbeddedServer, with_parent
+from volplane.embedded import EmbeddedServer, free_port, with_parent
 
 __all__ = ["Stack", "main"]
 
@@ -43,6 +43,7 @@ class Stack:
     nats: EmbeddedServer | None = None
     redis: EmbeddedServer | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)  # process name → host:port of /metrics
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir.absolute()
@@ -102,7 +103,8 @@ class Stack:
 
     def start_service(self, name: str) -> None:
         kind, node = self._process(name)
-        env = dict(self.env, VOLPLANE_NODE_ID=node)
+        self.metrics.setdefault(name, f"127.0.0.1:{free_port()}")
+        env = dict(self.env, VOLPLANE_NODE_ID=node, VOLPLANE_METRICS_ADDR=self.metrics[name])
         if node != self.node_id:
             env["VOLPLANE_CSI_ENDPOINT"] = self.endpoint_of(node)
             env["VOLPLANE_APIGW_MODE"] = "node"
@@ -203,7 +205,11 @@ def main() -> None:
         for node in stack.node_ids[1:]:
             print(f"  node {node}: {stack.endpoint_of(node)} (Identity and Node services)")
         print(f"  NATS:         {stack.env['NATS_URL']}\n  Redis:        {stack.env['REDIS_URL']}")
-        print(f"  logs:         {stack.run_dir / 'logs'}\nPress Ctrl-C to stop.", flush=True)
+        print(f"  logs:         {stack.run_dir / 'logs'}")
+        print("  metrics:      " + ", ".join(f"{n} http://{a}/metrics" for n, a in stack.metrics.items()))
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            print(f"  traces:       OTLP to {os.environ['OTEL_EXPORTER_OTLP_ENDPOINT']}")
+        print("Press Ctrl-C to stop.", flush=True)
         while not stopping:
             dead = stack.dead()
             if dead:
