@@ -93,7 +93,8 @@ class NodesProjection:
         return NodeInfo.model_validate(codec.unpack(raw))
 
     def ops(self, key: str, old: NodeInfo | None, new: NodeInfo | None) -> list[Op]:
-        if new is None:
-            return []
-        self.nodes[new.node_id] = new
-        return [("HSET", NODES, new.node_id, self.dump(new))]
+        return [] if new is None else [("HSET", NODES, new.node_id, self.dump(new))]
+
+    def observe(self, old: NodeInfo | None, new: NodeInfo | None) -> None:
+        if new is not None:
+            self.nodes[new.node_id] = new

@@ -86,11 +86,14 @@ class Projection(Protocol[S]):
 
     # A Redis hash of running totals (or None). The runner reads it together with its
     # position at start and hands it to ``restore``; from then on the projection keeps
-    # the totals in memory from the ``ops`` calls, which see every event after that
-    # position, so services can read them without a round trip.
+    # the totals in memory through ``observe``, which the runner calls for every event
+    # after that position once its write has succeeded (``ops`` stays pure: a batch that
+    # fails is computed again), so services can read them without a round trip.
     totals_key: str | None
 
     def restore(self, totals: dict[bytes, bytes]) -> None: ...
+
+    def observe(self, old: S | None, new: S | None) -> None: ...
 
 
 class ProjectionRunner(Generic[S]):
@@ -137,12 +140,11 @@ class ProjectionRunner(Generic[S]):
         await self.wait_for_log(target)
 
     async def stop(self) -> None:
-        if self._task:
+        # Cancelled again until it ends: a client library that swallows one cancellation
+        # (seen in a Redis call) must not leave the runner, and its caller, waiting forever.
+        while self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({self._task}, timeout=1.0)
 
     @property
     def lag(self) -> int:
@@ -206,6 +208,18 @@ class ProjectionRunner(Generic[S]):
         return nxt is None or nxt > target
 
     async def _run(self) -> None:
+        """Follow the log for good: a failure (Redis, NATS, a bad event) is logged and the
+        runner starts again from its last applied position, never skipping an event."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a projection must outlive any one failure.
+                log.exception("projection %s failed at %d; following the log again", self.projection.name, self.position)
+                await asyncio.sleep(0.5)
+
+    async def _follow(self) -> None:
         queue: asyncio.Queue[Record] = asyncio.Queue()
         self._queue = queue
 
@@ -218,8 +232,18 @@ class ProjectionRunner(Generic[S]):
         self._ready.set()
         try:
             while True:
-                first = await queue.get()
-                batch = [first]
+                if feeder.done():
+                    feeder.result()  # Raise what stopped the feed, so that we start over.
+                    raise Unavailable("the log's feed ended")
+                get = asyncio.ensure_future(queue.get())
+                try:
+                    await asyncio.wait({get, feeder}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not get.done():
+                        get.cancel()
+                if get.cancelled():
+                    continue
+                batch = [get.result()]
                 while len(batch) < _BATCH and not queue.empty():
                     batch.append(queue.get_nowait())
                 await self._apply(batch)
@@ -230,41 +254,69 @@ class ProjectionRunner(Generic[S]):
         batch = [r for r in batch if r.seq > self.position]
         if not batch:
             return
-        keys = {k for r in batch if (k := self.projection.key_for(r)) is not None and k not in self._cache}
-        if keys:
-            ordered = sorted(keys)
-            for key, raw in zip(ordered, await self._redis.mget(ordered)):
-                self._remember(key, None if raw is None else self.projection.load(raw))
+        states = await self._states_before(batch)
         argv: list[Any] = [len(batch)]
+        changes: list[tuple[str, S | None, S | None, int]] = []
         for record in batch:
             ops: list[Op] = []
             key = self.projection.key_for(record)
             if key is not None:
-                old = self._cache.get(key)
+                old = states.get(key)
                 new = self.projection.evolve(old, record)
+                states[key] = new
                 ops.append(("SET", key, self.projection.dump(new)) if new is not None else ("DEL", key))
                 ops.extend(self.projection.ops(key, old, new))
-                self._remember(key, new)
-                noted = self._overlay.get(key)
-                if noted is not None and noted[0] <= record.seq:
-                    del self._overlay[key]
+                changes.append((key, old, new, record.seq))
             argv += [record.seq, len(ops)]
             for op in ops:
                 argv.append(len(op))
                 argv.extend(op)
-        while True:
-            try:
-                await self._script(keys=[self._pos_key], args=argv)
-                break
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                # Redis is the read model, not the truth: wait for it, never skip an event.
-                log.warning("redis unavailable, projection %s waits", self.projection.name)
-                await asyncio.sleep(0.5)
+        await self._retry(lambda: self._script(keys=[self._pos_key], args=argv))
+        # Only now, with the write done, does the runner's memory move on.
+        observe = getattr(self.projection, "observe", None)
+        for key, old, new, seq in changes:
+            self._remember(key, new)
+            if observe is not None:
+                observe(old, new)
+            noted = self._overlay.get(key)
+            if noted is not None and noted[0] <= seq:
+                del self._overlay[key]
         self.position = batch[-1].seq
         while self._waiters and self._waiters[0][0] <= self.position:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
                 fut.set_result(None)
+
+    async def _states_before(self, batch: list[Record]) -> dict[str, S | None]:
+        """Each key's state as of this runner's position: from memory, else from Redis —
+        unless another runner has taken Redis past this one, in which case the key is
+        rebuilt from its own events up to this runner's position."""
+        subject_of = {k: r.subject for r in batch if (k := self.projection.key_for(r)) is not None}
+        states: dict[str, S | None] = {k: self._cache[k] for k in subject_of if k in self._cache}
+        missing = sorted(k for k in subject_of if k not in states)
+        if not missing:
+            return states
+        raws = await self._retry(lambda: self._redis.mget([self._pos_key, *missing]))
+        if int(raws[0] or 0) <= self.position:
+            for key, raw in zip(missing, raws[1:]):
+                states[key] = None if raw is None else self.projection.load(raw)
+            return states
+        for key in missing:
+            state: S | None = None
+            for record in await self._store.read(subject_of[key]):
+                if record.seq <= self.position:
+                    state = self.projection.evolve(state, record)
+            states[key] = state
+        return states
+
+    async def _retry(self, call: Any) -> Any:
+        """Redis is the read model, not the truth: wait for it, never skip an event."""
+        while True:
+            try:
+                return await call()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                log.warning("redis unavailable, projection %s waits", self.projection.name)
+                await asyncio.sleep(0.5)
 
     def _remember(self, key: str, state: S | None) -> None:
         self._cache[key] = state

@@ -54,6 +54,7 @@ from .domain.events import (
     VolumeUnstaged,
 )
 from .domain.volume import (
+    FS_TYPES,
     NodeVolumeState,
     check_capability,
     check_path,
@@ -104,6 +105,8 @@ class NodeApp:
         check_capability(cmd.capability)
         block = cmd.capability.access_type == "block"
         fs_type = "" if block else cmd.capability.fs_type or cmd.volume_context.get("fsType") or "ext4"
+        if not block and fs_type not in FS_TYPES:
+            raise InvalidArgument(f"volume_context.fsType: {fs_type[:64]!r} is not supported (ext4, xfs)")
         self._valid_id(cmd.volume_id)
         cmd = cmd.model_copy(update={"staging_path": staging})
         async with self._locks.hold(cmd.volume_id):
@@ -249,8 +252,8 @@ class NodeApp:
                             state = await self._finish_publish(state, pub.target_path)
                         elif pub.phase == "unpublishing":
                             state = await self._finish_unpublish(state, pub.target_path)
-                except VolplaneError as exc:
-                    log.error("could not recover volume %s: %s", vid, exc.message)
+                except Exception as exc:  # noqa: BLE001 - one volume must not keep the node from starting.
+                    log.error("could not recover volume %s: %s", vid, _reason(exc))
         return len(ids)
 
     # -- act, then record the result ------------------------------------------
@@ -259,7 +262,7 @@ class NodeApp:
         image = self._image_of(state)
         try:
             device, formatted, capacity = await self._steps.stage(state, image)
-        except (VolplaneError, StorageError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a host step is recorded and undone.
             await self._steps.undo_stage(state, image)
             await self._append(state, VolumeStageFailed(volume_id=state.volume_id, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
@@ -280,7 +283,7 @@ class NodeApp:
         image = self._image_of(state)
         try:
             await self._steps.publish(state, pub, image)
-        except (VolplaneError, StorageError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a host step is recorded and undone.
             await self._steps.unpublish(state, Path(target), image)
             await self._append(state, VolumePublishFailed(volume_id=state.volume_id, target_path=target, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
@@ -298,7 +301,7 @@ class NodeApp:
     async def _finish_expand(self, state: NodeVolumeState) -> NodeVolumeState:
         try:
             size = await self._steps.expand(state, self._image_of(state))
-        except (VolplaneError, StorageError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a host step is recorded and undone.
             await self._append(state, VolumeExpandOnNodeFailed(volume_id=state.volume_id, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
                 raise

@@ -38,6 +38,12 @@ async def setup(rt: Runtime) -> None:
     attachments = await rt.follow(AttachmentsProjection())
 
     async def published_on(volume_id: str) -> tuple[str, ...]:
+        # The attachment's newest event says how far the read model must have come: one
+        # direct read of the log, so a publish or unpublish acknowledged a moment ago counts.
+        last = await rt.store.last(subjects.attachment(volume_id))
+        if last is None:
+            return ()
+        await attachments.wait_for(last.seq)
         state = await attachments.get(attachment_key(volume_id))
         return state.nodes if state is not None else ()
 

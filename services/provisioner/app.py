@@ -40,7 +40,7 @@ from volplane.projection import ProjectionRunner
 
 from .adapters.projection import INFLIGHT, VOLS, snapshot_key, volume_key
 from .capacity import Capacity
-from .domain.events import VOLUME_EVENTS, VolumeCreated, VolumeCreateFailed, VolumeDeleted, VolumeExpanded
+from .domain.events import VOLUME_EVENTS, VolumeCreated, VolumeCreateFailed, VolumeDeleted, VolumeExpanded, VolumeExpandFailed
 from .domain.placement import candidates, choose_pool
 from .domain.snapshot import SnapshotState
 from .domain.volume import (
@@ -202,7 +202,8 @@ class ProvisionerApp:
 
     async def get_volume(self, cmd: GetVolume) -> VolumeInfo:
         state = await self._load(cmd.volume_id) if is_volume_id(cmd.volume_id) else None
-        if state is None or state.phase in ("deleted", "failed"):
+        # A volume being deleted is gone for every new use (publishing it, validating it).
+        if state is None or state.phase in ("deleted", "failed", "deleting"):
             raise NotFound(f"volume {cmd.volume_id[:128]!r} does not exist")
         return self._info(state, check=True)
 
@@ -226,6 +227,7 @@ class ProvisionerApp:
         return VolumePage(volumes=tuple(self._info(s) for s in states), next_token=page[-1].decode() if more else "")
 
     async def get_capacity(self, cmd: GetCapacity) -> CapacityInfo:
+        await self._runner.settled()
         requisite = (cmd.topology,) if cmd.topology else ()
         pools = {v.name: v for v in self._capacity.views()}
         try:
@@ -262,7 +264,7 @@ class ProvisionerApp:
         subject = subjects.volume(state.volume_id)
         pool = self._pools.get(state.pool)
         try:
-            source = self._source_image(state)
+            source = await self._source_image(state)
             if source is None:
                 pool.create(state.volume_id, state.capacity_bytes)
             else:
@@ -278,7 +280,14 @@ class ProvisionerApp:
         return ready
 
     async def _finish_expand(self, state: VolumeState) -> VolumeState:
-        self._pools.get(state.pool).grow(state.volume_id, state.capacity_bytes)
+        try:
+            self._pools.get(state.pool).grow(state.volume_id, state.capacity_bytes)
+        except VolplaneError as exc:
+            # Back to the size it had, so the volume stays usable and deletable.
+            back = VolumeExpandFailed(volume_id=state.volume_id, capacity_bytes=state.expand_from or state.capacity_bytes, reason=exc.message)
+            seq = await self._store.append(subjects.volume(state.volume_id), back, expected=state.version)
+            self._runner.note(volume_key(state.volume_id), evolve(state, back, seq), seq)
+            raise
         event = VolumeExpanded(volume_id=state.volume_id, capacity_bytes=state.capacity_bytes)
         seq = await self._store.append(subjects.volume(state.volume_id), event, expected=state.version)
         ready = state.model_copy(update={"phase": "ready", "version": seq})
@@ -314,16 +323,20 @@ class ProvisionerApp:
             raise OutOfRange(f"the content source holds {have} bytes, more than limit_bytes {cmd.limit_bytes}")
         return have
 
-    def _source_image(self, state: VolumeState) -> Path | None:
+    async def _source_image(self, state: VolumeState) -> Path | None:
+        """Where the content source's data is: its own pool, which may differ from ours."""
         src = state.content_source
         if src is None:
             return None
         if src.kind == "snapshot":
-            snap = self._snapshots.cached(snapshot_key(src.id))[1]
-            pool = self._pools.get(snap.pool if snap else state.pool)
-            return pool.snapshot_path(src.id)
-        vol = self._runner.cached(volume_key(src.id))[1]
-        return self._pools.get(vol.pool if vol else state.pool).path_for(src.id)
+            snap = await self._snapshots.get(snapshot_key(src.id))
+            if snap is None:
+                raise NotFound(f"snapshot {src.id} is gone")
+            return self._pools.get(snap.pool).snapshot_path(src.id)
+        vol = await self._load(src.id)
+        if vol is None:
+            raise NotFound(f"source volume {src.id} is gone")
+        return self._pools.get(vol.pool).path_for(src.id)
 
     # -- plumbing -----------------------------------------------------------
 

@@ -35,6 +35,7 @@ VOLUME_EXAMPLES: list[BaseModel] = [
     volume_events.VolumeCreateFailed(volume_id=VID, reason="pool default: no room for 1073741824 bytes"),
     volume_events.VolumeExpanding(volume_id=VID, capacity_bytes=3 * 2**40),
     volume_events.VolumeExpanded(volume_id=VID, capacity_bytes=3 * 2**40),
+    volume_events.VolumeExpandFailed(volume_id=VID, capacity_bytes=2**40, reason="pool shared: no room"),
     volume_events.VolumeDeleting(volume_id=VID),
     volume_events.VolumeDeleted(volume_id=VID),
     volume_events.VolumeCreating(

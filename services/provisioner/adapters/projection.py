@@ -72,27 +72,37 @@ class VolumesProjection:
     def ops(self, key: str, old: VolumeState | None, new: VolumeState | None) -> list[Op]:
         ops: list[Op] = []
         vid = key[len(volume_key("")) :]
-        was_live = old is not None and old.phase in _LIVE
-        is_live = new is not None and new.phase in _LIVE
-        if is_live and not was_live:
-            assert new is not None
-            ops += [("ZADD", VOLS, 0, vid), ("HINCRBY", USED, new.pool, new.capacity_bytes), ("HINCRBY", USED, new.pool + _COUNT, 1)]
-            self.used[new.pool] = self.used.get(new.pool, 0) + new.capacity_bytes
-            self.count[new.pool] = self.count.get(new.pool, 0) + 1
-        elif was_live and not is_live:
-            assert old is not None
-            ops += [("ZREM", VOLS, vid), ("HINCRBY", USED, old.pool, -old.capacity_bytes), ("HINCRBY", USED, old.pool + _COUNT, -1)]
-            self.used[old.pool] = self.used.get(old.pool, 0) - old.capacity_bytes
-            self.count[old.pool] = self.count.get(old.pool, 0) - 1
-        elif was_live and is_live and old.capacity_bytes != new.capacity_bytes:  # type: ignore[union-attr]
-            assert old is not None and new is not None
-            ops.append(("HINCRBY", USED, new.pool, new.capacity_bytes - old.capacity_bytes))
-            self.used[new.pool] = self.used.get(new.pool, 0) + new.capacity_bytes - old.capacity_bytes
+        for pool, delta_bytes, delta_count in _deltas(old, new):
+            ops.append(("HINCRBY", USED, pool, delta_bytes))
+            if delta_count:
+                ops.append(("HINCRBY", USED, pool + _COUNT, delta_count))
+                ops.append(("ZADD", VOLS, 0, vid) if delta_count > 0 else ("ZREM", VOLS, vid))
         if new is not None and new.phase in _INFLIGHT:
             ops.append(("SADD", INFLIGHT, vid))
         elif old is not None and old.phase in _INFLIGHT:
             ops.append(("SREM", INFLIGHT, vid))
         return ops
+
+    def observe(self, old: VolumeState | None, new: VolumeState | None) -> None:
+        for pool, delta_bytes, delta_count in _deltas(old, new):
+            self.used[pool] = self.used.get(pool, 0) + delta_bytes
+            self.count[pool] = self.count.get(pool, 0) + delta_count
+
+
+def _deltas(old: VolumeState | None, new: VolumeState | None) -> list[tuple[str, int, int]]:
+    """How a change moves each pool's (bytes, volumes): a volume appearing, going, or resized."""
+    was = old is not None and old.phase in _LIVE
+    now = new is not None and new.phase in _LIVE
+    if now and not was:
+        assert new is not None
+        return [(new.pool, new.capacity_bytes, 1)]
+    if was and not now:
+        assert old is not None
+        return [(old.pool, -old.capacity_bytes, -1)]
+    if was and now and old.capacity_bytes != new.capacity_bytes:  # type: ignore[union-attr]
+        assert old is not None and new is not None
+        return [(new.pool, new.capacity_bytes - old.capacity_bytes, 0)]
+    return []
 
 
 SNAPS = f"{PREFIX}snaps"
@@ -132,18 +142,26 @@ class SnapshotsProjection:
     def ops(self, key: str, old: SnapshotState | None, new: SnapshotState | None) -> list[Op]:
         sid = key[len(snapshot_key("")) :]
         ops: list[Op] = []
-        was_live = old is not None and old.phase in _LIVE
-        is_live = new is not None and new.phase in _LIVE
-        if is_live and not was_live:
-            assert new is not None
-            ops += [("ZADD", SNAPS, 0, sid), ("HINCRBY", SNAP_USED, new.pool, new.size_bytes)]
-            self.used[new.pool] = self.used.get(new.pool, 0) + new.size_bytes
-        elif was_live and not is_live:
-            assert old is not None
-            ops += [("ZREM", SNAPS, sid), ("HINCRBY", SNAP_USED, old.pool, -old.size_bytes)]
-            self.used[old.pool] = self.used.get(old.pool, 0) - old.size_bytes
+        for pool, delta in _snapshot_deltas(old, new):
+            ops += [("ZADD", SNAPS, 0, sid) if delta > 0 else ("ZREM", SNAPS, sid), ("HINCRBY", SNAP_USED, pool, delta)]
         if new is not None and new.phase in ("creating", "deleting"):
             ops.append(("SADD", SNAPS_INFLIGHT, sid))
         elif old is not None and old.phase in ("creating", "deleting"):
             ops.append(("SREM", SNAPS_INFLIGHT, sid))
         return ops
+
+    def observe(self, old: SnapshotState | None, new: SnapshotState | None) -> None:
+        for pool, delta in _snapshot_deltas(old, new):
+            self.used[pool] = self.used.get(pool, 0) + delta
+
+
+def _snapshot_deltas(old: SnapshotState | None, new: SnapshotState | None) -> list[tuple[str, int]]:
+    was = old is not None and old.phase in _LIVE
+    now = new is not None and new.phase in _LIVE
+    if now and not was:
+        assert new is not None
+        return [(new.pool, new.size_bytes)]
+    if was and not now:
+        assert old is not None
+        return [(old.pool, -old.size_bytes)]
+    return []

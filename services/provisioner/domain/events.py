@@ -41,12 +41,20 @@ class VolumeExpanding(Event):
     type: Literal["VolumeExpanding"] = "VolumeExpanding"
     volume_id: str
     capacity_bytes: int
+    previous_bytes: int = 0  # what the volume goes back to if growing fails
 
 
 class VolumeExpanded(Event):
     type: Literal["VolumeExpanded"] = "VolumeExpanded"
     volume_id: str
     capacity_bytes: int
+
+
+class VolumeExpandFailed(Event):
+    type: Literal["VolumeExpandFailed"] = "VolumeExpandFailed"
+    volume_id: str
+    capacity_bytes: int  # the size before the failed expansion
+    reason: str
 
 
 class VolumeDeleting(Event):
@@ -60,7 +68,7 @@ class VolumeDeleted(Event):
 
 
 VolumeEvent = Annotated[
-    VolumeCreating | VolumeCreated | VolumeCreateFailed | VolumeExpanding | VolumeExpanded | VolumeDeleting | VolumeDeleted,
+    VolumeCreating | VolumeCreated | VolumeCreateFailed | VolumeExpanding | VolumeExpanded | VolumeExpandFailed | VolumeDeleting | VolumeDeleted,
     Field(discriminator="type"),
 ]
 VOLUME_EVENTS: TypeAdapter[VolumeEvent] = TypeAdapter(VolumeEvent)

@@ -27,6 +27,7 @@ from .events import (
     VolumeDeleting,
     VolumeEvent,
     VolumeExpanded,
+    VolumeExpandFailed,
     VolumeExpanding,
 )
 
@@ -59,6 +60,7 @@ class VolumeState(Frozen):
     version: int  # stream sequence of this aggregate's last event
     created_at: int
     content_source: ContentSource | None = None
+    expand_from: int = 0  # the size an expansion in flight started from
 
 
 def resolve_size(required: int, limit: int, minimum: int = MIN_SIZE) -> int:
@@ -168,7 +170,7 @@ def decide_expand(state: VolumeState | None, volume_id: str, size: int) -> Volum
         raise OperationPending(f"volume {volume_id} is {state.phase}")
     if size <= state.capacity_bytes:
         return None
-    return VolumeExpanding(volume_id=volume_id, capacity_bytes=size)
+    return VolumeExpanding(volume_id=volume_id, capacity_bytes=size, previous_bytes=state.capacity_bytes)
 
 
 def evolve(state: VolumeState | None, event: VolumeEvent, seq: int) -> VolumeState | None:
@@ -194,10 +196,10 @@ def evolve(state: VolumeState | None, event: VolumeEvent, seq: int) -> VolumeSta
             return state.model_copy(update={"phase": "failed", "version": seq})
         case VolumeExpanding():
             assert state is not None
-            return state.model_copy(update={"phase": "expanding", "capacity_bytes": event.capacity_bytes, "version": seq})
-        case VolumeExpanded():
+            return state.model_copy(update={"phase": "expanding", "capacity_bytes": event.capacity_bytes, "expand_from": event.previous_bytes, "version": seq})
+        case VolumeExpanded() | VolumeExpandFailed():
             assert state is not None
-            return state.model_copy(update={"phase": "ready", "capacity_bytes": event.capacity_bytes, "version": seq})
+            return state.model_copy(update={"phase": "ready", "capacity_bytes": event.capacity_bytes, "expand_from": 0, "version": seq})
         case VolumeDeleting():
             assert state is not None
             return state.model_copy(update={"phase": "deleting", "version": seq})

