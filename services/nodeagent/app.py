@@ -94,6 +94,7 @@ class NodeApp:
         self._steps = HostSteps(host)
         self._is_published = is_published
         self._locks = KeyedLocks("volume")
+        self._own_dirs = [str(d) for d in (cfg.pool_dir, cfg.shared_pool_dir) if d is not None]
         self._pools = [(cfg.pool_name, cfg.pool_dir)]
         if cfg.shared_pool_dir is not None:
             self._pools.append((SHARED_POOL, cfg.shared_pool_dir))
@@ -167,13 +168,15 @@ class NodeApp:
             if state is not None and pending is not None and pending.phase == "publishing":
                 await self._finish_publish(state, target)
                 return Done()
-            intent = decide_publish(state, cmd)
+            intent = decide_publish(state, cmd, target_exists=os.path.lexists(target))
             if intent is None:
                 assert state is not None and pending is not None
                 if await self._steps.publish_intact(state, pending, self._image_of(state)):
                     return Done()
                 # The bind is gone although the log says published: bind again.
-                intent = VolumePublishing(volume_id=state.volume_id, target_path=target, readonly=pending.readonly, mount_flags=cmd.capability.mount_flags)
+                intent = VolumePublishing(
+                    volume_id=state.volume_id, target_path=target, readonly=pending.readonly, mount_flags=cmd.capability.mount_flags, keep_target=pending.keep_target
+                )
             else:
                 assert state is not None
                 self._steps.check_new_target(state, Path(target))
@@ -397,6 +400,11 @@ class NodeApp:
             raise InvalidArgument(f"{field}: {path[:256]} is a symlink")
         if must_exist and not os.path.isdir(path):
             raise NotFound(f"{field}: {path[:256]} does not exist")
+        for own in self._own_dirs:
+            # Mounting on, over or under a pool directory would hide or expose
+            # every volume's image.
+            if path == own or path.startswith(own + "/") or own.startswith(path + "/"):
+                raise InvalidArgument(f"{field}: {path[:256]} overlaps volplane's own directory {own}")
         return path
 
 

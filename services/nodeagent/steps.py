@@ -139,16 +139,20 @@ class HostSteps:
 
     async def unpublish(self, state: NodeVolumeState, target: Path, image: Path) -> None:
         """Take our bind off ``target`` and remove what we created there; leave anything else alone."""
+        pub = state.publication(str(target))
+        keep = pub is not None and pub.keep_target
         if state.access_type == "block":
             ours = [state.device, *await self.storage.loop_devices_for(image, deleted_too=True)]
             await self.storage.unmount_device(target, ours)
-            _remove_file(target)
+            if not keep:
+                _remove_file(target)
             # The read-only device serves every read-only target; it goes with the last of them.
             if not any(p.readonly for p in state.publications if p.target_path != str(target)):
                 await self.storage.detach(image, readonly_only=True)
         else:
             await self.storage.unmount(target, source=state.device)
-            _remove_dir(target)
+            if not keep:
+                _remove_dir(target)
 
     async def _readonly_device(self, image: Path) -> str | None:
         return next((d for d in await self.storage.loop_devices_for(image) if self.storage.is_readonly(d)), None)

@@ -240,6 +240,9 @@ class ProvisionerApp:
 
     async def recover(self) -> int:
         """Finish every intent a crash left without its result; returns how many."""
+        for pool in self._pools.all():
+            if swept := pool.sweep():
+                log.info("removed %d half-written copies from pool %s", swept, pool.name)
         ids = sorted(i.decode() for i in await self._redis.smembers(INFLIGHT))
         for vid in ids:
             async with self.locks.hold(vid):
@@ -270,9 +273,11 @@ class ProvisionerApp:
             else:
                 await pool.copy_in(source, state.volume_id, state.capacity_bytes)
         except VolplaneError as exc:
-            pool.delete(state.volume_id)
+            # Record the failure first: if another writer finished this intent meanwhile,
+            # the append loses (ConcurrencyConflict) and its image is left alone.
             seq = await self._store.append(subject, VolumeCreateFailed(volume_id=state.volume_id, reason=exc.message), expected=state.version)
             self._runner.note(volume_key(state.volume_id), state.model_copy(update={"phase": "failed", "version": seq}), seq)
+            pool.delete(state.volume_id)
             raise
         seq = await self._store.append(subject, VolumeCreated(volume_id=state.volume_id), expected=state.version)
         ready = state.model_copy(update={"phase": "ready", "version": seq})

@@ -130,9 +130,10 @@ class SnapshotsApp:
         try:
             await pool.snapshot(state.source_volume_id, state.snapshot_id)
         except VolplaneError as exc:
-            pool.delete_snapshot(state.snapshot_id)
+            # The failure first, the cleanup only if that append wins (see ProvisionerApp).
             seq = await self._store.append(subject, SnapshotCreateFailed(snapshot_id=state.snapshot_id, reason=exc.message), expected=state.version)
             self._runner.note(snapshot_key(state.snapshot_id), state.model_copy(update={"phase": "failed", "version": seq}), seq)
+            pool.delete_snapshot(state.snapshot_id)
             raise
         seq = await self._store.append(subject, SnapshotCreated(snapshot_id=state.snapshot_id), expected=state.version)
         ready = state.model_copy(update={"phase": "ready", "version": seq})

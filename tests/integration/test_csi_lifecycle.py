@@ -254,3 +254,60 @@ def test_expand_before_staging_then_node_expand_after_publishing_is_ok_and_df_se
     assert done.capacity_bytes == 256 * MiB
     st = os.statvfs(target)
     assert st.f_blocks * st.f_frsize > 200 * MiB  # ext4 keeps some for itself; 64 MiB before
+
+
+@needs_root
+def test_unsupported_fs_type_in_the_volume_context_is_refused_and_leaves_the_node_healthy(flow: Flow, stack: Stack) -> None:
+    vol = flow.volume()
+    staging = flow.root / "staging"
+    staging.mkdir()
+    ctx = flow.c.ControllerPublishVolume(
+        csi.ControllerPublishVolumeRequest(volume_id=vol.volume_id, node_id=flow.node_id, volume_capability=mount_cap()), timeout=TIMEOUT
+    ).publish_context
+    flow.undo.append(("controller-unpublish", vol.volume_id, ""))
+    bad = csi.NodeStageVolumeRequest(
+        volume_id=vol.volume_id, staging_target_path=str(staging), volume_capability=mount_cap(), publish_context=ctx, volume_context={"fsType": "btrfs"}
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        flow.n.NodeStageVolume(bad, timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert loops_backing(stack.pool_dir("shared")) == [] and mounts_at(staging) == 0
+    # The same volume stages fine with a supported type, and unstages.
+    flow.n.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(staging), volume_capability=mount_cap(), publish_context=ctx), timeout=TIMEOUT)
+    flow.n.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(staging)), timeout=TIMEOUT)
+
+
+@needs_root
+def test_staging_on_a_pool_directory_or_above_it_is_refused(flow: Flow, stack: Stack) -> None:
+    vol = flow.volume()
+    for path in (stack.pool_dir("shared"), stack.pool_dir("shared").parent):
+        req = csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(path), volume_capability=mount_cap())
+        with pytest.raises(grpc.RpcError) as info:
+            flow.n.NodeStageVolume(req, timeout=TIMEOUT)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path  # type: ignore[attr-defined]
+    assert mounts_at(stack.pool_dir("shared")) == 0
+
+
+@needs_root
+def test_a_target_the_co_made_is_left_after_unpublish_and_one_the_driver_made_is_removed(flow: Flow) -> None:
+    vol = flow.volume()
+    made_by_driver = flow.mount(vol, "driver")  # Flow.mount does not create the target.
+    flow.unmount(vol)
+    assert not made_by_driver.exists()
+
+    made_by_co = flow.root / "co-pod" / "vol"
+    made_by_co.parent.mkdir()
+    made_by_co.mkdir()  # as the kubelet does before NodePublishVolume
+    staging = flow.root / "co-staging"
+    staging.mkdir()
+    ctx = flow.c.ControllerPublishVolume(
+        csi.ControllerPublishVolumeRequest(volume_id=vol.volume_id, node_id=flow.node_id, volume_capability=mount_cap()), timeout=TIMEOUT
+    ).publish_context
+    flow.undo.append(("controller-unpublish", vol.volume_id, ""))
+    flow.n.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(staging), volume_capability=mount_cap(), publish_context=ctx), timeout=TIMEOUT)
+    flow.undo.append(("unstage", vol.volume_id, str(staging)))
+    publish = csi.NodePublishVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(staging), target_path=str(made_by_co), volume_capability=mount_cap())
+    flow.n.NodePublishVolume(publish, timeout=TIMEOUT)
+    assert mounts_at(made_by_co) == 1
+    flow.n.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=str(made_by_co)), timeout=TIMEOUT)
+    assert made_by_co.is_dir() and mounts_at(made_by_co) == 0

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import grpc
 import nats
+import pytest
 import redis
 
 from services.nodeagent.domain.events import VolumeStaging
@@ -162,6 +165,72 @@ def test_flushed_redis_rebuilt_from_the_log_is_identical(tmp_path: Path) -> None
         out = subprocess.run([sys.executable, "-m", "services.rebuild"], env=s.env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert _dump(s.env["REDIS_URL"]) == before
+    finally:
+        c.close()
+        s.stop()
+
+
+def test_projections_catch_up_after_redis_comes_back(tmp_path: Path) -> None:
+    s = _stack(tmp_path / "run")
+    c = Csi(s.csi_endpoint)
+    try:
+        assert s.redis is not None
+        s.redis.stop()
+        # Commands need the log, not Redis: a create goes through while Redis is down.
+        vol = c.controller.CreateVolume(csi.CreateVolumeRequest(name="during-outage", volume_capabilities=[CAP]), timeout=30).volume
+        s.redis.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ids = [e.volume.volume_id for e in c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=10).entries]
+                if vol.volume_id in ids:
+                    break
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, "the volumes projection never caught up after Redis returned"
+            time.sleep(0.5)
+        c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id), timeout=30)
+    finally:
+        c.close()
+        s.stop()
+
+
+def test_restore_into_another_pool_works_after_the_provisioner_restarts(tmp_path: Path) -> None:
+    s = _stack(tmp_path / "run")
+    c = Csi(s.csi_endpoint)
+    try:
+        src = c.controller.CreateVolume(csi.CreateVolumeRequest(name="src", volume_capabilities=[CAP]), timeout=30).volume  # shared pool
+        with open(s.pool_dir("shared") / f"{src.volume_id}.img", "r+b") as f:
+            f.write(b"from the shared pool")
+        snap = c.controller.CreateSnapshot(csi.CreateSnapshotRequest(name="snap", source_volume_id=src.volume_id), timeout=30).snapshot
+        s.restart_service("provisioner")  # its caches are empty now
+        local = csi.TopologyRequirement(requisite=[csi.Topology(segments={"topology.csi.volplane.io/node": "node-a"})])
+        source = csi.VolumeContentSource(snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=snap.snapshot_id))
+        restored = c.controller.CreateVolume(
+            csi.CreateVolumeRequest(name="restored", volume_capabilities=[CAP], accessibility_requirements=local, volume_content_source=source), timeout=30
+        ).volume
+        assert restored.volume_context["pool"] == "node-a"
+        with open(s.pool_dir("node-a") / f"{restored.volume_id}.img", "rb") as f:
+            assert f.read(20) == b"from the shared pool"
+    finally:
+        c.close()
+        s.stop()
+
+
+def test_a_failed_expansion_rolls_back_and_leaves_the_volume_deletable(tmp_path: Path) -> None:
+    s = _stack(tmp_path / "run")
+    c = Csi(s.csi_endpoint)
+    try:
+        vol = c.controller.CreateVolume(csi.CreateVolumeRequest(name="grow-me", volume_capabilities=[CAP]), timeout=30).volume
+        image = s.pool_dir("shared") / f"{vol.volume_id}.img"
+        image.unlink()  # the pool lost the image
+        grow = csi.ControllerExpandVolumeRequest(volume_id=vol.volume_id, capacity_range=csi.CapacityRange(required_bytes=2 * vol.capacity_bytes))
+        with pytest.raises(grpc.RpcError):
+            c.controller.ControllerExpandVolume(grow, timeout=30)
+        listed = {e.volume.volume_id: e.volume.capacity_bytes for e in c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=30).entries}
+        assert listed[vol.volume_id] == vol.capacity_bytes
+        c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id), timeout=30)
+        assert vol.volume_id not in [e.volume.volume_id for e in c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=30).entries]
     finally:
         c.close()
         s.stop()

@@ -60,6 +60,8 @@ class VolumePublishing(Event):
     target_path: str
     readonly: bool
     mount_flags: tuple[str, ...] = ()
+    # The target existed before we published (the CO made it): unpublishing leaves it.
+    keep_target: bool = False
 
 
 class VolumePublished(Event):

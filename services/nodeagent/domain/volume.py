@@ -53,6 +53,7 @@ class Publication(Frozen):
     target_path: str
     readonly: bool
     phase: PublishPhase
+    keep_target: bool = False
 
 
 class NodeVolumeState(Frozen):
@@ -134,7 +135,7 @@ def decide_unstage(state: NodeVolumeState | None, staging_path: str) -> VolumeUn
     return VolumeUnstaging(volume_id=state.volume_id)
 
 
-def decide_publish(state: NodeVolumeState | None, cmd: PublishVolume) -> VolumePublishing | None:
+def decide_publish(state: NodeVolumeState | None, cmd: PublishVolume, target_exists: bool = False) -> VolumePublishing | None:
     if state is None or state.stage_phase != "staged" or state.staging_path != cmd.staging_path:
         raise FailedPrecondition(f"volume {cmd.volume_id} is not staged at {cmd.staging_path}")
     access = cmd.capability.access_type
@@ -146,7 +147,9 @@ def decide_publish(state: NodeVolumeState | None, cmd: PublishVolume) -> VolumeP
         writers = [p.target_path for p in state.publications if not p.readonly]
         if cmd.capability.access_mode == SINGLE_NODE_SINGLE_WRITER and not readonly and writers:
             raise FailedPrecondition(f"volume {cmd.volume_id} is SINGLE_NODE_SINGLE_WRITER and already writable at {writers[0]}")
-        return VolumePublishing(volume_id=cmd.volume_id, target_path=cmd.target_path, readonly=readonly, mount_flags=cmd.capability.mount_flags)
+        return VolumePublishing(
+            volume_id=cmd.volume_id, target_path=cmd.target_path, readonly=readonly, mount_flags=cmd.capability.mount_flags, keep_target=target_exists
+        )
     if access != state.access_type:
         raise AlreadyExists(f"volume {cmd.volume_id} is published at {cmd.target_path} as a {state.access_type} volume")
     if existing.readonly != readonly:
@@ -225,7 +228,7 @@ def evolve(state: NodeVolumeState | None, event: NodeVolumeEvent, seq: int) -> N
         case VolumeUnstaging():
             s = s.model_copy(update={"stage_phase": "unstaging"})
         case VolumePublishing():
-            pub = Publication(target_path=event.target_path, readonly=event.readonly, phase="publishing")
+            pub = Publication(target_path=event.target_path, readonly=event.readonly, phase="publishing", keep_target=event.keep_target)
             s = s.model_copy(update={"publications": _without(s, event.target_path) + (pub,)})
         case VolumePublished() | VolumeUnpublishing():
             phase: PublishPhase = "published" if isinstance(event, VolumePublished) else "unpublishing"

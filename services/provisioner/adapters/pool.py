@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +74,13 @@ class ImagePool:
         await _sparse_copy(self.path_for(source_volume_id), target, self.name)
         return target
 
+    def sweep(self) -> int:
+        """Remove copies a crash left half-written (``*.tmp``); returns how many."""
+        stale = [*self.directory.glob("*.tmp"), *self.directory.glob("snapshots/*.tmp")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
     def delete(self, volume_id: str) -> None:
         self._unlink(self.path_for(volume_id))
 
@@ -99,8 +107,11 @@ class ImagePool:
 
 
 async def _sparse_copy(source: Path, target: Path, pool: str) -> None:
-    """Copy only the data extents of ``source`` (holes stay holes), atomically by rename."""
-    tmp = target.with_suffix(".tmp")
+    """Copy only the data extents of ``source`` (holes stay holes), atomically by rename.
+
+    Each attempt writes its own temporary file, so two writers finishing the same intent
+    (replicas, or a retry racing recovery) never rename each other's work away."""
+    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.tmp")
 
     def copy() -> None:
         with open(source, "rb") as src, open(tmp, "wb") as dst:
