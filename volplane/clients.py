@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import nats
@@ -19,13 +20,17 @@ __all__ = ["connect_nats", "connect_redis", "check_redis"]
 
 log = logging.getLogger(__name__)
 
+FIRST_CONNECT_TIMEOUT = 15.0
+
 
 async def connect_nats(cfg: Config, name: str) -> NATS:
     url = _redact(cfg.nats_url)
+    errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
         # One line, no traceback: while NATS is away this fires on every reconnect attempt.
-        log.warning("NATS %s: %s", url, exc or type(exc).__name__)
+        errors.append(str(exc) or type(exc).__name__)
+        log.warning("NATS %s: %s", url, errors[-1])
 
     async def on_disconnect() -> None:
         log.warning("disconnected from NATS %s, reconnecting", url)
@@ -33,21 +38,26 @@ async def connect_nats(cfg: Config, name: str) -> NATS:
     async def on_reconnect() -> None:
         log.info("reconnected to NATS %s", url)
 
+    connect = nats.connect(
+        cfg.nats_url,
+        name=name,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        connect_timeout=5,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+        pending_size=64 * 2**20,
+    )
     try:
-        return await nats.connect(
-            cfg.nats_url,
-            name=name,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            connect_timeout=5,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            allow_reconnect=True,
-            pending_size=64 * 2**20,
-        )
+        # Reconnects are unlimited once connected; the first connection is not, so that
+        # wrong credentials or a wrong URL stop the service with the reason, not a hang.
+        return await asyncio.wait_for(connect, FIRST_CONNECT_TIMEOUT)
+    except TimeoutError as exc:
+        raise Unavailable(f"cannot connect to NATS at {url}: {errors[-1] if errors else 'no answer'}") from exc
     except Exception as exc:  # nats-py raises several unrelated types here.
-        raise Unavailable(f"cannot connect to NATS at {_redact(cfg.nats_url)}: {exc}") from exc
+        raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from exc
 
 
 def connect_redis(cfg: Config) -> aioredis.Redis:

@@ -58,6 +58,7 @@ class Config:
     require_attachment: bool = True
     csi_endpoint: str = "unix://run/csi.sock"
     csi_tcp: str = ""
+    csi_socket_group: str = ""  # group allowed on the CSI socket (0660); empty: root only (0600)
     log_level: str = "INFO"
     # Staging and target paths must lie below one of these (Kubernetes: /var/lib/kubelet).
     path_roots: tuple[Path, ...] = (Path("/"),)
@@ -88,6 +89,7 @@ class Config:
             require_attachment=e.get("VOLPLANE_REQUIRE_ATTACHMENT", "1") != "0",
             csi_endpoint=e.get("VOLPLANE_CSI_ENDPOINT", f"unix://{run_dir / 'csi.sock'}"),
             csi_tcp=e.get("VOLPLANE_CSI_TCP", ""),
+            csi_socket_group=e.get("VOLPLANE_CSI_SOCKET_GROUP", ""),
             log_level=e.get("VOLPLANE_LOG_LEVEL", "INFO"),
             path_roots=tuple(Path(p) for p in e.get("VOLPLANE_PATH_ROOTS", "/").split(":") if p),
         )

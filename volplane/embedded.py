@@ -7,6 +7,7 @@ loopback ports, with their data in a directory of ours.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -15,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from volplane.credentials import ADMIN, Credentials
 
 __all__ = ["EmbeddedServer", "free_port", "with_parent"]
 
@@ -57,14 +60,21 @@ class EmbeddedServer:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
-    def nats(cls, data_dir: Path, port: int | None = None) -> EmbeddedServer:
+    def nats(cls, data_dir: Path, port: int | None = None, creds: Credentials | None = None) -> EmbeddedServer:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir)]
-        return cls("nats-server", argv, port, f"nats://127.0.0.1:{port}", data_dir / "nats-server.log")
+        if creds is None:
+            argv = [_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(data_dir)]
+            return cls("nats-server", argv, port, f"nats://127.0.0.1:{port}", data_dir / "nats-server.log")
+        conf = data_dir / "nats.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(creds.nats_config(port, data_dir))
+        argv = [_binary("nats-server"), "-c", str(conf)]
+        return cls("nats-server", argv, port, creds.nats_url(ADMIN, port), data_dir / "nats-server.log")
 
     @classmethod
-    def redis(cls, data_dir: Path, port: int | None = None) -> EmbeddedServer:
+    def redis(cls, data_dir: Path, port: int | None = None, creds: Credentials | None = None) -> EmbeddedServer:
         port = port or free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -81,7 +91,13 @@ class EmbeddedServer:
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
             "--protected-mode", "yes", "--daemonize", "no",
         ]
-        return cls("redis-server", argv, port, f"redis://127.0.0.1:{port}/0", data_dir / "redis-server.log")
+        if creds is None:
+            return cls("redis-server", argv, port, f"redis://127.0.0.1:{port}/0", data_dir / "redis-server.log")
+        acl = data_dir / "users.acl"
+        fd = os.open(acl, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(creds.redis_acl())
+        return cls("redis-server", [*argv, "--aclfile", str(acl)], port, creds.redis_url(port), data_dir / "redis-server.log")
 
     def start(self, timeout: float = 20.0) -> None:
         log = open(self.log_path, "ab")

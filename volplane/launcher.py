@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from volplane import subjects
+from volplane.credentials import Credentials
 from volplane.embedded import EmbeddedServer, free_port, with_parent
 
 __all__ = ["Stack", "main"]
@@ -44,6 +45,7 @@ class Stack:
     redis: EmbeddedServer | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # process name → host:port of /metrics
+    creds: Credentials | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir.absolute()
@@ -83,10 +85,14 @@ class Stack:
 
     def start_servers(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        # Our own servers get our own credentials (run/credentials.json, 0600): a user per
+        # service with only the subjects it needs, and a Redis ACL user.
+        embedded = "NATS_URL" not in self.env or "REDIS_URL" not in self.env
+        self.creds = Credentials.load_or_create(self.run_dir) if embedded else None
         if "NATS_URL" not in self.env:
-            self.nats = EmbeddedServer.nats(self.run_dir / "nats")
+            self.nats = EmbeddedServer.nats(self.run_dir / "nats", creds=self.creds)
         if "REDIS_URL" not in self.env:
-            self.redis = EmbeddedServer.redis(self.run_dir / "redis")
+            self.redis = EmbeddedServer.redis(self.run_dir / "redis", creds=self.creds)
         for server in (self.nats, self.redis):
             if server is not None:
                 server.start()
@@ -105,6 +111,8 @@ class Stack:
         kind, node = self._process(name)
         self.metrics.setdefault(name, f"127.0.0.1:{free_port()}")
         env = dict(self.env, VOLPLANE_NODE_ID=node, VOLPLANE_METRICS_ADDR=self.metrics[name])
+        if self.nats is not None and self.creds is not None:
+            env["NATS_URL"] = self.creds.nats_url(kind, self.nats.port)  # this service's own user
         if node != self.node_id:
             env["VOLPLANE_CSI_ENDPOINT"] = self.endpoint_of(node)
             env["VOLPLANE_APIGW_MODE"] = "node"

@@ -6,6 +6,7 @@ optionally TCP.
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 from pathlib import Path
@@ -41,17 +42,25 @@ async def serve(cfg: Config, nc: NATS) -> grpc.aio.Server:
     if socket_path is not None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)  # A stale socket from a killed run.
-        server.add_insecure_port(f"unix://{socket_path}")
-    else:
-        server.add_insecure_port(cfg.csi_endpoint)
-    if cfg.csi_tcp:
-        server.add_insecure_port(cfg.csi_tcp)
-    # The socket is created by start(): a tight umask makes it 0600 from birth.
+    # grpc binds when the port is added: a tight umask makes the socket 0600 from birth,
+    # and the chmod below states it whatever grpc does.
     old = os.umask(0o177)
     try:
+        if socket_path is not None:
+            server.add_insecure_port(f"unix://{socket_path}")
+        else:
+            server.add_insecure_port(cfg.csi_endpoint)
+        if cfg.csi_tcp:
+            server.add_insecure_port(cfg.csi_tcp)
         await server.start()
     finally:
         os.umask(old)
+    if socket_path is not None:
+        os.chmod(socket_path, 0o600)
+        if cfg.csi_socket_group:
+            # A group may be let in (e.g. the sidecars' user): 0660, owned by that group.
+            os.chown(socket_path, -1, grp.getgrnam(cfg.csi_socket_group).gr_gid)
+            os.chmod(socket_path, 0o660)
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
     if controller:
         await checker.set("csi.v1.Controller", health_pb2.HealthCheckResponse.SERVING)

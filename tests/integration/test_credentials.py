@@ -1,0 +1,71 @@
+"""The embedded default runs with credentials: a NATS user per service limited to its
+subjects, a Redis ACL user limited to volplane's keys, secrets kept in files only root can
+read, and a service with wrong credentials stops at once with a readable message."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+import redis
+
+from volplane.credentials import Credentials
+from volplane.launcher import Stack
+
+
+def test_secret_files_and_the_csi_socket_are_for_root_only(stack: Stack) -> None:
+    for path in (stack.run_dir / "credentials.json", stack.run_dir / "nats" / "nats.conf", stack.run_dir / "redis" / "users.acl"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    sock = Path(stack.csi_endpoint.removeprefix("unix://"))
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+
+def test_a_service_user_may_not_write_another_services_events(stack: Stack) -> None:
+    creds = Credentials.load_or_create(stack.run_dir)
+    assert stack.nats is not None
+
+    async def publish_as(user: str, subject: str) -> bool:
+        nc = await nats.connect(creds.nats_url(user, stack.nats.port))  # type: ignore[union-attr]
+        try:
+            await nc.jetstream(timeout=2).publish(subject, b"\x80")
+            return True
+        except Exception:  # noqa: BLE001 - a refusal, whatever nats-py calls it
+            return False
+        finally:
+            await nc.close()
+
+    # The gateway only sends commands; a nodeagent owns node events, not volumes.
+    assert asyncio.run(publish_as("apigw", "vp.ev.volume.ffffffffffffffffffffffffffffffff")) is False
+    assert asyncio.run(publish_as("nodeagent", "vp.ev.volume.ffffffffffffffffffffffffffffffff")) is False
+    assert asyncio.run(publish_as("nodeagent", "vp.ev.nodeinfo.probe-node")) is True
+
+
+def test_redis_refuses_strangers_and_keys_outside_volplanes(stack: Stack) -> None:
+    assert stack.redis is not None
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=stack.redis.port).ping()
+    ours = redis.Redis.from_url(stack.env["REDIS_URL"])
+    assert ours.ping()
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        ours.set("not-volplanes", "x")
+
+
+def test_a_service_with_wrong_credentials_stops_with_a_clear_message(stack: Stack) -> None:
+    assert stack.nats is not None
+    env = dict(stack.env, NATS_URL=f"nats://provisioner:wrong@127.0.0.1:{stack.nats.port}", VOLPLANE_METRICS_ADDR="")
+    out = subprocess.run([sys.executable, "-m", "services.provisioner"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "cannot connect to NATS at nats://***@127.0.0.1" in out.stderr
+    assert "wrong" not in out.stderr  # the password is never logged
+
+
+def test_credentials_survive_a_restart_of_the_stack(tmp_path: Path) -> None:
+    first = Credentials.load_or_create(tmp_path)
+    assert Credentials.load_or_create(tmp_path) == first
+    assert os.stat(tmp_path / "credentials.json").st_mode & 0o077 == 0
