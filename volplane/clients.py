@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from volplane.config import Config
 from volplane.errors import Unavailable
 
-__all__ = ["connect_nats", "connect_redis", "check_redis"]
+__all__ = ["connect_nats", "connect_redis", "check_redis", "redact"]
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ FIRST_CONNECT_TIMEOUT = 15.0
 
 
 async def connect_nats(cfg: Config, name: str) -> NATS:
-    url = _redact(cfg.nats_url)
+    url = redact(cfg.nats_url)
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
@@ -68,10 +68,10 @@ async def check_redis(r: aioredis.Redis, cfg: Config) -> None:
     try:
         await r.ping()
     except Exception as exc:
-        raise Unavailable(f"cannot reach Redis at {_redact(cfg.redis_url)}: {exc}") from exc
+        raise Unavailable(f"cannot reach Redis at {redact(cfg.redis_url)}: {exc}") from exc
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Keep credentials out of messages and logs."""
     if "@" not in url:
         return url

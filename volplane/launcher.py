@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from volplane import subjects
+from volplane.clients import redact
 from volplane.credentials import Credentials
 from volplane.embedded import EmbeddedServer, free_port, with_parent
 
@@ -212,7 +213,8 @@ def main() -> None:
         print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  node id:      {stack.node_id}")
         for node in stack.node_ids[1:]:
             print(f"  node {node}: {stack.endpoint_of(node)} (Identity and Node services)")
-        print(f"  NATS:         {stack.env['NATS_URL']}\n  Redis:        {stack.env['REDIS_URL']}")
+        secret = " (credentials in run/credentials.json)" if stack.creds else ""
+        print(f"  NATS:         {redact(stack.env['NATS_URL'])}{secret}\n  Redis:        {redact(stack.env['REDIS_URL'])}")
         print(f"  logs:         {stack.run_dir / 'logs'}")
         print("  metrics:      " + ", ".join(f"{n} http://{a}/metrics" for n, a in stack.metrics.items()))
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
