@@ -56,3 +56,8 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# Hypothesis fuzzing of every CSI RPC against a real stack (root); prints (RPC, status) → count.
+.PHONY: fuzz
+fuzz: install proto
+	VOLPLANE_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q tests/fuzz
