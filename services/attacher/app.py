@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 
-from volplane import codec, subjects
+from volplane import subjects
 from volplane.commands import Attachments, ControllerPublish, ControllerUnpublish, Done, GetAttachments, PublishContext
 from volplane.errors import Aborted, ConcurrencyConflict, InvalidArgument, NotFound
 from volplane.eventstore import EventStore
@@ -28,7 +28,6 @@ from volplane.projection import ProjectionRunner
 from .adapters.projection import attachment_key, node_key
 from .adapters.volumes import Volumes
 from .domain.attachment import AttachmentState, decide_publish, decide_unpublish, evolve
-from .domain.events import ATTACHMENT_EVENTS
 
 __all__ = ["AttacherApp"]
 
@@ -165,11 +164,15 @@ class AttacherApp:
         return await self._runner.get(attachment_key(vid))
 
     async def _reload(self, vid: str) -> AttachmentState | None:
-        """The aggregate from the log itself, after losing a race to another writer."""
-        state: AttachmentState | None = None
-        for record in await self._store.read(subjects.attachment(vid)):
-            state = evolve(state, codec.decode(ATTACHMENT_EVENTS, record.data), record.seq)
-        return state
+        """The aggregate as of the log's newest event for it: one direct read of the log,
+        then the read model once it has applied that event (a volume on no node has no
+        key, but its history still fixes the version the next append must name)."""
+        last = await self._store.last(subjects.attachment(vid))
+        if last is None:
+            return None
+        await self._runner.wait_for(last.seq)
+        state = await self._runner.get(attachment_key(vid))
+        return state if state is not None else AttachmentState(volume_id=vid, attachments=(), version=last.seq)
 
 
 def _require(**fields: str) -> None:

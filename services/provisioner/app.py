@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from volplane import codec, subjects
+from volplane import subjects
 from volplane.commands import (
     CapacityInfo,
     CreateVolume,
@@ -40,7 +40,7 @@ from volplane.projection import ProjectionRunner
 
 from .adapters.projection import INFLIGHT, VOLS, snapshot_key, volume_key
 from .capacity import Capacity
-from .domain.events import VOLUME_EVENTS, VolumeCreated, VolumeCreateFailed, VolumeDeleted, VolumeExpanded, VolumeExpandFailed
+from .domain.events import VolumeCreated, VolumeCreateFailed, VolumeDeleted, VolumeExpanded, VolumeExpandFailed
 from .domain.placement import candidates, choose_pool
 from .domain.snapshot import SnapshotState
 from .domain.volume import (
@@ -349,11 +349,20 @@ class ProvisionerApp:
         return await self._runner.get(volume_key(vid))
 
     async def _reload(self, vid: str) -> VolumeState | None:
-        """The aggregate from the log itself, after losing a race to another writer."""
-        state: VolumeState | None = None
-        for record in await self._store.read(subjects.volume(vid)):
-            state = evolve(state, codec.decode(VOLUME_EVENTS, record.data), record.seq)
-        return state
+        """The aggregate as of the log's newest event for it, after losing a race: one
+        direct read of the log, then the read model once it has applied that event. A
+        deleted volume has no key, so it comes back as a tombstone carrying the version
+        the next incarnation's first append must name."""
+        last = await self._store.last(subjects.volume(vid))
+        if last is None:
+            return None
+        await self._runner.wait_for(last.seq)
+        state = await self._load(vid)
+        if state is not None:
+            return state
+        return VolumeState(
+            volume_id=vid, name="", pool="", capacity_bytes=0, capabilities=(), parameters={}, phase="deleted", version=last.seq, created_at=0
+        )
 
     def _info(self, state: VolumeState, check: bool = False) -> VolumeInfo:
         pool = next((p for p in self._capacity.views() if p.name == state.pool), None)

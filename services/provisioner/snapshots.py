@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from volplane import codec, subjects
+from volplane import subjects
 from volplane.commands import CreateSnapshot, DeleteSnapshot, Done, ListSnapshots, SnapshotInfo, SnapshotPage
 from volplane.errors import Aborted, ConcurrencyConflict, InvalidArgument, VolplaneError
 from volplane.eventstore import EventStore
@@ -18,7 +18,7 @@ from volplane.projection import ProjectionRunner
 
 from .adapters.pool import Pools
 from .adapters.projection import SNAPS, SNAPS_INFLIGHT, snapshot_key, volume_key
-from .domain.events import SNAPSHOT_EVENTS, SnapshotCreated, SnapshotCreateFailed, SnapshotDeleted
+from .domain.events import SnapshotCreated, SnapshotCreateFailed, SnapshotDeleted
 from .domain.snapshot import SnapshotState, decide_create_snapshot, decide_delete_snapshot, evolve_snapshot, snapshot_id_for
 from .domain.volume import VolumeState
 
@@ -146,10 +146,17 @@ class SnapshotsApp:
         self._runner.note(snapshot_key(state.snapshot_id), None, seq)
 
     async def _reload(self, sid: str) -> SnapshotState | None:
-        state: SnapshotState | None = None
-        for record in await self._store.read(subjects.snapshot(sid)):
-            state = evolve_snapshot(state, codec.decode(SNAPSHOT_EVENTS, record.data), record.seq)
-        return state
+        """As ProvisionerApp._reload: the newest event, then the read model, or a tombstone."""
+        last = await self._store.last(subjects.snapshot(sid))
+        if last is None:
+            return None
+        await self._runner.wait_for(last.seq)
+        state = await self._runner.get(snapshot_key(sid))
+        if state is not None:
+            return state
+        return SnapshotState(
+            snapshot_id=sid, name="", source_volume_id="", pool="", size_bytes=0, parameters={}, phase="deleted", version=last.seq, created_at=0
+        )
 
 
 def _info(state: SnapshotState) -> SnapshotInfo:
