@@ -139,6 +139,25 @@ class ProjectionRunner(Generic[S]):
         await self._ready.wait()
         await self.wait_for_log(target)
 
+    async def rebuild_if_wiped(self) -> bool:
+        """Start over from the beginning of the log if Redis lost this projection.
+
+        Positions only grow, so a stored position behind the one this runner reached means
+        the database was flushed or replaced. Then the runner forgets what it knew and
+        replays the whole log; queries wait meanwhile (they settle on this process's
+        writes, which the replay passes again). Returns whether it had to.
+        """
+        raw = await self._retry(lambda: self._redis.get(self._pos_key))
+        if int(raw or 0) >= self.position:
+            return False
+        log.warning("projection %s: Redis lost it (at %s, was %d); replaying the log", self.projection.name, raw, self.position)
+        await self.stop()
+        self._cache.clear()
+        self._overlay.clear()
+        self._ready = asyncio.Event()
+        await self.start()
+        return True
+
     async def stop(self) -> None:
         # Cancelled again until it ends: a client library that swallows one cancellation
         # (seen in a Redis call) must not leave the runner, and its caller, waiting forever.

@@ -62,8 +62,10 @@ class Runtime:
         self.runners.append(runner)
         return runner
 
-    def sample(self) -> None:
+    async def sample(self) -> None:
+        """Every few seconds: notice a Redis that lost its projections, refresh gauges."""
         for runner in self.runners:
+            await runner.rebuild_if_wiped()
             PROJECTION_LAG.labels(self.name, runner.projection.name).set(runner.lag)
         for sampler in self.samplers:
             sampler()
@@ -110,7 +112,10 @@ async def _serve(name: str, cfg: Config, setup: Setup, per_node: bool) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     while not stop.is_set():
-        rt.sample()
+        try:
+            await rt.sample()
+        except Exception:  # noqa: BLE001 - sampling must never stop the service.
+            log.exception("sampling failed")
         try:
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
         except TimeoutError:

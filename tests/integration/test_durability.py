@@ -234,3 +234,24 @@ def test_a_failed_expansion_rolls_back_and_leaves_the_volume_deletable(tmp_path:
     finally:
         c.close()
         s.stop()
+
+
+def test_redis_wiped_while_running_is_noticed_and_rebuilt_to_the_same_state(tmp_path: Path) -> None:
+    s = _stack(tmp_path / "run")
+    c = Csi(s.csi_endpoint)
+    try:
+        ids = [c.controller.CreateVolume(csi.CreateVolumeRequest(name=f"wiped-{i}", volume_capabilities=[CAP]), timeout=30).volume.volume_id for i in range(4)]
+        c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=ids[0]), timeout=30)
+        c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=30)  # settles the projection
+        time.sleep(1)
+        before = _dump(s.env["REDIS_URL"])
+        redis.Redis.from_url(s.env["REDIS_URL"]).flushdb()
+        deadline = time.monotonic() + 30
+        while _dump(s.env["REDIS_URL"]) != before:
+            assert time.monotonic() < deadline, "the services did not rebuild what Redis lost"
+            time.sleep(0.5)
+        listed = sorted(e.volume.volume_id for e in c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=30).entries)
+        assert listed == sorted(ids[1:])
+    finally:
+        c.close()
+        s.stop()

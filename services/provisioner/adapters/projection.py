@@ -48,6 +48,7 @@ class VolumesProjection:
         self.count: dict[str, int] = {}
 
     def restore(self, totals: dict[bytes, bytes]) -> None:
+        self.used, self.count = {}, {}
         for raw, value in totals.items():
             field = raw.decode()
             if field.endswith(_COUNT):
