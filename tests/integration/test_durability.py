@@ -7,6 +7,8 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -32,6 +34,18 @@ def _stack(run_dir: Path) -> Stack:
     s = Stack(run_dir, env={"VOLPLANE_POOL_CAPACITY": "16Gi", "VOLPLANE_NODE_ID": "node-a"})
     s.start()
     return s
+
+
+@contextmanager
+def _running(run_dir: Path) -> Iterator[tuple[Stack, Csi]]:
+    """A whole stack and a CSI client on it, both gone when the block ends."""
+    s = _stack(run_dir)
+    c = Csi(s.csi_endpoint)
+    try:
+        yield s, c
+    finally:
+        c.close()
+        s.stop()
 
 
 def _append(stack: Stack, subject: str, event: object) -> None:
@@ -117,9 +131,7 @@ def test_create_intent_left_by_a_crash_is_finished_when_the_provisioner_starts(t
 def test_stage_intent_left_by_a_crash_is_finished_when_the_nodeagent_starts(tmp_path: Path) -> None:
     stage = tmp_path / "stage"
     stage.mkdir()
-    s = _stack(tmp_path / "run")
-    c = Csi(s.csi_endpoint)
-    try:
+    with _running(tmp_path / "run") as (s, c):
         vol = c.controller.CreateVolume(csi.CreateVolumeRequest(name="half-staged", volume_capabilities=[CAP])).volume
         s.stop_service("nodeagent")
         _append(s, subjects.node_volume("node-a", vol.volume_id), VolumeStaging(volume_id=vol.volume_id, staging_path=str(stage), fs_type="ext4"))
@@ -130,9 +142,6 @@ def test_stage_intent_left_by_a_crash_is_finished_when_the_nodeagent_starts(tmp_
         assert mounts_under(tmp_path) == []
         assert loops_backing(tmp_path / "run" / "pools") == []
         c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id))
-    finally:
-        c.close()
-        s.stop()
         subprocess.run(["umount", "-R", str(stage)], capture_output=True)
 
 
@@ -150,9 +159,7 @@ def _dump(url: str) -> dict[str, object]:
 
 
 def test_flushed_redis_rebuilt_from_the_log_is_identical(tmp_path: Path) -> None:
-    s = _stack(tmp_path / "run")
-    c = Csi(s.csi_endpoint)
-    try:
+    with _running(tmp_path / "run") as (s, c):
         ids = [c.controller.CreateVolume(csi.CreateVolumeRequest(name=f"keep-{i}", volume_capabilities=[CAP])).volume.volume_id for i in range(5)]
         for vid in ids[:2]:
             c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid))
@@ -165,15 +172,10 @@ def test_flushed_redis_rebuilt_from_the_log_is_identical(tmp_path: Path) -> None
         out = subprocess.run([sys.executable, "-m", "services.rebuild"], env=s.env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert _dump(s.env["REDIS_URL"]) == before
-    finally:
-        c.close()
-        s.stop()
 
 
 def test_projections_catch_up_after_redis_comes_back(tmp_path: Path) -> None:
-    s = _stack(tmp_path / "run")
-    c = Csi(s.csi_endpoint)
-    try:
+    with _running(tmp_path / "run") as (s, c):
         assert s.redis is not None
         s.redis.stop()
         # Commands need the log, not Redis: a create goes through while Redis is down.
@@ -190,15 +192,10 @@ def test_projections_catch_up_after_redis_comes_back(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the volumes projection never caught up after Redis returned"
             time.sleep(0.5)
         c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id), timeout=30)
-    finally:
-        c.close()
-        s.stop()
 
 
 def test_restore_into_another_pool_works_after_the_provisioner_restarts(tmp_path: Path) -> None:
-    s = _stack(tmp_path / "run")
-    c = Csi(s.csi_endpoint)
-    try:
+    with _running(tmp_path / "run") as (s, c):
         src = c.controller.CreateVolume(csi.CreateVolumeRequest(name="src", volume_capabilities=[CAP]), timeout=30).volume  # shared pool
         with open(s.pool_dir("shared") / f"{src.volume_id}.img", "r+b") as f:
             f.write(b"from the shared pool")
@@ -212,15 +209,10 @@ def test_restore_into_another_pool_works_after_the_provisioner_restarts(tmp_path
         assert restored.volume_context["pool"] == "node-a"
         with open(s.pool_dir("node-a") / f"{restored.volume_id}.img", "rb") as f:
             assert f.read(20) == b"from the shared pool"
-    finally:
-        c.close()
-        s.stop()
 
 
 def test_a_failed_expansion_rolls_back_and_leaves_the_volume_deletable(tmp_path: Path) -> None:
-    s = _stack(tmp_path / "run")
-    c = Csi(s.csi_endpoint)
-    try:
+    with _running(tmp_path / "run") as (s, c):
         vol = c.controller.CreateVolume(csi.CreateVolumeRequest(name="grow-me", volume_capabilities=[CAP]), timeout=30).volume
         image = s.pool_dir("shared") / f"{vol.volume_id}.img"
         image.unlink()  # the pool lost the image
@@ -231,15 +223,10 @@ def test_a_failed_expansion_rolls_back_and_leaves_the_volume_deletable(tmp_path:
         assert listed[vol.volume_id] == vol.capacity_bytes
         c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id), timeout=30)
         assert vol.volume_id not in [e.volume.volume_id for e in c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=30).entries]
-    finally:
-        c.close()
-        s.stop()
 
 
 def test_redis_wiped_while_running_is_noticed_and_rebuilt_to_the_same_state(tmp_path: Path) -> None:
-    s = _stack(tmp_path / "run")
-    c = Csi(s.csi_endpoint)
-    try:
+    with _running(tmp_path / "run") as (s, c):
         ids = [c.controller.CreateVolume(csi.CreateVolumeRequest(name=f"wiped-{i}", volume_capabilities=[CAP]), timeout=30).volume.volume_id for i in range(4)]
         c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=ids[0]), timeout=30)
         c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=30)  # settles the projection
@@ -252,6 +239,3 @@ def test_redis_wiped_while_running_is_noticed_and_rebuilt_to_the_same_state(tmp_
             time.sleep(0.5)
         listed = sorted(e.volume.volume_id for e in c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=30).entries)
         assert listed == sorted(ids[1:])
-    finally:
-        c.close()
-        s.stop()
