@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 GEN    := volplane/csi
-STUBS  := $(GEN)/csi_pb2.py $(GEN)/csi_pb2_grpc.py
+STUBS  := $(GEN)/csi_pb2.py $(GEN)/csi_pb2_grpc.py $(GEN)/resources_pb2.py $(GEN)/resources_pb2_grpc.py
 
 .PHONY: all install proto run test unit integration bench rebuild clean distclean
 
@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Python stubs for proto/csi.proto; generated, never edited by hand.
-$(STUBS) &: proto/csi.proto $(STAMP)
+# Python stubs for proto/*.proto (CSI and the resource API); generated, never edited by hand.
+$(STUBS) &: proto/csi.proto proto/resources.proto $(STAMP)
 	mkdir -p $(GEN)
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) proto/csi.proto
-	sed -i 's/^import csi_pb2 as csi__pb2/from . import csi_pb2 as csi__pb2/' $(GEN)/csi_pb2_grpc.py
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) proto/csi.proto proto/resources.proto
+	sed -i -E 's/^import (csi|resources)_pb2 as /from . import \1_pb2 as /' $(GEN)/csi_pb2_grpc.py $(GEN)/resources_pb2_grpc.py
 	touch $(GEN)/__init__.py
 
 proto: $(STUBS)

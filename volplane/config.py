@@ -58,6 +58,8 @@ class Config:
     require_attachment: bool = True
     csi_endpoint: str = "unix://run/csi.sock"
     csi_tcp: str = ""
+    # The resource API (volctl's server), served by apigw in "all" mode.
+    api_endpoint: str = "unix://run/api.sock"
     csi_socket_group: str = ""  # group allowed on the CSI socket (0660); empty: root only (0600)
     log_level: str = "INFO"
     # Staging and target paths must lie below one of these (Kubernetes: /var/lib/kubelet).
@@ -89,6 +91,7 @@ class Config:
             require_attachment=e.get("VOLPLANE_REQUIRE_ATTACHMENT", "1") != "0",
             csi_endpoint=e.get("VOLPLANE_CSI_ENDPOINT", f"unix://{run_dir / 'csi.sock'}"),
             csi_tcp=e.get("VOLPLANE_CSI_TCP", ""),
+            api_endpoint=e.get("VOLPLANE_API_ENDPOINT", f"unix://{run_dir / 'api.sock'}"),
             csi_socket_group=e.get("VOLPLANE_CSI_SOCKET_GROUP", ""),
             log_level=e.get("VOLPLANE_LOG_LEVEL", "INFO"),
             path_roots=tuple(Path(p) for p in e.get("VOLPLANE_PATH_ROOTS", "/").split(":") if p),

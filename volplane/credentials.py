@@ -26,19 +26,23 @@ __all__ = ["Credentials", "PERMISSIONS", "USERS"]
 _COMMON_PUB = ["$JS.API.>", "$JS.FC.>", "$JS.ACK.>", "_INBOX.>"]
 _COMMON_SUB = ["_INBOX.>"]
 
+# The standalone control plane's objects and their timelines: every service's controllers
+# (and apigw's resource API) write them.
+_OBJECTS = ["vp.ev.res.>", "vp.ev.rec.>"]
+
 # service → (may publish to, may subscribe to); replies go to inboxes, covered above.
 PERMISSIONS: dict[str, tuple[list[str], list[str]]] = {
-    "apigw": (["vp.cmd.>", "vp.health.>"], []),
+    "apigw": (["vp.cmd.>", "vp.health.>", *_OBJECTS], []),
     "provisioner": (
-        ["vp.ev.volume.>", "vp.ev.snapshot.>", "vp.cmd.attacher.>"],
+        ["vp.ev.volume.>", "vp.ev.snapshot.>", "vp.cmd.attacher.>", *_OBJECTS],
         ["vp.cmd.provisioner.>", "vp.health.provisioner"],
     ),
     "attacher": (
-        ["vp.ev.attachment.>", "vp.cmd.provisioner.get_volume"],
+        ["vp.ev.attachment.>", "vp.cmd.provisioner.get_volume", *_OBJECTS],
         ["vp.cmd.attacher.>", "vp.health.attacher"],
     ),
     "nodeagent": (
-        ["vp.ev.node.>", "vp.ev.nodeinfo.>", "vp.cmd.attacher.attachments"],
+        ["vp.ev.node.>", "vp.ev.nodeinfo.>", "vp.cmd.attacher.attachments", *_OBJECTS],
         ["vp.cmd.node.>", "vp.health.nodeagent.>"],
     ),
 }

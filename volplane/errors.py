@@ -21,6 +21,8 @@ __all__ = [
     "Unavailable",
     "Internal",
     "error_from_wire",
+    "error_from_grpc",
+    "GRPC_CODES",
 ]
 
 
@@ -92,6 +94,32 @@ _BY_NAME: dict[str, type[VolplaneError]] = {
         Internal,
     )
 }
+
+
+# The one table between volplane's errors and gRPC status code names: apigw answers with
+# it, the CSI client (volplane.csiclient) reads a driver's answers back with it.
+GRPC_CODES: dict[type[VolplaneError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    NotFound: "NOT_FOUND",
+    AlreadyExists: "ALREADY_EXISTS",
+    OutOfRange: "OUT_OF_RANGE",
+    ResourceExhausted: "RESOURCE_EXHAUSTED",
+    FailedPrecondition: "FAILED_PRECONDITION",
+    Aborted: "ABORTED",
+    OperationPending: "ABORTED",
+    ConcurrencyConflict: "ABORTED",
+    Unavailable: "UNAVAILABLE",
+    Internal: "INTERNAL",
+}
+_BY_CODE: dict[str, type[VolplaneError]] = {}
+for _cls, _code in GRPC_CODES.items():
+    _BY_CODE.setdefault(_code, _cls)
+_BY_CODE.update({"DEADLINE_EXCEEDED": Unavailable, "CANCELLED": Unavailable, "UNIMPLEMENTED": FailedPrecondition})
+
+
+def error_from_grpc(code: str, message: str) -> VolplaneError:
+    """A driver's gRPC status as our error: ``error_from_grpc("NOT_FOUND", "...")``."""
+    return _BY_CODE.get(code, Internal)(message)
 
 
 def error_from_wire(kind: str, message: str) -> VolplaneError:

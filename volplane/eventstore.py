@@ -62,11 +62,13 @@ class EventStore:
                 allow_direct=True,
             )
 
-    async def append(self, subject: str, event: Event, *, expected: int) -> int:
+    async def append(self, subject: str, event: Event, *, expected: int | None) -> int:
         """Append one event after the aggregate's event number ``expected`` (0: none yet).
 
         Returns the new event's stream sequence. Raises ConcurrencyConflict when
-        another writer appended first.
+        another writer appended first. ``expected=None`` appends without the check (a
+        timeline line that races with nothing); an identical one within the stream's
+        duplicate window is then stored once.
         """
         body = event.model_dump()
         payload = codec.pack(body)
@@ -76,9 +78,10 @@ class EventStore:
         digest = hashlib.blake2b(codec.pack(body), digest_size=12).hexdigest()
         headers = {
             subjects.MSG_ID: f"{subject}:{expected}:{digest}",
-            subjects.EXPECTED_LAST_SUBJECT_SEQ: str(expected),
             subjects.EVENT_TYPE: event.type,  # type: ignore[attr-defined]
         }
+        if expected is not None:
+            headers[subjects.EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
         # Span names carry the aggregate kind, not its id, to keep their cardinality low.
         kind = ".".join(subject.split(".")[:3])
         attributes = {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation.type": "publish", "volplane.event": event.type}  # type: ignore[attr-defined]
@@ -89,7 +92,7 @@ class EventStore:
             s.set_attribute("volplane.stream_seq", ack)
         return ack
 
-    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], expected: int) -> int:
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], expected: int | None) -> int:
         try:
             ack = await self._js.publish(subject, payload, headers=headers, stream=self._stream)
         except nats.js.errors.APIError as exc:

@@ -54,6 +54,7 @@ class Stack:
         base.update(self.env)
         base.setdefault("VOLPLANE_RUN_DIR", str(self.run_dir))
         base.setdefault("VOLPLANE_CSI_ENDPOINT", f"unix://{self.run_dir / 'csi.sock'}")
+        base.setdefault("VOLPLANE_API_ENDPOINT", f"unix://{self.run_dir / 'api.sock'}")
         base.setdefault("VOLPLANE_NODE_ID", "node-1")
         base.setdefault("VOLPLANE_SHARED_POOL_DIR", str(self.run_dir / "pools" / "shared"))
         self.env = base
@@ -66,6 +67,11 @@ class Stack:
     @property
     def csi_endpoint(self) -> str:
         return self.env["VOLPLANE_CSI_ENDPOINT"]
+
+    @property
+    def api_endpoint(self) -> str:
+        """The resource API (volctl's server)."""
+        return self.env["VOLPLANE_API_ENDPOINT"]
 
     @property
     def node_id(self) -> str:
@@ -210,7 +216,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
-        print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  node id:      {stack.node_id}")
+        print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  resource API: {stack.api_endpoint} (volctl)\n  node id:      {stack.node_id}")
         for node in stack.node_ids[1:]:
             print(f"  node {node}: {stack.endpoint_of(node)} (Identity and Node services)")
         secret = " (credentials in run/credentials.json)" if stack.creds else ""

@@ -25,7 +25,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["setup_telemetry", "span", "inject", "extract", "tracer", "SpanKind", "OPERATIONS", "INFLIGHT", "gauge"]
 
@@ -39,6 +39,7 @@ OPERATIONS = Histogram(
 )
 INFLIGHT = Gauge("volplane_inflight_operations", "Operations being handled right now.", ["service"])
 _GAUGES: dict[str, Gauge] = {}
+_COUNTERS: dict[str, Counter] = {}
 
 
 def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
@@ -46,6 +47,13 @@ def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
     if name not in _GAUGES:
         _GAUGES[name] = Gauge(name, doc, list(labels))
     return _GAUGES[name]
+
+
+def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+    """One process-wide counter per name, like ``gauge``."""
+    if name not in _COUNTERS:
+        _COUNTERS[name] = Counter(name, doc, list(labels))
+    return _COUNTERS[name]
 
 
 def tracer() -> trace.Tracer:

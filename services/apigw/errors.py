@@ -16,19 +16,7 @@ from volplane import errors
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[type[errors.VolplaneError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Aborted: grpc.StatusCode.ABORTED,
-    errors.OperationPending: grpc.StatusCode.ABORTED,
-    errors.ConcurrencyConflict: grpc.StatusCode.ABORTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.Internal: grpc.StatusCode.INTERNAL,
-}
+STATUS: dict[type[errors.VolplaneError], grpc.StatusCode] = {cls: grpc.StatusCode[code] for cls, code in errors.GRPC_CODES.items()}
 
 
 def status_of(exc: errors.VolplaneError) -> grpc.StatusCode:

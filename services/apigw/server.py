@@ -17,17 +17,18 @@ from nats.aio.client import Client as NATS
 
 from volplane.bus import Bus
 from volplane.config import Config
-from volplane.csi import csi_pb2_grpc
+from volplane.csi import csi_pb2_grpc, resources_pb2_grpc
 
 from .controller import Controller
 from .identity import Identity
 from .node import Node
+from .resources import Resources
 from .telemetry import TelemetryInterceptor
 
 log = logging.getLogger(__name__)
 
 
-async def serve(cfg: Config, nc: NATS) -> grpc.aio.Server:
+async def serve(cfg: Config, nc: NATS, resources: Resources | None = None) -> grpc.aio.Server:
     bus = Bus(nc, "apigw")
     server = grpc.aio.server(interceptors=[TelemetryInterceptor()], options=[("grpc.so_reuseport", 0)])
     controller = cfg.apigw_mode != "node"
@@ -35,37 +36,41 @@ async def serve(cfg: Config, nc: NATS) -> grpc.aio.Server:
     if controller:
         csi_pb2_grpc.add_ControllerServicer_to_server(Controller(bus), server)
     csi_pb2_grpc.add_NodeServicer_to_server(Node(bus, cfg.node_id, cfg.max_volumes_per_node), server)
+    if resources is not None:
+        resources_pb2_grpc.add_ResourcesServicer_to_server(resources, server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
 
-    socket_path = _unix_path(cfg.csi_endpoint)
-    if socket_path is not None:
-        socket_path.parent.mkdir(parents=True, exist_ok=True)
-        socket_path.unlink(missing_ok=True)  # A stale socket from a killed run.
+    endpoints = [cfg.csi_endpoint] + ([cfg.api_endpoint] if resources is not None else [])
+    sockets = [p for p in map(_unix_path, endpoints) if p is not None]
+    for path in sockets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # A stale socket from a killed run.
     # grpc binds when the port is added: a tight umask makes the socket 0600 from birth,
     # and the chmod below states it whatever grpc does.
     old = os.umask(0o177)
     try:
-        if socket_path is not None:
-            server.add_insecure_port(f"unix://{socket_path}")
-        else:
-            server.add_insecure_port(cfg.csi_endpoint)
+        for endpoint in endpoints:
+            path = _unix_path(endpoint)
+            server.add_insecure_port(f"unix://{path}" if path is not None else endpoint)
         if cfg.csi_tcp:
             server.add_insecure_port(cfg.csi_tcp)
         await server.start()
     finally:
         os.umask(old)
-    if socket_path is not None:
-        os.chmod(socket_path, 0o600)
+    for path in sockets:
+        os.chmod(path, 0o600)
         if cfg.csi_socket_group:
             # A group may be let in (e.g. the sidecars' user): 0660, owned by that group.
-            os.chown(socket_path, -1, grp.getgrnam(cfg.csi_socket_group).gr_gid)
-            os.chmod(socket_path, 0o660)
+            os.chown(path, -1, grp.getgrnam(cfg.csi_socket_group).gr_gid)
+            os.chmod(path, 0o660)
     await checker.set("", health_pb2.HealthCheckResponse.SERVING)
     if controller:
         await checker.set("csi.v1.Controller", health_pb2.HealthCheckResponse.SERVING)
     await checker.set("csi.v1.Node", health_pb2.HealthCheckResponse.SERVING)
     log.info("CSI endpoint %s ready", cfg.csi_endpoint, extra={"node": cfg.node_id})
+    if resources is not None:
+        log.info("resource API %s ready", cfg.api_endpoint)
     return server
 
 

@@ -1,0 +1,126 @@
+"""The resource API: apply, get, list, delete, watch and history of the standalone
+control plane's objects, as JSON over gRPC (proto/resources.proto).
+
+Writes and single reads go to the event log (an object's newest event is the object);
+lists read the Redis projection after it has applied this process's own writes;
+watches follow the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+
+from volplane.csi import resources_pb2 as pb
+from volplane.csi import resources_pb2_grpc
+from volplane.errors import InvalidArgument, NotFound
+from volplane.eventstore import EventStore
+from volplane.projection import ProjectionRunner
+from volplane.resources.kinds import Kind, Ref, ref, ref_of, resolve
+from volplane.resources.projection import index_key, object_key
+from volplane.resources.selectors import LabelSelector, parse_selector
+from volplane.resources.store import ObjectStore, object_of, version_of
+
+from .errors import grpc_errors
+
+__all__ = ["Resources"]
+
+_WATCH_TYPES = {"ObjectCreated": "ADDED", "ObjectChanged": "MODIFIED", "ObjectDeleted": "DELETED"}
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _ref(req: pb.ObjectRef) -> Ref:
+    if not req.name:
+        raise InvalidArgument("name: required")
+    return ref(resolve(req.kind), req.namespace, req.name)
+
+
+class Resources(resources_pb2_grpc.ResourcesServicer):
+    def __init__(self, store: EventStore, redis: aioredis.Redis, runner: ProjectionRunner[Any]) -> None:
+        self._store = store
+        self._redis = redis
+        self._runner = runner
+
+    def _objects(self, manager: str = "") -> ObjectStore:
+        return ObjectStore(self._store, manager or "volctl")
+
+    def _noted(self, obj: dict[str, Any] | None, r: Ref, deleted: bool = False) -> None:
+        if obj is not None:
+            self._runner.note(object_key(r), None if deleted else obj, version_of(obj))
+
+    async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
+        async with grpc_errors(context):
+            try:
+                doc = json.loads(request.json)
+            except ValueError as exc:
+                raise InvalidArgument(f"not JSON: {exc}") from None
+            obj, action = await self._objects(request.field_manager).apply(doc)
+            self._noted(obj, ref_of(obj))
+            return pb.ApplyResponse(json=_json(obj), action=action)
+
+    async def Get(self, request: pb.ObjectRef, context: grpc.aio.ServicerContext) -> pb.Object:
+        async with grpc_errors(context):
+            return pb.Object(json=_json(await self._objects().get(_ref(request))))
+
+    async def Delete(self, request: pb.ObjectRef, context: grpc.aio.ServicerContext) -> pb.Object:
+        async with grpc_errors(context):
+            r = _ref(request)
+            obj = await self._objects().delete(r)
+            if obj is None:
+                raise NotFound(f'{r.kind.plural} "{r.name}" not found')
+            self._noted(obj, r, deleted=not obj["metadata"].get("deletionTimestamp"))
+            return pb.Object(json=_json(obj))
+
+    async def List(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
+        async with grpc_errors(context):
+            kind = resolve(request.kind)
+            items, position = await self._list(kind, request.namespace, request.all_namespaces, parse_selector(request.label_selector))
+            return pb.ListResponse(items=[pb.Object(json=_json(o)) for o in items], resource_version=position)
+
+    async def _list(self, kind: Kind, namespace: str, everywhere: bool, selector: LabelSelector) -> tuple[list[dict[str, Any]], int]:
+        await self._runner.settled()
+        position = self._runner.position
+        keys = sorted(await self._redis.smembers(index_key(kind)))
+        raws = await self._redis.mget(keys) if keys else []
+        ns = None if everywhere or not kind.namespaced else (namespace or "default")
+        items = []
+        for raw in raws:
+            if raw is None:
+                continue
+            obj = self._runner.projection.load(raw)
+            meta = obj["metadata"]
+            if (ns is None or meta.get("namespace") == ns) and selector.matches(meta.get("labels")):
+                items.append(obj)
+        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        return items, position
+
+    async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
+        async with grpc_errors(context):
+            kind = resolve(request.kind)
+            selector = parse_selector(request.label_selector)
+            ns = None if request.all_namespaces or not kind.namespaced else (request.namespace or "default")
+            after = request.resource_version
+            if after <= 0:
+                items, after = await self._list(kind, request.namespace, request.all_namespaces, selector)
+                for obj in items:
+                    yield pb.WatchEvent(type="ADDED", object=pb.Object(json=_json(obj)))
+            async for record in self._store.follow(kind.events, after):
+                event, obj = object_of(record)
+                meta = obj["metadata"]
+                if (ns is None or meta.get("namespace") == ns) and selector.matches(meta.get("labels")):
+                    yield pb.WatchEvent(type=_WATCH_TYPES[event], object=pb.Object(json=_json(obj)))
+
+    async def History(self, request: pb.ObjectRef, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
+        async with grpc_errors(context):
+            entries = []
+            for record, event in await self._objects().history(_ref(request)):
+                at = event.pop("at", 0)
+                entries.append(pb.HistoryEntry(seq=record.seq, type=record.type, at_ns=at, json=_json(event)))
+            return pb.HistoryResponse(entries=entries)

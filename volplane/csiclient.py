@@ -1,0 +1,143 @@
+"""A CSI client: how the standalone control loops call a storage plugin — volplane's own
+apigw or any other CSI driver's socket — over real gRPC.
+
+    csi = CsiClient("unix:///run/volplane/csi.sock")
+    handle, capacity, context, topology = await csi.create_volume("pvc-…", 10 * 2**30, access_mode="ReadWriteOnce")
+    await csi.node_stage(handle, staging_path, access_mode="ReadWriteOnce", fs_type="ext4")
+
+A driver's error status comes back as volplane's error of the same code
+(``volplane.errors.error_from_grpc``), naming the driver and the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from volplane.csi import csi_pb2 as csi
+from volplane.csi import csi_pb2_grpc
+from volplane.errors import VolplaneError, error_from_grpc
+
+__all__ = ["CsiClient", "client_for"]
+
+# Kubernetes' mapping of access modes to CSI's.
+_MODES = {
+    "ReadWriteOnce": csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER,
+    "ReadWriteOncePod": csi.VolumeCapability.AccessMode.SINGLE_NODE_SINGLE_WRITER,
+    "ReadOnlyMany": csi.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY,
+    "ReadWriteMany": csi.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER,
+}
+_TIMEOUT = 120.0
+_CLIENTS: dict[str, CsiClient] = {}
+
+
+def client_for(endpoint: str) -> CsiClient:
+    """One client (one channel) per endpoint per process."""
+    if endpoint not in _CLIENTS:
+        _CLIENTS[endpoint] = CsiClient(endpoint)
+    return _CLIENTS[endpoint]
+
+
+def capability(access_mode: str, *, block: bool = False, fs_type: str = "", mount_flags: list[str] | None = None) -> csi.VolumeCapability:
+    mode = csi.VolumeCapability.AccessMode(mode=_MODES.get(access_mode, csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER))
+    if block:
+        return csi.VolumeCapability(block=csi.VolumeCapability.BlockVolume(), access_mode=mode)
+    mount = csi.VolumeCapability.MountVolume(fs_type=fs_type, mount_flags=mount_flags or [])
+    return csi.VolumeCapability(mount=mount, access_mode=mode)
+
+
+class CsiClient:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._channel = grpc.aio.insecure_channel(endpoint)
+        self.identity = csi_pb2_grpc.IdentityStub(self._channel)
+        self.controller = csi_pb2_grpc.ControllerStub(self._channel)
+        self.node = csi_pb2_grpc.NodeStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, name: str, method: Any, request: Any, timeout: float = _TIMEOUT) -> Any:
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            err: VolplaneError = error_from_grpc(exc.code().name, f"{name} on {self.endpoint}: {exc.code().name}: {exc.details()}")
+            raise err from None
+
+    async def driver_name(self) -> str:
+        info = await self._call("GetPluginInfo", self.identity.GetPluginInfo, csi.GetPluginInfoRequest(), 10.0)
+        return info.name
+
+    async def create_volume(
+        self,
+        name: str,
+        capacity: int,
+        *,
+        access_mode: str,
+        block: bool = False,
+        fs_type: str = "",
+        mount_flags: list[str] | None = None,
+        parameters: dict[str, str] | None = None,
+        node_topology: dict[str, str] | None = None,
+    ) -> csi.Volume:
+        topology = None
+        if node_topology:
+            seg = csi.Topology(segments=node_topology)
+            topology = csi.TopologyRequirement(requisite=[seg], preferred=[seg])
+        request = csi.CreateVolumeRequest(
+            name=name,
+            capacity_range=csi.CapacityRange(required_bytes=capacity),
+            volume_capabilities=[capability(access_mode, block=block, fs_type=fs_type, mount_flags=mount_flags)],
+            parameters=parameters or {},
+            accessibility_requirements=topology,
+        )
+        return (await self._call("CreateVolume", self.controller.CreateVolume, request)).volume
+
+    async def delete_volume(self, handle: str) -> None:
+        await self._call("DeleteVolume", self.controller.DeleteVolume, csi.DeleteVolumeRequest(volume_id=handle))
+
+    async def controller_publish(self, handle: str, node_id: str, *, access_mode: str, block: bool, fs_type: str, readonly: bool, volume_context: dict[str, str]) -> dict[str, str]:
+        request = csi.ControllerPublishVolumeRequest(
+            volume_id=handle,
+            node_id=node_id,
+            volume_capability=capability(access_mode, block=block, fs_type=fs_type),
+            readonly=readonly,
+            volume_context=volume_context,
+        )
+        reply = await self._call("ControllerPublishVolume", self.controller.ControllerPublishVolume, request)
+        return dict(reply.publish_context)
+
+    async def controller_unpublish(self, handle: str, node_id: str) -> None:
+        request = csi.ControllerUnpublishVolumeRequest(volume_id=handle, node_id=node_id)
+        await self._call("ControllerUnpublishVolume", self.controller.ControllerUnpublishVolume, request)
+
+    async def node_stage(self, handle: str, staging_path: str, *, access_mode: str, block: bool, fs_type: str, mount_flags: list[str], publish_context: dict[str, str], volume_context: dict[str, str]) -> None:
+        request = csi.NodeStageVolumeRequest(
+            volume_id=handle,
+            staging_target_path=staging_path,
+            volume_capability=capability(access_mode, block=block, fs_type=fs_type, mount_flags=mount_flags),
+            publish_context=publish_context,
+            volume_context=volume_context,
+        )
+        await self._call("NodeStageVolume", self.node.NodeStageVolume, request)
+
+    async def node_unstage(self, handle: str, staging_path: str) -> None:
+        request = csi.NodeUnstageVolumeRequest(volume_id=handle, staging_target_path=staging_path)
+        await self._call("NodeUnstageVolume", self.node.NodeUnstageVolume, request)
+
+    async def node_publish(self, handle: str, staging_path: str, target_path: str, *, access_mode: str, block: bool, fs_type: str, mount_flags: list[str], readonly: bool, publish_context: dict[str, str], volume_context: dict[str, str]) -> None:
+        request = csi.NodePublishVolumeRequest(
+            volume_id=handle,
+            staging_target_path=staging_path,
+            target_path=target_path,
+            volume_capability=capability(access_mode, block=block, fs_type=fs_type, mount_flags=mount_flags),
+            readonly=readonly,
+            publish_context=publish_context,
+            volume_context=volume_context,
+        )
+        await self._call("NodePublishVolume", self.node.NodePublishVolume, request)
+
+    async def node_unpublish(self, handle: str, target_path: str) -> None:
+        request = csi.NodeUnpublishVolumeRequest(volume_id=handle, target_path=target_path)
+        await self._call("NodeUnpublishVolume", self.node.NodeUnpublishVolume, request)

@@ -1,0 +1,109 @@
+"""Every object in memory, kept current from the log: what controllers read.
+
+    informer = Informer(store)
+    informer.on_change(lambda kind, old, new: queue.add(...))
+    await informer.start()                      # returns once caught up with the log
+    informer.get(PV, "nfs-pv"); informer.list(PVC)
+    informer.observe(written_obj)               # a controller's own write, seen at once
+
+It follows every object event from the start of the log (``vp.ev.res.>``) and keeps
+the newest version of each object; an event at or below the version it already holds
+(a write the controller observed itself) is skipped, so the cache only moves forward.
+Replaying the log at start is the shortcut taken here: a start costs time in proportion
+to the log's length (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from volplane.eventstore import EventStore
+
+from .kinds import RESOURCE_EVENTS, Kind, Ref, ref_of, ref_of_subject
+from .store import object_of, version_of
+
+__all__ = ["Informer"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Kind, dict[str, Any] | None, dict[str, Any] | None], None]
+
+
+class Informer:
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self._objects: dict[str, dict[str, dict[str, Any]]] = {}
+        # Versions of deleted objects, so a late event cannot bring one back.
+        self._gone: dict[tuple[str, str], int] = {}
+        self._handlers: list[Handler] = []
+        self.position = 0
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def on_change(self, handler: Handler) -> None:
+        self._handlers.append(handler)
+
+    async def start(self, timeout: float = 120.0) -> None:
+        target = await self._store.last_seq()
+        self._task = asyncio.create_task(self._run(target), name="informer")
+        if await self._store.next_seq(RESOURCE_EVENTS, 0) is None:
+            self._synced.set()
+        await asyncio.wait_for(self._synced.wait(), timeout)
+
+    async def stop(self) -> None:
+        while self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=1.0)
+
+    def get(self, kind: Kind, key: str) -> dict[str, Any] | None:
+        return self._objects.get(kind.name, {}).get(key)
+
+    def list(self, kind: Kind) -> list[dict[str, Any]]:
+        return list(self._objects.get(kind.name, {}).values())
+
+    def observe(self, obj: dict[str, Any] | None, ref: Ref | None = None, deleted_at: int = 0) -> None:
+        """Take a version this process just wrote (or deleted) ahead of the log."""
+        if obj is None and ref is None:
+            return
+        r = ref or ref_of(obj)  # type: ignore[arg-type]
+        self._put(r, obj, version_of(obj) if obj is not None else deleted_at)
+
+    async def _run(self, target: int) -> None:
+        while True:
+            try:
+                async for record in self._store.follow(RESOURCE_EVENTS, self.position):
+                    ref = ref_of_subject(record.subject)
+                    kind, obj = object_of(record)
+                    self._put(ref, None if kind == "ObjectDeleted" else obj, record.seq)
+                    self.position = record.seq
+                    if record.pending == 0 and not self._synced.is_set():
+                        if record.seq >= target or await self._store.next_seq(RESOURCE_EVENTS, record.seq) is None:
+                            self._synced.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the cache must outlive one failure; it resumes.
+                log.exception("informer failed at %d; following the log again", self.position)
+                await asyncio.sleep(0.5)
+
+    def _put(self, ref: Ref, obj: dict[str, Any] | None, version: int) -> None:
+        bucket = self._objects.setdefault(ref.kind.name, {})
+        old = bucket.get(ref.key)
+        known = version_of(old) if old is not None else self._gone.get((ref.kind.name, ref.key), 0)
+        if version <= known:
+            return
+        if obj is None:
+            bucket.pop(ref.key, None)
+            self._gone[(ref.kind.name, ref.key)] = version
+        else:
+            bucket[ref.key] = obj
+            self._gone.pop((ref.kind.name, ref.key), None)
+        if old is None and obj is None:
+            return
+        for handler in self._handlers:
+            try:
+                handler(ref.kind, old, obj)
+            except Exception:  # noqa: BLE001 - one handler's bug must not stop the cache.
+                log.exception("informer handler failed for %s", ref)

@@ -1,0 +1,107 @@
+"""The kinds of object the standalone control plane keeps, and how to name one.
+
+    kind = resolve("pvc")                       # kubectl's spellings all work
+    ref = Ref(kind, "default", "nfs-pvc")
+    ref.subject                                  # "vp.ev.res.pvc.default.nfs-pvc"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from volplane.errors import InvalidArgument
+
+__all__ = ["Kind", "Ref", "KINDS", "resolve", "ref", "ref_of", "ref_of_subject", "RESOURCE_EVENTS", "RECORDED_EVENTS"]
+
+# Objects live on ``vp.ev.res.<kind>.<namespace>.<name>``; the events recorded about
+# them (Kubernetes' Event objects) on ``vp.ev.rec.…``, so that recording one never
+# moves the object's resourceVersion.
+RESOURCE_EVENTS = "vp.ev.res.>"
+RECORDED_EVENTS = "vp.ev.rec.>"
+_CLUSTER = "_"  # the namespace token of cluster-scoped objects ('_' is not valid in a namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str
+    plural: str
+    short: tuple[str, ...]
+    namespaced: bool
+    api_version: str
+    token: str
+
+    @property
+    def events(self) -> str:
+        return f"vp.ev.res.{self.token}.>"
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("StorageClass", "storageclasses", ("sc",), False, "storage.k8s.io/v1", "sc"),
+    Kind("PersistentVolume", "persistentvolumes", ("pv",), False, "v1", "pv"),
+    Kind("PersistentVolumeClaim", "persistentvolumeclaims", ("pvc",), True, "v1", "pvc"),
+    Kind("Pod", "pods", ("po",), True, "v1", "pod"),
+    Kind("Node", "nodes", ("no",), False, "v1", "node"),
+    Kind("VolumeAttachment", "volumeattachments", ("va",), False, "storage.k8s.io/v1", "va"),
+    Kind("CSIDriver", "csidrivers", (), False, "storage.k8s.io/v1", "csidriver"),
+)
+_BY_SPELLING = {
+    spelling: kind
+    for kind in KINDS
+    for spelling in (kind.name.lower(), kind.plural, *kind.short, kind.token)
+}
+_BY_TOKEN = {kind.token: kind for kind in KINDS}
+BY_NAME = {kind.name: kind for kind in KINDS}
+
+
+def resolve(text: str) -> Kind:
+    """``resolve("pv") is resolve("PersistentVolumes")``; an unknown kind is InvalidArgument."""
+    kind = _BY_SPELLING.get(text.strip().lower().split(".")[0])
+    if kind is None:
+        known = ", ".join(k.plural for k in KINDS)
+        raise InvalidArgument(f'the server doesn\'t have a resource type "{text}" (known: {known})')
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    kind: Kind
+    namespace: str  # "" for cluster-scoped kinds
+    name: str
+
+    @property
+    def subject(self) -> str:
+        return f"vp.ev.res.{self.kind.token}.{self._tail}"
+
+    @property
+    def recorded(self) -> str:
+        return f"vp.ev.rec.{self.kind.token}.{self._tail}"
+
+    @property
+    def key(self) -> str:
+        """``namespace/name`` (or just ``name``): Kubernetes' cache key."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    @property
+    def _tail(self) -> str:
+        # Names are DNS subdomains: '.' cannot stand in a subject token, '~' can and
+        # never occurs in a name, so the mapping is one to one.
+        return f"{self.namespace or _CLUSTER}.{self.name.replace('.', '~')}"
+
+    def __str__(self) -> str:
+        return f"{self.kind.name}/{self.key}"
+
+
+def ref(kind: Kind, namespace: str | None, name: str) -> Ref:
+    return Ref(kind, (namespace or "default") if kind.namespaced else "", name)
+
+
+def ref_of(obj: dict) -> Ref:
+    """The reference of a (validated) object."""
+    meta = obj.get("metadata") or {}
+    return ref(BY_NAME[obj["kind"]], meta.get("namespace"), meta.get("name", ""))
+
+
+def ref_of_subject(subject: str) -> Ref:
+    """``vp.ev.res.pvc.default.nfs-pvc`` → Ref; inverse of ``Ref.subject``."""
+    _, _, _, token, namespace, name = subject.split(".", 5)
+    return Ref(_BY_TOKEN[token], "" if namespace == _CLUSTER else namespace, name.replace("~", "."))

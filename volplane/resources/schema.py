@@ -1,0 +1,343 @@
+"""What a valid object of each kind looks like, in Kubernetes' field names.
+
+``validate(obj)`` checks one object and returns it with Kubernetes' defaults filled in
+(namespace ``default``, volumeMode ``Filesystem``, a PV's reclaim policy ``Retain``, a
+class's ``Delete`` and ``Immediate``); an invalid object raises InvalidArgument naming
+the field: ``PersistentVolumeClaim "data": spec.resources.requests.storage: not a
+quantity: '10GB'``. Fields this control plane does not use (a pod's containers, say)
+are kept as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from volplane.config import parse_quantity
+from volplane.errors import InvalidArgument
+
+from .kinds import BY_NAME, KINDS
+
+M = TypeVar("M", bound=BaseModel)
+
+__all__ = ["validate", "quantity", "format_quantity", "ACCESS_MODES", "short_modes"]
+
+ACCESS_MODES = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX", "ReadWriteOncePod": "RWOP"}
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_CSI_DRIVER = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?(/[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?)?$")
+
+
+def quantity(text: Any) -> int:
+    """Bytes of a quantity such as ``10Gi`` (plain integers are bytes)."""
+    return parse_quantity(str(text))
+
+
+def format_quantity(size: int) -> str:
+    """``format_quantity(10 * 2**30) == "10Gi"``: the largest binary unit that divides it."""
+    for unit, factor in (("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def short_modes(modes: list[str] | None) -> str:
+    return ",".join(ACCESS_MODES.get(m, m) for m in modes or [])
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _quantity(value: Any) -> Any:
+    quantity(value)
+    return value
+
+
+class Metadata(_Open):
+    name: str = Field(max_length=253)
+    namespace: str | None = Field(default=None, max_length=63)
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    finalizers: list[str] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _DNS_SUBDOMAIN.match(v):
+            raise ValueError(f"{v!r} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str | None) -> str | None:
+        if v is not None and not _DNS_LABEL.match(v):
+            raise ValueError(f"{v!r} is not a DNS-1123 label")
+        return v
+
+
+class ObjectReference(_Open):
+    kind: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    uid: str | None = None
+
+
+class SelectorRequirement(_Strict):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+    values: list[str] = []
+
+
+class LabelSelectorSpec(_Strict):
+    matchLabels: dict[str, str] = {}
+    matchExpressions: list[SelectorRequirement] = []
+
+
+class NodeSelectorTerm(_Strict):
+    matchExpressions: list[SelectorRequirement] = []
+    matchFields: list[SelectorRequirement] = []
+
+
+class NodeSelector(_Strict):
+    nodeSelectorTerms: list[NodeSelectorTerm] = Field(min_length=1)
+
+
+class VolumeNodeAffinity(_Strict):
+    required: NodeSelector | None = None
+
+
+class NFSSource(_Strict):
+    server: str = Field(min_length=1)
+    path: str = Field(min_length=1)
+    readOnly: bool = False
+
+
+class HostPathSource(_Strict):
+    path: str = Field(min_length=1)
+    type: Literal["", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice", "BlockDevice"] = ""
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/") or "\x00" in v:
+            raise ValueError("must be an absolute path")
+        return v
+
+
+class LocalSource(_Strict):
+    path: str = Field(min_length=1)
+    fsType: str | None = None
+
+
+class CSISource(_Strict):
+    driver: str = Field(min_length=1, max_length=63)
+    volumeHandle: str = Field(min_length=1)
+    readOnly: bool = False
+    fsType: str | None = None
+    volumeAttributes: dict[str, str] = {}
+    controllerPublishSecretRef: dict[str, str] | None = None
+    nodeStageSecretRef: dict[str, str] | None = None
+    nodePublishSecretRef: dict[str, str] | None = None
+
+    @field_validator("driver")
+    @classmethod
+    def _driver(cls, v: str) -> str:
+        if not _CSI_DRIVER.match(v):
+            raise ValueError(f"{v!r} is not a CSI driver name")
+        return v
+
+
+AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+VolumeMode = Literal["Filesystem", "Block"]
+
+
+class PVSpec(_Strict):
+    capacity: dict[Literal["storage"], Any]
+    accessModes: list[AccessMode] = Field(min_length=1)
+    persistentVolumeReclaimPolicy: str = "Retain"  # unknown policies are kept: the PV goes Failed (seed)
+    storageClassName: str = ""
+    mountOptions: list[str] = []
+    volumeMode: VolumeMode = "Filesystem"
+    nodeAffinity: VolumeNodeAffinity | None = None
+    claimRef: ObjectReference | None = None
+    nfs: NFSSource | None = None
+    hostPath: HostPathSource | None = None
+    local: LocalSource | None = None
+    csi: CSISource | None = None
+
+    @field_validator("capacity")
+    @classmethod
+    def _capacity(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "storage" not in v:
+            raise ValueError("storage is required")
+        _quantity(v["storage"])
+        return v
+
+
+class ResourceRequirements(_Strict):
+    requests: dict[Literal["storage"], Any] = {}
+    limits: dict[Literal["storage"], Any] = {}
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _sizes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for size in v.values():
+            _quantity(size)
+        return v
+
+
+class PVCSpec(_Strict):
+    accessModes: list[AccessMode] = Field(min_length=1)
+    resources: ResourceRequirements
+    storageClassName: str | None = None
+    volumeMode: VolumeMode = "Filesystem"
+    volumeName: str = ""
+    selector: LabelSelectorSpec | None = None
+    dataSource: dict[str, Any] | None = None
+
+    @field_validator("resources")
+    @classmethod
+    def _request(cls, v: ResourceRequirements) -> ResourceRequirements:
+        if "storage" not in v.requests:
+            raise ValueError("requests.storage is required")
+        return v
+
+
+class ClaimSource(_Strict):
+    claimName: str = Field(min_length=1)
+    readOnly: bool = False
+
+
+class PodVolume(_Open):
+    name: str = Field(min_length=1, max_length=63)
+    persistentVolumeClaim: ClaimSource | None = None
+    hostPath: HostPathSource | None = None
+    nfs: NFSSource | None = None
+
+
+class PodSpec(_Open):
+    nodeName: str = ""
+    volumes: list[PodVolume] = []
+    containers: list[dict[str, Any]] = Field(default=[], validate_default=False)
+
+
+class NodeSpec(_Open):
+    unschedulable: bool = False
+
+
+class StorageClassBody(_Open):
+    provisioner: str = Field(min_length=1)
+    parameters: dict[str, str] = {}
+    reclaimPolicy: Literal["Delete", "Retain", "Recycle"] = "Delete"
+    volumeBindingMode: Literal["Immediate", "WaitForFirstConsumer"] = "Immediate"
+    mountOptions: list[str] = []
+    allowVolumeExpansion: bool = False
+    allowedTopologies: list[NodeSelectorTerm] = []
+
+
+class VASource(_Strict):
+    persistentVolumeName: str = Field(min_length=1)
+
+
+class VASpec(_Strict):
+    attacher: str = Field(min_length=1)
+    nodeName: str = Field(min_length=1)
+    source: VASource
+
+
+class CSIDriverSpec(_Open):
+    attachRequired: bool = True
+    podInfoOnMount: bool = False
+    volumeLifecycleModes: list[str] = ["Persistent"]
+
+
+_SPEC: dict[str, type[BaseModel]] = {
+    "PersistentVolume": PVSpec,
+    "PersistentVolumeClaim": PVCSpec,
+    "Pod": PodSpec,
+    "Node": NodeSpec,
+    "VolumeAttachment": VASpec,
+    "CSIDriver": CSIDriverSpec,
+}
+_SOURCES = ("nfs", "hostPath", "local", "csi")
+
+
+def validate(obj: Any) -> dict[str, Any]:
+    """The object with its defaults, or InvalidArgument naming the offending field."""
+    if not isinstance(obj, dict):
+        raise InvalidArgument(f"an object must be a mapping, not {type(obj).__name__}")
+    kind_name = obj.get("kind")
+    if kind_name not in BY_NAME:
+        known = ", ".join(k.name for k in KINDS)
+        raise InvalidArgument(f"kind: {kind_name!r} is not a kind volplane keeps ({known})")
+    kind = BY_NAME[kind_name]
+    out = copy.deepcopy(obj)
+    name = (obj.get("metadata") or {}).get("name") if isinstance(obj.get("metadata"), dict) else None
+    label = f'{kind_name} "{name}"' if name else kind_name
+    api_version = obj.get("apiVersion")
+    accepted = {kind.api_version, *((f"storage.k8s.io/v1beta1",) if kind.api_version.startswith("storage") else ())}
+    if api_version not in accepted:
+        raise InvalidArgument(f"{label}: apiVersion: {api_version!r} is not {kind.api_version!r}")
+    out["apiVersion"] = kind.api_version
+    meta = _check(Metadata, obj.get("metadata") or {}, "metadata", label)
+    if kind_name == "StorageClass":
+        body = _check(StorageClassBody, {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, "", label)
+        out.update(body.model_dump())
+    else:
+        spec = _check(_SPEC[kind_name], obj.get("spec") if obj.get("spec") is not None else {}, "spec", label)
+    md = out.setdefault("metadata", {})
+    if kind.namespaced:
+        md["namespace"] = meta.namespace or "default"
+    elif meta.namespace:
+        md.pop("namespace")  # kubectl ignores a namespace on cluster-scoped objects
+    for field in ("labels", "annotations"):
+        if md.get(field) is None:
+            md.pop(field, None)
+        else:
+            md[field] = {str(k): str(v) for k, v in md[field].items()}
+    if kind_name == "StorageClass":
+        return out
+    spec_out = out.setdefault("spec", {})
+    if kind_name == "PersistentVolume":
+        sources = [s for s in _SOURCES if getattr(spec, s) is not None]
+        if len(sources) != 1:
+            raise InvalidArgument(f"{label}: spec: exactly one volume source is required (one of {', '.join(_SOURCES)}), got {sources or 'none'}")
+        if spec.local is not None and spec.nodeAffinity is None:
+            raise InvalidArgument(f"{label}: spec.nodeAffinity: a local volume requires node affinity")
+        spec_out.setdefault("persistentVolumeReclaimPolicy", "Retain")
+        spec_out.setdefault("volumeMode", "Filesystem")
+    elif kind_name == "PersistentVolumeClaim":
+        spec_out.setdefault("volumeMode", "Filesystem")
+    elif kind_name == "Pod":
+        names = [v.name for v in spec.volumes]
+        if len(set(names)) != len(names):
+            raise InvalidArgument(f"{label}: spec.volumes: duplicate volume name")
+        for i, vol in enumerate(spec.volumes):
+            given = [s for s in ("persistentVolumeClaim", "hostPath", "nfs") if getattr(vol, s) is not None]
+            if len(given) > 1:
+                raise InvalidArgument(f"{label}: spec.volumes[{i}]: more than one volume source")
+    elif kind_name == "CSIDriver":
+        spec_out.setdefault("attachRequired", True)
+    return out
+
+
+def _check(model: type[M], data: Any, prefix: str, label: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (prefix, *err["loc"]) if p != "")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "literal_error":
+            msg = f"{err.get('input')!r}: {msg}"
+        raise InvalidArgument(f"{label}: {path.lstrip('.') or prefix}: {msg}") from None

@@ -1,0 +1,222 @@
+"""Reading and writing objects: load → change → append, with optimistic concurrency.
+
+    objects = ObjectStore(event_store, manager="volctl")
+    obj, action = await objects.apply(yaml_doc)               # created / configured / unchanged
+    obj = await objects.patch(ref, {"status": {"phase": "Bound"}}, reason="bind")
+    obj = await objects.update(cached_obj, {"spec": {...}})    # fails with ConcurrencyConflict
+                                                               # if cached_obj is not the newest
+    await objects.record(obj, "Warning", "FailedAttachVolume", "Multi-Attach error ...")
+
+Every write appends one event after the object's newest (its resourceVersion), so two
+writers that read the same version cannot both win; the loser reloads (``patch``) or
+lets its controller retry the key (``update``). Deleting an object that still has
+finalizers only sets ``metadata.deletionTimestamp``; the write that removes the last
+finalizer deletes it, as Kubernetes does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from volplane import codec
+from volplane.errors import AlreadyExists, ConcurrencyConflict, FailedPrecondition, InvalidArgument, NotFound
+from volplane.events import now_ns
+from volplane.eventstore import EventStore, Record
+
+from . import patch as patches
+from .events import OBJECT_EVENTS, RECORDED, EventRecorded, ObjectChanged, ObjectCreated, ObjectDeleted
+from .kinds import Ref, ref_of
+from .schema import validate
+
+__all__ = ["ObjectStore", "object_of", "rfc3339", "version_of"]
+
+_RETRIES = 20
+# Fields a user's apply may not change once the object exists: Kubernetes' rules.
+_IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "PersistentVolumeClaim": (("spec", "accessModes"), ("spec", "storageClassName"), ("spec", "volumeMode"), ("spec", "selector")),
+    "PersistentVolume": (("spec", "nfs"), ("spec", "hostPath"), ("spec", "local"), ("spec", "csi"), ("spec", "volumeMode")),
+    "StorageClass": (("provisioner",), ("parameters",), ("reclaimPolicy",), ("volumeBindingMode",)),
+    "VolumeAttachment": (("spec",),),
+}
+
+
+def rfc3339(at_ns: int) -> str:
+    return datetime.fromtimestamp(at_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def version_of(obj: dict[str, Any]) -> int:
+    return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+
+
+def object_of(record: Record) -> tuple[str, dict[str, Any]]:
+    """(event type, object with its resourceVersion) of one stored object event."""
+    event = OBJECT_EVENTS.validate_python(codec.unpack(record.data))
+    obj = event.object
+    obj["metadata"]["resourceVersion"] = str(record.seq)
+    return event.type, obj
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+def _dig(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for part in path:
+        obj = obj.get(part) if isinstance(obj, dict) else None  # type: ignore[assignment]
+    return obj
+
+
+class ObjectStore:
+    def __init__(self, store: EventStore, manager: str) -> None:
+        self._store = store
+        self.manager = manager
+
+    async def read(self, ref: Ref) -> tuple[dict[str, Any] | None, int]:
+        """(the object or None, its subject's newest sequence — the version to write after)."""
+        record = await self._store.last(ref.subject)
+        if record is None:
+            return None, 0
+        kind, obj = object_of(record)
+        return (None if kind == "ObjectDeleted" else obj), record.seq
+
+    async def get(self, ref: Ref) -> dict[str, Any]:
+        obj, _ = await self.read(ref)
+        if obj is None:
+            raise NotFound(f'{ref.kind.plural} "{ref.name}" not found')
+        return obj
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = validate(_strip_none(obj))
+        ref = ref_of(obj)
+        current, version = await self.read(ref)
+        if current is not None:
+            raise AlreadyExists(f'{ref.kind.plural} "{ref.name}" already exists')
+        return await self._append_created(ref, obj, version)
+
+    async def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Create the object, or lay the given metadata and spec over the existing one."""
+        given = validate(_strip_none(obj))
+        given.pop("status", None)
+        ref = ref_of(given)
+        for _ in range(_RETRIES):
+            current, version = await self.read(ref)
+            try:
+                if current is None:
+                    return await self._append_created(ref, given, version), "created"
+                new = self._applied(current, given)
+                if not patches.diff(_bare(current), _bare(new)):
+                    return current, "unchanged"
+                return await self._append_changed(ref, current, new, version, reason="apply"), "configured"
+            except ConcurrencyConflict:
+                continue
+        raise ConcurrencyConflict(f"{ref} keeps changing; apply again")
+
+    def _applied(self, current: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        meta = dict(given["metadata"])
+        for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"):
+            meta.pop(key, None)
+        new = patches.overlay(current, {**given, "metadata": meta})
+        for path in _IMMUTABLE.get(current["kind"], ()):
+            before, after = _dig(current, path), _dig(new, path)
+            if before != after and not (path == ("spec", "storageClassName") and before is None):
+                raise InvalidArgument(f'{current["kind"]} "{current["metadata"]["name"]}": {".".join(path)}: field is immutable')
+        return validate(new)
+
+    async def patch(self, ref: Ref, patch: dict[str, Any], *, reason: str = "") -> dict[str, Any]:
+        """Merge ``patch`` into the newest object, reloading when another writer got there first."""
+        for _ in range(_RETRIES):
+            current, version = await self.read(ref)
+            if current is None:
+                raise NotFound(f'{ref.kind.plural} "{ref.name}" not found')
+            try:
+                return await self.update(current, patch, reason=reason, version=version)
+            except ConcurrencyConflict:
+                continue
+        raise ConcurrencyConflict(f"{ref} keeps changing")
+
+    async def update(self, current: dict[str, Any], patch: dict[str, Any], *, reason: str = "", version: int | None = None) -> dict[str, Any]:
+        """Merge ``patch`` into ``current``, which must be the newest version (else ConcurrencyConflict)."""
+        ref = ref_of(current)
+        new = validate(_strip_none(patches.merge(current, patch)))
+        if not patches.diff(_bare(current), _bare(new)):
+            return current
+        expected = version if version is not None else version_of(current)
+        return await self._append_changed(ref, current, new, expected, reason=reason)
+
+    async def delete(self, ref: Ref, *, current: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Delete (or, with finalizers left, mark for deletion); None if it was already gone.
+        Returns the object's last state, whose resourceVersion is the deletion's."""
+        for _ in range(_RETRIES):
+            if current is None:
+                current, version = await self.read(ref)
+                if current is None:
+                    return None
+            else:
+                version = version_of(current)
+            try:
+                if current["metadata"].get("finalizers"):
+                    if current["metadata"].get("deletionTimestamp"):
+                        return current
+                    return await self.update(current, {"metadata": {"deletionTimestamp": rfc3339(now_ns())}}, reason="delete", version=version)
+                seq = await self._append(ref, ObjectDeleted(object=_bare(current), manager=self.manager), version)
+                return _versioned(current, seq)
+            except ConcurrencyConflict:
+                current = None
+        raise ConcurrencyConflict(f"{ref} keeps changing; delete again")
+
+    async def record(self, obj: dict[str, Any] | Ref, event_type: str, reason: str, message: str) -> None:
+        """Add a line to the object's timeline; never conflicts with writes to the object."""
+        ref = obj if isinstance(obj, Ref) else ref_of(obj)
+        event = EventRecorded(event_type=event_type, reason=reason, message=message, source=self.manager)  # type: ignore[arg-type]
+        await self._store.append(ref.recorded, event, expected=None)
+
+    async def history(self, ref: Ref) -> list[tuple[Record, dict[str, Any]]]:
+        """Every event of the object and every event recorded about it, oldest first."""
+        records = await self._store.read(ref.subject) + await self._store.read(ref.recorded)
+        out = []
+        for record in sorted(records, key=lambda r: r.seq):
+            adapter = RECORDED if record.type == "EventRecorded" else OBJECT_EVENTS
+            out.append((record, adapter.validate_python(codec.unpack(record.data)).model_dump()))
+        return out
+
+    async def _append_created(self, ref: Ref, obj: dict[str, Any], version: int) -> dict[str, Any]:
+        at = now_ns()
+        meta = obj["metadata"]
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = rfc3339(at)
+        for key in ("resourceVersion", "deletionTimestamp", "generation"):
+            meta.pop(key, None)
+        obj = _bare(obj)
+        seq = await self._append(ref, ObjectCreated(object=obj, manager=self.manager, at=at), version)
+        return _versioned(obj, seq)
+
+    async def _append_changed(self, ref: Ref, current: dict[str, Any], new: dict[str, Any], version: int, *, reason: str) -> dict[str, Any]:
+        new = _bare(new)
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            # The last finalizer is gone from an object being deleted: now it goes.
+            seq = await self._append(ref, ObjectDeleted(object=new, manager=self.manager), version)
+            return _versioned(new, seq)
+        if (current["metadata"].get("uid")) != new["metadata"].get("uid"):
+            raise FailedPrecondition(f"{ref}: metadata.uid cannot change")
+        event = ObjectChanged(object=new, patch=patches.diff(_bare(current), new), manager=self.manager, reason=reason)
+        seq = await self._append(ref, event, version)
+        return _versioned(new, seq)
+
+    async def _append(self, ref: Ref, event: Any, version: int) -> int:
+        return await self._store.append(ref.subject, event, expected=version)
+
+
+def _bare(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without its resourceVersion, which is the event's position, not content."""
+    meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+    return {**obj, "metadata": meta}
+
+
+def _versioned(obj: dict[str, Any], seq: int) -> dict[str, Any]:
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(seq)}}
