@@ -102,7 +102,11 @@ class ObjectStore:
     async def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Create the object, or lay the given metadata and spec over the existing one."""
         given = validate(_strip_none(obj))
-        given.pop("status", None)
+        status = given.pop("status", None) or {}
+        if given["kind"] == "Pod" and status.get("phase"):
+            # No kubelet runs containers here: the user stands in for the runtime and may
+            # say that a pod has terminated (Succeeded / Failed).
+            given["status"] = {"phase": status["phase"]}
         ref = ref_of(given)
         for _ in range(_RETRIES):
             current, version = await self.read(ref)

@@ -1,0 +1,99 @@
+"""Kubernetes' names for the annotations, labels, finalizers and paths the control loops
+share, and the small derivations every loop needs (a claim's class, a PV's plugin,
+a VolumeAttachment's name). Values are Kubernetes' own, so objects read the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+__all__ = [
+    "ANN_BIND_COMPLETED", "ANN_BOUND_BY_CONTROLLER", "ANN_PROVISIONED_BY", "ANN_SELECTED_NODE",
+    "ANN_STORAGE_PROVISIONER", "ANN_BETA_STORAGE_PROVISIONER", "ANN_BETA_STORAGE_CLASS", "ANN_CSI_NODE_IDS",
+    "ANN_CONTROLLER_ENDPOINT", "ANN_NODE_ENDPOINT", "LABEL_KEEP_TERMINATED", "LABEL_HOSTNAME",
+    "OWN_DRIVER", "claim_class", "plugin_of", "unique_volume_name", "va_name", "attacher_finalizer",
+    "csi_node_id", "pod_terminated", "pod_claims",
+]
+
+# PV controller (pkg/controller/volume/persistentvolume in Kubernetes).
+ANN_BIND_COMPLETED = "pv.kubernetes.io/bind-completed"
+ANN_BOUND_BY_CONTROLLER = "pv.kubernetes.io/bound-by-controller"
+ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+ANN_SELECTED_NODE = "volume.kubernetes.io/selected-node"
+ANN_STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
+ANN_BETA_STORAGE_PROVISIONER = "volume.beta.kubernetes.io/storage-provisioner"
+ANN_BETA_STORAGE_CLASS = "volume.beta.kubernetes.io/storage-class"
+# The CSI node ids of a Node, per driver (written by the node's agent, read by attachers).
+ANN_CSI_NODE_IDS = "csi.volume.kubernetes.io/nodeid"
+# volplane's own: where a CSIDriver listens. The node endpoint may contain "{node}".
+ANN_CONTROLLER_ENDPOINT = "volplane.io/controller-endpoint"
+ANN_NODE_ENDPOINT = "volplane.io/node-endpoint"
+LABEL_KEEP_TERMINATED = "volumes.kubernetes.io/keep-terminated-pod-volumes"
+LABEL_HOSTNAME = "kubernetes.io/hostname"
+
+OWN_DRIVER = "csi.volplane.io"
+
+
+def claim_class(pvc: dict[str, Any]) -> str:
+    """The claim's StorageClass name: the beta annotation wins over spec.storageClassName,
+    as in Kubernetes; "" means no class."""
+    ann = (pvc.get("metadata") or {}).get("annotations") or {}
+    if ANN_BETA_STORAGE_CLASS in ann:
+        return ann[ANN_BETA_STORAGE_CLASS]
+    return (pvc.get("spec") or {}).get("storageClassName") or ""
+
+
+def plugin_of(spec: dict[str, Any]) -> str:
+    """The volume plugin of a PV spec or a pod's inline volume."""
+    if "csi" in spec:
+        return "kubernetes.io/csi"
+    if "nfs" in spec:
+        return "kubernetes.io/nfs"
+    if "local" in spec:
+        return "kubernetes.io/local-volume"
+    if "hostPath" in spec:
+        return "kubernetes.io/host-path"
+    return "unknown"
+
+
+def unique_volume_name(pv: dict[str, Any]) -> str:
+    """Kubernetes' unique volume name: ``kubernetes.io/csi/<driver>^<handle>`` for CSI,
+    ``<plugin>/<pv name>`` otherwise (what Node.status.volumesInUse lists)."""
+    spec = pv.get("spec") or {}
+    if "csi" in spec:
+        return f"kubernetes.io/csi/{spec['csi']['driver']}^{spec['csi']['volumeHandle']}"
+    return f"{plugin_of(spec)}/{pv['metadata']['name']}"
+
+
+def va_name(pv_name: str, driver: str, node: str) -> str:
+    """``csi-<sha256(pv name + driver + node)>``, Kubernetes' VolumeAttachment name."""
+    return "csi-" + hashlib.sha256(f"{pv_name}{driver}{node}".encode()).hexdigest()
+
+
+def attacher_finalizer(driver: str) -> str:
+    return "external-attacher/" + driver.replace("/", "-")
+
+
+def csi_node_id(node: dict[str, Any], driver: str) -> str | None:
+    """The node's id for ``driver``, from the Node's csi.volume.kubernetes.io/nodeid annotation."""
+    raw = ((node.get("metadata") or {}).get("annotations") or {}).get(ANN_CSI_NODE_IDS)
+    try:
+        return json.loads(raw).get(driver) if raw else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def pod_terminated(pod: dict[str, Any]) -> bool:
+    return ((pod.get("status") or {}).get("phase")) in ("Succeeded", "Failed")
+
+
+def pod_claims(pod: dict[str, Any]) -> list[tuple[str, str]]:
+    """(pod volume name, claim name) of every claim the pod uses."""
+    out = []
+    for vol in (pod.get("spec") or {}).get("volumes") or []:
+        claim = vol.get("persistentVolumeClaim")
+        if claim:
+            out.append((vol["name"], claim["claimName"]))
+    return out
