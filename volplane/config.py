@@ -58,6 +58,8 @@ class Config:
     require_attachment: bool = True
     csi_endpoint: str = "unix://run/csi.sock"
     csi_tcp: str = ""
+    # The volume manager's root on this node (Kubernetes: /var/lib/kubelet).
+    kubelet_dir: Path = Path("run/kubelet/node-1")
     # The resource API (volctl's server), served by apigw in "all" mode.
     api_endpoint: str = "unix://run/api.sock"
     csi_socket_group: str = ""  # group allowed on the CSI socket (0660); empty: root only (0600)
@@ -91,6 +93,7 @@ class Config:
             require_attachment=e.get("VOLPLANE_REQUIRE_ATTACHMENT", "1") != "0",
             csi_endpoint=e.get("VOLPLANE_CSI_ENDPOINT", f"unix://{run_dir / 'csi.sock'}"),
             csi_tcp=e.get("VOLPLANE_CSI_TCP", ""),
+            kubelet_dir=Path(e.get("VOLPLANE_KUBELET_DIR", str(run_dir / "kubelet" / node_id))).absolute(),
             api_endpoint=e.get("VOLPLANE_API_ENDPOINT", f"unix://{run_dir / 'api.sock'}"),
             csi_socket_group=e.get("VOLPLANE_CSI_SOCKET_GROUP", ""),
             log_level=e.get("VOLPLANE_LOG_LEVEL", "INFO"),
