@@ -60,6 +60,9 @@ class Config:
     csi_tcp: str = ""
     # The volume manager's root on this node (Kubernetes: /var/lib/kubelet).
     kubelet_dir: Path = Path("run/kubelet/node-1")
+    # Where the in-tree kubernetes.io/host-path provisioner makes volumes (and the only
+    # place its deleter and recycler touch).
+    hostpath_dir: Path = Path("run/hostpath")
     # The resource API (volctl's server), served by apigw in "all" mode.
     api_endpoint: str = "unix://run/api.sock"
     csi_socket_group: str = ""  # group allowed on the CSI socket (0660); empty: root only (0600)
@@ -94,6 +97,7 @@ class Config:
             csi_endpoint=e.get("VOLPLANE_CSI_ENDPOINT", f"unix://{run_dir / 'csi.sock'}"),
             csi_tcp=e.get("VOLPLANE_CSI_TCP", ""),
             kubelet_dir=Path(e.get("VOLPLANE_KUBELET_DIR", str(run_dir / "kubelet" / node_id))).absolute(),
+            hostpath_dir=Path(e.get("VOLPLANE_HOSTPATH_DIR", str(run_dir / "hostpath"))).absolute(),
             api_endpoint=e.get("VOLPLANE_API_ENDPOINT", f"unix://{run_dir / 'api.sock'}"),
             csi_socket_group=e.get("VOLPLANE_CSI_SOCKET_GROUP", ""),
             log_level=e.get("VOLPLANE_LOG_LEVEL", "INFO"),

@@ -260,8 +260,8 @@ class ProjectionRunner(Generic[S]):
                 finally:
                     if not get.done():
                         get.cancel()
-                if get.cancelled():
-                    continue
+                if not get.done() or get.cancelled():
+                    continue  # the feed ended first: the check at the top raises why
                 batch = [get.result()]
                 while len(batch) < _BATCH and not queue.empty():
                     batch.append(queue.get_nowait())

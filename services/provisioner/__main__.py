@@ -1,4 +1,6 @@
-"""``python -m services.provisioner``: the PV controller side — volumes, snapshots, pools."""
+"""``python -m services.provisioner``: volumes, snapshots and pools behind the CSI
+Controller service, and the standalone control plane's PV controller, external
+provisioner and scheduler."""
 
 from __future__ import annotations
 
@@ -17,12 +19,18 @@ from volplane.commands import (
 )
 from volplane.nodes import SHARED_POOL, NodesProjection
 from volplane.telemetry import gauge
+from volplane.resources.informer import Informer
+from volplane.resources.store import ObjectStore
 from volplane.service import Runtime, run_service
 
 from .adapters.pool import ImagePool, Pools
 from .adapters.projection import SnapshotsProjection, VolumesProjection
 from .app import ProvisionerApp
 from .capacity import Capacity
+from .external_provisioner import ExternalProvisioner
+from .intree import HostPathPlugin
+from .pv_controller import MANAGER, PVController
+from .scheduler import Scheduler
 from .snapshots import SnapshotsApp
 
 
@@ -53,6 +61,7 @@ async def setup(rt: Runtime) -> None:
     snaps = SnapshotsApp(rt.store, snapshots, volumes, pools)
     await app.recover()
     await snaps.recover()
+    await start_control_loops(rt)
     q = subjects.queue("provisioner")
     for subject, model, handler in (
         (subjects.CREATE_VOLUME, CreateVolume, app.create_volume),
@@ -66,6 +75,20 @@ async def setup(rt: Runtime) -> None:
         (subjects.LIST_SNAPSHOTS, ListSnapshots, snaps.list_snapshots),
     ):
         await rt.bus.serve(subject, q, model, handler)  # type: ignore[arg-type]
+
+
+async def start_control_loops(rt: Runtime) -> None:
+    """The standalone control plane's loops that live here: the PV controller, the
+    external-provisioner role and the minimal scheduler, over one informer."""
+    informer = Informer(rt.store)
+    pv_controller = PVController(informer, ObjectStore(rt.store, MANAGER), HostPathPlugin(rt.cfg.hostpath_dir))
+    external = ExternalProvisioner(informer, ObjectStore(rt.store, "external-provisioner"), own_endpoint=rt.cfg.csi_endpoint)
+    scheduler = Scheduler(informer, ObjectStore(rt.store, "scheduler"))
+    await informer.start()
+    for loop in (pv_controller, external, scheduler):
+        await loop.start()
+        rt.closers.append(loop.stop)
+    rt.closers.append(informer.stop)
 
 
 POOL_BYTES = gauge("volplane_pool_bytes", "Bytes of each pool: its capacity, and what volumes and snapshots hold.", ("pool", "kind"))

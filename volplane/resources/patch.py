@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["merge", "diff", "overlay"]
+__all__ = ["merge", "diff"]
 
 
 def merge(target: Any, patch: Any) -> Any:
@@ -37,14 +37,3 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         elif key not in old or before != value:
             patch[key] = copy.deepcopy(value)
     return patch
-
-
-def overlay(target: Any, given: Any) -> Any:
-    """``given`` laid over ``target`` without deleting anything: what ``apply`` does, so
-    that fields set by controllers (a claim's volumeName) survive a re-apply."""
-    if not isinstance(given, dict) or not isinstance(target, dict):
-        return copy.deepcopy(given)
-    out = dict(target)
-    for key, value in given.items():
-        out[key] = overlay(target.get(key), value)
-    return out

@@ -100,19 +100,24 @@ class ObjectStore:
         return await self._append_created(ref, obj, version)
 
     async def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """Create the object, or lay the given metadata and spec over the existing one."""
-        given = validate(_strip_none(obj))
+        """Create the object, or merge the given document into the existing one as a
+        merge patch: given fields replace, absent fields stay (a controller's
+        ``spec.volumeName`` survives a re-apply), ``null`` removes (``claimRef: null``)."""
+        if not isinstance(obj, dict):
+            raise InvalidArgument(f"an object must be a mapping, not {type(obj).__name__}")
+        given = dict(obj)
         status = given.pop("status", None) or {}
-        if given["kind"] == "Pod" and status.get("phase"):
+        if given.get("kind") == "Pod" and isinstance(status, dict) and status.get("phase"):
             # No kubelet runs containers here: the user stands in for the runtime and may
             # say that a pod has terminated (Succeeded / Failed).
             given["status"] = {"phase": status["phase"]}
-        ref = ref_of(given)
+        created = validate(_strip_none(given))
+        ref = ref_of(created)
         for _ in range(_RETRIES):
             current, version = await self.read(ref)
             try:
                 if current is None:
-                    return await self._append_created(ref, given, version), "created"
+                    return await self._append_created(ref, dict(created), version), "created"
                 new = self._applied(current, given)
                 if not patches.diff(_bare(current), _bare(new)):
                     return current, "unchanged"
@@ -122,10 +127,10 @@ class ObjectStore:
         raise ConcurrencyConflict(f"{ref} keeps changing; apply again")
 
     def _applied(self, current: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-        meta = dict(given["metadata"])
-        for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"):
+        meta = dict(given.get("metadata") or {})
+        for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation", "namespace"):
             meta.pop(key, None)
-        new = patches.overlay(current, {**given, "metadata": meta})
+        new = _strip_none(patches.merge(current, {**given, "metadata": meta}))
         for path in _IMMUTABLE.get(current["kind"], ()):
             before, after = _dig(current, path), _dig(new, path)
             if before != after and not (path == ("spec", "storageClassName") and before is None):

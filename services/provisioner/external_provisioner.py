@@ -1,0 +1,200 @@
+"""The external-provisioner role: CSI CreateVolume for claims annotated with a driver this
+process can reach, a PV for each, and CSI DeleteVolume for released PVs it provisioned.
+
+    ext = ExternalProvisioner(informer, objects, own_endpoint=cfg.csi_endpoint)
+    await ext.start()       # loops: claims ``<ns>/<name>``, volumes ``<name>``
+
+As the seed says: a claim whose volumeName is set is skipped, so is one annotated for
+another provisioner; a Block claim goes to the driver with a block capability (a driver
+that cannot do block answers CreateVolume with an error, shown as ProvisioningFailed).
+The PV is named ``pvc-<claim uid>`` and CreateVolume is called with that name, so a retry
+after a crash finds the same volume; the PV carries ``pv.kubernetes.io/provisioned-by``
+and a claimRef, and the PV controller then binds the pair.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from volplane.csiclient import client_for
+from volplane.errors import AlreadyExists, NotFound
+from volplane.nodes import TOPOLOGY_KEY
+from volplane.resources.controller import Loop
+from volplane.resources.drivers import controller_endpoint
+from volplane.resources.informer import Informer
+from volplane.resources.kinds import BY_NAME, Kind, ref_of
+from volplane.resources.names import (
+    ANN_BETA_STORAGE_PROVISIONER,
+    ANN_BIND_COMPLETED,
+    ANN_PROVISIONED_BY,
+    ANN_SELECTED_NODE,
+    ANN_STORAGE_PROVISIONER,
+    OWN_DRIVER,
+    claim_class,
+)
+from volplane.resources.schema import format_quantity
+from volplane.resources.store import ObjectStore
+
+from .binding import claim_ref, request_of, should_delay_binding
+
+__all__ = ["ExternalProvisioner"]
+
+log = logging.getLogger(__name__)
+
+PV, PVC, SC, NODE = (BY_NAME[k] for k in ("PersistentVolume", "PersistentVolumeClaim", "StorageClass", "Node"))
+Obj = dict[str, Any]
+_CSI_PARAM = "csi.storage.k8s.io/"
+
+
+def _ann(obj: Obj) -> dict[str, str]:
+    return obj["metadata"].get("annotations") or {}
+
+
+def _key(obj: Obj) -> str:
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
+
+
+def node_affinity(topologies: Any) -> Obj | None:
+    """A PV's required node affinity from CSI accessible_topology (one term per segment)."""
+    terms = [
+        {"matchExpressions": [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(t.segments.items())]}
+        for t in topologies
+        if t.segments
+    ]
+    return {"required": {"nodeSelectorTerms": terms}} if terms else None
+
+
+class ExternalProvisioner:
+    def __init__(self, informer: Informer, objects: ObjectStore, *, own_endpoint: str, workers: int = 8) -> None:
+        self.informer = informer
+        self.objects = objects
+        self.own_endpoint = own_endpoint
+        self.claims = Loop("external-provisioner-claims", self._sync_claim_key, workers=workers, keys=lambda: [_key(c) for c in informer.list(PVC)])
+        self.volumes = Loop("external-provisioner-volumes", self._sync_volume_key, workers=workers, keys=lambda: [_key(v) for v in informer.list(PV)])
+        informer.on_change(self._on_change)
+
+    async def start(self) -> None:
+        await self.claims.start()
+        await self.volumes.start()
+
+    async def stop(self) -> None:
+        await self.claims.stop()
+        await self.volumes.stop()
+
+    def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
+        if kind is PVC and new is not None:
+            self.claims.add(_key(new))
+        elif kind is PV and new is not None:
+            self.volumes.add(_key(new))
+        elif kind is SC or kind is BY_NAME["CSIDriver"]:
+            for claim in self.informer.list(PVC):
+                if not claim["spec"].get("volumeName"):
+                    self.claims.add(_key(claim))
+
+    def _endpoint(self, driver: str) -> str | None:
+        return controller_endpoint(self.informer, driver, self.own_endpoint)
+
+    async def _sync_claim_key(self, key: str) -> None:
+        claim = self.informer.get(PVC, key)
+        if claim is not None:
+            await self.provision(claim)
+
+    async def provision(self, claim: Obj) -> None:
+        ann = _ann(claim)
+        driver = ann.get(ANN_STORAGE_PROVISIONER) or ann.get(ANN_BETA_STORAGE_PROVISIONER)
+        if claim["metadata"].get("deletionTimestamp") or claim["spec"].get("volumeName") or ANN_BIND_COMPLETED in ann:
+            return  # the seed: a claim with volumeName set is skipped
+        if not driver or driver.startswith("kubernetes.io/"):
+            return
+        endpoint = self._endpoint(driver)
+        if endpoint is None:
+            return  # another provisioner's claim (or nobody's yet): not ours
+        classes = {sc["metadata"]["name"]: sc for sc in self.informer.list(SC)}
+        sc = classes.get(claim_class(claim))
+        if sc is None or sc.get("provisioner") != driver or should_delay_binding(claim, classes):
+            return
+        name = f"pvc-{claim['metadata']['uid']}"
+        if self.informer.get(PV, name) is not None:
+            return  # made already; the PV controller binds it
+        await self.objects.record(claim, "Normal", "Provisioning", f'External provisioner is provisioning volume for claim "{_key(claim)}"')
+        params = {k: v for k, v in (sc.get("parameters") or {}).items() if not k.startswith(_CSI_PARAM)}
+        fs_type = (sc.get("parameters") or {}).get(f"{_CSI_PARAM}fstype", "")
+        block = claim["spec"].get("volumeMode") == "Block"
+        node = ann.get(ANN_SELECTED_NODE)
+        try:
+            volume = await client_for(endpoint).create_volume(
+                name,
+                request_of(claim),
+                access_mode=claim["spec"]["accessModes"][0],
+                block=block,
+                fs_type=fs_type,
+                mount_flags=sc.get("mountOptions") or [],
+                parameters=params,
+                node_topology=self._topology(driver, node) if node else None,
+            )
+        except Exception as exc:
+            message = getattr(exc, "message", str(exc))
+            await self.objects.record(claim, "Warning", "ProvisioningFailed", f"failed to provision volume with StorageClass \"{sc['metadata']['name']}\": {message}")
+            raise
+        spec: Obj = {
+            "capacity": {"storage": format_quantity(volume.capacity_bytes or request_of(claim))},
+            "accessModes": claim["spec"]["accessModes"],
+            "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy") or "Delete",
+            "storageClassName": claim_class(claim),
+            "mountOptions": sc.get("mountOptions") or [],
+            "volumeMode": claim["spec"].get("volumeMode") or "Filesystem",
+            "csi": {"driver": driver, "volumeHandle": volume.volume_id, "volumeAttributes": dict(volume.volume_context), **({"fsType": fs_type} if fs_type else {})},
+            "claimRef": claim_ref(claim),
+        }
+        affinity = node_affinity(volume.accessible_topology)
+        if affinity:
+            spec["nodeAffinity"] = affinity
+        pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name, "annotations": {ANN_PROVISIONED_BY: driver}}, "spec": spec}
+        try:
+            pv = await self.objects.create(pv)
+        except AlreadyExists:
+            return
+        self.informer.observe(pv)
+        await self.objects.record(claim, "Normal", "ProvisioningSucceeded", f"Successfully provisioned volume {name}")
+
+    def _topology(self, driver: str, node: str) -> dict[str, str]:
+        if driver == OWN_DRIVER:
+            return {TOPOLOGY_KEY: node}
+        obj = self.informer.get(NODE, node)
+        labels = (obj or {}).get("metadata", {}).get("labels") or {}
+        return {k: v for k, v in labels.items() if "topology" in k}
+
+    async def _sync_volume_key(self, key: str) -> None:
+        pv = self.informer.get(PV, key)
+        if pv is not None:
+            await self.delete(pv)
+
+    async def delete(self, pv: Obj) -> None:
+        """DeleteVolume, then the PV goes — for released PVs with policy Delete that this
+        process's driver provisioned."""
+        spec = pv["spec"]
+        phase = (pv.get("status") or {}).get("phase")
+        if phase not in ("Released", "Failed") or spec.get("persistentVolumeReclaimPolicy") != "Delete" or "csi" not in spec:
+            return
+        driver = spec["csi"]["driver"]
+        endpoint = self._endpoint(driver)
+        if _ann(pv).get(ANN_PROVISIONED_BY) != driver or endpoint is None:
+            return
+        ref = spec.get("claimRef") or {}
+        claim = self.informer.get(PVC, f"{ref.get('namespace') or 'default'}/{ref.get('name')}") if ref else None
+        if claim is not None and claim["metadata"]["uid"] == ref.get("uid"):
+            return  # still claimed (the phase is stale)
+        try:
+            await client_for(endpoint).delete_volume(spec["csi"]["volumeHandle"])
+        except NotFound:
+            pass  # gone already: deleting is done
+        except Exception as exc:
+            message = getattr(exc, "message", str(exc))
+            await self.objects.record(pv, "Warning", "VolumeFailedDelete", message)
+            if phase != "Failed":
+                new = await self.objects.update(pv, {"status": {"phase": "Failed", "reason": "VolumeFailedDelete", "message": message}}, reason="delete failed")
+                self.informer.observe(new)
+            raise
+        await self.objects.delete(ref_of(pv), current=pv)

@@ -1,0 +1,353 @@
+"""The PV controller: binds claims to volumes, provisions in-tree, reclaims released
+volumes — every rule of the seed (BRIEF §2), level-based.
+
+    pvc = PVController(informer, objects, hostpath)
+    await pvc.start()          # two loops: claims (``pvc:<ns>/<name>``), volumes (``pv:<name>``)
+
+Claim worker: ``sync_claim`` — unbound claims are matched (FindBestMatch), delayed
+(WaitForFirstConsumer) or provisioned; bound claims are kept Bound, or Lost when their
+volume is gone or taken. Volume worker: ``sync_volume`` — phases Available / Bound /
+Released / Failed and the reclaim policy. Out-of-tree claims are only annotated here;
+``external_provisioner`` creates their volumes. Each write is one event on one object,
+so a crash between the bind's six writes leaves a state the next sync finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from volplane.resources.controller import Loop
+from volplane.resources.informer import Informer
+from volplane.errors import AlreadyExists
+from volplane.resources.kinds import BY_NAME, Kind, ref_of
+from volplane.resources.names import (
+    ANN_BETA_STORAGE_PROVISIONER,
+    ANN_BIND_COMPLETED,
+    ANN_BOUND_BY_CONTROLLER,
+    ANN_PROVISIONED_BY,
+    ANN_SELECTED_NODE,
+    ANN_STORAGE_PROVISIONER,
+    LABEL_HOSTNAME,
+    claim_class,
+    plugin_of,
+)
+from volplane.resources.store import ObjectStore
+
+from .binding import bind_steps, bound_to_claim, claim_ref, find_best_match, introduced_by, satisfies, should_delay_binding
+from .intree import HOST_PATH, NO_PROVISIONER, HostPathPlugin, PluginError
+
+__all__ = ["PVController", "MANAGER"]
+
+log = logging.getLogger(__name__)
+
+MANAGER = "persistentvolume-controller"
+PV, PVC, SC, NODE = (BY_NAME[k] for k in ("PersistentVolume", "PersistentVolumeClaim", "StorageClass", "Node"))
+Obj = dict[str, Any]
+
+
+def _meta(obj: Obj) -> Obj:
+    return obj["metadata"]
+
+
+def _ann(obj: Obj) -> dict[str, str]:
+    return _meta(obj).get("annotations") or {}
+
+
+def _phase(obj: Obj) -> str:
+    return (obj.get("status") or {}).get("phase") or ""
+
+
+def _key(obj: Obj) -> str:
+    meta = _meta(obj)
+    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
+
+
+class PVController:
+    def __init__(self, informer: Informer, objects: ObjectStore, hostpath: HostPathPlugin, *, workers: int = 8) -> None:
+        self.informer = informer
+        self.objects = objects
+        self.hostpath = hostpath
+        self.claims = Loop("pv-controller-claims", self._sync_claim_key, workers=workers, keys=lambda: [_key(c) for c in informer.list(PVC)])
+        self.volumes = Loop("pv-controller-volumes", self._sync_volume_key, workers=workers, keys=lambda: [_key(v) for v in informer.list(PV)])
+        informer.on_change(self._on_change)
+
+    async def start(self) -> None:
+        await self.claims.start()
+        await self.volumes.start()
+
+    async def stop(self) -> None:
+        await self.claims.stop()
+        await self.volumes.stop()
+
+    def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
+        obj = new or old
+        assert obj is not None
+        if kind is PVC:
+            self.claims.add(_key(obj))
+            for o in (old, new):
+                if o and o["spec"].get("volumeName"):
+                    self.volumes.add(o["spec"]["volumeName"])
+        elif kind is PV:
+            self.volumes.add(_key(obj))
+            for o in (old, new):
+                ref = (o or {}).get("spec", {}).get("claimRef") if o else None
+                if ref:
+                    self.claims.add(f"{ref.get('namespace') or 'default'}/{ref['name']}")
+            name = _meta(obj)["name"]
+            # Claims that name this volume (a user's pre-binding, or a Lost claim whose
+            # volume came back).
+            for claim in self.informer.list(PVC):
+                if claim["spec"].get("volumeName") == name and _phase(claim) != "Bound":
+                    self.claims.add(_key(claim))
+        elif kind is SC:
+            for claim in self.informer.list(PVC):
+                if _phase(claim) != "Bound" and claim_class(claim) == _meta(obj)["name"]:
+                    self.claims.add(_key(claim))
+
+    # --- writes -------------------------------------------------------------------
+
+    async def _write(self, obj: Obj, patch: Obj, reason: str) -> Obj:
+        new = await self.objects.update(obj, patch, reason=reason)
+        self.informer.observe(new)
+        return new
+
+    async def _phase_to(self, obj: Obj, phase: str, reason: str = "", message: str = "") -> Obj:
+        status = obj.get("status") or {}
+        want = {"phase": phase, "reason": reason or None, "message": message or None}
+        if status.get("phase") == phase and status.get("reason") == (reason or None) and status.get("message") == (message or None):
+            return obj
+        return await self._write(obj, {"status": want}, f"phase {phase}")
+
+    async def _event(self, obj: Obj, event_type: str, reason: str, message: str) -> None:
+        await self.objects.record(obj, event_type, reason, message)
+
+    # --- claims ---------------------------------------------------------------------
+
+    async def _sync_claim_key(self, key: str) -> None:
+        claim = self.informer.get(PVC, key)
+        if claim is not None and not _meta(claim).get("deletionTimestamp"):
+            await self.sync_claim(claim)
+
+    async def sync_claim(self, claim: Obj) -> None:
+        if ANN_BIND_COMPLETED in _ann(claim):
+            await self._sync_bound_claim(claim)
+        else:
+            await self._sync_unbound_claim(claim)
+
+    async def _sync_unbound_claim(self, claim: Obj) -> None:
+        if not _phase(claim):
+            claim = await self._phase_to(claim, "Pending")
+        name = claim["spec"].get("volumeName")
+        if not name:
+            classes = {_meta(sc)["name"]: sc for sc in self.informer.list(SC)}
+            delay = should_delay_binding(claim, classes)
+            pv = find_best_match(claim, self.informer.list(PV), delay=delay, node=self._selected_node(claim))
+            if pv is not None:
+                await self._bind(pv, claim)
+            elif delay:
+                await self._event(claim, "Normal", "WaitForFirstConsumer", "waiting for first consumer to be created before binding")
+            elif claim_class(claim):
+                await self._provision(claim, classes.get(claim_class(claim)))
+            else:
+                await self._event(claim, "Normal", "FailedBinding", "no persistent volumes available for this claim and no storage class is set")
+            return
+        # The claim names its volume (a user's pre-binding, or a bind a crash interrupted).
+        pv = self.informer.get(PV, name)
+        if pv is None:
+            await self._event(claim, "Normal", "FailedBinding", f'volume "{name}" requested by the claim does not exist')
+            return
+        ref = pv["spec"].get("claimRef")
+        if not ref:
+            why = satisfies(pv, claim)
+            if why:
+                await self._event(claim, "Warning", "FailedBinding", f'Cannot bind to requested volume "{name}": {why}')
+                return
+            await self._bind(pv, claim)
+        elif bound_to_claim(pv, claim):
+            await self._bind(pv, claim)
+        else:
+            await self._event(claim, "Warning", "FailedBinding", f'volume "{name}" is already bound to a different claim')
+
+    async def _sync_bound_claim(self, claim: Obj) -> None:
+        name = claim["spec"].get("volumeName")
+        if not name:
+            await self._lost(claim, "Bound claim has lost reference to PersistentVolume. Data on the volume is lost!")
+            return
+        pv = self.informer.get(PV, name)
+        if pv is None:
+            await self._lost(claim, "Bound claim has lost its PersistentVolume. Data on the volume is lost!")
+            return
+        ref = pv["spec"].get("claimRef")
+        if not ref or ref.get("uid") == _meta(claim)["uid"]:
+            await self._bind(pv, claim)  # keeps it Bound; Lost → Bound when the volume is back
+        else:
+            await self._lost(claim, "Two claims are bound to the same volume, this one is bound incorrectly", reason="ClaimMisbound")
+
+    async def _lost(self, claim: Obj, message: str, reason: str = "ClaimLost") -> None:
+        if _phase(claim) != "Lost":
+            await self._phase_to(claim, "Lost")
+            await self._event(claim, "Warning", reason, message)
+
+    async def _bind(self, pv: Obj, claim: Obj) -> None:
+        pv_by, claim_by = await self._bound_by_controller(pv, claim)
+        for target, patch in bind_steps(pv, claim, pv_by_controller=pv_by, claim_by_controller=claim_by):
+            if target == "pv":
+                pv = await self._write(pv, patch, "bind")
+            else:
+                claim = await self._write(claim, patch, "bind")
+
+    async def _bound_by_controller(self, pv: Obj, claim: Obj) -> tuple[bool, bool]:
+        """Whether the controller (not a user) points the PV at the claim, and the claim at
+        the PV — from the objects, or, for a bind a crash interrupted, from their logs."""
+        ref = pv["spec"].get("claimRef") or {}
+        if _ann(pv).get(ANN_BOUND_BY_CONTROLLER) == "yes" or not ref:
+            pv_by = True
+        elif not ref.get("uid") or ANN_PROVISIONED_BY in _ann(pv):
+            pv_by = False
+        else:
+            history = [e for _, e in await self.objects.history(ref_of(pv))]
+            pv_by = introduced_by(history, ("spec", "claimRef")) == MANAGER
+        if _ann(claim).get(ANN_BOUND_BY_CONTROLLER) == "yes" or not claim["spec"].get("volumeName"):
+            claim_by = True
+        elif ANN_BIND_COMPLETED in _ann(claim):
+            claim_by = False
+        else:
+            history = [e for _, e in await self.objects.history(ref_of(claim))]
+            claim_by = introduced_by(history, ("spec", "volumeName")) == MANAGER
+        return pv_by, claim_by
+
+    def _selected_node(self, claim: Obj) -> Obj | None:
+        node = _ann(claim).get(ANN_SELECTED_NODE)
+        if not node:
+            return None
+        return self.informer.get(NODE, node) or {"metadata": {"name": node, "labels": {LABEL_HOSTNAME: node}}}
+
+    # --- provisioning -----------------------------------------------------------------
+
+    async def _provision(self, claim: Obj, sc: Obj | None) -> None:
+        cls = claim_class(claim)
+        if sc is None:
+            await self._event(claim, "Warning", "ProvisioningFailed", f'storageclass.storage.k8s.io "{cls}" not found')
+            return
+        provisioner = sc["provisioner"]
+        if provisioner == NO_PROVISIONER:
+            await self._event(claim, "Normal", "ProvisioningFailed", f'storageclass "{cls}" uses {NO_PROVISIONER}: its volumes are never provisioned; waiting for a matching PersistentVolume')
+            return
+        ann = _ann(claim)
+        if ann.get(ANN_BETA_STORAGE_PROVISIONER) != provisioner or ann.get(ANN_STORAGE_PROVISIONER) != provisioner:
+            claim = await self._write(claim, {"metadata": {"annotations": {ANN_BETA_STORAGE_PROVISIONER: provisioner, ANN_STORAGE_PROVISIONER: provisioner}}}, "set storage provisioner")
+        if not provisioner.startswith("kubernetes.io/"):
+            await self._event(claim, "Normal", "ExternalProvisioning", f'waiting for a volume to be created, either by external provisioner "{provisioner}" or manually created by system administrator')
+            return
+        if provisioner != HOST_PATH:
+            await self._event(claim, "Warning", "ProvisioningFailed", f"no volume plugin matched name: {provisioner}")
+            return
+        if claim["spec"].get("volumeMode") == "Block":
+            await self._event(claim, "Warning", "ProvisioningFailed", f"{HOST_PATH} does not support block volume provisioning")
+            return
+        await self._provision_host_path(claim, sc)
+
+    async def _provision_host_path(self, claim: Obj, sc: Obj) -> None:
+        name = f"pvc-{_meta(claim)['uid']}"
+        pv = self.informer.get(PV, name)
+        if pv is None:
+            path = await self.hostpath.provision(name)
+            pv = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name, "annotations": {ANN_BOUND_BY_CONTROLLER: "yes", ANN_PROVISIONED_BY: HOST_PATH}},
+                "spec": {
+                    "capacity": {"storage": claim["spec"]["resources"]["requests"]["storage"]},
+                    "accessModes": claim["spec"]["accessModes"],
+                    "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy") or "Delete",
+                    "storageClassName": claim_class(claim),
+                    "mountOptions": sc.get("mountOptions") or [],
+                    "volumeMode": claim["spec"].get("volumeMode") or "Filesystem",
+                    "hostPath": {"path": path, "type": "DirectoryOrCreate"},
+                    "claimRef": claim_ref(claim),
+                },
+                "status": {"phase": "Bound"},
+            }
+            try:
+                pv = await self.objects.create(pv)
+            except AlreadyExists:
+                return  # another replica made it; its event brings the claim back here
+            self.informer.observe(pv)
+            await self._event(claim, "Normal", "ProvisioningSucceeded", f"Successfully provisioned volume {name} using {HOST_PATH}")
+        await self._bind(pv, claim)
+
+    # --- volumes ------------------------------------------------------------------------
+
+    async def _sync_volume_key(self, key: str) -> None:
+        pv = self.informer.get(PV, key)
+        if pv is not None and not _meta(pv).get("deletionTimestamp"):
+            await self.sync_volume(pv)
+
+    async def sync_volume(self, pv: Obj) -> None:
+        ref = pv["spec"].get("claimRef")
+        if not ref:
+            if _phase(pv) != "Available":
+                await self._phase_to(pv, "Available")
+            return
+        if not ref.get("uid"):
+            # Pre-bound by a user to a claim that has not bound yet: the claim's sync binds it.
+            if _phase(pv) not in ("Available", "Bound"):
+                await self._phase_to(pv, "Available")
+            self.claims.add(f"{ref.get('namespace') or 'default'}/{ref['name']}")
+            return
+        claim = self.informer.get(PVC, f"{ref.get('namespace') or 'default'}/{ref['name']}")
+        if claim is not None and _meta(claim)["uid"] != ref["uid"]:
+            claim = None  # the claim was deleted and another of the same name created
+        if claim is None:
+            if _phase(pv) not in ("Released", "Failed"):
+                pv = await self._phase_to(pv, "Released")
+            await self._reclaim(pv)
+            return
+        name = claim["spec"].get("volumeName")
+        if not name:
+            self.claims.add(_key(claim))  # the claim's half of the bind is still to come
+        elif name == _meta(pv)["name"]:
+            if _phase(pv) != "Bound":
+                await self._phase_to(pv, "Bound")
+        elif _ann(pv).get(ANN_BOUND_BY_CONTROLLER) == "yes":
+            # The claim went to another volume; this one was only ours to give: release it.
+            await self._unbind(pv)
+
+    async def _unbind(self, pv: Obj) -> None:
+        pv = await self._write(pv, {"spec": {"claimRef": None}, "metadata": {"annotations": {ANN_BOUND_BY_CONTROLLER: None}}}, "unbind")
+        await self._phase_to(pv, "Available")
+
+    async def _reclaim(self, pv: Obj) -> None:
+        policy = pv["spec"].get("persistentVolumeReclaimPolicy")
+        if policy == "Retain":
+            return
+        if policy == "Recycle":
+            try:
+                if plugin_of(pv["spec"]) != "kubernetes.io/host-path":
+                    raise PluginError(f"No recycler plugin found for the volume ({plugin_of(pv['spec'])})")
+                await self.hostpath.recycle(pv)
+            except PluginError as exc:
+                await self._failed(pv, "VolumeFailedRecycle", str(exc))
+                return
+            await self._event(pv, "Normal", "VolumeRecycled", "Volume recycled")
+            await self._unbind(pv)
+            return
+        if policy == "Delete":
+            provisioned_by = _ann(pv).get(ANN_PROVISIONED_BY, "")
+            if "csi" in pv["spec"] and provisioned_by == pv["spec"]["csi"]["driver"]:
+                return  # the external provisioner of that driver deletes it
+            try:
+                if plugin_of(pv["spec"]) != "kubernetes.io/host-path":
+                    raise PluginError(f'error getting deleter volume plugin for volume "{_meta(pv)["name"]}": no deletable volume plugin matched')
+                await self.hostpath.delete(pv)
+            except PluginError as exc:
+                await self._failed(pv, "VolumeFailedDelete", str(exc))
+                return
+            await self.objects.delete(ref_of(pv), current=pv)
+            return
+        await self._failed(pv, "VolumeUnknownReclaimPolicy", "Volume has unrecognized PersistentVolumeReclaimPolicy")
+
+    async def _failed(self, pv: Obj, reason: str, message: str) -> None:
+        await self._phase_to(pv, "Failed", reason, message)
+        await self._event(pv, "Warning", reason, message)

@@ -1,0 +1,169 @@
+"""Finding volplane's resource API, calling it, and its errors in kubectl's words.
+
+    client = Client.connect(endpoint())              # Unreachable if nobody answers
+    obj, action = client.apply(doc)                  # (the stored object, "created")
+    client.get("pvc", "nfs-pvc", "default")          # ServerError: Error from server (NotFound): ...
+
+Every failure is a ``VolctlError`` whose ``line`` is the one line volctl prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from volplane.csi import resources_pb2 as pb
+from volplane.csi import resources_pb2_grpc
+
+__all__ = ["Client", "Entry", "VolctlError", "ServerError", "Unreachable", "TimedOut", "endpoint"]
+
+Obj = dict[str, Any]
+MANAGER = "volctl"
+_CONNECT_TIMEOUT = 5.0  # the machine may be busy; a unix socket that answers at all answers fast
+
+# kubectl's words for the status codes (its StatusReason), so an error reads the same.
+REASONS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.INVALID_ARGUMENT: "Invalid",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.ABORTED: "Conflict",
+    grpc.StatusCode.UNAVAILABLE: "ServiceUnavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "Timeout",
+    grpc.StatusCode.PERMISSION_DENIED: "Forbidden",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthorized",
+}
+
+
+class VolctlError(Exception):
+    """A failure volctl reports as one line on stderr."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class ServerError(VolctlError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"Error from server ({reason}): {message}")
+        self.reason = reason
+        self.message = message
+
+    @classmethod
+    def of(cls, exc: grpc.RpcError) -> ServerError:
+        code = exc.code()  # type: ignore[attr-defined]
+        return cls(REASONS.get(code, "InternalError"), exc.details() or code.name)  # type: ignore[attr-defined]
+
+
+class Unreachable(VolctlError):
+    def __init__(self, target: str) -> None:
+        super().__init__(f"volctl: cannot reach volplane at {target} (is `make run` running? set VOLPLANE_API_ENDPOINT)")
+
+
+class TimedOut(Exception):
+    """A watch ran past its deadline."""
+
+
+def endpoint(server: str | None = None, env: dict[str, str] | None = None) -> str:
+    """Where the resource API listens: ``--server``, else VOLPLANE_API_ENDPOINT, else
+    ``$VOLPLANE_RUN_DIR/api.sock``, else ``./run/api.sock`` — as an absolute unix target.
+
+        endpoint(env={"VOLPLANE_RUN_DIR": "/srv/vp"}) == "unix:///srv/vp/api.sock"
+    """
+    e = os.environ if env is None else env
+    given = server or e.get("VOLPLANE_API_ENDPOINT")
+    if given:
+        return _target(given)
+    run_dir = Path(e.get("VOLPLANE_RUN_DIR") or "run")
+    return f"unix://{(run_dir / 'api.sock').absolute()}"
+
+
+def _target(text: str) -> str:
+    if text.startswith("unix:"):
+        return text
+    if text.startswith(("/", ".")) or text.endswith(".sock"):
+        return f"unix://{Path(text).absolute()}"
+    return text  # host:port
+
+
+def _socket_path(target: str) -> Path | None:
+    if target.startswith("unix://"):
+        return Path(target.removeprefix("unix://"))
+    if target.startswith("unix:"):
+        return Path(target.removeprefix("unix:"))
+    return None
+
+
+class Entry:
+    """One line of an object's history: its position, type, time and fields."""
+
+    def __init__(self, seq: int, type: str, at_ns: int, fields: Obj) -> None:
+        self.seq, self.type, self.at_ns, self.fields = seq, type, at_ns, fields
+
+
+class Client:
+    def __init__(self, target: str, channel: grpc.Channel) -> None:
+        self.target = target
+        self._channel = channel
+        self._stub = resources_pb2_grpc.ResourcesStub(channel)
+
+    @classmethod
+    def connect(cls, target: str, timeout: float = _CONNECT_TIMEOUT) -> Client:
+        """A client whose server answered; Unreachable otherwise."""
+        path = _socket_path(target)
+        if path is not None and not path.exists():
+            # No socket file: nothing to wait for, and grpc would only retry for `timeout`.
+            raise Unreachable(target)
+        channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            raise Unreachable(target) from None
+        return cls(target, channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def apply(self, obj: Obj) -> tuple[Obj, str]:
+        reply = self._call(self._stub.Apply, pb.ApplyRequest(json=json.dumps(obj).encode(), field_manager=MANAGER))
+        return json.loads(reply.json), reply.action
+
+    def get(self, kind: str, name: str, namespace: str = "") -> Obj:
+        return json.loads(self._call(self._stub.Get, pb.ObjectRef(kind=kind, namespace=namespace, name=name)).json)
+
+    def list(self, kind: str, namespace: str = "", all_namespaces: bool = False, selector: str = "") -> list[Obj]:
+        req = pb.ListRequest(kind=kind, namespace=namespace, all_namespaces=all_namespaces, label_selector=selector)
+        return [json.loads(o.json) for o in self._call(self._stub.List, req).items]
+
+    def delete(self, kind: str, name: str, namespace: str = "") -> Obj:
+        return json.loads(self._call(self._stub.Delete, pb.ObjectRef(kind=kind, namespace=namespace, name=name)).json)
+
+    def history(self, kind: str, name: str, namespace: str = "") -> list[Entry]:
+        reply = self._call(self._stub.History, pb.ObjectRef(kind=kind, namespace=namespace, name=name))
+        return [Entry(e.seq, e.type, e.at_ns, json.loads(e.json)) for e in reply.entries]
+
+    def watch(self, kind: str, namespace: str, after: int, timeout: float | None) -> Iterator[tuple[str, Obj]]:
+        """(ADDED|MODIFIED|DELETED, object) of ``kind`` after stream position ``after``;
+        TimedOut once ``timeout`` seconds have passed."""
+        call = self._stub.Watch(pb.WatchRequest(kind=kind, namespace=namespace, resource_version=after), timeout=timeout)
+        try:
+            for event in call:
+                yield event.type, json.loads(event.object.json)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise TimedOut() from None
+            raise ServerError.of(exc) from None
+        finally:
+            call.cancel()
+
+    @staticmethod
+    def _call(method: Any, request: Any) -> Any:
+        try:
+            return method(request)
+        except grpc.RpcError as exc:
+            raise ServerError.of(exc) from None
