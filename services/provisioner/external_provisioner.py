@@ -21,7 +21,7 @@ from volplane.csiclient import client_for
 from volplane.errors import AlreadyExists, NotFound
 from volplane.nodes import TOPOLOGY_KEY
 from volplane.resources.controller import Loop
-from volplane.resources.drivers import controller_endpoint
+from volplane.resources.drivers import provisioner_driver
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import BY_NAME, Kind, ref_of
 from volplane.resources.names import (
@@ -93,9 +93,6 @@ class ExternalProvisioner:
                 if not claim["spec"].get("volumeName"):
                     self.claims.add(_key(claim))
 
-    def _endpoint(self, driver: str) -> str | None:
-        return controller_endpoint(self.informer, driver, self.own_endpoint)
-
     async def _sync_claim_key(self, key: str) -> None:
         claim = self.informer.get(PVC, key)
         if claim is not None:
@@ -103,17 +100,18 @@ class ExternalProvisioner:
 
     async def provision(self, claim: Obj) -> None:
         ann = _ann(claim)
-        driver = ann.get(ANN_STORAGE_PROVISIONER) or ann.get(ANN_BETA_STORAGE_PROVISIONER)
+        provisioner = ann.get(ANN_STORAGE_PROVISIONER) or ann.get(ANN_BETA_STORAGE_PROVISIONER)
         if claim["metadata"].get("deletionTimestamp") or claim["spec"].get("volumeName") or ANN_BIND_COMPLETED in ann:
             return  # the seed: a claim with volumeName set is skipped
-        if not driver or driver.startswith("kubernetes.io/"):
+        if not provisioner or provisioner.startswith("kubernetes.io/"):
             return
-        endpoint = self._endpoint(driver)
-        if endpoint is None:
+        served = provisioner_driver(self.informer, provisioner, self.own_endpoint)
+        if served is None:
             return  # another provisioner's claim (or nobody's yet): not ours
+        driver, endpoint = served
         classes = {sc["metadata"]["name"]: sc for sc in self.informer.list(SC)}
         sc = classes.get(claim_class(claim))
-        if sc is None or sc.get("provisioner") != driver or should_delay_binding(claim, classes):
+        if sc is None or sc.get("provisioner") != provisioner or should_delay_binding(claim, classes):
             return
         name = f"pvc-{claim['metadata']['uid']}"
         if self.informer.get(PV, name) is not None:
@@ -151,7 +149,7 @@ class ExternalProvisioner:
         affinity = node_affinity(volume.accessible_topology)
         if affinity:
             spec["nodeAffinity"] = affinity
-        pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name, "annotations": {ANN_PROVISIONED_BY: driver}}, "spec": spec}
+        pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name, "annotations": {ANN_PROVISIONED_BY: provisioner}}, "spec": spec}
         try:
             pv = await self.objects.create(pv)
         except AlreadyExists:
@@ -178,10 +176,10 @@ class ExternalProvisioner:
         phase = (pv.get("status") or {}).get("phase")
         if phase not in ("Released", "Failed") or spec.get("persistentVolumeReclaimPolicy") != "Delete" or "csi" not in spec:
             return
-        driver = spec["csi"]["driver"]
-        endpoint = self._endpoint(driver)
-        if _ann(pv).get(ANN_PROVISIONED_BY) != driver or endpoint is None:
+        served = provisioner_driver(self.informer, _ann(pv).get(ANN_PROVISIONED_BY, ""), self.own_endpoint)
+        if served is None or served[0] != spec["csi"]["driver"]:
             return
+        endpoint = served[1]
         ref = spec.get("claimRef") or {}
         claim = self.informer.get(PVC, f"{ref.get('namespace') or 'default'}/{ref.get('name')}") if ref else None
         if claim is not None and claim["metadata"]["uid"] == ref.get("uid"):

@@ -335,8 +335,8 @@ class PVController:
             return
         if policy == "Delete":
             provisioned_by = _ann(pv).get(ANN_PROVISIONED_BY, "")
-            if "csi" in pv["spec"] and provisioned_by == pv["spec"]["csi"]["driver"]:
-                return  # the external provisioner of that driver deletes it
+            if "csi" in pv["spec"] and provisioned_by and not provisioned_by.startswith("kubernetes.io/"):
+                return  # the external provisioner that made it deletes it
             try:
                 if plugin_of(pv["spec"]) != "kubernetes.io/host-path":
                     raise PluginError(f'error getting deleter volume plugin for volume "{_meta(pv)["name"]}": no deletable volume plugin matched')

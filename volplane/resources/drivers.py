@@ -16,7 +16,12 @@ from .informer import Informer
 from .kinds import BY_NAME
 from .names import ANN_CONTROLLER_ENDPOINT, ANN_NODE_ENDPOINT, OWN_DRIVER
 
-__all__ = ["controller_endpoint", "node_endpoint", "attach_required"]
+__all__ = ["controller_endpoint", "node_endpoint", "attach_required", "provisioner_driver", "ANN_PROVISIONER_NAMES"]
+
+# A CSIDriver may answer to provisioner names besides its own (comma-separated), the way
+# a standalone external provisioner is named by a flag: the seed's StorageClass names
+# ``example.com/nfs``, which cannot be a CSI driver's name ('/' is not allowed in one).
+ANN_PROVISIONER_NAMES = "volplane.io/provisioner-names"
 
 _CSIDRIVER = BY_NAME["CSIDriver"]
 
@@ -44,3 +49,18 @@ def attach_required(informer: Informer, driver: str) -> bool:
     """A driver without a CSIDriver object needs attaching, as in Kubernetes."""
     obj: dict[str, Any] | None = informer.get(_CSIDRIVER, driver)
     return obj is None or (obj.get("spec") or {}).get("attachRequired", True) is not False
+
+
+def provisioner_driver(informer: Informer, provisioner: str, own: str) -> tuple[str, str] | None:
+    """(CSI driver name, controller endpoint) serving a StorageClass's provisioner name."""
+    endpoint = controller_endpoint(informer, provisioner, own)
+    if endpoint is not None:
+        return provisioner, endpoint
+    for obj in informer.list(_CSIDRIVER):
+        names = (obj["metadata"].get("annotations") or {}).get(ANN_PROVISIONER_NAMES, "")
+        if provisioner in {n.strip() for n in names.split(",")}:
+            driver = obj["metadata"]["name"]
+            endpoint = controller_endpoint(informer, driver, own)
+            if endpoint is not None:
+                return driver, endpoint
+    return None
