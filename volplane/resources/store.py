@@ -27,7 +27,7 @@ from volplane.eventstore import EventStore, Record
 
 from . import patch as patches
 from .events import OBJECT_EVENTS, RECORDED, EventRecorded, ObjectChanged, ObjectCreated, ObjectDeleted
-from .kinds import Ref, ref_of
+from .kinds import BY_NAME, Ref, ref_of
 from .schema import validate
 
 __all__ = ["ObjectStore", "object_of", "rfc3339", "version_of"]
@@ -111,12 +111,23 @@ class ObjectStore:
             # No kubelet runs containers here: the user stands in for the runtime and may
             # say that a pod has terminated (Succeeded / Failed).
             given["status"] = {"phase": status["phase"]}
-        created = validate(_strip_none(given))
-        ref = ref_of(created)
+        # A whole object to create, or a partial document to merge into an existing one:
+        # which one it has to be is known only once the object is read.
+        try:
+            created: dict[str, Any] | None = validate(_strip_none(given))
+            invalid: InvalidArgument | None = None
+        except InvalidArgument as exc:
+            created, invalid = None, exc
+            meta = given.get("metadata")
+            if given.get("kind") not in BY_NAME or not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+                raise
+        ref = ref_of(created or given)
         for _ in range(_RETRIES):
             current, version = await self.read(ref)
             try:
                 if current is None:
+                    if created is None:
+                        raise invalid  # type: ignore[misc]
                     return await self._append_created(ref, dict(created), version), "created"
                 new = self._applied(current, given)
                 if not patches.diff(_bare(current), _bare(new)):
