@@ -70,6 +70,8 @@ class PVController:
         self.hostpath = hostpath
         self.claims = Loop("pv-controller-claims", self._sync_claim_key, workers=workers, keys=lambda: [_key(c) for c in informer.list(PVC)])
         self.volumes = Loop("pv-controller-volumes", self._sync_volume_key, workers=workers, keys=lambda: [_key(v) for v in informer.list(PV)])
+        # volume name → claims naming it in spec.volumeName, so a PV's change finds them.
+        self._by_volume: dict[str, set[str]] = {}
         informer.on_change(self._on_change)
 
     async def start(self) -> None:
@@ -84,22 +86,25 @@ class PVController:
         obj = new or old
         assert obj is not None
         if kind is PVC:
-            self.claims.add(_key(obj))
+            key = _key(obj)
+            self.claims.add(key)
             for o in (old, new):
                 if o and o["spec"].get("volumeName"):
                     self.volumes.add(o["spec"]["volumeName"])
+            if old and old["spec"].get("volumeName"):
+                self._by_volume.get(old["spec"]["volumeName"], set()).discard(key)
+            if new and new["spec"].get("volumeName"):
+                self._by_volume.setdefault(new["spec"]["volumeName"], set()).add(key)
         elif kind is PV:
             self.volumes.add(_key(obj))
             for o in (old, new):
                 ref = (o or {}).get("spec", {}).get("claimRef") if o else None
                 if ref:
                     self.claims.add(f"{ref.get('namespace') or 'default'}/{ref['name']}")
-            name = _meta(obj)["name"]
             # Claims that name this volume (a user's pre-binding, or a Lost claim whose
             # volume came back).
-            for claim in self.informer.list(PVC):
-                if claim["spec"].get("volumeName") == name and _phase(claim) != "Bound":
-                    self.claims.add(_key(claim))
+            for key in self._by_volume.get(_meta(obj)["name"], ()):
+                self.claims.add(key)
         elif kind is SC:
             for claim in self.informer.list(PVC):
                 if _phase(claim) != "Bound" and claim_class(claim) == _meta(obj)["name"]:

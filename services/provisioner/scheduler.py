@@ -42,11 +42,20 @@ def _ready(node: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def _schedulable_view(node: Obj | None) -> Any:
+    """What of a Node scheduling looks at (a change to its volumesInUse wakes nobody)."""
+    if node is None:
+        return None
+    return (node["metadata"].get("labels"), node.get("spec"), _ready(node))
+
+
 class Scheduler:
     def __init__(self, informer: Informer, objects: ObjectStore) -> None:
         self.informer = informer
         self.objects = objects
         self.loop = Loop("scheduler", self._sync_key, workers=1, keys=self._pending)
+        # claim key → keys of unscheduled pods using it, so a claim's change wakes only them.
+        self._waiting: dict[str, set[str]] = {}
         informer.on_change(self._on_change)
 
     async def start(self) -> None:
@@ -59,9 +68,27 @@ class Scheduler:
         return [_key(p) for p in self.informer.list(POD) if not (p.get("spec") or {}).get("nodeName")]
 
     def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
-        if kind is POD and new is not None and not new["spec"].get("nodeName"):
-            self.loop.add(_key(new))
-        elif kind in (PVC, NODE, PV) and new is not None:
+        if kind is POD:
+            obj = new or old
+            assert obj is not None
+            key = _key(obj)
+            ns = obj["metadata"]["namespace"]
+            for _, claim in pod_claims(obj):
+                waiting = self._waiting.setdefault(f"{ns}/{claim}", set())
+                if new is not None and not new["spec"].get("nodeName"):
+                    waiting.add(key)
+                else:
+                    waiting.discard(key)
+            if new is not None and not new["spec"].get("nodeName"):
+                self.loop.add(key)
+        elif kind is PVC and new is not None:
+            for key in self._waiting.get(_key(new), ()):
+                self.loop.add(key)
+        elif kind is PV and new is not None:
+            ref = new["spec"].get("claimRef") or {}
+            for key in self._waiting.get(f"{ref.get('namespace') or 'default'}/{ref.get('name')}", ()):
+                self.loop.add(key)
+        elif kind is NODE and new is not None and _schedulable_view(old) != _schedulable_view(new):
             for key in self._pending():
                 self.loop.add(key)
 

@@ -16,6 +16,7 @@ finalizer deletes it, as Kubernetes does.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,7 @@ from .schema import validate
 __all__ = ["ObjectStore", "object_of", "rfc3339", "version_of"]
 
 _RETRIES = 20
+_REPEAT = 60.0  # seconds within which one line about one object is recorded once
 # Fields a user's apply may not change once the object exists: Kubernetes' rules.
 _IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "PersistentVolumeClaim": (("spec", "accessModes"), ("spec", "storageClassName"), ("spec", "volumeMode"), ("spec", "selector")),
@@ -76,6 +78,7 @@ class ObjectStore:
     def __init__(self, store: EventStore, manager: str) -> None:
         self._store = store
         self.manager = manager
+        self._recent: dict[tuple[str, str, str, str], float] = {}
 
     async def read(self, ref: Ref) -> tuple[dict[str, Any] | None, int]:
         """(the object or None, its subject's newest sequence — the version to write after)."""
@@ -191,8 +194,20 @@ class ObjectStore:
         raise ConcurrencyConflict(f"{ref} keeps changing; delete again")
 
     async def record(self, obj: dict[str, Any] | Ref, event_type: str, reason: str, message: str) -> None:
-        """Add a line to the object's timeline; never conflicts with writes to the object."""
+        """Add a line to the object's timeline; never conflicts with writes to the object.
+
+        A loop that retries says the same thing each time: the same line about the same
+        object within a minute is recorded once (the log's duplicate window would also
+        catch it, but only after a round trip)."""
         ref = obj if isinstance(obj, Ref) else ref_of(obj)
+        uid = "" if isinstance(obj, Ref) else obj["metadata"].get("uid", "")
+        said = (ref.recorded, uid, reason, message)
+        now = time.monotonic()
+        if now - self._recent.get(said, -_REPEAT) < _REPEAT:
+            return
+        if len(self._recent) > 50_000:
+            self._recent = {k: t for k, t in self._recent.items() if now - t < _REPEAT}
+        self._recent[said] = now
         event = EventRecorded(event_type=event_type, reason=reason, message=message, source=self.manager)  # type: ignore[arg-type]
         await self._store.append(ref.recorded, event, expected=None)
 
