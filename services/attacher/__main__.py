@@ -1,7 +1,9 @@
 """``python -m services.attacher``: the attach/detach side — ControllerPublish/Unpublish.
 
 It follows two projections: the node registry (does a node exist, its topology and
-max_volumes) and its own attachments (which nodes hold each volume).
+max_volumes) and its own attachments (which nodes hold each volume). In the standalone
+control plane it also runs the AD controller and the external-attacher role
+(``controlplane.py``), which reach ControllerPublish through a real CSI client.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from volplane.service import Runtime, run_service
 from .adapters.projection import AttachmentsProjection
 from .adapters.volumes import ProvisionerVolumes
 from .app import AttacherApp
+from .controlplane import start_control_loops
 from .domain.attachment import AttachmentState
 
 
@@ -26,6 +29,8 @@ async def setup(rt: Runtime) -> None:
     await rt.bus.serve(subjects.CONTROLLER_PUBLISH, q, ControllerPublish, app.publish)
     await rt.bus.serve(subjects.CONTROLLER_UNPUBLISH, q, ControllerUnpublish, app.unpublish)
     await rt.bus.serve(subjects.GET_ATTACHMENTS, q, GetAttachments, app.get_attachments)
+    # After the command handlers: the loops' CSI calls come back to them through apigw.
+    await start_control_loops(rt)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """``python -m services.nodeagent``: the volume manager of one node (``VOLPLANE_NODE_ID``).
 
 On start it creates its local pool directory, announces itself (id, topology, pools) in the
-node registry, finishes what a crash left undone, and then serves its node commands.
+node registry, finishes what a crash left undone, and then serves its node commands; then
+it registers the Node object and starts the volume manager (``volumemanager.py``).
 
 ``VOLPLANE_REQUIRE_ATTACHMENT=0`` stages volumes without asking the attacher whether they
 are published to this node (default 1: ask).
@@ -13,12 +14,15 @@ from volplane import subjects
 from volplane.commands import GetVolumeStats, NodeExpand, PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
 from volplane.config import Config
 from volplane.nodes import SHARED_POOL, TOPOLOGY_KEY, NodeRegistered, PoolSpec, register
+from volplane.resources.informer import Informer
+from volplane.resources.store import ObjectStore
 from volplane.service import Runtime, run_service
 
 from .adapters.attacher import attacher_check
 from .adapters.projection import NodeProjection
 from .adapters.storage import HostStorage
 from .app import NodeApp
+from .volumemanager import VolumeManager
 
 
 def registration(cfg: Config) -> NodeRegistered:
@@ -44,6 +48,23 @@ async def setup(rt: Runtime) -> None:
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_UNPUBLISH), q, UnpublishVolume, app.unpublish)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_EXPAND), q, NodeExpand, app.expand)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_STATS), q, GetVolumeStats, app.volume_stats)
+    await start_volume_manager(rt)
+
+
+async def start_volume_manager(rt: Runtime) -> VolumeManager:
+    """The kubelet's storage part over the standalone control plane's objects (docs/control-plane.md):
+    it calls the CSI driver like a kubelet does, so our own NodeStage/NodePublish reach the
+    handlers above through apigw."""
+    cfg = rt.cfg
+    informer = Informer(rt.store)
+    objects = ObjectStore(rt.store, manager=f"kubelet/{cfg.node_id}")
+    manager = VolumeManager(informer, objects, cfg.kubelet_dir, node=cfg.node_id, csi_endpoint=cfg.csi_endpoint)
+    informer.on_change(manager.on_change)
+    await informer.start()
+    rt.closers.append(informer.stop)
+    await manager.start()
+    rt.closers.append(manager.stop)
+    return manager
 
 
 def main() -> None:

@@ -61,7 +61,6 @@ async def setup(rt: Runtime) -> None:
     snaps = SnapshotsApp(rt.store, snapshots, volumes, pools)
     await app.recover()
     await snaps.recover()
-    await start_control_loops(rt)
     q = subjects.queue("provisioner")
     for subject, model, handler in (
         (subjects.CREATE_VOLUME, CreateVolume, app.create_volume),
@@ -75,6 +74,8 @@ async def setup(rt: Runtime) -> None:
         (subjects.LIST_SNAPSHOTS, ListSnapshots, snaps.list_snapshots),
     ):
         await rt.bus.serve(subject, q, model, handler)  # type: ignore[arg-type]
+    # After the handlers: the external provisioner's CreateVolume comes back here.
+    await start_control_loops(rt)
 
 
 async def start_control_loops(rt: Runtime) -> None:

@@ -15,9 +15,14 @@ from typing import Any
 from .client import Entry
 from .tables import age_ns, rfc3339_ns, table
 
-__all__ = ["history_table", "history_json", "events_section", "timeline_section", "detail", "compact"]
+__all__ = ["history_table", "history_json", "events_section", "timeline_section", "detail", "compact", "cell"]
 
 RECORDED = "EventRecorded"
+
+
+def cell(text: Any) -> str:
+    """Text safe in one describe cell: tabs and newlines would start new cells and lines."""
+    return " ".join(str(text).split()) if any(c in str(text) for c in "\t\n\r") else str(text)
 
 
 def compact(value: Any) -> str:
@@ -46,7 +51,7 @@ def detail(entry: Entry) -> str:
 
 def history_table(entries: list[Entry]) -> str:
     rows = [["SEQ", "TIME", "TYPE", "BY", "DETAIL"]]
-    rows += [[str(e.seq), rfc3339_ns(e.at_ns) if e.at_ns else "", e.type, by(e), detail(e)] for e in entries]
+    rows += [[str(e.seq), rfc3339_ns(e.at_ns) if e.at_ns else "", e.type, cell(by(e)), cell(detail(e))] for e in entries]
     return table(rows)
 
 
@@ -67,7 +72,7 @@ def events_section(entries: list[Entry], now: float) -> str:
         if e.type != RECORDED:
             continue
         f = e.fields
-        key = (f.get("event_type", "Normal"), f.get("reason", ""), f.get("source", ""), str(f.get("message", "")).strip())
+        key = (f.get("event_type", "Normal"), cell(f.get("reason", "")), cell(f.get("source", "")), cell(str(f.get("message", "")).strip()))
         seen = folded.setdefault(key, [0, e.at_ns, e.at_ns])
         seen[0] += 1
         seen[2] = e.at_ns
@@ -89,5 +94,5 @@ def timeline_section(entries: list[Entry], now: float) -> str:
     lines = ["Timeline:", "  Seq\tAge\tType\tManager\tReason\tChange", "  ---\t---\t----\t-------\t------\t------"]
     for e in changes:
         change = compact(e.fields.get("patch", {})) if e.type == "ObjectChanged" else detail(e)
-        lines.append(f"  {e.seq}\t{age_ns(e.at_ns, now)}\t{e.type}\t{by(e)}\t{e.fields.get('reason', '')}\t{change}")
+        lines.append(f"  {e.seq}\t{age_ns(e.at_ns, now)}\t{e.type}\t{cell(by(e))}\t{cell(e.fields.get('reason', ''))}\t{cell(change)}")
     return "\n".join(lines)
