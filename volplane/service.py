@@ -50,6 +50,9 @@ class Runtime:
     bus: Bus
     node: str | None = None
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    # Control loops and their informers: stopped first, while NATS still carries their
+    # last writes (closers run after the connection has drained).
+    controllers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     runners: list[ProjectionRunner[Any]] = field(default_factory=list)
     # Called every few seconds to refresh gauges (pool usage, volume counts, ...).
     samplers: list[Callable[[], None]] = field(default_factory=list)
@@ -121,6 +124,8 @@ async def _serve(name: str, cfg: Config, setup: Setup, per_node: bool) -> None:
         except TimeoutError:
             pass
     log.info("%s stopping", name)
+    for stop_loop in reversed(rt.controllers):
+        await stop_loop()
     await shutdown(nc, rt.bus)
     for close in reversed(rt.closers):
         await close()

@@ -86,10 +86,10 @@ async def start_control_loops(rt: Runtime) -> None:
     external = ExternalProvisioner(informer, ObjectStore(rt.store, "external-provisioner"), own_endpoint=rt.cfg.csi_endpoint)
     scheduler = Scheduler(informer, ObjectStore(rt.store, "scheduler"))
     await informer.start()
+    rt.controllers.append(informer.stop)  # stopped last: controllers stop in reverse order
     for loop in (pv_controller, external, scheduler):
         await loop.start()
-        rt.closers.append(loop.stop)
-    rt.closers.append(informer.stop)
+        rt.controllers.append(loop.stop)
 
 
 POOL_BYTES = gauge("volplane_pool_bytes", "Bytes of each pool: its capacity, and what volumes and snapshots hold.", ("pool", "kind"))

@@ -21,7 +21,7 @@ from volplane.resources.schema import ACCESS_MODES
 from .refs import type_name
 from .tables import age
 
-__all__ = ["rows", "modes", "flag", "phase_of"]
+__all__ = ["rows", "modes", "flag", "phase_of", "dig"]
 
 Obj = dict[str, Any]
 Cells = Callable[[Obj, float], list[str]]
@@ -29,7 +29,8 @@ _DEFAULT_CLASS = ("storageclass.kubernetes.io/is-default-class", "storageclass.b
 _ROLE_PREFIX = "node-role.kubernetes.io/"
 
 
-def _get(obj: Any, *path: str, default: Any = None) -> Any:
+def dig(obj: Any, *path: str, default: Any = None) -> Any:
+    """``dig(pv, "spec", "capacity", "storage")``: the value down a path, or ``default``."""
     for part in path:
         obj = obj.get(part) if isinstance(obj, dict) else None
     return default if obj is None else obj
@@ -48,15 +49,15 @@ def flag(value: Any) -> str:
 def phase_of(obj: Obj) -> str:
     """The STATUS of a volume or claim: Terminating once deletion has begun; the API
     server's initial Pending until a controller says otherwise."""
-    if _get(obj, "metadata", "deletionTimestamp"):
+    if dig(obj, "metadata", "deletionTimestamp"):
         return "Terminating"
-    return _get(obj, "status", "phase") or "Pending"
+    return dig(obj, "status", "phase") or "Pending"
 
 
 def _pv_class(pv: Obj) -> str:
     # As for claims, the beta annotation wins over the field (kubectl's GetPersistentVolumeClass).
-    ann = _get(pv, "metadata", "annotations", default={})
-    return ann.get("volume.beta.kubernetes.io/storage-class") or _get(pv, "spec", "storageClassName", default="")
+    ann = dig(pv, "metadata", "annotations", default={})
+    return ann.get("volume.beta.kubernetes.io/storage-class") or dig(pv, "spec", "storageClassName", default="")
 
 
 def _pv(pv: Obj, now: float) -> list[str]:
@@ -64,10 +65,10 @@ def _pv(pv: Obj, now: float) -> list[str]:
     ref = spec.get("claimRef")
     claim = f"{ref.get('namespace', '')}/{ref.get('name', '')}" if ref else ""
     return [
-        str(_get(spec, "capacity", "storage", default="")), modes(spec.get("accessModes")),
+        str(dig(spec, "capacity", "storage", default="")), modes(spec.get("accessModes")),
         spec.get("persistentVolumeReclaimPolicy", ""), phase_of(pv), claim, _pv_class(pv),
-        spec.get("volumeAttributesClassName") or "<unset>", _get(pv, "status", "reason", default=""),
-        age(_get(pv, "metadata", "creationTimestamp"), now),
+        spec.get("volumeAttributesClassName") or "<unset>", dig(pv, "status", "reason", default=""),
+        age(dig(pv, "metadata", "creationTimestamp"), now),
     ]
 
 
@@ -76,67 +77,67 @@ def _pvc(pvc: Obj, now: float) -> list[str]:
     capacity, access = "", ""
     if spec.get("volumeName"):
         # What the claim got, which only a bound claim has (kubectl shows nothing before).
-        capacity = str(_get(pvc, "status", "capacity", "storage", default=""))
-        access = modes(_get(pvc, "status", "accessModes"))
+        capacity = str(dig(pvc, "status", "capacity", "storage", default=""))
+        access = modes(dig(pvc, "status", "accessModes"))
     return [
         phase_of(pvc), spec.get("volumeName", ""), capacity, access, claim_class(pvc),
-        spec.get("volumeAttributesClassName") or "<unset>", age(_get(pvc, "metadata", "creationTimestamp"), now),
+        spec.get("volumeAttributesClassName") or "<unset>", age(dig(pvc, "metadata", "creationTimestamp"), now),
     ]
 
 
 def _volume_mode(obj: Obj) -> list[str]:
-    return [_get(obj, "spec", "volumeMode", default="<unset>")]
+    return [dig(obj, "spec", "volumeMode", default="<unset>")]
 
 
 def _sc(sc: Obj, now: float) -> list[str]:
     return [
         sc.get("provisioner", ""), sc.get("reclaimPolicy") or "Delete", sc.get("volumeBindingMode") or "Immediate",
-        flag(sc.get("allowVolumeExpansion")), age(_get(sc, "metadata", "creationTimestamp"), now),
+        flag(sc.get("allowVolumeExpansion")), age(dig(sc, "metadata", "creationTimestamp"), now),
     ]
 
 
 def _pod_status(pod: Obj) -> str:
-    if _get(pod, "metadata", "deletionTimestamp"):
+    if dig(pod, "metadata", "deletionTimestamp"):
         return "Terminating"
-    return _get(pod, "status", "phase") or "Pending"
+    return dig(pod, "status", "phase") or "Pending"
 
 
 def _pod(pod: Obj, now: float) -> list[str]:
     # No containers run here: a pod is ready when its volumes are, so READY counts volumes.
-    reported = _get(pod, "status", "volumes", default=[])
-    total = max(len(_get(pod, "spec", "volumes", default=[])), len(reported))
+    reported = dig(pod, "status", "volumes", default=[])
+    total = max(len(dig(pod, "spec", "volumes", default=[])), len(reported))
     ready = sum(1 for v in reported if v.get("ready"))
-    return [f"{ready}/{total}", _pod_status(pod), "0", age(_get(pod, "metadata", "creationTimestamp"), now)]
+    return [f"{ready}/{total}", _pod_status(pod), "0", age(dig(pod, "metadata", "creationTimestamp"), now)]
 
 
 def _pod_wide(pod: Obj) -> list[str]:
-    return ["<none>", _get(pod, "spec", "nodeName") or "<none>", "<none>", "<none>"]
+    return ["<none>", dig(pod, "spec", "nodeName") or "<none>", "<none>", "<none>"]
 
 
 def _node_status(node: Obj) -> str:
-    ready = next((c for c in _get(node, "status", "conditions", default=[]) if c.get("type") == "Ready"), None)
+    ready = next((c for c in dig(node, "status", "conditions", default=[]) if c.get("type") == "Ready"), None)
     # A node volplane knows is one whose agent registered it; without a Ready condition
     # saying otherwise it is Ready.
     status = "Ready" if ready is None or ready.get("status") == "True" else ("Unknown" if ready.get("status") == "Unknown" else "NotReady")
-    if _get(node, "spec", "unschedulable"):
+    if dig(node, "spec", "unschedulable"):
         status += ",SchedulingDisabled"
     return status
 
 
 def _node(node: Obj, now: float) -> list[str]:
-    labels = _get(node, "metadata", "labels", default={})
+    labels = dig(node, "metadata", "labels", default={})
     roles = sorted(k.removeprefix(_ROLE_PREFIX) for k in labels if k.startswith(_ROLE_PREFIX)) or ["<none>"]
-    version = _get(node, "status", "nodeInfo", "kubeletVersion") or f"v{volplane.__version__}"
-    return [_node_status(node), ",".join(roles), age(_get(node, "metadata", "creationTimestamp"), now), version]
+    version = dig(node, "status", "nodeInfo", "kubeletVersion") or f"v{volplane.__version__}"
+    return [_node_status(node), ",".join(roles), age(dig(node, "metadata", "creationTimestamp"), now), version]
 
 
 def _node_wide(node: Obj) -> list[str]:
-    addresses = _get(node, "status", "addresses", default=[])
+    addresses = dig(node, "status", "addresses", default=[])
 
     def address(kind: str) -> str:
         return next((a.get("address", "") for a in addresses if a.get("type") == kind), "<none>")
 
-    info = _get(node, "status", "nodeInfo", default={})
+    info = dig(node, "status", "nodeInfo", default={})
     return [
         address("InternalIP"), address("ExternalIP"), info.get("osImage") or "<unknown>",
         info.get("kernelVersion") or "<unknown>", info.get("containerRuntimeVersion") or "<unknown>",
@@ -146,8 +147,8 @@ def _node_wide(node: Obj) -> list[str]:
 def _va(va: Obj, now: float) -> list[str]:
     spec = va.get("spec") or {}
     return [
-        spec.get("attacher", ""), _get(spec, "source", "persistentVolumeName", default=""), spec.get("nodeName", ""),
-        flag(_get(va, "status", "attached")), age(_get(va, "metadata", "creationTimestamp"), now),
+        spec.get("attacher", ""), dig(spec, "source", "persistentVolumeName", default=""), spec.get("nodeName", ""),
+        flag(dig(va, "status", "attached")), age(dig(va, "metadata", "creationTimestamp"), now),
     ]
 
 
@@ -157,7 +158,7 @@ def _csidriver(driver: Obj, now: float) -> list[str]:
     return [
         flag(spec.get("attachRequired", True)), flag(spec.get("podInfoOnMount")), flag(spec.get("storageCapacity")),
         ",".join(t.get("audience", "") for t in tokens) if tokens else "<unset>", flag(spec.get("requiresRepublish")),
-        ",".join(spec.get("volumeLifecycleModes") or []) or "<none>", age(_get(driver, "metadata", "creationTimestamp"), now),
+        ",".join(spec.get("volumeLifecycleModes") or []) or "<none>", age(dig(driver, "metadata", "creationTimestamp"), now),
     ]
 
 
@@ -193,7 +194,7 @@ _COLUMNS: dict[str, _Columns] = {
 
 def _name(obj: Obj, kind: Kind, with_kind: bool) -> str:
     name = obj["metadata"]["name"]
-    if kind.name == "StorageClass" and any(_get(obj, "metadata", "annotations", a) == "true" for a in _DEFAULT_CLASS):
+    if kind.name == "StorageClass" and any(dig(obj, "metadata", "annotations", a) == "true" for a in _DEFAULT_CLASS):
         name += " (default)"
     return f"{type_name(kind)}/{name}" if with_kind else name
 

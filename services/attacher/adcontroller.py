@@ -1,0 +1,261 @@
+"""The attach/detach (AD) controller: VolumeAttachments follow the nodes whose pods need
+a volume, one volume at a time.
+
+    ad = AttachDetachController(informer, index, ObjectStore(store, manager="attach-detach-controller"))
+    await informer.start()
+    await ad.loop.start()
+
+Kubernetes' parts (pkg/controller/volume/attachdetach) and where they live here:
+
+- desired state of world, node → volume → pods: ``desired.desired_nodes``, computed per
+  volume from the informer's pods, claims, nodes and CSIDrivers at every sync;
+- actual state of world, volume → nodes: the VolumeAttachment objects of the volume;
+- the DSW populator (FindAndRemoveDeletedPods, FindAndAddActivePods) and the PVC worker:
+  ``_on_change``, which maps every Pod, PVC, PV, Node, VolumeAttachment and CSIDriver
+  change to the ``pv:<name>`` keys it can affect. Since each sync recomputes the whole
+  DSW entry of its volume, adding active pods and dropping deleted or terminated ones
+  are the same level-based step, and the loop's resync stands in for the populator's
+  periodic relisting;
+- the reconciler: ``_sync_volume`` — detach what is no longer desired first, then
+  attach what is (out-of-tree: create the VolumeAttachment; the external attacher
+  calls ControllerPublishVolume);
+- the node status updater: ``_sync_node`` keeps Node ``status.volumesAttached``.
+
+Keys are per volume (``pv:<name>``), so two nodes never race for one volume: the
+multi-attach check and the create that follows it run under one key. Node status keys
+are ``node:<name>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from volplane.errors import AlreadyExists
+from volplane.resources.controller import Loop, Retry
+from volplane.resources.informer import Informer
+from volplane.resources.kinds import Kind, ref_of
+from volplane.resources.names import unique_volume_name, va_name
+from volplane.resources.store import ObjectStore
+
+from .desired import attachments_of, desired_nodes, is_attached, is_deleting, multi_attach_allowed
+from .index import CSIDRIVER, NODE, POD, PV, PVC, VA, Index
+from .writes import Writes
+
+__all__ = ["AttachDetachController", "MANAGER"]
+
+log = logging.getLogger(__name__)
+
+MANAGER = "attach-detach-controller"
+# How soon a detach held back by a node that still mounts the volume looks again; the
+# Node's own change (volumesInUse cleared) usually gets there first.
+_IN_USE_RECHECK = 5.0
+
+Obj = dict[str, Any]
+
+
+def _name(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _spec(obj: Obj | None) -> Obj:
+    return (obj or {}).get("spec") or {}
+
+
+def _status(obj: Obj | None) -> Obj:
+    return (obj or {}).get("status") or {}
+
+
+def multi_attach_message(pv: str) -> str:
+    return f'Multi-Attach error for volume "{pv}" Volume is already exclusively attached to one node and can\'t be attached to another'
+
+
+def attached_message(pv: str) -> str:
+    return f'AttachVolume.Attach succeeded for volume "{pv}"'
+
+
+def attach_failed_message(pv: str, error: str) -> str:
+    return f'AttachVolume.Attach failed for volume "{pv}" : {error}'
+
+
+class AttachDetachController:
+    def __init__(self, informer: Informer, index: Index, objects: ObjectStore, *, workers: int = 4, resync: float = 30.0) -> None:
+        self._informer = informer
+        self._index = index
+        self._writes = Writes(objects, informer)
+        self.loop = Loop(MANAGER, self.sync, workers=workers, resync=resync, keys=self.keys)
+        informer.on_change(self._on_change)
+
+    # -- keys ---------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Every volume that has a PV or an attachment, and every Node."""
+        volumes = {_name(pv) for pv in self._informer.list(PV)}
+        volumes |= {_spec(va).get("source", {}).get("persistentVolumeName", "") for va in self._informer.list(VA)}
+        return [f"pv:{v}" for v in sorted(volumes) if v] + [f"node:{_name(n)}" for n in self._informer.list(NODE)]
+
+    def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
+        """The populator: the keys an object change can affect (both its old and new state)."""
+        add = self.loop.add
+        objs = [o for o in (old, new) if o is not None]
+        if kind is POD:
+            for pod in objs:
+                for pv in self._claimed_volumes(pod):
+                    add(f"pv:{pv}")
+            if new is None and old is not None:
+                self._writes.forget(str(old["metadata"].get("uid", "")))
+        elif kind is PVC:
+            for claim in objs:
+                if _spec(claim).get("volumeName"):
+                    add(f"pv:{_spec(claim)['volumeName']}")
+        elif kind is PV:
+            add(f"pv:{_name(objs[0])}")
+        elif kind is VA:
+            for va in objs:
+                add(f"pv:{_spec(va).get('source', {}).get('persistentVolumeName', '')}")
+                if _spec(va).get("nodeName"):
+                    add(f"node:{_spec(va)['nodeName']}")
+        elif kind is NODE:
+            node = _name(objs[0])
+            add(f"node:{node}")
+            # Its labels decide for terminated pods; its volumesInUse holds back detaches.
+            for key in self._index.pods_on(node):
+                pod = self._informer.get(POD, key)
+                for pv in self._claimed_volumes(pod) if pod else ():
+                    add(f"pv:{pv}")
+            for va_key in self._index.vas_on(node):
+                va = self._informer.get(VA, va_key)
+                if va is not None:
+                    add(f"pv:{_spec(va)['source']['persistentVolumeName']}")
+        elif kind is CSIDRIVER:
+            driver = _name(objs[0])
+            for pv in self._informer.list(PV):
+                if (_spec(pv).get("csi") or {}).get("driver") == driver:
+                    add(f"pv:{_name(pv)}")
+
+    def _claimed_volumes(self, pod: Obj) -> set[str]:
+        namespace = pod["metadata"].get("namespace") or "default"
+        out = set()
+        for vol in _spec(pod).get("volumes") or []:
+            claim_name = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+            claim = self._informer.get(PVC, f"{namespace}/{claim_name}") if claim_name else None
+            if claim is not None and _spec(claim).get("volumeName"):
+                out.add(_spec(claim)["volumeName"])
+        return out
+
+    # -- sync ---------------------------------------------------------------
+
+    async def sync(self, key: str) -> None:
+        kind, _, name = key.partition(":")
+        if kind == "pv":
+            await self._sync_volume(name)
+        elif kind == "node":
+            await self._sync_node(name)
+
+    def _desired(self, pv: Obj | None) -> dict[str, tuple[str, ...]]:
+        """The DSW entry of one volume, from the only claim that can hold it (its claimRef)."""
+        if pv is None:
+            return {}
+        ref = _spec(pv).get("claimRef") or {}
+        if not ref.get("name"):
+            return {}
+        claim_key = f"{ref.get('namespace') or 'default'}/{ref['name']}"
+        claim = self._informer.get(PVC, claim_key)
+        pods = [p for k in self._index.pods_using(claim_key) if (p := self._informer.get(POD, k)) is not None]
+        nodes = {n: obj for n in {_spec(p).get("nodeName", "") for p in pods} if (obj := self._informer.get(NODE, n)) is not None}
+        driver = (_spec(pv).get("csi") or {}).get("driver", "")
+        drivers = {driver: d} if (d := self._informer.get(CSIDRIVER, driver)) is not None else {}
+        return desired_nodes(pv, pods, {claim_key: claim} if claim else {}, nodes, drivers)
+
+    async def _sync_volume(self, name: str) -> None:
+        pv = self._informer.get(PV, name)
+        have = attachments_of(name, [va for n in self._index.vas_of(name) if (va := self._informer.get(VA, n)) is not None])
+        want = self._desired(pv)
+        waiting = await self._detach(pv, have, want)
+        await self._attach(pv, have, want)
+        if waiting:
+            raise Retry(_IN_USE_RECHECK, f"volume {name} is still in use on {', '.join(waiting)}")
+
+    async def _detach(self, pv: Obj | None, have: dict[str, Obj], want: dict[str, tuple[str, ...]]) -> list[str]:
+        """Delete the attachments no pod wants any more, except where the node's volume
+        manager still has the volume mounted (status.volumesInUse); those nodes are returned."""
+        unique = unique_volume_name(pv) if pv is not None else None
+        waiting = []
+        for node, va in sorted(have.items()):
+            if node in want or is_deleting(va):
+                continue
+            in_use = _status(self._informer.get(NODE, node)).get("volumesInUse") or ()
+            if unique is not None and unique in in_use:
+                waiting.append(node)
+                continue
+            log.info("detaching %s from %s", _name(va), node)
+            # The external attacher's finalizer turns this into a deletionTimestamp: it
+            # calls ControllerUnpublishVolume, then lets the object go.
+            await self._writes.delete(va)
+            gone = self._informer.get(VA, _name(va))
+            if gone is None:
+                del have[node]
+            else:
+                have[node] = gone
+        return waiting
+
+    async def _attach(self, pv: Obj | None, have: dict[str, Obj], want: dict[str, tuple[str, ...]]) -> None:
+        if pv is None or not want:
+            return
+        driver = _spec(pv)["csi"]["driver"]  # want is empty unless a CSI driver attaches it
+        pv_name = _name(pv)
+        for node, pod_keys in want.items():
+            pods = [p for k in pod_keys if (p := self._informer.get(POD, k)) is not None]
+            va = have.get(node)
+            if va is not None:
+                await self._report(pv_name, va, pods)
+                continue
+            if not multi_attach_allowed(pv) and any(n != node for n in have):
+                # Attached, attaching or still detaching elsewhere: a single-node volume
+                # waits, and each pod that needs it here says why.
+                for pod in pods:
+                    await self._writes.say(pod, "Warning", "FailedAttachVolume", multi_attach_message(pv_name), about=pv_name)
+                continue
+            have[node] = await self._create(pv_name, driver, node)
+
+    async def _create(self, pv_name: str, driver: str, node: str) -> Obj:
+        va = {
+            "apiVersion": VA.api_version,
+            "kind": VA.name,
+            "metadata": {"name": va_name(pv_name, driver, node)},
+            "spec": {"attacher": driver, "nodeName": node, "source": {"persistentVolumeName": pv_name}},
+        }
+        log.info("attaching %s to %s (%s)", pv_name, node, va["metadata"]["name"])
+        try:
+            return await self._writes.create(va)
+        except AlreadyExists:
+            # The informer is behind the log: the object's own event syncs this key again.
+            return va
+
+    async def _report(self, pv_name: str, va: Obj, pods: list[Obj]) -> None:
+        """Tell the pods how their node's attachment went, once per outcome."""
+        if is_attached(va):
+            for pod in pods:
+                await self._writes.say(pod, "Normal", "SuccessfulAttachVolume", attached_message(pv_name), about=pv_name)
+            return
+        error = (_status(va).get("attachError") or {}).get("message")
+        if error and not is_deleting(va):
+            for pod in pods:
+                await self._writes.say(pod, "Warning", "FailedAttachVolume", attach_failed_message(pv_name, error), about=pv_name)
+
+    async def _sync_node(self, name: str) -> None:
+        """Node status.volumesAttached: the unique names of the volumes attached there
+        and not being detached (what the node's volume manager may mount)."""
+        node = self._informer.get(NODE, name)
+        if node is None:
+            return
+        volumes = set()
+        for va_key in self._index.vas_on(name):
+            va = self._informer.get(VA, va_key)
+            pv = self._informer.get(PV, _spec(va).get("source", {}).get("persistentVolumeName", "")) if va else None
+            if is_attached(va) and pv is not None:
+                volumes.add(unique_volume_name(pv))
+        want = [{"name": v, "devicePath": ""} for v in sorted(volumes)]
+        if (_status(node).get("volumesAttached") or []) == want:
+            return
+        await self._writes.patch(ref_of(node), {"status": {"volumesAttached": want or None}}, reason="volumes attached")
