@@ -107,14 +107,21 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
             selector = parse_selector(request.label_selector)
             ns = None if request.all_namespaces or not kind.namespaced else (request.namespace or "default")
             after = request.resource_version
+            name = request.name
+
+            def wanted(meta: dict[str, Any]) -> bool:
+                return (ns is None or meta.get("namespace") == ns) and (not name or meta.get("name") == name) and selector.matches(meta.get("labels"))
+
             if after <= 0:
                 items, after = await self._list(kind, request.namespace, request.all_namespaces, selector)
                 for obj in items:
-                    yield pb.WatchEvent(type="ADDED", object=pb.Object(json=_json(obj)))
-            async for record in self._store.follow(kind.events, after):
+                    if wanted(obj["metadata"]):
+                        yield pb.WatchEvent(type="ADDED", object=pb.Object(json=_json(obj)))
+            # One object: follow its own subject only, not the whole kind's.
+            subject = ref(kind, ns or request.namespace, name).subject if name else kind.events
+            async for record in self._store.follow(subject, after):
                 event, obj = object_of(record)
-                meta = obj["metadata"]
-                if (ns is None or meta.get("namespace") == ns) and selector.matches(meta.get("labels")):
+                if wanted(obj["metadata"]):
                     yield pb.WatchEvent(type=_WATCH_TYPES[event], object=pb.Object(json=_json(obj)))
 
     async def History(self, request: pb.ObjectRef, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:

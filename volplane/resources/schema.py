@@ -71,14 +71,14 @@ class Metadata(_Open):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _DNS_SUBDOMAIN.match(v):
+        if not _DNS_SUBDOMAIN.fullmatch(v):
             raise ValueError(f"{v!r} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')")
         return v
 
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, v: str | None) -> str | None:
-        if v is not None and not _DNS_LABEL.match(v):
+        if v is not None and not _DNS_LABEL.fullmatch(v):
             raise ValueError(f"{v!r} is not a DNS-1123 label")
         return v
 
@@ -150,7 +150,7 @@ class CSISource(_Strict):
     @field_validator("driver")
     @classmethod
     def _driver(cls, v: str) -> str:
-        if not _CSI_DRIVER.match(v):
+        if not _CSI_DRIVER.fullmatch(v):
             raise ValueError(f"{v!r} is not a CSI driver name")
         return v
 
@@ -222,6 +222,15 @@ class PodVolume(_Open):
     hostPath: HostPathSource | None = None
     nfs: NFSSource | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # The volume manager mounts an inline volume at …/volumes/<plugin>/<this name>:
+        # a '/' or '..' in it would put the mount outside the pod's directory.
+        if not _DNS_LABEL.fullmatch(v):
+            raise ValueError(f"{v!r} is not a DNS-1123 label")
+        return v
+
 
 class PodSpec(_Open):
     nodeName: str = ""
@@ -239,7 +248,7 @@ class StorageClassBody(_Open):
     reclaimPolicy: Literal["Delete", "Retain", "Recycle"] = "Delete"
     volumeBindingMode: Literal["Immediate", "WaitForFirstConsumer"] = "Immediate"
     mountOptions: list[str] = []
-    allowVolumeExpansion: bool = False
+    allowVolumeExpansion: bool | None = None
     allowedTopologies: list[NodeSelectorTerm] = []
 
 
@@ -290,7 +299,7 @@ def validate(obj: Any) -> dict[str, Any]:
     meta = _check(Metadata, obj.get("metadata") or {}, "metadata", label)
     if kind_name == "StorageClass":
         body = _check(StorageClassBody, {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, "", label)
-        out.update(body.model_dump())
+        out.update(body.model_dump(exclude_none=True))
     else:
         spec = _check(_SPEC[kind_name], obj.get("spec") if obj.get("spec") is not None else {}, "spec", label)
     md = out.setdefault("metadata", {})

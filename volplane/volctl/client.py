@@ -147,10 +147,11 @@ class Client:
         reply = self._call(self._stub.History, pb.ObjectRef(kind=kind, namespace=namespace, name=name))
         return [Entry(e.seq, e.type, e.at_ns, json.loads(e.json)) for e in reply.entries]
 
-    def watch(self, kind: str, namespace: str, after: int, timeout: float | None) -> Iterator[tuple[str, Obj]]:
-        """(ADDED|MODIFIED|DELETED, object) of ``kind`` after stream position ``after``;
-        TimedOut once ``timeout`` seconds have passed."""
-        call = self._stub.Watch(pb.WatchRequest(kind=kind, namespace=namespace, resource_version=after), timeout=timeout)
+    def watch(self, kind: str, namespace: str, after: int, timeout: float | None, name: str = "") -> Iterator[tuple[str, Obj]]:
+        """(ADDED|MODIFIED|DELETED, object) of ``kind`` (only ``name`` if given) after
+        stream position ``after``; TimedOut once ``timeout`` seconds have passed."""
+        request = pb.WatchRequest(kind=kind, namespace=namespace, resource_version=after, name=name)
+        call = self._stub.Watch(request, timeout=timeout)
         try:
             for event in call:
                 yield event.type, json.loads(event.object.json)

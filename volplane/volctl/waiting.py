@@ -118,7 +118,7 @@ def wait_for(client: Client, kind: str, name: str, namespace: str, cond: Conditi
     if remaining <= 0:
         return False
     try:
-        for event, changed in client.watch(kind, namespace, after, timeout=remaining):
+        for event, changed in client.watch(kind, namespace, after, timeout=remaining, name=name):
             meta = changed.get("metadata") or {}
             if meta.get("name") != name or meta.get("namespace", "") != want_ns:
                 continue
