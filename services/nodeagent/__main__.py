@@ -61,9 +61,9 @@ async def start_volume_manager(rt: Runtime) -> VolumeManager:
     manager = VolumeManager(informer, objects, cfg.kubelet_dir, node=cfg.node_id, csi_endpoint=cfg.csi_endpoint)
     informer.on_change(manager.on_change)
     await informer.start()
-    rt.closers.append(informer.stop)
+    rt.controllers.append(informer.stop)
     await manager.start()
-    rt.closers.append(manager.stop)
+    rt.controllers.append(manager.stop)
     return manager
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -481,6 +482,7 @@ def test_volume_stats_and_expansion_where_the_volume_is_not_are_not_found(node: 
     )) == grpc.StatusCode.NOT_FOUND
 
 
+@pytest.mark.skipif(shutil.which("mkfs.xfs") is None, reason="mkfs.xfs (xfsprogs) is not installed")
 def test_controller_then_node_expansion_grows_a_published_xfs_volume(node: Node, tmp_path: Path) -> None:
     cap = mount_cap(fs_type="xfs")
     vol = node.create(required=320 * MiB, cap=cap)

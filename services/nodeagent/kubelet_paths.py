@@ -1,0 +1,233 @@
+"""The volume manager's directory on this node, and what is on it: its actual state of world.
+
+    paths = KubeletDir(Path("/var/lib/volplane/kubelet/node-1"))
+    paths.pod_volume("9f2c…", "kubernetes.io/csi", "pvc-1", block=False)
+        # …/pods/9f2c…/volumes/kubernetes.io~csi/pvc-1
+    paths.global_mount("csi.volplane.io", "vol-1")
+        # …/plugins/kubernetes.io/csi/csi.volplane.io/<sha256(vol-1)>/globalmount
+    paths.pod_volumes(); paths.devices()      # what the disk says is (or may be) mounted
+
+Every pod volume and every device has a small JSON record, ``vol_data.json`` as the
+kubelet calls it, written *before* the mount it describes (an intent) and removed only
+after the unmount. A pod volume's record sits next to its directory
+(``…/kubernetes.io~csi/pvc-1.vol_data.json``): inside it, the mount would hide it. A
+device's record sits in the global mount's parent directory. So whatever a crash
+interrupts, the disk names every volume that may be mounted, with the driver and volume
+handle needed to unmount it, even when its pod and PV objects are gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["KubeletDir", "PodVolumeOnDisk", "DeviceOnDisk", "DATA_SUFFIX", "DEVICE_DATA"]
+
+log = logging.getLogger(__name__)
+
+CSI_PLUGIN = "kubernetes.io/csi"
+DATA_SUFFIX = ".vol_data.json"  # '_' never occurs in a PV or pod volume name, so no name collides
+DEVICE_DATA = "vol_data.json"
+VOLUMES = "volumes"
+_TMP = ".tmp"
+VOLUME_DEVICES = "volumeDevices"
+
+
+def plugin_dir(plugin: str) -> str:
+    """``plugin_dir("kubernetes.io/csi") == "kubernetes.io~csi"``, the kubelet's escaping."""
+    return plugin.replace("/", "~")
+
+
+@dataclass(frozen=True)
+class PodVolumeOnDisk:
+    """A pod volume the disk knows of: its directory (or block file), or only its record."""
+
+    pod_uid: str
+    plugin: str
+    spec_name: str
+    path: Path
+    block: bool
+    data: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def pod_key(self) -> str:
+        """``namespace/name`` of the pod it was mounted for ("" when the record is missing)."""
+        ns, name = self.data.get("podNamespace"), self.data.get("podName")
+        return f"{ns}/{name}" if ns and name else ""
+
+    @property
+    def unique_name(self) -> str:
+        return str(self.data.get("uniqueName") or "")
+
+
+@dataclass(frozen=True)
+class DeviceOnDisk:
+    """A CSI volume's global directory: ``path`` is its globalmount."""
+
+    driver: str
+    path: Path
+    data: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def unique_name(self) -> str:
+        return str(self.data.get("uniqueName") or "")
+
+
+class KubeletDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pods = root / "pods"
+        self.csi_plugins = root / "plugins" / "kubernetes.io" / "csi"
+
+    # -- layout (docs/control-plane.md, "Node paths") ------------------------------
+
+    def global_mount(self, driver: str, handle: str) -> Path:
+        return self.csi_plugins / driver / hashlib.sha256(handle.encode()).hexdigest() / "globalmount"
+
+    def pod_volume(self, pod_uid: str, plugin: str, spec_name: str, *, block: bool) -> Path:
+        return self.pods / pod_uid / (VOLUME_DEVICES if block else VOLUMES) / plugin_dir(plugin) / spec_name
+
+    @staticmethod
+    def data_of(target: Path) -> Path:
+        """The record of a pod volume: beside it, since a mount over the directory would hide it."""
+        return target.with_name(target.name + DATA_SUFFIX)
+
+    @staticmethod
+    def device_data_of(global_mount: Path) -> Path:
+        return global_mount.parent / DEVICE_DATA
+
+    # -- records ------------------------------------------------------------------
+
+    def read_pod_volume_data(self, target: Path) -> dict[str, Any]:
+        return _read_json(self.data_of(target))
+
+    def read_device_data(self, global_mount: Path) -> dict[str, Any]:
+        return _read_json(self.device_data_of(global_mount))
+
+    def write_pod_volume_data(self, target: Path, data: dict[str, Any]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(self.data_of(target), data)
+
+    def write_device_data(self, global_mount: Path, data: dict[str, Any]) -> None:
+        global_mount.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(self.device_data_of(global_mount), data)
+
+    # -- the actual state of world, read from the disk ----------------------------
+
+    def pod_volumes(self) -> list[PodVolumeOnDisk]:
+        """Every pod volume directory, block file or record under ``pods/*/{volumes,volumeDevices}/*/``."""
+        out: list[PodVolumeOnDisk] = []
+        for pod in _children(self.pods):
+            for kind in (VOLUMES, VOLUME_DEVICES):
+                for plugin in _children(pod / kind):
+                    names: set[str] = set()
+                    for entry in _children(plugin):
+                        # A record, one a crash left half-written, or the volume's own directory.
+                        name = entry.name.removesuffix(DATA_SUFFIX + _TMP) if entry.name.endswith(DATA_SUFFIX + _TMP) else entry.name
+                        names.add(name.removesuffix(DATA_SUFFIX))
+                    for name in sorted(names):
+                        path = plugin / name
+                        out.append(PodVolumeOnDisk(
+                            pod_uid=pod.name, plugin=plugin.name.replace("~", "/"), spec_name=name, path=path,
+                            block=kind == VOLUME_DEVICES, data=_read_json(self.data_of(path)),
+                        ))
+        return out
+
+    def devices(self) -> list[DeviceOnDisk]:
+        """Every CSI volume's global directory under ``plugins/kubernetes.io/csi/<driver>/<sha256>/``."""
+        out = []
+        for driver in _children(self.csi_plugins):
+            for volume in _children(driver):
+                if volume.is_dir():
+                    out.append(DeviceOnDisk(driver=driver.name, path=volume / "globalmount", data=_read_json(volume / DEVICE_DATA)))
+        return out
+
+    def on_disk(self, volume: PodVolumeOnDisk) -> bool:
+        return os.path.lexists(volume.path) or self.data_of(volume.path).exists()
+
+    # -- cleaning up after an unmount ---------------------------------------------
+
+    def remove_pod_volume(self, volume: PodVolumeOnDisk) -> None:
+        """Remove an unmounted pod volume's directory (or block file) and record, then every
+        directory of the pod left empty. Only empty directories and our own files are removed:
+        never anything recursively, so data behind a mount that is somehow still there is safe."""
+        _remove_entry(volume.path)
+        data = self.data_of(volume.path)
+        data.with_name(data.name + _TMP).unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        plugin = volume.path.parent
+        for directory in (plugin, plugin.parent, plugin.parent.parent):
+            if not _rmdir(directory):
+                break
+
+    def remove_device(self, device: DeviceOnDisk) -> None:
+        _rmdir(device.path)
+        data = self.device_data_of(device.path)
+        data.with_name(data.name + _TMP).unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        if _rmdir(device.path.parent):
+            _rmdir(device.path.parent.parent)
+
+
+def _children(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable volume record %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a record atomically (temporary file, fsync, rename) so a crash leaves the old or the new one."""
+    tmp = path.with_name(path.name + _TMP)
+    with open(tmp, "w") as f:
+        json.dump(data, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rmdir(directory: Path) -> bool:
+    """Remove an empty directory; True if it is gone (or was never there)."""
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY, errno.ENOTDIR):
+            log.warning("left %s in place: %s", directory, exc.strerror)
+        return False
+    return True
+
+
+def _remove_entry(path: Path) -> None:
+    """A pod volume's directory (rmdir), or a block volume's empty target file."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            if path.is_symlink() or path.stat().st_size == 0:
+                path.unlink()
+            else:
+                log.warning("left %s in place: not an empty file", path)
+            return
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("left %s in place: %s", path, exc.strerror)
+        return
+    _rmdir(path)

@@ -1,0 +1,157 @@
+"""This node's Node object: registered on start, its status.volumesInUse kept by the volume manager.
+
+    node = NodeObject(objects, informer, "node-1")
+    await node.register(volumes_in_use=["kubernetes.io/csi/csi.volplane.io^vol-1"])
+    await node.add_in_use(unique_name)       # before MountDevice: the AD controller must not detach it
+    await node.remove_in_use(unique_name)    # after UnmountDevice
+    node.keep_terminated                     # label volumes.kubernetes.io/keep-terminated-pod-volumes
+
+Registration lays our labels, the CSI node id annotation and our status fields over the
+object and leaves everything else alone (a user's labels, the AD controller's
+status.volumesAttached), as the kubelet's node status updates do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from volplane.errors import AlreadyExists, ConcurrencyConflict
+from volplane.events import now_ns
+from volplane.nodes import TOPOLOGY_KEY
+from volplane.resources import names
+from volplane.resources.informer import Informer
+from volplane.resources.kinds import BY_NAME, ref
+from volplane.resources.store import ObjectStore, rfc3339
+
+__all__ = ["NodeObject", "NODE"]
+
+NODE = BY_NAME["Node"]
+Obj = dict[str, Any]
+_ATTEMPTS = 20
+
+
+class NodeObject:
+    def __init__(self, objects: ObjectStore, informer: Informer, node: str, node_id: str | None = None) -> None:
+        self._objects = objects
+        self._informer = informer
+        self.name = node
+        self._node_id = node_id or node  # the CSI node id of csi.volplane.io on this node
+        self.ref = ref(NODE, None, node)
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> Obj | None:
+        return self._informer.get(NODE, self.name)
+
+    @property
+    def keep_terminated(self) -> bool:
+        labels = ((self.current or {}).get("metadata") or {}).get("labels") or {}
+        return names.LABEL_KEEP_TERMINATED in labels
+
+    def in_use(self) -> list[str]:
+        return list(((self.current or {}).get("status") or {}).get("volumesInUse") or [])
+
+    def registered(self) -> bool:
+        """Whether the object (as the informer has it) carries everything registration writes."""
+        obj = self.current
+        if obj is None:
+            return False
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        ready = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
+        return (
+            labels.get(names.LABEL_HOSTNAME) == self.name and labels.get(TOPOLOGY_KEY) == self.name
+            and names.csi_node_id(obj, names.OWN_DRIVER) == self._node_id and bool(ready) and ready[0].get("status") == "True"
+        )
+
+    async def register(self, volumes_in_use: list[str] | None = None) -> None:
+        """Create the Node, or lay our labels, annotation and status over the existing one."""
+        async with self._lock:
+            for _ in range(_ATTEMPTS):
+                current, version = await self._objects.read(self.ref)
+                try:
+                    if current is None:
+                        new = await self._objects.create(self._new(volumes_in_use or []))
+                    else:
+                        new = await self._objects.update(current, self._registration(current, volumes_in_use), reason="register", version=version)
+                except (AlreadyExists, ConcurrencyConflict):
+                    continue
+                self._informer.observe(new)
+                return
+        raise ConcurrencyConflict(f"{self.ref} keeps changing; registering again later")
+
+    async def add_in_use(self, unique_name: str) -> None:
+        if unique_name not in self.in_use():
+            await self._change_in_use(lambda names_: sorted({*names_, unique_name}))
+
+    async def remove_in_use(self, unique_name: str) -> None:
+        if unique_name in self.in_use():
+            await self._change_in_use(lambda names_: [n for n in names_ if n != unique_name])
+
+    async def _change_in_use(self, change: Callable[[list[str]], list[str]]) -> None:
+        async with self._lock:
+            for _ in range(_ATTEMPTS):
+                current, version = await self._objects.read(self.ref)
+                if current is None:
+                    try:
+                        new = await self._objects.create(self._new(change([])))
+                    except AlreadyExists:
+                        continue
+                    self._informer.observe(new)
+                    return
+                before = list((current.get("status") or {}).get("volumesInUse") or [])
+                after = change(before)
+                if after == before:
+                    self._informer.observe(current)
+                    return
+                try:
+                    new = await self._objects.update(current, {"status": {"volumesInUse": after}}, reason="volumesInUse", version=version)
+                except ConcurrencyConflict:
+                    continue
+                self._informer.observe(new)
+                return
+        raise ConcurrencyConflict(f"{self.ref} keeps changing; volumesInUse not written")
+
+    def _labels(self) -> dict[str, str]:
+        return {names.LABEL_HOSTNAME: self.name, TOPOLOGY_KEY: self.name}
+
+    def _node_ids(self, current: Obj | None) -> str:
+        raw = (((current or {}).get("metadata") or {}).get("annotations") or {}).get(names.ANN_CSI_NODE_IDS)
+        try:
+            ids = json.loads(raw) if raw else {}
+        except ValueError:
+            ids = {}
+        ids = ids if isinstance(ids, dict) else {}
+        # Other drivers' ids on this node stay; ours is (re)written.
+        return json.dumps({**ids, names.OWN_DRIVER: self._node_id}, sort_keys=True)
+
+    def _ready(self, current: Obj | None) -> list[Obj]:
+        conditions = [c for c in ((current or {}).get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
+        old = next((c for c in ((current or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        since = old.get("lastTransitionTime") if old.get("status") == "True" else None
+        ready = {
+            "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "volplane volume manager is ready",
+            "lastTransitionTime": since or rfc3339(now_ns()),
+        }
+        return conditions + [ready]
+
+    def _status(self, current: Obj | None) -> Obj:
+        return {"conditions": self._ready(current), "nodeInfo": {"kubeletVersion": "volplane"}}
+
+    def _new(self, volumes_in_use: list[str]) -> Obj:
+        return {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.name, "labels": self._labels(), "annotations": {names.ANN_CSI_NODE_IDS: self._node_ids(None)}},
+            "spec": {},
+            "status": {**self._status(None), "volumesInUse": sorted(volumes_in_use)},
+        }
+
+    def _registration(self, current: Obj, volumes_in_use: list[str] | None) -> Obj:
+        status = self._status(current)
+        if volumes_in_use is not None:
+            have = (current.get("status") or {}).get("volumesInUse") or []
+            status["volumesInUse"] = sorted({*have, *volumes_in_use})
+        return {"metadata": {"labels": self._labels(), "annotations": {names.ANN_CSI_NODE_IDS: self._node_ids(current)}}, "status": status}

@@ -1,0 +1,348 @@
+"""The volume manager of one node (the kubelet's storage part): desired state of world from the
+objects in memory, actual state of world from the disk, and a level-based reconciler.
+
+    vm = VolumeManager(informer, ObjectStore(store, manager="kubelet/node-1"), cfg.kubelet_dir, node="node-1",
+                       csi_endpoint=cfg.csi_endpoint)
+    informer.on_change(vm.on_change)
+    await informer.start(); await vm.start()
+
+Keys, as in docs/control-plane.md:
+
+- ``pod:<ns>/<name>`` — MountAttachVolumes for the pod if it is desired here (waits for
+  attach, MountDevice, SetUp; writes status.volumes and the VolumesReady condition), and
+  UnmountVolumes for what the disk holds of another incarnation of that name (or of the
+  pod itself once it is deleted, terminated or moved).
+- ``node:<node>`` — UnmountVolumes for every pod directory no desired pod owns (pods
+  deleted while this process was down included), then UnmountDetachDevices for every
+  global mount no pod uses any more, then Node status.volumesInUse made to match the disk.
+
+The actual state is read from the disk on every sync (``kubelet_paths.py``), so a process
+killed at any point converges after a restart with nothing to rebuild: half-done mounts
+are redone (the CSI calls are idempotent), and what belongs to no pod is taken down.
+Operations on one volume never overlap: they hold the volume's lock (its unique name for
+CSI, the pod's directory for in-tree volumes), which waits rather than fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from volplane.errors import Internal, VolplaneError
+from volplane.resources.controller import Loop, Retry
+from volplane.resources.informer import Informer
+from volplane.resources.kinds import Kind, ref_of
+from volplane.resources.store import ObjectStore
+
+from .adapters.storage import HostStorage
+from .csi_volumes import CSIDRIVER, VA, CsiVolumes, WaitingForAttach
+from .desired_state import CSI, POD, PV, PVC, DesiredVolume, Unresolved, claim_keys, is_desired, resolve
+from .kubelet_paths import KubeletDir, PodVolumeOnDisk
+from .node_object import NODE, NodeObject
+from .pod_status import PodStatus, volume_entry
+from .volume_plugins import InTreePlugins
+
+__all__ = ["VolumeManager"]
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+_ATTACH_POLL_S = 2.0
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, cause: BaseException) -> None:
+        super().__init__(step)
+        self.step = step
+        self.cause = cause
+
+
+class _Locks:
+    """Per-key asyncio locks that wait (KeyedLocks refuses), dropped when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class VolumeManager:
+    def __init__(
+        self, informer: Informer, objects: ObjectStore, kubelet_dir: Path, *, node: str, csi_endpoint: str,
+        storage: HostStorage | None = None, workers: int = 4, resync: float = 30.0,
+    ) -> None:
+        storage = storage or HostStorage()
+        self.node = node
+        self._informer = informer
+        self._objects = objects
+        self.paths = KubeletDir(kubelet_dir)
+        self.node_object = NodeObject(objects, informer, node)
+        self._csi = CsiVolumes(self.paths, informer, storage, node=node, own_endpoint=csi_endpoint)
+        self._in_tree = InTreePlugins(storage)
+        self._status = PodStatus(objects, informer)
+        self._locks = _Locks()
+        self.node_key = f"node:{node}"
+        self.loop = Loop(f"volume-manager/{node}", self.sync, workers=workers, resync=resync, keys=self.keys)
+
+    async def start(self) -> None:
+        # Whatever the disk says may be staged stays in use until UnmountDevice is done.
+        await self.node_object.register([d.unique_name for d in self.paths.devices() if d.unique_name])
+        await self.loop.start()
+
+    async def stop(self) -> None:
+        await self.loop.stop()
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        pods = {_pod_key(p) for p in self._pods_here()}
+        pods |= {f"pod:{v.pod_key}" for v in self.paths.pod_volumes() if v.pod_key}
+        return [self.node_key, *sorted(pods)]
+
+    def on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
+        """Enqueue the keys an object change may concern; cheap, runs in the informer."""
+        if kind is POD:
+            if any(o is not None and (o.get("spec") or {}).get("nodeName") == self.node for o in (old, new)):
+                self.loop.add(_pod_key(new or old))  # type: ignore[arg-type]
+                self.loop.add(self.node_key)
+        elif kind is NODE:
+            if (new or old or {}).get("metadata", {}).get("name") == self.node and _labels(old) != _labels(new):
+                for key in self.keys():
+                    self.loop.add(key)
+        elif kind is PVC:
+            claims = {ref_of(o).key for o in (old, new) if o is not None}
+            self._add_pods(lambda pod: bool(claim_keys(pod) & claims))
+        elif kind is PV:
+            pvs = {o["metadata"]["name"] for o in (old, new) if o is not None}
+            self._add_pods(lambda pod: bool(self._pvs_of(pod) & pvs))
+        elif kind is VA:
+            vas = [o for o in (old, new) if o is not None and (o.get("spec") or {}).get("nodeName") == self.node]
+            pvs = {((o.get("spec") or {}).get("source") or {}).get("persistentVolumeName") for o in vas}
+            if pvs:
+                self._add_pods(lambda pod: bool(self._pvs_of(pod) & pvs))
+        elif kind is CSIDRIVER:
+            self._add_pods(lambda pod: True)
+
+    def _add_pods(self, concerns: Callable[[Obj], bool]) -> None:
+        for pod in self._pods_here():
+            if concerns(pod):
+                self.loop.add(_pod_key(pod))
+        self.loop.add(self.node_key)
+
+    def _pods_here(self) -> list[Obj]:
+        return [p for p in self._informer.list(POD) if (p.get("spec") or {}).get("nodeName") == self.node]
+
+    def _pvs_of(self, pod: Obj) -> set[str]:
+        out = set()
+        for key in claim_keys(pod):
+            pvc = self._informer.get(PVC, key)
+            if pvc is not None and (pvc.get("spec") or {}).get("volumeName"):
+                out.add(pvc["spec"]["volumeName"])
+        return out
+
+    def _desired(self, pod: Obj | None) -> bool:
+        return is_desired(pod, self.node, keep_terminated=self.node_object.keep_terminated)
+
+    def _desired_uids(self) -> set[str]:
+        return {p["metadata"]["uid"] for p in self._pods_here() if self._desired(p)}
+
+    def _uid_desired(self, uid: str) -> bool:
+        return uid in self._desired_uids()
+
+    # -- sync ---------------------------------------------------------------------------
+
+    async def sync(self, key: str) -> None:
+        if key == self.node_key:
+            await self.sync_node()
+        elif key.startswith("pod:"):
+            await self.sync_pod(key.removeprefix("pod:"))
+
+    async def sync_pod(self, pod_key: str) -> None:
+        pod = self._informer.get(POD, pod_key)
+        desired = self._desired(pod)
+        uid = pod["metadata"]["uid"] if desired else None  # type: ignore[index]
+        stale = [v for v in self.paths.pod_volumes() if v.pod_key == pod_key and v.pod_uid != uid]
+        if stale:
+            await self._tear_down_all(stale, lambda v: not self._uid_desired(v.pod_uid))
+            self.loop.add(self.node_key)
+        if desired:
+            await self._mount_pod(pod)  # type: ignore[arg-type]
+        elif pod is not None and (pod.get("spec") or {}).get("nodeName") == self.node:
+            await self._status.mark_unmounted(pod)
+
+    async def sync_node(self) -> None:
+        if not self.node_object.registered():
+            await self.node_object.register()
+        desired = self._desired_uids()
+        # UnmountVolumes: pod directories of pods no longer desired here, whoever they were.
+        unwanted = [v for v in self.paths.pod_volumes() if v.pod_uid not in desired]
+        errors = await self._tear_down_all(unwanted, lambda v: not self._uid_desired(v.pod_uid), raise_=False)
+        # UnmountDetachDevices: global mounts no pod uses or wants any more.
+        used = self._devices_used()
+        for device in self.paths.devices():
+            if device.unique_name in used:
+                continue
+            async with self._locks.hold(device.unique_name or str(device.path)):
+                if device.unique_name in self._devices_used() or not device.path.parent.exists():
+                    continue  # A pod mounted it, or another sync took it down, while we waited.
+                try:
+                    await self._csi.unmount_device(device)
+                except Exception as exc:  # noqa: BLE001 - one device must not block the others.
+                    errors.append(f'UnmountDevice failed for volume "{device.data.get("specVolID", device.path)}": {_reason(exc)}')
+                    continue
+                self.paths.remove_device(device)
+                if device.unique_name:
+                    await self.node_object.remove_in_use(device.unique_name)
+                log.info("unmounted device %s from %s", device.unique_name or "?", device.path)
+        await self._heal_in_use()
+        if errors:
+            raise Internal("; ".join(errors))
+
+    def _devices_used(self) -> set[str]:
+        """Unique names of CSI volumes a pod directory holds or a desired pod wants."""
+        used = {v.unique_name for v in self.paths.pod_volumes() if v.unique_name}
+        for pod in self._pods_here():
+            if self._desired(pod):
+                for volume in (pod.get("spec") or {}).get("volumes") or []:
+                    r = resolve(pod, volume, self._informer.get)
+                    if isinstance(r, DesiredVolume) and r.is_csi:
+                        used.add(r.unique_name)
+        return used
+
+    async def _heal_in_use(self) -> None:
+        """Node status.volumesInUse lists exactly the devices the disk records (a crash between
+        writing one and the other leaves them apart)."""
+        on_disk = {d.unique_name for d in self.paths.devices() if d.unique_name}
+        for name in set(self.node_object.in_use()) - on_disk:
+            async with self._locks.hold(name):
+                if name not in {d.unique_name for d in self.paths.devices()}:
+                    await self.node_object.remove_in_use(name)
+        for name in on_disk - set(self.node_object.in_use()):
+            await self.node_object.add_in_use(name)
+
+    # -- MountAttachVolumes ---------------------------------------------------------------
+
+    async def _mount_pod(self, pod: Obj) -> None:
+        statuses: list[Obj] = []
+        failed: list[str] = []
+        waiting: list[str] = []
+        for volume in (pod.get("spec") or {}).get("volumes") or []:
+            r = resolve(pod, volume, self._informer.get)
+            if isinstance(r, Unresolved):
+                statuses.append(volume_entry(r.name, False, "", r.message))
+                if r.hard:
+                    failed.append(f'MountVolume.SetUp failed for volume "{r.name}": {r.message}')
+                    await self._objects.record(pod, "Warning", "FailedMount", failed[-1])
+                continue
+            path = self._target_of(pod, r)
+            try:
+                await self._mount(pod, r, path)
+            except WaitingForAttach as exc:
+                statuses.append(volume_entry(r.name, False, str(path), str(exc)))
+                waiting.append(str(exc))
+            except _StepFailed as exc:
+                message = f'MountVolume.{exc.step} failed for volume "{r.spec_name}": {_reason(exc.cause)}'
+                statuses.append(volume_entry(r.name, False, str(path), message))
+                failed.append(message)
+                await self._objects.record(pod, "Warning", "FailedMount", message)
+            else:
+                statuses.append(volume_entry(r.name, True, str(path), ""))
+        await self._status.write(pod, statuses)
+        if failed:
+            raise Internal(f"pod {ref_of(pod).key}: " + "; ".join(failed))
+        if waiting:
+            raise Retry(_ATTACH_POLL_S, waiting[0])
+
+    def _target_of(self, pod: Obj, volume: DesiredVolume) -> Path:
+        return self.paths.pod_volume(pod["metadata"]["uid"], volume.plugin, volume.spec_name, block=volume.block)
+
+    async def _mount(self, pod: Obj, volume: DesiredVolume, target: Path) -> None:
+        if volume.is_csi:
+            if self._csi.set_up_done(target):
+                return
+            async with self._locks.hold(volume.unique_name):
+                context = self._csi.publish_context(volume)
+                try:
+                    # Before MountDevice: the AD controller never detaches a volume in use.
+                    await self.node_object.add_in_use(volume.unique_name)
+                    staging, staged = await self._csi.mount_device(volume, context)
+                except Exception as exc:  # noqa: BLE001 - reported on the pod, retried by the loop.
+                    raise _StepFailed("MountDevice", exc) from exc
+                if staged:
+                    message = f'MountVolume.MountDevice succeeded for volume "{volume.spec_name}" device mount path "{staging}"'
+                    await self._objects.record(pod, "Normal", "SuccessfulMountVolume", message)
+                try:
+                    done = await self._csi.set_up(pod, volume, staging, context)
+                except Exception as exc:  # noqa: BLE001
+                    raise _StepFailed("SetUp", exc) from exc
+        else:
+            async with self._locks.hold(str(target)):
+                meta = pod["metadata"]
+                record = {
+                    "plugin": volume.plugin, "specVolID": volume.spec_name, "volumeName": volume.name, "uniqueName": volume.unique_name,
+                    "podUID": meta["uid"], "podNamespace": meta.get("namespace") or "default", "podName": meta["name"], "nodeName": self.node,
+                }
+                try:
+                    if self.paths.read_pod_volume_data(target) != record:
+                        self.paths.write_pod_volume_data(target, record)
+                    done = await self._in_tree.set_up(volume, target)
+                except Exception as exc:  # noqa: BLE001
+                    raise _StepFailed("SetUp", exc) from exc
+        if done:
+            log.info("mounted volume %s for pod %s at %s", volume.spec_name, ref_of(pod).key, target)
+            await self._objects.record(pod, "Normal", "SuccessfulMountVolume", f'MountVolume.SetUp succeeded for volume "{volume.spec_name}"')
+
+    # -- UnmountVolumes ---------------------------------------------------------------------
+
+    async def _tear_down_all(self, volumes: list[PodVolumeOnDisk], unwanted: Callable[[PodVolumeOnDisk], bool], *, raise_: bool = True) -> list[str]:
+        """TearDown each volume that is still ``unwanted`` once its lock is held (a pod may have
+        become desired again while we waited: keep-terminated-pod-volumes set meanwhile)."""
+        errors = []
+        for volume in volumes:
+            key = volume.unique_name if volume.plugin == CSI and volume.unique_name else str(volume.path)
+            async with self._locks.hold(key):
+                if not unwanted(volume) or not self.paths.on_disk(volume):
+                    continue  # Wanted again, or another key took it down while we waited.
+                try:
+                    if volume.plugin == CSI:
+                        await self._csi.tear_down(volume)
+                    else:
+                        await self._in_tree.tear_down(volume.path)
+                except Exception as exc:  # noqa: BLE001 - one volume must not block the others.
+                    errors.append(f'UnmountVolume.TearDown failed for volume "{volume.spec_name}" of pod {volume.pod_uid}: {_reason(exc)}')
+                    continue
+                self.paths.remove_pod_volume(volume)
+                log.info("unmounted volume %s of pod %s (%s)", volume.spec_name, volume.pod_uid, volume.pod_key or "pod gone")
+        if errors and raise_:
+            raise Internal("; ".join(errors))
+        return errors
+
+
+def _pod_key(pod: Obj) -> str:
+    return f"pod:{ref_of(pod).key}"
+
+
+def _labels(obj: Obj | None) -> dict[str, str]:
+    return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, VolplaneError):
+        return exc.message
+    return str(exc) or type(exc).__name__

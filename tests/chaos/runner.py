@@ -1,0 +1,287 @@
+"""``make chaos``: kill -9 at randomized points of every step of a volume's life, in every
+process the step runs through, and check that each volume ends where the step said.
+
+Steps: create, publish, stage, mount, unmount, unstage, unpublish, delete (one CSI call
+each). Victims per step: the service that owns it (provisioner, attacher or nodeagent),
+apigw (the CSI server), nats-server and redis-server. A trial brings ``--inflight``
+volumes to the state before the step, fires the step's call for all of them at once,
+kills the victim with SIGKILL after a random delay within the step's measured duration,
+restarts it, and then retries each call as a container orchestrator would until it
+succeeds. It then checks every volume (its image, its loop device and mounts, what the
+provisioner and attacher report) and, after tearing them down, that nothing leaked: no
+image, loop device or mount that no volume accounts for.
+
+    make chaos                                   # 10 trials × 10 in flight: 100 crash points per cell
+    python -m tests.chaos.runner --trials 1 --inflight 3      # what make test runs
+
+Prints one table row per step: for each victim, volumes converged / volumes, and how
+many calls were still in flight when the victim died ("hit"); exits 1 if any volume did
+not converge or anything leaked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from volplane.csi import csi_pb2 as csi
+from volplane.csi import csi_pb2_grpc as rpc
+from volplane.launcher import Stack
+
+STEPS = ("create", "publish", "stage", "mount", "unmount", "unstage", "unpublish", "delete")
+OWNER = {"create": "provisioner", "delete": "provisioner", "publish": "attacher", "unpublish": "attacher"}
+SERVERS = ("nats-server", "redis-server")
+CAP = csi.VolumeCapability(
+    mount=csi.VolumeCapability.MountVolume(fs_type="ext4"),
+    access_mode=csi.VolumeCapability.AccessMode(mode=csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER),
+)
+SIZE = 16 * 2**20
+# Codes a CO retries on: the service or the log was away, or another call held the volume.
+RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+
+
+def victims(step: str) -> tuple[str, ...]:
+    return (OWNER.get(step, "nodeagent"), "apigw", *SERVERS)
+
+
+@dataclass
+class Vol:
+    name: str
+    id: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+class Lab:
+    """One stack, a CSI client, and the checks."""
+
+    def __init__(self, stack: Stack, work: Path) -> None:
+        self.stack = stack
+        self.work = work
+        self.node = stack.node_id
+        # The CO makes the parents of staging and target paths (the kubelet's directories).
+        (work / "staging").mkdir(parents=True, exist_ok=True)
+        (work / "target").mkdir(parents=True, exist_ok=True)
+        self.channel = grpc.aio.insecure_channel(stack.csi_endpoint)
+        self.ctl = rpc.ControllerStub(self.channel)
+        self.nodes = rpc.NodeStub(self.channel)
+
+    def staging(self, v: Vol) -> Path:
+        return self.work / "staging" / v.name
+
+    def target(self, v: Vol) -> Path:
+        return self.work / "target" / v.name
+
+    async def call(self, v: Vol, step: str) -> None:
+        t = 20.0
+        if step == "create":
+            reply = await self.ctl.CreateVolume(csi.CreateVolumeRequest(name=v.name, capacity_range=csi.CapacityRange(required_bytes=SIZE), volume_capabilities=[CAP]), timeout=t)
+            v.id = reply.volume.volume_id
+        elif step == "publish":
+            await self.ctl.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(volume_id=v.id, node_id=self.node, volume_capability=CAP), timeout=t)
+        elif step == "stage":
+            await self.nodes.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=v.id, staging_target_path=str(self.staging(v)), volume_capability=CAP), timeout=t)
+        elif step == "mount":
+            await self.nodes.NodePublishVolume(csi.NodePublishVolumeRequest(volume_id=v.id, staging_target_path=str(self.staging(v)), target_path=str(self.target(v)), volume_capability=CAP), timeout=t)
+        elif step == "unmount":
+            await self.nodes.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=v.id, target_path=str(self.target(v))), timeout=t)
+        elif step == "unstage":
+            await self.nodes.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=v.id, staging_target_path=str(self.staging(v))), timeout=t)
+        elif step == "unpublish":
+            await self.ctl.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=v.id, node_id=self.node), timeout=t)
+        elif step == "delete":
+            await self.ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=v.id), timeout=t)
+
+    async def until_done(self, v: Vol, step: str, first: asyncio.Task[None] | None, deadline: float) -> None:
+        """The call's own outcome, or retries until it succeeds (as a CO does)."""
+        error: grpc.aio.AioRpcError | None = None
+        if first is not None:
+            try:
+                await first
+                return
+            except grpc.aio.AioRpcError as exc:
+                error = exc
+        while time.monotonic() < deadline:
+            if error is not None and error.code() not in RETRY and error.code() != grpc.StatusCode.INTERNAL:
+                v.problems.append(f"{step}: {error.code().name}: {error.details()}")
+                return
+            try:
+                await self.call(v, step)
+                return
+            except grpc.aio.AioRpcError as exc:
+                error = exc
+                await asyncio.sleep(0.2)
+        v.problems.append(f"{step}: did not succeed within the deadline (last: {error.code().name if error else '-'})")
+
+    async def check(self, v: Vol, step: str) -> None:
+        """The volume is exactly where the step leaves it."""
+        done = STEPS.index(step)
+        exists = "create" in STEPS[: done + 1] and step != "delete"
+        listed = {e.volume.volume_id for e in (await self.ctl.ListVolumes(csi.ListVolumesRequest(), timeout=20)).entries}
+        if exists != (v.id in listed):
+            v.problems.append(f"after {step}: ListVolumes {'lacks' if exists else 'still has'} the volume")
+        images = list(self.stack.pool_dir("shared").glob(f"{v.id}.img")) + list(self.stack.pool_dir(self.node).glob(f"{v.id}.img"))
+        if exists != (len(images) == 1) or len(images) > 1:
+            v.problems.append(f"after {step}: {len(images)} image file(s)")
+        staged = STEPS.index("stage") <= done < STEPS.index("unstage")
+        mounted = STEPS.index("mount") <= done < STEPS.index("unmount")
+        if _mounts_at(self.staging(v)) != (1 if staged else 0):
+            v.problems.append(f"after {step}: staging path mounted {_mounts_at(self.staging(v))} times")
+        if _mounts_at(self.target(v)) != (1 if mounted else 0):
+            v.problems.append(f"after {step}: target path mounted {_mounts_at(self.target(v))} times")
+        loops = _loops_of(v.id)
+        if len(loops) != (1 if staged else 0):
+            v.problems.append(f"after {step}: {len(loops)} loop device(s) on the image")
+
+    async def teardown(self, v: Vol) -> None:
+        """From any state back to nothing: every undo is idempotent."""
+        if not v.id:
+            try:
+                reply = await self.ctl.CreateVolume(csi.CreateVolumeRequest(name=v.name, capacity_range=csi.CapacityRange(required_bytes=SIZE), volume_capabilities=[CAP]), timeout=20)
+                v.id = reply.volume.volume_id
+            except grpc.aio.AioRpcError as exc:
+                v.problems.append(f"teardown: {exc.code().name}")
+                return
+        for step in ("unmount", "unstage", "unpublish", "delete"):
+            await self.until_done(v, step, None, time.monotonic() + 60)
+
+    def leaks(self) -> list[str]:
+        found = []
+        for pool in ("shared", self.node):
+            found += [f"image left: {p.name}" for p in self.stack.pool_dir(pool).glob("*.img")]
+        found += [f"loop device left: {line}" for line in _losetup() if str(self.stack.run_dir) in line]
+        with open("/proc/self/mountinfo") as f:
+            found += [f"mount left: {line.split(' ')[4]}" for line in f if str(self.work) in line.split(" ")[4]]
+        return found
+
+
+def _mounts_at(path: Path) -> int:
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for line in f if line.split(" ")[4] == str(path))
+
+
+def _losetup() -> list[str]:
+    return subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
+
+
+def _loops_of(volume_id: str) -> list[str]:
+    return [line for line in _losetup() if f"{volume_id}.img" in line] if volume_id else []
+
+
+def kill(stack: Stack, victim: str) -> None:
+    if victim == "nats-server" and stack.nats is not None:
+        stack.nats.stop(kill=True)
+    elif victim == "redis-server" and stack.redis is not None:
+        stack.redis.stop(kill=True)
+    else:
+        stack.stop_service(victim, kill=True)
+
+
+def restart(stack: Stack, victim: str) -> None:
+    if victim == "nats-server" and stack.nats is not None:
+        stack.nats.start()
+    elif victim == "redis-server" and stack.redis is not None:
+        stack.redis.start()
+    else:
+        stack.start_service(victim)
+    stack.wait_healthy(stack.services, timeout=90)
+
+
+@dataclass
+class Cell:
+    volumes: int = 0
+    converged: int = 0
+    hit: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: float, cell: Cell) -> float:
+    """One trial; returns how long the step's calls took (for calibration without a victim)."""
+    vols = [Vol(f"chaos-{uuid.uuid4().hex[:10]}") for _ in range(inflight)]
+    for before in STEPS[: STEPS.index(step)]:
+        await asyncio.gather(*(lab.until_done(v, before, None, time.monotonic() + 60) for v in vols))
+    t0 = time.monotonic()
+    tasks = [asyncio.create_task(lab.call(v, step)) for v in vols]
+    if victim is not None:
+        await asyncio.sleep(random.uniform(0, window))
+        cell.hit += sum(1 for t in tasks if not t.done())
+        await asyncio.to_thread(kill, lab.stack, victim)
+        await asyncio.sleep(random.uniform(0, 0.3))
+        await asyncio.to_thread(restart, lab.stack, victim)
+    deadline = time.monotonic() + 90
+    await asyncio.gather(*(lab.until_done(v, step, t, deadline) for v, t in zip(vols, tasks)))
+    took = time.monotonic() - t0
+    for v in vols:
+        if not v.problems:
+            await lab.check(v, step)
+    for v in vols:
+        cell.volumes += 1
+        cell.converged += not v.problems
+        cell.problems += [f"{v.name}: {p}" for p in v.problems]
+        v.problems.clear()
+        await lab.teardown(v)
+        cell.problems += [f"{v.name}: {p}" for p in v.problems]
+    leaked = lab.leaks()
+    cell.problems += leaked
+    return took
+
+
+async def run(stack: Stack, work: Path, trials: int, inflight: int, steps: tuple[str, ...], seed: int) -> dict[tuple[str, str], Cell]:
+    random.seed(seed)
+    lab = Lab(stack, work)
+    cells: dict[tuple[str, str], Cell] = {}
+    for step in steps:
+        window = max(await trial(lab, step, None, inflight, 0, Cell()), 0.05)
+        for victim in victims(step):
+            cell = cells.setdefault((step, victim), Cell())
+            for _ in range(trials):
+                await trial(lab, step, victim, inflight, window, cell)
+            print(f"  {step:9s} × {victim:12s} {cell.converged}/{cell.volumes} converged, {cell.hit} hit mid-call" + (f"  PROBLEMS: {cell.problems[:3]}" if cell.problems else ""), flush=True)
+    await lab.channel.close()
+    return cells
+
+
+def table(cells: dict[tuple[str, str], Cell]) -> str:
+    lines = [f"{'step':10s} {'owner':26s} {'apigw':18s} {'nats-server':18s} {'redis-server':18s}"]
+    for step in STEPS:
+        row = [cells.get((step, v)) for v in victims(step)]
+        if not any(row):
+            continue
+        text = [f"{c.converged}/{c.volumes} ({c.hit} hit)" if c else "-" for c in row]
+        lines.append(f"{step:10s} {victims(step)[0] + ': ' + text[0]:26s} {text[1]:18s} {text[2]:18s} {text[3]:18s}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--inflight", type=int, default=10)
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="volplane-chaos-") as tmp:
+        stack = Stack(Path(tmp) / "run", env={"VOLPLANE_LOG_LEVEL": "WARNING"})
+        stack.start()
+        try:
+            print(f"chaos: {args.trials} trial(s) × {args.inflight} volume(s) in flight per step × victim (kill -9, then restart)")
+            cells = asyncio.run(run(stack, Path(tmp) / "work", args.trials, args.inflight, tuple(args.steps), args.seed))
+        finally:
+            stack.stop()
+    print(table(cells))
+    bad = {k: c for k, c in cells.items() if c.problems or c.converged != c.volumes}
+    for (step, victim), cell in bad.items():
+        print(f"{step} × {victim}: " + "; ".join(cell.problems[:10]))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
