@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GEN    := volplane/csi
 STUBS  := $(GEN)/csi_pb2.py $(GEN)/csi_pb2_grpc.py $(GEN)/resources_pb2.py $(GEN)/resources_pb2_grpc.py
 
-.PHONY: all install proto run test unit integration bench bench-controlplane rebuild clean distclean
+.PHONY: all install proto run test unit integration bench bench-controlplane chaos rebuild clean distclean
 
 all: install proto
 
@@ -49,6 +49,10 @@ bench: install proto
 # N claims + N pods through the standalone control plane until every volume is mounted (root).
 bench-controlplane: install proto
 	$(BIN)/python -m bench.controlplane_bench $(BENCH_ARGS)
+
+# kill -9 at randomized points of every step, per victim (services, nats-server, redis-server); root.
+chaos: install proto
+	$(BIN)/python -m tests.chaos.runner $(CHAOS_ARGS)
 
 # Drop every projection in Redis and replay the event log (services may keep running).
 rebuild: install proto

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats.errors
+import redis.exceptions
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
@@ -86,6 +87,11 @@ class Bus:
             except VolplaneError as exc:
                 body = {"err": [type(exc).__name__, exc.message]}
                 result_label = type(exc).__name__
+                s.set_attribute("volplane.error", result_label)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                # Redis (the read model) away or restarting: the caller retries, nothing is lost.
+                body = {"err": [Unavailable.__name__, f"Redis is unavailable: {exc}"]}
+                result_label = Unavailable.__name__
                 s.set_attribute("volplane.error", result_label)
             except Exception as exc:  # noqa: BLE001 - a bug must still answer the caller.
                 log.exception("handler for %s failed", msg.subject)

@@ -11,6 +11,9 @@ import logging
 
 import nats
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from nats.aio.client import Client as NATS
 
 from volplane.config import Config
@@ -61,7 +64,15 @@ async def connect_nats(cfg: Config, name: str) -> NATS:
 
 
 def connect_redis(cfg: Config) -> aioredis.Redis:
-    return aioredis.Redis.from_url(cfg.redis_url, decode_responses=False)
+    """A client that reconnects by itself: after a Redis restart, pooled connections are
+    dead, and a command on one is retried on a fresh connection instead of failing."""
+    return aioredis.Redis.from_url(
+        cfg.redis_url,
+        decode_responses=False,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+        retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        health_check_interval=15,
+    )
 
 
 async def check_redis(r: aioredis.Redis, cfg: Config) -> None:

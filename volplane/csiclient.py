@@ -69,6 +69,12 @@ class CsiClient:
         info = await self._call("GetPluginInfo", self.identity.GetPluginInfo, csi.GetPluginInfoRequest(), 10.0)
         return info.name
 
+    async def node_stages(self) -> bool:
+        """Whether the node plugin has STAGE_UNSTAGE_VOLUME (NodeGetCapabilities)."""
+        reply = await self._call("NodeGetCapabilities", self.node.NodeGetCapabilities, csi.NodeGetCapabilitiesRequest(), 10.0)
+        stage = csi.NodeServiceCapability.RPC.STAGE_UNSTAGE_VOLUME
+        return any(c.rpc.type == stage for c in reply.capabilities)
+
     async def create_volume(
         self,
         name: str,

@@ -18,11 +18,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import grpc
 
 from volplane.csi import csi_pb2 as csi
 from volplane.csiclient import CsiClient, client_for
-from volplane.errors import FailedPrecondition, Internal, error_from_grpc
+from volplane.errors import FailedPrecondition, Internal
+from volplane.resources.drivers import attach_required, node_endpoint
 from volplane.resources import names
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import BY_NAME
@@ -59,12 +59,9 @@ class CsiVolumes:
     def endpoint(self, driver: str, recorded: str = "") -> str:
         """The node endpoint of ``driver``: its CSIDriver's volplane.io/node-endpoint, else our own
         socket for csi.volplane.io, else the one recorded when the volume was mounted."""
-        obj = self._informer.get(CSIDRIVER, driver)
-        annotated = ((obj or {}).get("metadata") or {}).get("annotations", {}).get(names.ANN_NODE_ENDPOINT)
-        if annotated:
-            return annotated.replace("{node}", self._node)
-        if driver == names.OWN_DRIVER:
-            return self._own_endpoint
+        endpoint = node_endpoint(self._informer, driver, self._node, self._own_endpoint)
+        if endpoint is not None:
+            return endpoint
         if recorded:
             return recorded
         raise FailedPrecondition(
@@ -72,17 +69,12 @@ class CsiVolumes:
         )
 
     def attach_required(self, driver: str) -> bool:
-        obj = self._informer.get(CSIDRIVER, driver)
-        return obj is None or (obj.get("spec") or {}).get("attachRequired", True) is not False
+        return attach_required(self._informer, driver)
 
     async def stages(self, client: CsiClient) -> bool:
         """Whether the driver has STAGE_UNSTAGE_VOLUME (NodeGetCapabilities, asked once per endpoint)."""
         if client.endpoint not in self._stages:
-            try:
-                reply = await client.node.NodeGetCapabilities(csi.NodeGetCapabilitiesRequest(), timeout=10.0)
-            except grpc.aio.AioRpcError as exc:
-                raise error_from_grpc(exc.code().name, f"NodeGetCapabilities on {client.endpoint}: {exc.code().name}: {exc.details()}") from None
-            self._stages[client.endpoint] = any(c.rpc.type == STAGE_UNSTAGE for c in reply.capabilities)
+            self._stages[client.endpoint] = await client.node_stages()
         return self._stages[client.endpoint]
 
     def publish_context(self, volume: DesiredVolume) -> dict[str, str]:

@@ -11,8 +11,8 @@ succeeds. It then checks every volume (its image, its loop device and mounts, wh
 provisioner and attacher report) and, after tearing them down, that nothing leaked: no
 image, loop device or mount that no volume accounts for.
 
-    make chaos                                   # 10 trials × 10 in flight: 100 crash points per cell
-    python -m tests.chaos.runner --trials 1 --inflight 3      # what make test runs
+    make chaos                                   # 5 trials × 20 in flight: 100 calls per cell
+    python -m tests.chaos.runner --trials 1 --inflight 2      # what make test runs
 
 Prints one table row per step: for each victim, volumes converged / volumes, and how
 many calls were still in flight when the victim died ("hit"); exits 1 if any volume did
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,7 +127,10 @@ class Lab:
         """The volume is exactly where the step leaves it."""
         done = STEPS.index(step)
         exists = "create" in STEPS[: done + 1] and step != "delete"
-        listed = {e.volume.volume_id for e in (await self.ctl.ListVolumes(csi.ListVolumesRequest(), timeout=20)).entries}
+        listed = await self.listed()
+        if listed is None:
+            v.problems.append(f"after {step}: ListVolumes kept failing")
+            return
         if exists != (v.id in listed):
             v.problems.append(f"after {step}: ListVolumes {'lacks' if exists else 'still has'} the volume")
         images = list(self.stack.pool_dir("shared").glob(f"{v.id}.img")) + list(self.stack.pool_dir(self.node).glob(f"{v.id}.img"))
@@ -141,6 +145,18 @@ class Lab:
         loops = _loops_of(v.id)
         if len(loops) != (1 if staged else 0):
             v.problems.append(f"after {step}: {len(loops)} loop device(s) on the image")
+
+    async def listed(self) -> set[str] | None:
+        """Every volume id ListVolumes reports (retried while the system is still coming back)."""
+        for _ in range(50):
+            try:
+                reply = await self.ctl.ListVolumes(csi.ListVolumesRequest(), timeout=20)
+                return {e.volume.volume_id for e in reply.entries}
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRY:
+                    return None
+                await asyncio.sleep(0.2)
+        return None
 
     async def teardown(self, v: Vol) -> None:
         """From any state back to nothing: every undo is idempotent."""
@@ -228,8 +244,9 @@ async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: 
         cell.converged += not v.problems
         cell.problems += [f"{v.name}: {p}" for p in v.problems]
         v.problems.clear()
-        await lab.teardown(v)
-        cell.problems += [f"{v.name}: {p}" for p in v.problems]
+    await asyncio.gather(*(lab.teardown(v) for v in vols))
+    for v in vols:
+        cell.problems += [f"{v.name}: teardown: {p}" for p in v.problems]
     leaked = lab.leaks()
     cell.problems += leaked
     return took
@@ -263,8 +280,8 @@ def table(cells: dict[tuple[str, str], Cell]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--inflight", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--inflight", type=int, default=20)
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
@@ -276,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             cells = asyncio.run(run(stack, Path(tmp) / "work", args.trials, args.inflight, tuple(args.steps), args.seed))
         finally:
             stack.stop()
+            if any(c.problems for c in cells.values()) if "cells" in locals() else True:
+                kept = Path(tempfile.gettempdir()) / f"volplane-chaos-logs-{int(time.time())}"
+                shutil.copytree(stack.run_dir / "logs", kept)
+                print(f"service logs kept in {kept}")
     print(table(cells))
     bad = {k: c for k, c in cells.items() if c.problems or c.converged != c.volumes}
     for (step, victim), cell in bad.items():
