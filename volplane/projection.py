@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+import nats.errors
 import redis.asyncio as aioredis
 import redis.exceptions
 
@@ -234,6 +235,10 @@ class ProjectionRunner(Generic[S]):
                 await self._follow()
             except asyncio.CancelledError:
                 raise
+            except (Unavailable, nats.errors.Error) as exc:
+                # The log went away (a restart, or this process shutting down): no bug here.
+                log.warning("projection %s lost the log at %d (%s); following it again", self.projection.name, self.position, exc)
+                await asyncio.sleep(0.5)
             except Exception:  # noqa: BLE001 - a projection must outlive any one failure.
                 log.exception("projection %s failed at %d; following the log again", self.projection.name, self.position)
                 await asyncio.sleep(0.5)

@@ -9,6 +9,7 @@ watches follow the log.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,10 +31,48 @@ from .errors import grpc_errors
 __all__ = ["Resources"]
 
 _WATCH_TYPES = {"ObjectCreated": "ADDED", "ObjectChanged": "MODIFIED", "ObjectDeleted": "DELETED"}
+# Deeper than any object here; the store and the validation recurse over a document.
+_MAX_DEPTH = 100
+# What the event log's msgpack encoding holds.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _document(raw: bytes) -> Any:
+    """An Apply's JSON document, or InvalidArgument: strict JSON (no NaN or Infinity), at
+    most _MAX_DEPTH deep, with integers the event log can hold and strings UTF-8 can encode
+    (a JSON escape can spell a lone surrogate)."""
+    try:
+        doc = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidArgument(f"not JSON volplane keeps: nested deeper than {_MAX_DEPTH}") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"not JSON: {exc}") from None
+    todo: list[tuple[Any, int]] = [(doc, 0)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict | list):
+            if depth >= _MAX_DEPTH:
+                raise InvalidArgument(f"not JSON volplane keeps: nested deeper than {_MAX_DEPTH}")
+            todo.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+            todo.extend((k, depth + 1) for k in (value if isinstance(value, dict) else ()))
+        elif isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidArgument(f"not JSON volplane keeps: {value[:64]!r} is not valid Unicode") from None
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidArgument("not JSON volplane keeps: a number is out of range")
+        elif isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidArgument(f"not JSON volplane keeps: the integer {str(value)[:40]} is out of range")
+    return doc
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON value")
 
 
 def _ref(req: pb.ObjectRef) -> Ref:
@@ -57,10 +96,7 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
 
     async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
         async with grpc_errors(context):
-            try:
-                doc = json.loads(request.json)
-            except ValueError as exc:
-                raise InvalidArgument(f"not JSON: {exc}") from None
+            doc = _document(request.json)
             obj, action = await self._objects(request.field_manager).apply(doc)
             self._noted(obj, ref_of(obj))
             return pb.ApplyResponse(json=_json(obj), action=action)

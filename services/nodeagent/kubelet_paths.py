@@ -91,7 +91,13 @@ class KubeletDir:
         return self.csi_plugins / driver / hashlib.sha256(handle.encode()).hexdigest() / "globalmount"
 
     def pod_volume(self, pod_uid: str, plugin: str, spec_name: str, *, block: bool) -> Path:
-        return self.pods / pod_uid / (VOLUME_DEVICES if block else VOLUMES) / plugin_dir(plugin) / spec_name
+        """Validation keeps names to DNS labels; this checks it again, since a name that
+        climbed out of the pods directory would be mounted where no scan finds it."""
+        path = self.pods / pod_uid / (VOLUME_DEVICES if block else VOLUMES) / plugin_dir(plugin) / spec_name
+        for part in (pod_uid, plugin_dir(plugin), spec_name):
+            if not part or part in (".", "..") or "/" in part or "\x00" in part:
+                raise ValueError(f"not a pod volume path component: {part!r}")
+        return path
 
     @staticmethod
     def data_of(target: Path) -> Path:

@@ -59,6 +59,7 @@ class Loop:
         self._dirty: set[str] = set()
         self._processing: set[str] = set()
         self._failures: dict[str, int] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def add(self, key: str | None) -> None:
@@ -70,7 +71,20 @@ class Loop:
         QUEUE_DEPTH.labels(self.name).set(len(self._dirty))
 
     def add_after(self, key: str, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, self.add, key)
+        """Queue ``key`` in ``delay`` seconds; one timer per key (the earliest wins), so
+        events during a key's backoff do not pile up retries."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        pending = self._timers.get(key)
+        if pending is not None and pending.when() <= when:
+            return
+        if pending is not None:
+            pending.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
 
     @property
     def depth(self) -> int:
@@ -85,6 +99,9 @@ class Loop:
             self._tasks.append(asyncio.create_task(self._resync_forever(), name=f"{self.name}-resync"))
 
     async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

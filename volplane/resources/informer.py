@@ -20,6 +20,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import nats.errors
+
+from volplane.errors import Unavailable
 from volplane.eventstore import EventStore
 
 from .kinds import RESOURCE_EVENTS, Kind, Ref, ref_of, ref_of_subject
@@ -84,6 +87,9 @@ class Informer:
                             self._synced.set()
             except asyncio.CancelledError:
                 raise
+            except (Unavailable, nats.errors.Error) as exc:
+                log.warning("informer lost the log at %d (%s); following it again", self.position, exc)
+                await asyncio.sleep(0.5)
             except Exception:  # noqa: BLE001 - the cache must outlive one failure; it resumes.
                 log.exception("informer failed at %d; following the log again", self.position)
                 await asyncio.sleep(0.5)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from volplane.errors import InvalidArgument
@@ -19,6 +20,8 @@ __all__ = ["Kind", "Ref", "KINDS", "resolve", "ref", "ref_of", "ref_of_subject",
 RESOURCE_EVENTS = "vp.ev.res.>"
 RECORDED_EVENTS = "vp.ev.rec.>"
 _CLUSTER = "_"  # the namespace token of cluster-scoped objects ('_' is not valid in a namespace)
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")  # DNS-1123 subdomain
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # DNS-1123 label
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,8 @@ def resolve(text: str) -> Kind:
     kind = _BY_SPELLING.get(text.strip().lower().split(".")[0])
     if kind is None:
         known = ", ".join(k.plural for k in KINDS)
-        raise InvalidArgument(f'the server doesn\'t have a resource type "{text}" (known: {known})')
+        shown = text if len(text) <= 64 and text.isprintable() else repr(text[:64])[1:-1] + ("…" if len(text) > 64 else "")
+        raise InvalidArgument(f'the server doesn\'t have a resource type "{shown}" (known: {known})')
     return kind
 
 
@@ -92,7 +96,16 @@ class Ref:
 
 
 def ref(kind: Kind, namespace: str | None, name: str) -> Ref:
-    return Ref(kind, (namespace or "default") if kind.namespaced else "", name)
+    """The reference of a named object; InvalidArgument unless the name is a DNS-1123
+    subdomain and the namespace a DNS-1123 label. Both become tokens of the object's
+    subject: a '*' or '>' there would be a wildcard that reads (and appends to) other
+    objects' events, a '.' another token."""
+    ns = (namespace or "default") if kind.namespaced else ""
+    if len(name) > 253 or not _NAME.fullmatch(name):
+        raise InvalidArgument(f"name: {name[:64]!r} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')")
+    if ns and (len(ns) > 63 or not _NAMESPACE.fullmatch(ns)):
+        raise InvalidArgument(f"namespace: {ns[:64]!r} is not a DNS-1123 label")
+    return Ref(kind, ns, name)
 
 
 def ref_of(obj: dict) -> Ref:

@@ -14,7 +14,7 @@ import copy
 import re
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from volplane.config import parse_quantity
 from volplane.errors import InvalidArgument
@@ -28,7 +28,10 @@ __all__ = ["validate", "quantity", "format_quantity", "ACCESS_MODES", "short_mod
 ACCESS_MODES = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX", "ReadWriteOncePod": "RWOP"}
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_CSI_DRIVER = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?(/[A-Za-z0-9]([-A-Za-z0-9._]*[A-Za-z0-9])?)?$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_./-]{1,100}")  # a field name shown as it is in an error's path
+# A CSI driver's name: DNS-1123 subdomain style, at most 63 characters, no '/' (the CSI
+# spec and Kubernetes' ValidateCSIDriverName); it becomes a directory name on nodes.
+_CSI_DRIVER = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
 
 
 def quantity(text: Any) -> int:
@@ -56,8 +59,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Booleans are StrictBool throughout: an object is stored as given, not as validated, and a
+# loop reading a lax-validated "false" would take it for true.
+
+
+def _absolute_path(v: str) -> str:
+    if not v.startswith("/") or "\x00" in v:
+        raise ValueError("must be an absolute path")
+    return v
+
+
 def _quantity(value: Any) -> Any:
-    quantity(value)
+    # A size goes to CSI as an int64 (CapacityRange.required_bytes).
+    if quantity(value) >= 2**63:
+        raise ValueError(f"{_show(value)} is more than a volume can hold (2^63 - 1 bytes)")
     return value
 
 
@@ -90,6 +105,11 @@ class ObjectReference(_Open):
     uid: str | None = None
 
 
+class ClaimReference(ObjectReference):
+    # The PV controller finds the claim a volume is bound to by this name.
+    name: str = Field(min_length=1)
+
+
 class SelectorRequirement(_Strict):
     key: str
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
@@ -117,7 +137,7 @@ class VolumeNodeAffinity(_Strict):
 class NFSSource(_Strict):
     server: str = Field(min_length=1)
     path: str = Field(min_length=1)
-    readOnly: bool = False
+    readOnly: StrictBool = False
 
 
 class HostPathSource(_Strict):
@@ -127,20 +147,23 @@ class HostPathSource(_Strict):
     @field_validator("path")
     @classmethod
     def _absolute(cls, v: str) -> str:
-        if not v.startswith("/") or "\x00" in v:
-            raise ValueError("must be an absolute path")
-        return v
+        return _absolute_path(v)
 
 
 class LocalSource(_Strict):
     path: str = Field(min_length=1)
     fsType: str | None = None
 
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return _absolute_path(v)
+
 
 class CSISource(_Strict):
     driver: str = Field(min_length=1, max_length=63)
     volumeHandle: str = Field(min_length=1)
-    readOnly: bool = False
+    readOnly: StrictBool = False
     fsType: str | None = None
     volumeAttributes: dict[str, str] = {}
     controllerPublishSecretRef: dict[str, str] | None = None
@@ -167,7 +190,7 @@ class PVSpec(_Strict):
     mountOptions: list[str] = []
     volumeMode: VolumeMode = "Filesystem"
     nodeAffinity: VolumeNodeAffinity | None = None
-    claimRef: ObjectReference | None = None
+    claimRef: ClaimReference | None = None
     nfs: NFSSource | None = None
     hostPath: HostPathSource | None = None
     local: LocalSource | None = None
@@ -213,7 +236,7 @@ class PVCSpec(_Strict):
 
 class ClaimSource(_Strict):
     claimName: str = Field(min_length=1)
-    readOnly: bool = False
+    readOnly: StrictBool = False
 
 
 class PodVolume(_Open):
@@ -239,7 +262,7 @@ class PodSpec(_Open):
 
 
 class NodeSpec(_Open):
-    unschedulable: bool = False
+    unschedulable: StrictBool = False
 
 
 class StorageClassBody(_Open):
@@ -248,7 +271,7 @@ class StorageClassBody(_Open):
     reclaimPolicy: Literal["Delete", "Retain", "Recycle"] = "Delete"
     volumeBindingMode: Literal["Immediate", "WaitForFirstConsumer"] = "Immediate"
     mountOptions: list[str] = []
-    allowVolumeExpansion: bool | None = None
+    allowVolumeExpansion: StrictBool | None = None
     allowedTopologies: list[NodeSelectorTerm] = []
 
 
@@ -263,8 +286,8 @@ class VASpec(_Strict):
 
 
 class CSIDriverSpec(_Open):
-    attachRequired: bool = True
-    podInfoOnMount: bool = False
+    attachRequired: StrictBool = True
+    podInfoOnMount: StrictBool = False
     volumeLifecycleModes: list[str] = ["Persistent"]
 
 
@@ -284,17 +307,18 @@ def validate(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidArgument(f"an object must be a mapping, not {type(obj).__name__}")
     kind_name = obj.get("kind")
-    if kind_name not in BY_NAME:
+    if not isinstance(kind_name, str) or kind_name not in BY_NAME:
         known = ", ".join(k.name for k in KINDS)
-        raise InvalidArgument(f"kind: {kind_name!r} is not a kind volplane keeps ({known})")
+        raise InvalidArgument(f"kind: {_show(kind_name)} is not a kind volplane keeps ({known})")
     kind = BY_NAME[kind_name]
     out = copy.deepcopy(obj)
     name = (obj.get("metadata") or {}).get("name") if isinstance(obj.get("metadata"), dict) else None
-    label = f'{kind_name} "{name}"' if name else kind_name
+    plain = isinstance(name, str) and name.isprintable() and len(name) <= 253
+    label = (f'{kind_name} "{name}"' if plain else f"{kind_name} {_show(name)}") if name else kind_name
     api_version = obj.get("apiVersion")
-    accepted = {kind.api_version, *((f"storage.k8s.io/v1beta1",) if kind.api_version.startswith("storage") else ())}
-    if api_version not in accepted:
-        raise InvalidArgument(f"{label}: apiVersion: {api_version!r} is not {kind.api_version!r}")
+    accepted = {kind.api_version, *(("storage.k8s.io/v1beta1",) if kind.api_version.startswith("storage") else ())}
+    if not isinstance(api_version, str) or api_version not in accepted:
+        raise InvalidArgument(f"{label}: apiVersion: {_show(api_version)} is not {kind.api_version!r}")
     out["apiVersion"] = kind.api_version
     meta = _check(Metadata, obj.get("metadata") or {}, "metadata", label)
     if kind_name == "StorageClass":
@@ -343,10 +367,17 @@ def _check(model: type[M], data: Any, prefix: str, label: str) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (prefix, *err["loc"]) if p != "")
-        msg = err["msg"].removeprefix("Value error, ")
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if _PLAIN_KEY.fullmatch(p) else f"[{_show(p)}]"
+                       for p in (prefix, *err["loc"]) if p != "")
+        msg = _show(err["msg"].removeprefix("Value error, "), 300, quote=False)
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif err["type"] == "literal_error":
-            msg = f"{err.get('input')!r}: {msg}"
+            msg = f"{_show(err.get('input'))}: {msg}"
         raise InvalidArgument(f"{label}: {path.lstrip('.') or prefix}: {msg}") from None
+
+
+def _show(value: Any, limit: int = 64, *, quote: bool = True) -> str:
+    """A value for an error message: on one line (its repr) and at most ``limit`` characters."""
+    text = repr(value) if quote else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -86,13 +86,13 @@ def parse_selector(text: str) -> LabelSelector:
             neg, key, op, values = m.groups()
             if op:
                 if neg:
-                    raise InvalidArgument(f"unable to parse requirement {part.strip()!r}")
+                    raise InvalidArgument(f"unable to parse requirement {part.strip()[:64]!r}")
                 vals = tuple(v.strip() for v in values.split(",") if v.strip())
                 reqs.append(Requirement(key, "In" if op == "in" else "NotIn", vals))
             else:
                 reqs.append(Requirement(key, "DoesNotExist" if neg else "Exists"))
         else:
-            raise InvalidArgument(f"unable to parse requirement {part.strip()!r}")
+            raise InvalidArgument(f"unable to parse requirement {part.strip()[:64]!r}")
     return LabelSelector(tuple(reqs))
 
 

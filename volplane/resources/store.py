@@ -122,7 +122,7 @@ class ObjectStore:
         except InvalidArgument as exc:
             created, invalid = None, exc
             meta = given.get("metadata")
-            if given.get("kind") not in BY_NAME or not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            if not isinstance(given.get("kind"), str) or given["kind"] not in BY_NAME or not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
                 raise
         ref = ref_of(created or given)
         for _ in range(_RETRIES):
