@@ -19,6 +19,7 @@ from volplane.config import Config
 from volplane.eventstore import EventStore
 from volplane.nodes import NodesProjection
 from volplane.projection import Projection, canonical_dump, rebuild
+from volplane.resources.projection import ObjectsProjection
 
 from .attacher.adapters.projection import AttachmentsProjection
 from .nodeagent.adapters.projection import NodeProjection
@@ -28,7 +29,7 @@ from .provisioner.adapters.projection import SnapshotsProjection, VolumesProject
 async def all_projections(store: EventStore) -> list[Projection]:  # type: ignore[type-arg]
     """Every projection the log feeds: volumes, and one per node that has events."""
     nodes = sorted({s.split(".")[3].replace("~", ".") for s in await store.subjects("vp.ev.node.>")})
-    return [NodesProjection(), VolumesProjection(), SnapshotsProjection(), AttachmentsProjection(), *(NodeProjection(n) for n in nodes)]
+    return [NodesProjection(), VolumesProjection(), SnapshotsProjection(), AttachmentsProjection(), ObjectsProjection(), *(NodeProjection(n) for n in nodes)]
 
 
 async def main_async(check: bool) -> int:

@@ -86,9 +86,27 @@ class Stack:
         return Path(self.env["VOLPLANE_SHARED_POOL_DIR"]) if pool == "shared" else self.run_dir / "pools" / pool
 
     def _process(self, name: str) -> tuple[str, str]:
-        """(module, node) of a process name such as ``nodeagent-node-2``."""
-        kind, _, node = name.partition("-")
+        """(module, node) of a process name such as ``nodeagent-node-2`` or ``provisioner#2``
+        (a second replica)."""
+        kind, _, node = name.split("#")[0].partition("-")
         return kind, node or self.node_id
+
+    def add_replica(self, kind: str, n: int = 2) -> str:
+        """Another replica of ``kind`` (``provisioner``, ``attacher`` or ``apigw``), started
+        by ``start()`` or ``start_service``; a second apigw listens on ``run/csi-<n>.sock``
+        and ``run/api-<n>.sock``. Returns its process name."""
+        if kind == "nodeagent":
+            raise ValueError("a node runs one nodeagent, as it runs one kubelet")
+        name = f"{kind}#{n}"
+        self.services.append(name)
+        return name
+
+    def replica_endpoint(self, name: str, api: bool = False) -> str:
+        """The socket a replica of apigw serves (its CSI endpoint, or its resource API)."""
+        n = name.partition("#")[2]
+        if not n:
+            return self.api_endpoint if api else self.csi_endpoint
+        return f"unix://{self.run_dir / (('api-' if api else 'csi-') + n + '.sock')}"
 
     def start_servers(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -120,6 +138,9 @@ class Stack:
         env = dict(self.env, VOLPLANE_NODE_ID=node, VOLPLANE_METRICS_ADDR=self.metrics[name])
         if self.nats is not None and self.creds is not None:
             env["NATS_URL"] = self.creds.nats_url(kind, self.nats.port)  # this service's own user
+        if "#" in name:
+            env["VOLPLANE_CSI_ENDPOINT"] = self.replica_endpoint(name)
+            env["VOLPLANE_API_ENDPOINT"] = self.replica_endpoint(name, api=True)
         if node != self.node_id:
             env["VOLPLANE_CSI_ENDPOINT"] = self.endpoint_of(node)
             env["VOLPLANE_APIGW_MODE"] = "node"
@@ -179,8 +200,9 @@ class Stack:
     def _healthy(self, name: str) -> bool:
         kind, node = self._process(name)
         if kind == "apigw":
+            endpoint = self.replica_endpoint(name) if "#" in name else self.endpoint_of(node)
             try:
-                with grpc.insecure_channel(self.endpoint_of(node)) as ch:
+                with grpc.insecure_channel(endpoint) as ch:
                     resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
                     return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
             except grpc.RpcError:
