@@ -109,6 +109,20 @@ async def run(stack: Stack, n: int, size: str, concurrency: int) -> None:
     await channel.close()
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time (user + system) each process has used so far, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    procs = {**stack.procs, **{s.name: s.proc for s in (stack.nats, stack.redis) if s is not None and s.proc is not None}}
+    for name, proc in procs.items():
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claims", type=int, nargs="+", default=[100, 1000])
@@ -125,7 +139,10 @@ def main() -> None:
         try:
             print(f"control plane: N claims + N pods ({args.size} ext4 volumes each, {args.nodes} nodes) → every pod's volume mounted")
             for n in args.claims:
+                before = cpu_seconds(stack)
                 asyncio.run(run(stack, n, args.size, args.concurrency))
+                used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(stack).items()}
+                print("          CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1])))
         finally:
             stack.stop()
 

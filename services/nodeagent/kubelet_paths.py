@@ -188,7 +188,32 @@ def _children(directory: Path) -> list[Path]:
         return []
 
 
+# Records are written once (to a temporary name, then renamed) and removed after the
+# unmount, so a record's (inode, mtime) names its content: scans read each one once.
+_RECORDS: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        _RECORDS.pop(path, None)
+        return {}
+    except OSError:
+        return {}
+    stamp = (st.st_ino, st.st_mtime_ns)
+    cached = _RECORDS.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    data = _load_json(path)
+    if data:
+        if len(_RECORDS) > 100_000:
+            _RECORDS.clear()
+        _RECORDS[path] = (stamp, data)
+    return data
+
+
+def _load_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:

@@ -98,6 +98,8 @@ class VolumeManager:
         self._status = PodStatus(objects, informer)
         self._locks = _Locks()
         self.node_key = f"node:{node}"
+        self._pods_by_claim: dict[str, set[str]] = {}  # claim key → keys ("pod:ns/name") of pods here using it
+        self._claims_by_pv: dict[str, set[str]] = {}  # PV name → claim keys naming it
         self.loop = Loop(f"volume-manager/{node}", self.sync, workers=workers, resync=resync, keys=self.keys)
 
     async def start(self) -> None:
@@ -116,34 +118,52 @@ class VolumeManager:
         return [self.node_key, *sorted(pods)]
 
     def on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
-        """Enqueue the keys an object change may concern; cheap, runs in the informer."""
+        """Enqueue the keys an object change may concern; cheap, runs in the informer: the
+        pods here are found through indexes (claim → pods, volume → claims), not a scan."""
         if kind is POD:
+            for o, add in ((old, False), (new, True)):
+                if o is not None and (o.get("spec") or {}).get("nodeName") == self.node:
+                    for claim in claim_keys(o):
+                        pods = self._pods_by_claim.setdefault(claim, set())
+                        (pods.add if add else pods.discard)(_pod_key(o))
             if any(o is not None and (o.get("spec") or {}).get("nodeName") == self.node for o in (old, new)):
                 self.loop.add(_pod_key(new or old))  # type: ignore[arg-type]
-                self.loop.add(self.node_key)
+                self._node_soon()
         elif kind is NODE:
             if (new or old or {}).get("metadata", {}).get("name") == self.node and _labels(old) != _labels(new):
                 for key in self.keys():
                     self.loop.add(key)
         elif kind is PVC:
             claims = {ref_of(o).key for o in (old, new) if o is not None}
-            self._add_pods(lambda pod: bool(claim_keys(pod) & claims))
+            for o, add in ((old, False), (new, True)):
+                volume = ((o or {}).get("spec") or {}).get("volumeName")
+                if volume:
+                    keys = self._claims_by_pv.setdefault(volume, set())
+                    (keys.add if add else keys.discard)(ref_of(o).key)  # type: ignore[arg-type]
+            self._add_pods(claims)
         elif kind is PV:
             pvs = {o["metadata"]["name"] for o in (old, new) if o is not None}
-            self._add_pods(lambda pod: bool(self._pvs_of(pod) & pvs))
+            self._add_pods({c for pv in pvs for c in self._claims_by_pv.get(pv, ())})
         elif kind is VA:
             vas = [o for o in (old, new) if o is not None and (o.get("spec") or {}).get("nodeName") == self.node]
             pvs = {((o.get("spec") or {}).get("source") or {}).get("persistentVolumeName") for o in vas}
             if pvs:
-                self._add_pods(lambda pod: bool(self._pvs_of(pod) & pvs))
+                self._add_pods({c for pv in pvs for c in self._claims_by_pv.get(pv or "", ())})
         elif kind is CSIDRIVER:
-            self._add_pods(lambda pod: True)
-
-    def _add_pods(self, concerns: Callable[[Obj], bool]) -> None:
-        for pod in self._pods_here():
-            if concerns(pod):
+            for pod in self._pods_here():
                 self.loop.add(_pod_key(pod))
-        self.loop.add(self.node_key)
+            self._node_soon()
+
+    def _add_pods(self, claims: set[str]) -> None:
+        for claim in claims:
+            for pod_key in self._pods_by_claim.get(claim, ()):
+                self.loop.add(pod_key)
+        self._node_soon()
+
+    def _node_soon(self) -> None:
+        """The node-wide sync (UnmountDetachDevices, volumesInUse) scans the disk: changes
+        within half a second share one run instead of each paying for a scan."""
+        self.loop.add_after(self.node_key, 0.5)
 
     def _pods_here(self) -> list[Obj]:
         return [p for p in self._informer.list(POD) if (p.get("spec") or {}).get("nodeName") == self.node]
