@@ -85,7 +85,12 @@ async def run(stack: Stack, n: int, size: str, concurrency: int) -> None:
     try:
         await asyncio.wait_for(done.wait(), timeout=max(600.0, n * 1.0))
     except TimeoutError:
-        print(f"  N={n}: only {len(mounted)}/{n} pods mounted before the timeout")
+        print(f"  N={n}: only {len(mounted)}/{n} pods mounted before the timeout; some that were not:")
+        for name in sorted(set(started) - set(mounted))[:5]:
+            pod = json.loads((await stub.Get(pb.ObjectRef(kind="pod", namespace=ns, name=name))).json)
+            claim = json.loads((await stub.Get(pb.ObjectRef(kind="pvc", namespace=ns, name="c" + name[1:]))).json)
+            events = [json.loads(e.json) for e in (await stub.History(pb.ObjectRef(kind="pod", namespace=ns, name=name))).entries if e.type == "EventRecorded"]
+            print(f"    {name}: node {pod['spec'].get('nodeName')}, status {pod.get('status')}, claim {(claim.get('status') or {}).get('phase')} {claim['spec'].get('volumeName')}, events {[(e['reason'], e['message'][:120]) for e in events[-3:]]}")
     watcher.cancel()
     elapsed = max(mounted.values(), default=t0) - t0
     lat = sorted(mounted[k] - started[k] for k in mounted)
