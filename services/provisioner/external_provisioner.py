@@ -23,7 +23,7 @@ from volplane.nodes import TOPOLOGY_KEY
 from volplane.resources.controller import Loop
 from volplane.resources.drivers import provisioner_driver
 from volplane.resources.informer import Informer
-from volplane.resources.kinds import BY_NAME, Kind, ref_of
+from volplane.resources.kinds import BY_NAME, Kind, key_of, ref_of
 from volplane.resources.names import (
     ANN_BETA_STORAGE_PROVISIONER,
     ANN_BIND_COMPLETED,
@@ -31,6 +31,7 @@ from volplane.resources.names import (
     ANN_SELECTED_NODE,
     ANN_STORAGE_PROVISIONER,
     OWN_DRIVER,
+    annotations,
     claim_class,
 )
 from volplane.resources.schema import format_quantity
@@ -45,15 +46,6 @@ log = logging.getLogger(__name__)
 PV, PVC, SC, NODE = (BY_NAME[k] for k in ("PersistentVolume", "PersistentVolumeClaim", "StorageClass", "Node"))
 Obj = dict[str, Any]
 _CSI_PARAM = "csi.storage.k8s.io/"
-
-
-def _ann(obj: Obj) -> dict[str, str]:
-    return obj["metadata"].get("annotations") or {}
-
-
-def _key(obj: Obj) -> str:
-    meta = obj["metadata"]
-    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
 
 
 def node_affinity(topologies: Any) -> Obj | None:
@@ -71,8 +63,8 @@ class ExternalProvisioner:
         self.informer = informer
         self.objects = objects
         self.own_endpoint = own_endpoint
-        self.claims = Loop("external-provisioner-claims", self._sync_claim_key, workers=workers, keys=lambda: [_key(c) for c in informer.list(PVC)])
-        self.volumes = Loop("external-provisioner-volumes", self._sync_volume_key, workers=workers, keys=lambda: [_key(v) for v in informer.list(PV)])
+        self.claims = Loop("external-provisioner-claims", self._sync_claim_key, workers=workers, keys=lambda: [key_of(c) for c in informer.list(PVC)])
+        self.volumes = Loop("external-provisioner-volumes", self._sync_volume_key, workers=workers, keys=lambda: [key_of(v) for v in informer.list(PV)])
         informer.on_change(self._on_change)
 
     async def start(self) -> None:
@@ -85,13 +77,13 @@ class ExternalProvisioner:
 
     def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
         if kind is PVC and new is not None:
-            self.claims.add(_key(new))
+            self.claims.add(key_of(new))
         elif kind is PV and new is not None:
-            self.volumes.add(_key(new))
+            self.volumes.add(key_of(new))
         elif kind is SC or kind is BY_NAME["CSIDriver"]:
             for claim in self.informer.list(PVC):
                 if not claim["spec"].get("volumeName"):
-                    self.claims.add(_key(claim))
+                    self.claims.add(key_of(claim))
 
     async def _sync_claim_key(self, key: str) -> None:
         claim = self.informer.get(PVC, key)
@@ -99,7 +91,7 @@ class ExternalProvisioner:
             await self.provision(claim)
 
     async def provision(self, claim: Obj) -> None:
-        ann = _ann(claim)
+        ann = annotations(claim)
         provisioner = ann.get(ANN_STORAGE_PROVISIONER) or ann.get(ANN_BETA_STORAGE_PROVISIONER)
         if claim["metadata"].get("deletionTimestamp") or claim["spec"].get("volumeName") or ANN_BIND_COMPLETED in ann:
             return  # the seed: a claim with volumeName set is skipped
@@ -116,7 +108,7 @@ class ExternalProvisioner:
         name = f"pvc-{claim['metadata']['uid']}"
         if self.informer.get(PV, name) is not None:
             return  # made already; the PV controller binds it
-        await self.objects.record(claim, "Normal", "Provisioning", f'External provisioner is provisioning volume for claim "{_key(claim)}"')
+        await self.objects.record(claim, "Normal", "Provisioning", f'External provisioner is provisioning volume for claim "{key_of(claim)}"')
         params = {k: v for k, v in (sc.get("parameters") or {}).items() if not k.startswith(_CSI_PARAM)}
         fs_type = (sc.get("parameters") or {}).get(f"{_CSI_PARAM}fstype", "")
         block = claim["spec"].get("volumeMode") == "Block"
@@ -176,7 +168,7 @@ class ExternalProvisioner:
         phase = (pv.get("status") or {}).get("phase")
         if phase not in ("Released", "Failed") or spec.get("persistentVolumeReclaimPolicy") != "Delete" or "csi" not in spec:
             return
-        served = provisioner_driver(self.informer, _ann(pv).get(ANN_PROVISIONED_BY, ""), self.own_endpoint)
+        served = provisioner_driver(self.informer, annotations(pv).get(ANN_PROVISIONED_BY, ""), self.own_endpoint)
         if served is None or served[0] != spec["csi"]["driver"]:
             return
         endpoint = served[1]

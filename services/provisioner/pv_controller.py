@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from volplane.errors import AlreadyExists
 from volplane.resources.controller import Loop
 from volplane.resources.informer import Informer
-from volplane.errors import AlreadyExists
-from volplane.resources.kinds import BY_NAME, Kind, ref_of
+from volplane.resources.kinds import BY_NAME, Kind, key_of, ref_of
 from volplane.resources.names import (
     ANN_BETA_STORAGE_PROVISIONER,
     ANN_BIND_COMPLETED,
@@ -29,12 +29,21 @@ from volplane.resources.names import (
     ANN_SELECTED_NODE,
     ANN_STORAGE_PROVISIONER,
     LABEL_HOSTNAME,
+    annotations,
     claim_class,
     plugin_of,
 )
 from volplane.resources.store import ObjectStore
 
-from .binding import bind_steps, bound_to_claim, claim_ref, find_best_match, introduced_by, satisfies, should_delay_binding
+from .binding import (
+    bind_steps,
+    bound_to_claim,
+    claim_ref,
+    find_best_match,
+    introduced_by,
+    satisfies,
+    should_delay_binding,
+)
 from .intree import HOST_PATH, NO_PROVISIONER, HostPathPlugin, PluginError
 
 __all__ = ["PVController", "MANAGER"]
@@ -50,17 +59,8 @@ def _meta(obj: Obj) -> Obj:
     return obj["metadata"]
 
 
-def _ann(obj: Obj) -> dict[str, str]:
-    return _meta(obj).get("annotations") or {}
-
-
 def _phase(obj: Obj) -> str:
     return (obj.get("status") or {}).get("phase") or ""
-
-
-def _key(obj: Obj) -> str:
-    meta = _meta(obj)
-    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
 
 
 class PVController:
@@ -68,8 +68,8 @@ class PVController:
         self.informer = informer
         self.objects = objects
         self.hostpath = hostpath
-        self.claims = Loop("pv-controller-claims", self._sync_claim_key, workers=workers, keys=lambda: [_key(c) for c in informer.list(PVC)])
-        self.volumes = Loop("pv-controller-volumes", self._sync_volume_key, workers=workers, keys=lambda: [_key(v) for v in informer.list(PV)])
+        self.claims = Loop("pv-controller-claims", self._sync_claim_key, workers=workers, keys=lambda: [key_of(c) for c in informer.list(PVC)])
+        self.volumes = Loop("pv-controller-volumes", self._sync_volume_key, workers=workers, keys=lambda: [key_of(v) for v in informer.list(PV)])
         # volume name → claims naming it in spec.volumeName, so a PV's change finds them.
         self._by_volume: dict[str, set[str]] = {}
         informer.on_change(self._on_change)
@@ -86,7 +86,7 @@ class PVController:
         obj = new or old
         assert obj is not None
         if kind is PVC:
-            key = _key(obj)
+            key = key_of(obj)
             self.claims.add(key)
             for o in (old, new):
                 if o and o["spec"].get("volumeName"):
@@ -96,7 +96,7 @@ class PVController:
             if new and new["spec"].get("volumeName"):
                 self._by_volume.setdefault(new["spec"]["volumeName"], set()).add(key)
         elif kind is PV:
-            self.volumes.add(_key(obj))
+            self.volumes.add(key_of(obj))
             for o in (old, new):
                 ref = (o or {}).get("spec", {}).get("claimRef") if o else None
                 if ref:
@@ -108,7 +108,7 @@ class PVController:
         elif kind is SC:
             for claim in self.informer.list(PVC):
                 if _phase(claim) != "Bound" and claim_class(claim) == _meta(obj)["name"]:
-                    self.claims.add(_key(claim))
+                    self.claims.add(key_of(claim))
 
     # --- writes -------------------------------------------------------------------
 
@@ -135,7 +135,7 @@ class PVController:
             await self.sync_claim(claim)
 
     async def sync_claim(self, claim: Obj) -> None:
-        if ANN_BIND_COMPLETED in _ann(claim):
+        if ANN_BIND_COMPLETED in annotations(claim):
             await self._sync_bound_claim(claim)
         else:
             await self._sync_unbound_claim(claim)
@@ -206,16 +206,16 @@ class PVController:
         """Whether the controller (not a user) points the PV at the claim, and the claim at
         the PV — from the objects, or, for a bind a crash interrupted, from their logs."""
         ref = pv["spec"].get("claimRef") or {}
-        if _ann(pv).get(ANN_BOUND_BY_CONTROLLER) == "yes" or not ref:
+        if annotations(pv).get(ANN_BOUND_BY_CONTROLLER) == "yes" or not ref:
             pv_by = True
-        elif not ref.get("uid") or ANN_PROVISIONED_BY in _ann(pv):
+        elif not ref.get("uid") or ANN_PROVISIONED_BY in annotations(pv):
             pv_by = False
         else:
             history = [e for _, e in await self.objects.history(ref_of(pv))]
             pv_by = introduced_by(history, ("spec", "claimRef")) == MANAGER
-        if _ann(claim).get(ANN_BOUND_BY_CONTROLLER) == "yes" or not claim["spec"].get("volumeName"):
+        if annotations(claim).get(ANN_BOUND_BY_CONTROLLER) == "yes" or not claim["spec"].get("volumeName"):
             claim_by = True
-        elif ANN_BIND_COMPLETED in _ann(claim):
+        elif ANN_BIND_COMPLETED in annotations(claim):
             claim_by = False
         else:
             history = [e for _, e in await self.objects.history(ref_of(claim))]
@@ -223,7 +223,7 @@ class PVController:
         return pv_by, claim_by
 
     def _selected_node(self, claim: Obj) -> Obj | None:
-        node = _ann(claim).get(ANN_SELECTED_NODE)
+        node = annotations(claim).get(ANN_SELECTED_NODE)
         if not node:
             return None
         return self.informer.get(NODE, node) or {"metadata": {"name": node, "labels": {LABEL_HOSTNAME: node}}}
@@ -239,7 +239,7 @@ class PVController:
         if provisioner == NO_PROVISIONER:
             await self._event(claim, "Normal", "ProvisioningFailed", f'storageclass "{cls}" uses {NO_PROVISIONER}: its volumes are never provisioned; waiting for a matching PersistentVolume')
             return
-        ann = _ann(claim)
+        ann = annotations(claim)
         if ann.get(ANN_BETA_STORAGE_PROVISIONER) != provisioner or ann.get(ANN_STORAGE_PROVISIONER) != provisioner:
             claim = await self._write(claim, {"metadata": {"annotations": {ANN_BETA_STORAGE_PROVISIONER: provisioner, ANN_STORAGE_PROVISIONER: provisioner}}}, "set storage provisioner")
         if not provisioner.startswith("kubernetes.io/"):
@@ -311,11 +311,11 @@ class PVController:
             return
         name = claim["spec"].get("volumeName")
         if not name:
-            self.claims.add(_key(claim))  # the claim's half of the bind is still to come
+            self.claims.add(key_of(claim))  # the claim's half of the bind is still to come
         elif name == _meta(pv)["name"]:
             if _phase(pv) != "Bound":
                 await self._phase_to(pv, "Bound")
-        elif _ann(pv).get(ANN_BOUND_BY_CONTROLLER) == "yes":
+        elif annotations(pv).get(ANN_BOUND_BY_CONTROLLER) == "yes":
             # The claim went to another volume; this one was only ours to give: release it.
             await self._unbind(pv)
 
@@ -339,7 +339,7 @@ class PVController:
             await self._unbind(pv)
             return
         if policy == "Delete":
-            provisioned_by = _ann(pv).get(ANN_PROVISIONED_BY, "")
+            provisioned_by = annotations(pv).get(ANN_PROVISIONED_BY, "")
             if "csi" in pv["spec"] and provisioned_by and not provisioned_by.startswith("kubernetes.io/"):
                 return  # the external provisioner that made it deletes it
             try:

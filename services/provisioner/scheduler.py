@@ -17,7 +17,7 @@ from typing import Any
 
 from volplane.resources.controller import Loop, Retry
 from volplane.resources.informer import Informer
-from volplane.resources.kinds import BY_NAME, Kind
+from volplane.resources.kinds import BY_NAME, Kind, key_of
 from volplane.resources.names import ANN_SELECTED_NODE, claim_class, pod_claims
 from volplane.resources.selectors import node_affinity_allows
 from volplane.resources.store import ObjectStore
@@ -29,10 +29,6 @@ __all__ = ["Scheduler"]
 
 POD, PVC, PV, SC, NODE = (BY_NAME[k] for k in ("Pod", "PersistentVolumeClaim", "PersistentVolume", "StorageClass", "Node"))
 Obj = dict[str, Any]
-
-
-def _key(obj: Obj) -> str:
-    return f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
 
 
 def _ready(node: Obj) -> bool:
@@ -65,13 +61,13 @@ class Scheduler:
         await self.loop.stop()
 
     def _pending(self) -> list[str]:
-        return [_key(p) for p in self.informer.list(POD) if not (p.get("spec") or {}).get("nodeName")]
+        return [key_of(p) for p in self.informer.list(POD) if not (p.get("spec") or {}).get("nodeName")]
 
     def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
         if kind is POD:
             obj = new or old
             assert obj is not None
-            key = _key(obj)
+            key = key_of(obj)
             ns = obj["metadata"]["namespace"]
             for _, claim in pod_claims(obj):
                 waiting = self._waiting.setdefault(f"{ns}/{claim}", set())
@@ -82,7 +78,7 @@ class Scheduler:
             if new is not None and not new["spec"].get("nodeName"):
                 self.loop.add(key)
         elif kind is PVC and new is not None:
-            for key in self._waiting.get(_key(new), ()):
+            for key in self._waiting.get(key_of(new), ()):
                 self.loop.add(key)
         elif kind is PV and new is not None:
             ref = new["spec"].get("claimRef") or {}
@@ -131,7 +127,7 @@ class Scheduler:
                 self.informer.observe(new)
         new = await self.objects.update(pod, {"spec": {"nodeName": node}}, reason="schedule")
         self.informer.observe(new)
-        await self.objects.record(new, "Normal", "Scheduled", f"Successfully assigned {_key(pod)} to {node}")
+        await self.objects.record(new, "Normal", "Scheduled", f"Successfully assigned {key_of(pod)} to {node}")
 
     def _fits(self, node: Obj, bound: list[Obj], delayed: list[Obj], classes: dict[str, Obj]) -> bool:
         if not all(node_affinity_allows(pv, node) for pv in bound):

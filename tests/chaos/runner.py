@@ -288,12 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="volplane-chaos-") as tmp:
         stack = Stack(Path(tmp) / "run", env={"VOLPLANE_LOG_LEVEL": "WARNING"})
         stack.start()
+        cells: dict[tuple[str, str], Cell] = {}
         try:
             print(f"chaos: {args.trials} trial(s) × {args.inflight} volume(s) in flight per step × victim (kill -9, then restart)")
             cells = asyncio.run(run(stack, Path(tmp) / "work", args.trials, args.inflight, tuple(args.steps), args.seed))
         finally:
             stack.stop()
-            if any(c.problems for c in cells.values()) if "cells" in locals() else True:
+            if not cells or any(c.problems for c in cells.values()):  # a failed or crashed run: keep its logs
                 kept = Path(tempfile.gettempdir()) / f"volplane-chaos-logs-{int(time.time())}"
                 shutil.copytree(stack.run_dir / "logs", kept)
                 print(f"service logs kept in {kept}")

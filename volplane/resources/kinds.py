@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from volplane.errors import InvalidArgument
 
-__all__ = ["Kind", "Ref", "KINDS", "resolve", "ref", "ref_of", "ref_of_subject", "RESOURCE_EVENTS", "RECORDED_EVENTS"]
+__all__ = ["Kind", "Ref", "KINDS", "resolve", "ref", "ref_of", "ref_of_subject", "key_of", "RESOURCE_EVENTS", "RECORDED_EVENTS"]
 
 # Objects live on ``vp.ev.res.<kind>.<namespace>.<name>``; the events recorded about
 # them (Kubernetes' Event objects) on ``vp.ev.rec.…``, so that recording one never
@@ -112,6 +112,11 @@ def ref_of(obj: dict) -> Ref:
     """The reference of a (validated) object."""
     meta = obj.get("metadata") or {}
     return ref(BY_NAME[obj["kind"]], meta.get("namespace"), meta.get("name", ""))
+
+
+def key_of(obj: dict) -> str:
+    """``namespace/name`` (or ``name``) of an object: the key controllers queue."""
+    return ref_of(obj).key
 
 
 def ref_of_subject(subject: str) -> Ref:

@@ -13,7 +13,7 @@ __all__ = [
     "ANN_BIND_COMPLETED", "ANN_BOUND_BY_CONTROLLER", "ANN_PROVISIONED_BY", "ANN_SELECTED_NODE",
     "ANN_STORAGE_PROVISIONER", "ANN_BETA_STORAGE_PROVISIONER", "ANN_BETA_STORAGE_CLASS", "ANN_CSI_NODE_IDS",
     "ANN_CONTROLLER_ENDPOINT", "ANN_NODE_ENDPOINT", "LABEL_KEEP_TERMINATED", "LABEL_HOSTNAME",
-    "OWN_DRIVER", "claim_class", "plugin_of", "unique_volume_name", "va_name", "attacher_finalizer",
+    "OWN_DRIVER", "annotations", "claim_class", "plugin_of", "unique_volume_name", "va_name", "attacher_finalizer",
     "csi_node_id", "pod_terminated", "pod_claims",
 ]
 
@@ -34,6 +34,11 @@ LABEL_KEEP_TERMINATED = "volumes.kubernetes.io/keep-terminated-pod-volumes"
 LABEL_HOSTNAME = "kubernetes.io/hostname"
 
 OWN_DRIVER = "csi.volplane.io"
+
+
+def annotations(obj: dict[str, Any]) -> dict[str, str]:
+    """The object's annotations ({} when it has none)."""
+    return (obj.get("metadata") or {}).get("annotations") or {}
 
 
 def claim_class(pvc: dict[str, Any]) -> str:
