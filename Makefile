@@ -50,7 +50,8 @@ bench: install proto
 bench-controlplane: install proto
 	$(BIN)/python -m bench.controlplane_bench $(BENCH_ARGS)
 
-# kill -9 at randomized points of every step, per victim (services, nats-server, redis-server); root.
+# kill -9 at randomized points of every step (CSI calls, then the control plane's loops), per
+# victim (the step's service, apigw, nats-server, redis-server); root. CHAOS_ARGS="--suite cp --trials 1"
 chaos: install proto
 	$(BIN)/python -m tests.chaos.runner $(CHAOS_ARGS)
 

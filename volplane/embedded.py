@@ -34,6 +34,8 @@ def with_parent(argv: list[str]) -> list[str]:
     util-linux's ``setpriv --pdeathsig`` sets the signal and then execs, so no Python
     code runs between fork and exec (a ``preexec_fn`` would, and in a process with gRPC
     threads that can abort the child). Without setpriv the child simply lacks the guard.
+    The kernel ties the signal to the *thread* that forked: start children from a thread
+    that lives as long as they should (not a pool worker that ends with its loop).
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv

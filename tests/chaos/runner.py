@@ -1,22 +1,25 @@
 """``make chaos``: kill -9 at randomized points of every step of a volume's life, in every
 process the step runs through, and check that each volume ends where the step said.
 
-Steps: create, publish, stage, mount, unmount, unstage, unpublish, delete (one CSI call
-each). Victims per step: the service that owns it (provisioner, attacher or nodeagent),
-apigw (the CSI server), nats-server and redis-server. A trial brings ``--inflight``
-volumes to the state before the step, fires the step's call for all of them at once,
-kills the victim with SIGKILL after a random delay within the step's measured duration,
-restarts it, and then retries each call as a container orchestrator would until it
-succeeds. It then checks every volume (its image, its loop device and mounts, what the
-provisioner and attacher report) and, after tearing them down, that nothing leaked: no
-image, loop device or mount that no volume accounts for.
+Two suites on one stack. CSI (this module): create, publish, stage, mount, unmount,
+unstage, unpublish, delete, one CSI call each; victims per step are the service that
+owns it (provisioner, attacher or nodeagent), apigw (the CSI server), nats-server and
+redis-server. A trial brings ``--inflight`` volumes to the state before the step, fires
+the step's call for all of them at once, kills the victim with SIGKILL after a random
+delay inside the step's measured duration, restarts it, and then retries each call as a
+container orchestrator would until it succeeds. It then checks every volume (its image,
+its loop device and mounts, what ListVolumes reports) and, after tearing them down, that
+nothing leaked: no image, loop device or mount that no volume accounts for. The control
+plane (``controlplane.py``): claim → bind → attach → mount → teardown → detach →
+reclaim, driven by the loops instead of a caller; same victims, same checks, plus the
+objects.
 
-    make chaos                                   # 5 trials × 20 in flight: 100 calls per cell
-    python -m tests.chaos.runner --trials 1 --inflight 2      # what make test runs
+    make chaos                                          # 4 kills per step × victim
+    python -m tests.chaos.runner --suite cp --steps bind --trials 1
 
-Prints one table row per step: for each victim, volumes converged / volumes, and how
-many calls were still in flight when the victim died ("hit"); exits 1 if any volume did
-not converge or anything leaked.
+Prints a table per suite: for each step and victim, volumes converged / volumes, and
+how many were still in the step when the victim died ("hit"); exits 1 if any volume
+did not converge or anything leaked.
 """
 
 from __future__ import annotations
@@ -25,19 +28,24 @@ import argparse
 import asyncio
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from tests.conftest import mounts_at
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
 from volplane.launcher import Stack
+
+from . import controlplane
+from .common import RETRY, Cell, kill, leaked_loops, loops_of, restart
 
 STEPS = ("create", "publish", "stage", "mount", "unmount", "unstage", "unpublish", "delete")
 OWNER = {"create": "provisioner", "delete": "provisioner", "publish": "attacher", "unpublish": "attacher"}
@@ -47,8 +55,9 @@ CAP = csi.VolumeCapability(
     access_mode=csi.VolumeCapability.AccessMode(mode=csi.VolumeCapability.AccessMode.SINGLE_NODE_WRITER),
 )
 SIZE = 16 * 2**20
-# Codes a CO retries on: the service or the log was away, or another call held the volume.
-RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+
+
+SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chaos-restart")
 
 
 def victims(step: str) -> tuple[str, ...]:
@@ -138,11 +147,11 @@ class Lab:
             v.problems.append(f"after {step}: {len(images)} image file(s)")
         staged = STEPS.index("stage") <= done < STEPS.index("unstage")
         mounted = STEPS.index("mount") <= done < STEPS.index("unmount")
-        if _mounts_at(self.staging(v)) != (1 if staged else 0):
-            v.problems.append(f"after {step}: staging path mounted {_mounts_at(self.staging(v))} times")
-        if _mounts_at(self.target(v)) != (1 if mounted else 0):
-            v.problems.append(f"after {step}: target path mounted {_mounts_at(self.target(v))} times")
-        loops = _loops_of(v.id)
+        if mounts_at(self.staging(v)) != (1 if staged else 0):
+            v.problems.append(f"after {step}: staging path mounted {mounts_at(self.staging(v))} times")
+        if mounts_at(self.target(v)) != (1 if mounted else 0):
+            v.problems.append(f"after {step}: target path mounted {mounts_at(self.target(v))} times")
+        loops = loops_of(v.id)
         if len(loops) != (1 if staged else 0):
             v.problems.append(f"after {step}: {len(loops)} loop device(s) on the image")
 
@@ -174,50 +183,10 @@ class Lab:
         found = []
         for pool in ("shared", self.node):
             found += [f"image left: {p.name}" for p in self.stack.pool_dir(pool).glob("*.img")]
-        found += [f"loop device left: {line}" for line in _losetup() if str(self.stack.run_dir) in line]
+        found += [f"loop device left: {line}" for line in leaked_loops(self.stack)]
         with open("/proc/self/mountinfo") as f:
             found += [f"mount left: {line.split(' ')[4]}" for line in f if str(self.work) in line.split(" ")[4]]
         return found
-
-
-def _mounts_at(path: Path) -> int:
-    with open("/proc/self/mountinfo") as f:
-        return sum(1 for line in f if line.split(" ")[4] == str(path))
-
-
-def _losetup() -> list[str]:
-    return subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
-
-
-def _loops_of(volume_id: str) -> list[str]:
-    return [line for line in _losetup() if f"{volume_id}.img" in line] if volume_id else []
-
-
-def kill(stack: Stack, victim: str) -> None:
-    if victim == "nats-server" and stack.nats is not None:
-        stack.nats.stop(kill=True)
-    elif victim == "redis-server" and stack.redis is not None:
-        stack.redis.stop(kill=True)
-    else:
-        stack.stop_service(victim, kill=True)
-
-
-def restart(stack: Stack, victim: str) -> None:
-    if victim == "nats-server" and stack.nats is not None:
-        stack.nats.start()
-    elif victim == "redis-server" and stack.redis is not None:
-        stack.redis.start()
-    else:
-        stack.start_service(victim)
-    stack.wait_healthy(stack.services, timeout=90)
-
-
-@dataclass
-class Cell:
-    volumes: int = 0
-    converged: int = 0
-    hit: int = 0
-    problems: list[str] = field(default_factory=list)
 
 
 async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: float, cell: Cell) -> float:
@@ -228,11 +197,13 @@ async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: 
     t0 = time.monotonic()
     tasks = [asyncio.create_task(lab.call(v, step)) for v in vols]
     if victim is not None:
-        await asyncio.sleep(random.uniform(0, window))
+        await asyncio.sleep(random.uniform(0.05 * window, 0.75 * window))  # mostly while calls run
         cell.hit += sum(1 for t in tasks if not t.done())
         await asyncio.to_thread(kill, lab.stack, victim)
         await asyncio.sleep(random.uniform(0, 0.3))
-        await asyncio.to_thread(restart, lab.stack, victim)
+        # Not asyncio.to_thread: the children's parent-death signal is bound to the thread
+        # that started them, and the loop's pool threads end with the loop.
+        await asyncio.get_running_loop().run_in_executor(SPAWNER, restart, lab.stack, victim)
     deadline = time.monotonic() + 90
     await asyncio.gather(*(lab.until_done(v, step, t, deadline) for v, t in zip(vols, tasks)))
     took = time.monotonic() - t0
@@ -252,8 +223,7 @@ async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: 
     return took
 
 
-async def run(stack: Stack, work: Path, trials: int, inflight: int, steps: tuple[str, ...], seed: int) -> dict[tuple[str, str], Cell]:
-    random.seed(seed)
+async def run(stack: Stack, work: Path, trials: int, inflight: int, steps: tuple[str, ...]) -> dict[tuple[str, str], Cell]:
     lab = Lab(stack, work)
     cells: dict[tuple[str, str], Cell] = {}
     for step in steps:
@@ -267,39 +237,60 @@ async def run(stack: Stack, work: Path, trials: int, inflight: int, steps: tuple
     return cells
 
 
-def table(cells: dict[tuple[str, str], Cell]) -> str:
+def table(cells: dict[tuple[str, str], Cell], steps: tuple[str, ...], victims_of: Callable[[str], tuple[str, ...]]) -> str:
     lines = [f"{'step':10s} {'owner':26s} {'apigw':18s} {'nats-server':18s} {'redis-server':18s}"]
-    for step in STEPS:
-        row = [cells.get((step, v)) for v in victims(step)]
+    for step in steps:
+        row = [cells.get((step, v)) for v in victims_of(step)]
         if not any(row):
             continue
         text = [f"{c.converged}/{c.volumes} ({c.hit} hit)" if c else "-" for c in row]
-        lines.append(f"{step:10s} {victims(step)[0] + ': ' + text[0]:26s} {text[1]:18s} {text[2]:18s} {text[3]:18s}")
+        lines.append(f"{step:10s} {victims_of(step)[0] + ': ' + text[0]:26s} {text[1]:18s} {text[2]:18s} {text[3]:18s}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--inflight", type=int, default=20)
-    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
+    parser.add_argument("--trials", type=int, default=4, help="kills per step × victim")
+    parser.add_argument("--inflight", type=int, default=10, help="volumes per CSI trial")
+    parser.add_argument("--claims", type=int, default=4, help="claims (each with a pod) per control-plane trial")
+    parser.add_argument("--suite", choices=("csi", "cp", "all"), default="all", help="CSI calls, the control plane's loops, or both")
+    parser.add_argument("--steps", nargs="+", choices=sorted(set(STEPS + controlplane.STEPS)), help="only these steps (of the chosen suites)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    random.seed(args.seed)
+    csi_steps = tuple(s for s in STEPS if args.suite in ("csi", "all") and (not args.steps or s in args.steps))
+    cp_steps = tuple(s for s in controlplane.STEPS if args.suite in ("cp", "all") and (not args.steps or s in args.steps))
+    cells: dict[tuple[str, str], Cell] = {}
+    cp_cells: dict[tuple[str, str], Cell] = {}
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="volplane-chaos-") as tmp:
         stack = Stack(Path(tmp) / "run", env={"VOLPLANE_LOG_LEVEL": "WARNING"})
         stack.start()
-        cells: dict[tuple[str, str], Cell] = {}
         try:
-            print(f"chaos: {args.trials} trial(s) × {args.inflight} volume(s) in flight per step × victim (kill -9, then restart)")
-            cells = asyncio.run(run(stack, Path(tmp) / "work", args.trials, args.inflight, tuple(args.steps), args.seed))
+            if csi_steps:
+                print(f"chaos, CSI: {args.trials} kill(s) × {args.inflight} volume(s) in flight per step × victim (kill -9, then restart)", flush=True)
+                cells = asyncio.run(run(stack, Path(tmp) / "work", args.trials, args.inflight, csi_steps))
+            if cp_steps:
+                print(f"chaos, control plane: {args.trials} kill(s) × {args.claims} claim(s) per step × victim", flush=True)
+                cp_cells = controlplane.run(stack, args.trials, args.claims, cp_steps)
         finally:
             stack.stop()
-            if not cells or any(c.problems for c in cells.values()):  # a failed or crashed run: keep its logs
+            everything = list(cells.values()) + list(cp_cells.values())
+            if not everything or any(c.problems for c in everything):  # a failed or crashed run: keep its logs
                 kept = Path(tempfile.gettempdir()) / f"volplane-chaos-logs-{int(time.time())}"
                 shutil.copytree(stack.run_dir / "logs", kept)
                 print(f"service logs kept in {kept}")
-    print(table(cells))
-    bad = {k: c for k, c in cells.items() if c.problems or c.converged != c.volumes}
+    if cells:
+        print("\nCSI calls (retried by the caller): volumes converged / volumes (calls still in flight at the kill)")
+        print(table(cells, STEPS, victims))
+    if cp_cells:
+        print("\nControl plane (retried by the loops): claims converged / claims (claims not yet past the step at the kill)")
+        print(table(cp_cells, controlplane.STEPS, controlplane.victims))
+    both = {**cells, **cp_cells}
+    kills = sum(args.trials for _ in both)
+    print(f"\n{kills} kills, {sum(c.volumes for c in both.values())} volumes checked, "
+          f"{sum(len(c.problems) for c in both.values())} problems, {time.monotonic() - t0:.0f} s")
+    bad = {k: c for k, c in both.items() if c.problems or c.converged != c.volumes}
     for (step, victim), cell in bad.items():
         print(f"{step} × {victim}: " + "; ".join(cell.problems[:10]))
     return 1 if bad else 0
