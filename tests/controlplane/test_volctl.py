@@ -301,3 +301,12 @@ def test_an_unknown_kind_is_one_error_line(cp: Stack) -> None:
     assert out.returncode == 1
     [line] = out.stderr.splitlines()
     assert line.startswith('error: the server doesn\'t have a resource type "widgets"')
+
+
+def test_a_namespace_that_is_not_a_string_is_one_invalid_line(cp: Stack) -> None:
+    # Found by `make fuzz`: `namespace: 5` made Apply answer UNKNOWN with a TypeError.
+    name = unique("ns")
+    out = volctl(cp, "apply", "-f", "-", input=f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: 5\nspec:\n  containers: []\n")
+    assert (out.returncode, out.stdout) == (1, "")
+    [line] = out.stderr.splitlines()
+    assert line.startswith("Error from server (Invalid): ") and "namespace" in line, line

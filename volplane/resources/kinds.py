@@ -100,6 +100,8 @@ def ref(kind: Kind, namespace: str | None, name: str) -> Ref:
     subdomain and the namespace a DNS-1123 label. Both become tokens of the object's
     subject: a '*' or '>' there would be a wildcard that reads (and appends to) other
     objects' events, a '.' another token."""
+    if not isinstance(name, str) or not isinstance(namespace, str | None):
+        raise InvalidArgument(f"metadata: name and namespace must be strings, not {type(name).__name__} and {type(namespace).__name__}")
     ns = (namespace or "default") if kind.namespaced else ""
     if len(name) > 253 or not _NAME.fullmatch(name):
         raise InvalidArgument(f"name: {name[:64]!r} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')")
