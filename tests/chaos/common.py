@@ -19,6 +19,11 @@ class Cell:
     converged: int = 0
     hit: int = 0
     problems: list[str] = field(default_factory=list)
+    recovery: list[float] = field(default_factory=list)  # per trial: kill → every volume where it should be, s
+
+    def text(self) -> str:
+        median = sorted(self.recovery)[len(self.recovery) // 2] if self.recovery else 0.0
+        return f"{self.converged}/{self.volumes} ({self.hit} hit, {median:.1f} s)"
 
 
 def _losetup() -> list[str]:

@@ -213,6 +213,7 @@ def trial(lab: ControlLab, step: str, victim: str | None, inflight: int, window:
     if victim is not None:
         time.sleep(max(0.0, t0 + random.uniform(*window) - time.monotonic()))
         cell.hit += sum(1 for c in claims if not lab.reached(c, step))
+        killed = time.monotonic()
         kill(lab.stack, victim)
         time.sleep(random.uniform(0, 0.3))
         restart(lab.stack, victim)
@@ -224,6 +225,8 @@ def trial(lab: ControlLab, step: str, victim: str | None, inflight: int, window:
                     times[s] = time.monotonic() - t0
             time.sleep(0.05)
     lab.converge(claims, change, 150)
+    if victim is not None:
+        cell.recovery.append(time.monotonic() - killed)
     for c in claims:
         cell.volumes += 1
         cell.converged += not c.problems
@@ -250,8 +253,8 @@ def run(stack: Stack, trials: int, inflight: int, steps: tuple[str, ...]) -> dic
                 for victim in victims(step):
                     cell = cells.setdefault((step, victim), Cell())
                     for _ in range(trials):
-                        trial(lab, step, victim, inflight, (0.0, end), cell)
-                    print(f"  {step:9s} × {victim:12s} {cell.converged}/{cell.volumes} converged, {cell.hit} not yet past the step at the kill"
+                        trial(lab, step, victim, inflight, (0.0, 0.75 * end), cell)
+                    print(f"  {step:9s} × {victim:12s} {cell.text()}"
                           + (f"  PROBLEMS: {cell.problems[:3]}" if cell.problems else ""), flush=True)
     finally:
         lab.api.close()

@@ -199,6 +199,7 @@ async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: 
     if victim is not None:
         await asyncio.sleep(random.uniform(0.05 * window, 0.75 * window))  # mostly while calls run
         cell.hit += sum(1 for t in tasks if not t.done())
+        killed = time.monotonic()
         await asyncio.to_thread(kill, lab.stack, victim)
         await asyncio.sleep(random.uniform(0, 0.3))
         # Not asyncio.to_thread: the children's parent-death signal is bound to the thread
@@ -207,6 +208,8 @@ async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: 
     deadline = time.monotonic() + 90
     await asyncio.gather(*(lab.until_done(v, step, t, deadline) for v, t in zip(vols, tasks)))
     took = time.monotonic() - t0
+    if victim is not None:
+        cell.recovery.append(time.monotonic() - killed)
     for v in vols:
         if not v.problems:
             await lab.check(v, step)
@@ -232,19 +235,19 @@ async def run(stack: Stack, work: Path, trials: int, inflight: int, steps: tuple
             cell = cells.setdefault((step, victim), Cell())
             for _ in range(trials):
                 await trial(lab, step, victim, inflight, window, cell)
-            print(f"  {step:9s} × {victim:12s} {cell.converged}/{cell.volumes} converged, {cell.hit} hit mid-call" + (f"  PROBLEMS: {cell.problems[:3]}" if cell.problems else ""), flush=True)
+            print(f"  {step:9s} × {victim:12s} {cell.text()}" + (f"  PROBLEMS: {cell.problems[:3]}" if cell.problems else ""), flush=True)
     await lab.channel.close()
     return cells
 
 
 def table(cells: dict[tuple[str, str], Cell], steps: tuple[str, ...], victims_of: Callable[[str], tuple[str, ...]]) -> str:
-    lines = [f"{'step':10s} {'owner':26s} {'apigw':18s} {'nats-server':18s} {'redis-server':18s}"]
+    lines = [f"{'step':10s} {'owner':36s} {'apigw':24s} {'nats-server':24s} {'redis-server':24s}"]
     for step in steps:
         row = [cells.get((step, v)) for v in victims_of(step)]
         if not any(row):
             continue
-        text = [f"{c.converged}/{c.volumes} ({c.hit} hit)" if c else "-" for c in row]
-        lines.append(f"{step:10s} {victims_of(step)[0] + ': ' + text[0]:26s} {text[1]:18s} {text[2]:18s} {text[3]:18s}")
+        text = [c.text() if c else "-" for c in row]
+        lines.append(f"{step:10s} {victims_of(step)[0] + ': ' + text[0]:36s} {text[1]:24s} {text[2]:24s} {text[3]:24s}")
     return "\n".join(lines)
 
 
@@ -281,10 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(stack.run_dir / "logs", kept)
                 print(f"service logs kept in {kept}")
     if cells:
-        print("\nCSI calls (retried by the caller): volumes converged / volumes (calls still in flight at the kill)")
+        print("\nCSI calls (retried by the caller): volumes converged / volumes (calls in flight at the kill, median s from kill to converged)")
         print(table(cells, STEPS, victims))
     if cp_cells:
-        print("\nControl plane (retried by the loops): claims converged / claims (claims not yet past the step at the kill)")
+        print("\nControl plane (retried by the loops): claims converged / claims (claims not yet past the step at the kill, median s from kill to converged)")
         print(table(cp_cells, controlplane.STEPS, controlplane.victims))
     both = {**cells, **cp_cells}
     kills = sum(args.trials for _ in both)
