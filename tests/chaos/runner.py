@@ -14,7 +14,7 @@ plane (``controlplane.py``): claim → bind → attach → mount → teardown �
 reclaim, driven by the loops instead of a caller; same victims, same checks, plus the
 objects.
 
-    make chaos                                          # 4 kills per step × victim
+    make chaos                                          # 2 kills per step × victim: 112
     python -m tests.chaos.runner --suite cp --steps bind --trials 1
 
 Prints a table per suite: for each step and victim, volumes converged / volumes, and
@@ -253,9 +253,9 @@ def table(cells: dict[tuple[str, str], Cell], steps: tuple[str, ...], victims_of
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=4, help="kills per step × victim")
-    parser.add_argument("--inflight", type=int, default=10, help="volumes per CSI trial")
-    parser.add_argument("--claims", type=int, default=4, help="claims (each with a pod) per control-plane trial")
+    parser.add_argument("--trials", type=int, default=2, help="kills per step × victim")
+    parser.add_argument("--inflight", type=int, default=8, help="volumes per CSI trial")
+    parser.add_argument("--claims", type=int, default=3, help="claims (each with a pod) per control-plane trial")
     parser.add_argument("--suite", choices=("csi", "cp", "all"), default="all", help="CSI calls, the control plane's loops, or both")
     parser.add_argument("--steps", nargs="+", choices=sorted(set(STEPS + controlplane.STEPS)), help="only these steps (of the chosen suites)")
     parser.add_argument("--seed", type=int, default=1)
