@@ -239,3 +239,36 @@ def test_redis_wiped_while_running_is_noticed_and_rebuilt_to_the_same_state(tmp_
             time.sleep(0.5)
         listed = sorted(e.volume.volume_id for e in c.controller.ListVolumes(csi.ListVolumesRequest(), timeout=30).entries)
         assert listed == sorted(ids[1:])
+
+
+def test_a_feed_ends_when_nats_server_restarts_so_its_reader_follows_again(tmp_path: Path) -> None:
+    # An ordered consumer that was pushing before nats-server restarted stayed silent for
+    # 19 s to 2 minutes (make chaos); ending the feed on reconnect makes every reader
+    # (projections, informers) subscribe again from its position at once.
+    s = Stack(tmp_path / "run")
+    s.start_servers()
+    assert s.nats is not None
+
+    async def go() -> None:
+        nc = await nats.connect(s.env["NATS_URL"], max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        try:
+            store = EventStore(nc.jetstream())
+            await store.ensure_stream()
+
+            async def read() -> None:
+                async for _ in store.follow(subjects.EVENTS, 0):
+                    pass
+
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(0.5)
+            assert not reader.done()  # an empty log: the feed waits for events
+            s.nats.stop(kill=True)  # type: ignore[union-attr]
+            s.nats.start()  # type: ignore[union-attr]
+            await asyncio.wait_for(reader, 20)  # ended, rather than waiting on a dead consumer
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        s.stop()
