@@ -289,13 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     if cp_cells:
         print("\nControl plane (retried by the loops): claims converged / claims (claims not yet past the step at the kill, median s from kill to converged)")
         print(table(cp_cells, controlplane.STEPS, controlplane.victims))
-    both = {**cells, **cp_cells}
-    kills = sum(args.trials for _ in both)
+    # Both suites have a "mount" step: keys carry their suite.
+    both = {("csi", *k): c for k, c in cells.items()} | {("control plane", *k): c for k, c in cp_cells.items()}
+    kills = args.trials * len(both)
     print(f"\n{kills} kills, {sum(c.volumes for c in both.values())} volumes checked, "
           f"{sum(len(c.problems) for c in both.values())} problems, {time.monotonic() - t0:.0f} s")
     bad = {k: c for k, c in both.items() if c.problems or c.converged != c.volumes}
-    for (step, victim), cell in bad.items():
-        print(f"{step} × {victim}: " + "; ".join(cell.problems[:10]))
+    for (suite, step, victim), cell in bad.items():
+        print(f"{suite}: {step} × {victim}: " + "; ".join(cell.problems[:10]))
     return 1 if bad else 0
 
 
