@@ -29,6 +29,9 @@ _MODES = {
     "ReadWriteMany": csi.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER,
 }
 _TIMEOUT = 120.0
+# csi-attacher's default --timeout. A publish answers in milliseconds; one whose request
+# died with a process (or with nats-server) is better retried soon than waited on.
+_ATTACH_TIMEOUT = 15.0
 _CLIENTS: dict[str, CsiClient] = {}
 
 
@@ -111,12 +114,12 @@ class CsiClient:
             readonly=readonly,
             volume_context=volume_context,
         )
-        reply = await self._call("ControllerPublishVolume", self.controller.ControllerPublishVolume, request)
+        reply = await self._call("ControllerPublishVolume", self.controller.ControllerPublishVolume, request, _ATTACH_TIMEOUT)
         return dict(reply.publish_context)
 
     async def controller_unpublish(self, handle: str, node_id: str) -> None:
         request = csi.ControllerUnpublishVolumeRequest(volume_id=handle, node_id=node_id)
-        await self._call("ControllerUnpublishVolume", self.controller.ControllerUnpublishVolume, request)
+        await self._call("ControllerUnpublishVolume", self.controller.ControllerUnpublishVolume, request, _ATTACH_TIMEOUT)
 
     async def node_stage(self, handle: str, staging_path: str, *, access_mode: str, block: bool, fs_type: str, mount_flags: list[str], publish_context: dict[str, str], volume_context: dict[str, str]) -> None:
         request = csi.NodeStageVolumeRequest(
