@@ -181,7 +181,10 @@ async def _end_on_reconnect(js: JetStreamContext, sub: Any) -> None:
     seen = stats["reconnects"]
     while stats["reconnects"] == seen:
         await asyncio.sleep(0.25)
-    await sub.unsubscribe()
+    try:
+        await sub.unsubscribe()
+    except nats.errors.Error:  # closed meanwhile: the feed has ended anyway
+        pass
 
 
 def _record(seq: int, subject: str, headers: dict[str, str] | None, data: bytes | None, pending: int = 0) -> Record:
