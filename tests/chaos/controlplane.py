@@ -30,7 +30,7 @@ import grpc
 
 from services.nodeagent.kubelet_paths import KubeletDir
 from tests.conftest import mounts_at
-from tests.controlplane.conftest import Api, phase
+from tests.controlplane.conftest import Api, phase, ready
 from volplane.launcher import Stack
 from volplane.resources.names import va_name
 
@@ -149,8 +149,9 @@ class ControlLab:
             out.append(f"claim {phase(pvc)}, {len(pvs)} PV(s) {[phase(p) for p in pvs]}, expected one Bound pair")
         if not claimed and (pvc is not None or pvs):
             out.append(f"claim {'still there' if pvc else 'gone'}, {len(pvs)} PV(s) left")
-        if len(self.images(c)) != (1 if claimed else 0):
-            out.append(f"{len(self.images(c))} image(s)")
+        images, pod_mounts, loops = len(self.images(c)), self.pod_mounts(c), len(loops_of(c.handle))
+        if images != (1 if claimed else 0):
+            out.append(f"{images} image(s)")
         if in_pod != bool(va and (va.get("status") or {}).get("attached")) or (not in_pod and va is not None):
             out.append(f"VolumeAttachment {va and va.get('status')}")
         if in_pod != ready(pod):
@@ -158,20 +159,21 @@ class ControlLab:
         staged = mounts_at(self.kubelet.global_mount(DRIVER, c.handle)) if c.handle else 0
         if staged != (1 if in_pod else 0):
             out.append(f"global mount ×{staged}")
-        if self.pod_mounts(c) != (1 if in_pod else 0):
-            out.append(f"pod mount ×{self.pod_mounts(c)}")
-        if len(loops_of(c.handle)) != (1 if in_pod else 0):
-            out.append(f"{len(loops_of(c.handle))} loop device(s)")
+        if pod_mounts != (1 if in_pod else 0):
+            out.append(f"pod mount ×{pod_mounts}")
+        if loops != (1 if in_pod else 0):
+            out.append(f"{loops} loop device(s)")
         return out
 
     def converge(self, claims: list[Claim], after: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        pending = list(claims)
+        pending = {c.name: c for c in claims}
         while pending:
-            pending = [c for c in pending if self.problems(c, after)]
+            found = {name: self.problems(c, after) for name, c in pending.items()}
+            pending = {name: pending[name] for name, problems in found.items() if problems}
             if pending and time.monotonic() > deadline:
-                for c in pending:
-                    c.problems += [f"after {after}: {p}" for p in self.problems(c, after)]
+                for name, c in pending.items():
+                    c.problems += [f"after {after}: {p}" for p in found[name]]
                 return
             time.sleep(0.2)
 
@@ -190,11 +192,6 @@ class ControlLab:
         with open("/proc/self/mountinfo") as f:
             left += [f"mount left: {line.split(' ')[4]}" for line in f if str(self.kubelet.root) in line.split(" ")[4]]
         return left
-
-
-def ready(pod: Obj | None) -> bool:
-    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "VolumesReady" and c.get("status") == "True" for c in conditions)
 
 
 def trial(lab: ControlLab, step: str, victim: str | None, inflight: int, window: tuple[float, float], cell: Cell) -> dict[str, float]:

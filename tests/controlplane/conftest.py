@@ -29,6 +29,12 @@ def phase(obj: Obj | None) -> str | None:
     return None if obj is None else (obj.get("status") or {}).get("phase")
 
 
+def ready(pod: Obj | None) -> bool:
+    """The pod's VolumesReady condition is True (every volume mounted)."""
+    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "VolumesReady" and c.get("status") == "True" for c in conditions)
+
+
 def annotations(obj: Obj) -> dict[str, str]:
     return (obj.get("metadata") or {}).get("annotations") or {}
 

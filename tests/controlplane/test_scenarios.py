@@ -12,15 +12,10 @@ from tests.conftest import mounts_at, needs_root
 from volplane.launcher import Stack
 from volplane.resources.names import va_name
 
-from .conftest import Api, annotations, kubelet_dir, phase, unique
+from .conftest import Api, annotations, kubelet_dir, phase, ready, unique
 
 pytestmark = needs_root
 Obj = dict[str, Any]
-
-
-def ready(pod: Obj | None) -> bool:
-    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "VolumesReady" and c.get("status") == "True" for c in conditions)
 
 
 def until(check: Any, what: str, timeout: float = 120.0) -> Any:
