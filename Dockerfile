@@ -18,6 +18,9 @@ COPY pyproject.toml ./
 COPY proto/ proto/
 COPY volplane/ volplane/
 COPY services/ services/
+COPY volctl/ volctl/
+COPY devstack/ devstack/
+COPY access/ access/
 # The same steps as the Makefile's stub rule (volplane/csi is generated, never committed).
 RUN mkdir -p volplane/csi \
  && python -m grpc_tools.protoc -Iproto --python_out=volplane/csi --pyi_out=volplane/csi \

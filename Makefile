@@ -32,7 +32,7 @@ proto: $(STUBS)
 # make run NODES=3: one nodeagent and one node-plugin endpoint per node (docs/architecture.md).
 NODES ?= 1
 run: install proto
-	NODES=$(NODES) $(BIN)/python -m volplane.launcher
+	NODES=$(NODES) $(BIN)/python -m devstack.launcher
 
 test: install proto
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

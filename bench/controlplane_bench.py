@@ -30,7 +30,7 @@ import grpc
 
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
 
 def _ready(pod: dict[str, Any]) -> bool:

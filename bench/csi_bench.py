@@ -29,7 +29,7 @@ import grpc
 
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
 CAP = csi.VolumeCapability(
     mount=csi.VolumeCapability.MountVolume(),

@@ -21,9 +21,9 @@ from volplane.nodes import NodesProjection
 from volplane.projection import Projection, canonical_dump, rebuild
 from volplane.resources.projection import ObjectsProjection
 
-from .attacher.adapters.projection import AttachmentsProjection
-from .nodeagent.adapters.projection import NodeProjection
-from .provisioner.adapters.projection import SnapshotsProjection, VolumesProjection
+from services.attacher.adapters.projection import AttachmentsProjection
+from services.nodeagent.adapters.projection import NodeProjection
+from services.provisioner.adapters.projection import SnapshotsProjection, VolumesProjection
 
 
 async def all_projections(store: EventStore) -> list[Projection]:  # type: ignore[type-arg]

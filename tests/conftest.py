@@ -16,7 +16,7 @@ import pytest
 
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
 IS_ROOT = os.geteuid() == 0 and Path("/dev/loop-control").exists()
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root and /dev/loop-control for loop devices and mounts")

@@ -2,7 +2,7 @@
 
     cfg = Config.from_env()
 
-The launcher (`volplane.launcher`) fills these variables for the processes it starts;
+The launcher (`devstack.launcher`) fills these variables for the processes it starts;
 a deployment sets them itself. Sizes accept Kubernetes quantities (``100Gi``).
 """
 

@@ -16,8 +16,8 @@ from volplane.service import Runtime, run_service
 
 from .adapters.projection import AttachmentsProjection
 from .adapters.volumes import ProvisionerVolumes
-from .app import AttacherApp
-from .controlplane import start_control_loops
+from .csi.attachments import AttacherApp
+from .controllers.controlplane import start_control_loops
 from .domain.attachment import AttachmentState
 
 

@@ -21,8 +21,8 @@ from volplane.service import Runtime, run_service
 from .adapters.attacher import attacher_check
 from .adapters.projection import NodeProjection
 from .adapters.storage import HostStorage
-from .app import NodeApp
-from .volumemanager import VolumeManager
+from .csi.volumes import NodeApp
+from .controllers.volumemanager import VolumeManager
 
 
 def registration(cfg: Config) -> NodeRegistered:

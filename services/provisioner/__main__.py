@@ -25,13 +25,13 @@ from volplane.service import Runtime, run_service
 
 from .adapters.pool import ImagePool, Pools
 from .adapters.projection import SnapshotsProjection, VolumesProjection
-from .app import ProvisionerApp
-from .capacity import Capacity
-from .external_provisioner import ExternalProvisioner
-from .intree import HostPathPlugin
-from .pv_controller import MANAGER, PVController
-from .scheduler import Scheduler
-from .snapshots import SnapshotsApp
+from .csi.volumes import ProvisionerApp
+from .csi.capacity import Capacity
+from .controllers.external_provisioner import ExternalProvisioner
+from .controllers.intree import HostPathPlugin
+from .controllers.pv_controller import MANAGER, PVController
+from services.scheduler.scheduler import Scheduler
+from .csi.snapshots import SnapshotsApp
 
 
 async def setup(rt: Runtime) -> None:

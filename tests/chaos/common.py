@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
 # Codes a caller retries on: the service or the log was away, or another call held the volume.
 RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}

@@ -42,10 +42,10 @@ import grpc
 from tests.conftest import mounts_at
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
-from . import controlplane
-from .common import RETRY, Cell, kill, leaked_loops, loops_of, restart
+from tests.chaos import controlplane
+from tests.chaos.common import RETRY, Cell, kill, leaked_loops, loops_of, restart
 
 STEPS = ("create", "publish", "stage", "mount", "unmount", "unstage", "unpublish", "delete")
 OWNER = {"create": "provisioner", "delete": "provisioner", "publish": "attacher", "unpublish": "attacher"}

@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import needs_root
 
-from .runner import main
+from tests.chaos.runner import main
 
 pytestmark = [needs_root, pytest.mark.timeout(1800)]
 

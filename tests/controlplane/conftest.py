@@ -20,7 +20,7 @@ import yaml
 
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
 Obj = dict[str, Any]
 

@@ -12,7 +12,7 @@ from typing import Any
 import nats
 
 from volplane.eventstore import EventStore
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.resources.kinds import ref, resolve
 from volplane.resources.store import ObjectStore
 

@@ -26,7 +26,7 @@ from volplane import codec, subjects
 from volplane.csi import csi_pb2 as csi
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.resources.kinds import ref, resolve
 from volplane.resources.names import LABEL_KEEP_TERMINATED, OWN_DRIVER, attacher_finalizer, va_name
 from volplane.resources.store import ObjectStore

@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import needs_root
 from volplane.csi import resources_pb2 as pb
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
-from .conftest import Api, annotations, phase, unique
-from .direct import direct_patch
+from tests.controlplane.conftest import Api, annotations, phase, unique
+from tests.controlplane.direct import direct_patch
 
 pytestmark = needs_root
 Obj = dict[str, Any]

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import mounts_at, needs_root
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.resources.names import va_name
 
-from .conftest import Api, annotations, kubelet_dir, phase, ready, unique
+from tests.controlplane.conftest import Api, annotations, kubelet_dir, phase, ready, unique
 
 pytestmark = needs_root
 Obj = dict[str, Any]

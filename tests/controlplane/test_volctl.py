@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from tests.conftest import needs_root
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
-from .conftest import Api, phase, unique
+from tests.controlplane.conftest import Api, phase, unique
 
 pytestmark = needs_root
 Obj = dict[str, Any]
@@ -33,12 +33,12 @@ PVC_HEADER = ["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECL
 
 def volctl(cp: Stack, *args: str, input: str | None = None, endpoint: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     env = {**cp.env, "VOLPLANE_API_ENDPOINT": endpoint or cp.api_endpoint}
-    return subprocess.run([sys.executable, "-m", "volplane.volctl", *args], input=input, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "volctl", *args], input=input, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def start_volctl(cp: Stack, *args: str) -> subprocess.Popen[str]:
     env = {**cp.env, "VOLPLANE_API_ENDPOINT": cp.api_endpoint}
-    return subprocess.Popen([sys.executable, "-m", "volplane.volctl", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "volctl", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def pv(name: str, cls: str, size: str = "2Gi", **meta: Any) -> Obj:

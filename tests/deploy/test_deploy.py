@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from tests.conftest import Csi, IS_ROOT
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY
 
 EXAMPLES = int(os.environ.get("VOLPLANE_FUZZ_EXAMPLES", "300"))

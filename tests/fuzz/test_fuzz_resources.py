@@ -41,7 +41,7 @@ from tests.conftest import IS_ROOT
 from tests.controlplane.conftest import Api
 from volplane.csi import resources_pb2 as pb
 from volplane.errors import InvalidArgument
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.resources.schema import validate
 
 EXAMPLES = int(os.environ.get("VOLPLANE_FUZZ_EXAMPLES", "300"))

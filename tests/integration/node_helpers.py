@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import Csi, loops_backing, mount_cap, mount_points, needs_root
 from volplane.csi import csi_pb2 as csi
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.nodes import SHARED_POOL
 
 pytestmark = needs_root

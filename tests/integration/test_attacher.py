@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from services.attacher.adapters.projection import AttachmentsProjection
 from services.attacher.adapters.volumes import ProvisionerVolumes
-from services.attacher.app import AttacherApp
+from services.attacher.csi.attachments import AttacherApp
 from services.attacher.domain.attachment import AttachmentState
 from services.attacher.domain.events import ATTACHMENT_EVENTS, AttachmentEvent, VolumeAttached
 from tests.conftest import Csi, mount_cap
@@ -32,11 +32,11 @@ from volplane import codec, subjects
 from volplane.bus import Bus
 from volplane.commands import Attachments, Capability, ControllerPublish, ControllerUnpublish, GetAttachments, PublishContext, VolumeInfo
 from volplane.csi import csi_pb2 as csi
-from volplane.embedded import with_parent
+from devstack.embedded import with_parent
 from volplane.errors import AlreadyExists, FailedPrecondition, NotFound, OperationPending, ResourceExhausted
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY, NodeInfo, NodeRegistered, NodesProjection, PoolSpec, register
 from volplane.projection import ProjectionRunner
 

@@ -15,8 +15,8 @@ import nats
 import pytest
 import redis
 
-from volplane.credentials import Credentials
-from volplane.launcher import Stack
+from access.credentials import Credentials
+from devstack.launcher import Stack
 
 
 def test_secret_files_and_the_csi_socket_are_for_root_only(stack: Stack) -> None:

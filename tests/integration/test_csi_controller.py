@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Csi, mount_cap
 from volplane.csi import csi_pb2 as csi
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
 MiB = 2**20
 GiB = 2**30

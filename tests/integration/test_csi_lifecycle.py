@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Csi, loops_backing, mount_cap, mounts_at, mounts_under, needs_root
 from volplane.csi import csi_pb2 as csi
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY
 
 MiB = 2**20

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import Csi, code_of, loops_backing, mount_cap, mount_options_at, mounts_at, mounts_under, needs_root
 from volplane.csi import csi_pb2 as csi
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from tests.integration.node_helpers import (  # noqa: F401 - fixtures are used by name
     MiB,
     Mode,

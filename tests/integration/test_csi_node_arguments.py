@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import code_of, mount_cap, mount_points, mounts_at, mounts_under, needs_root
 from volplane.csi import csi_pb2 as csi
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from tests.integration.node_helpers import (  # noqa: F401 - fixtures are used by name
     MiB,
     Mode,

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import Csi, mount_cap
 from volplane.csi import csi_pb2 as csi
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY
 
 MiB = 2**20

@@ -24,7 +24,7 @@ from volplane.commands import Capability
 from volplane.csi import csi_pb2 as csi
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.projection import canonical_dump
 
 CAP = mount_cap()

@@ -42,7 +42,7 @@ from volplane.commands import (
 )
 from volplane.errors import AlreadyExists, FailedPrecondition, NotFound, VolplaneError
 from volplane.eventstore import EventStore
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 from volplane.nodes import SHARED_POOL, TOPOLOGY_KEY, NodeRegistered
 
 pytestmark = needs_root

@@ -19,7 +19,7 @@ from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
-from volplane.launcher import Stack
+from devstack.launcher import Stack
 
 pytestmark = needs_root
 CAP = mount_cap()

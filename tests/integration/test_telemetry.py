@@ -18,8 +18,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from tests.conftest import Csi, mount_cap, needs_root
 from volplane.csi import csi_pb2 as csi
-from volplane.embedded import free_port
-from volplane.launcher import Stack
+from devstack.embedded import free_port
+from devstack.launcher import Stack
 
 TIMEOUT = 60
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.attacher.desired import (
+from services.attacher.controllers.desired import (
     attach_driver,
     attachments_of,
     claim_bound_to,

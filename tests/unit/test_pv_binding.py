@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.provisioner.binding import bind_steps, find_best_match, introduced_by, should_delay_binding
+from services.provisioner.controllers.binding import bind_steps, find_best_match, introduced_by, should_delay_binding
 
 Obj = dict[str, Any]
 

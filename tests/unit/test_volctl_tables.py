@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from volplane.resources.kinds import resolve
-from volplane.volctl.columns import rows
-from volplane.volctl.tables import age, describe_block, human_age, table, tabwrite
+from volctl.columns import rows
+from volctl.tables import age, describe_block, human_age, table, tabwrite
 
 MIN, H, D = 60, 3600, 86400
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.nodeagent.desired_state import PV, PVC, DesiredVolume, Unresolved, claim_keys, is_desired, resolve
+from services.nodeagent.controllers.desired_state import PV, PVC, DesiredVolume, Unresolved, claim_keys, is_desired, resolve
 from volplane.resources.kinds import Kind
 
 Obj = dict[str, Any]

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import services.nodeagent.volume_plugins as plugins
-from services.nodeagent.kubelet_paths import KubeletDir
-from services.nodeagent.pod_status import VOLUMES_READY, status_patch, volume_entry
-from services.nodeagent.volume_plugins import nfs_unsupported
+import services.nodeagent.controllers.volume_plugins as plugins
+from services.nodeagent.controllers.kubelet_paths import KubeletDir
+from services.nodeagent.controllers.pod_status import VOLUMES_READY, status_patch, volume_entry
+from services.nodeagent.controllers.volume_plugins import nfs_unsupported
 
 
 def test_layout_follows_the_shared_node_paths(tmp_path: Path) -> None:

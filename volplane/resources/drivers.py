@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .informer import Informer
-from .kinds import BY_NAME
-from .names import ANN_CONTROLLER_ENDPOINT, ANN_NODE_ENDPOINT, OWN_DRIVER
+from volplane.resources.informer import Informer
+from volplane.resources.kinds import BY_NAME
+from volplane.resources.names import ANN_CONTROLLER_ENDPOINT, ANN_NODE_ENDPOINT, OWN_DRIVER
 
 __all__ = ["controller_endpoint", "node_endpoint", "attach_required", "provisioner_driver", "ANN_PROVISIONER_NAMES"]
 

@@ -25,8 +25,8 @@ import nats.errors
 from volplane.errors import Unavailable
 from volplane.eventstore import EventStore
 
-from .kinds import RESOURCE_EVENTS, Kind, Ref, ref_of, ref_of_subject
-from .store import object_of, version_of
+from volplane.resources.kinds import RESOURCE_EVENTS, Kind, Ref, ref_of, ref_of_subject
+from volplane.resources.store import object_of, version_of
 
 __all__ = ["Informer"]
 

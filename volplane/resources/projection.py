@@ -13,8 +13,8 @@ from volplane import codec
 from volplane.eventstore import Record
 from volplane.projection import PREFIX, Op
 
-from .kinds import RESOURCE_EVENTS, Kind, Ref, ref_of_subject
-from .store import object_of
+from volplane.resources.kinds import RESOURCE_EVENTS, Kind, Ref, ref_of_subject
+from volplane.resources.store import object_of
 
 __all__ = ["ObjectsProjection", "object_key", "index_key"]
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from volplane.config import parse_quantity
 from volplane.errors import InvalidArgument
 
-from .kinds import BY_NAME, KINDS
+from volplane.resources.kinds import BY_NAME, KINDS
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -26,10 +26,10 @@ from volplane.errors import AlreadyExists, ConcurrencyConflict, FailedPreconditi
 from volplane.events import now_ns
 from volplane.eventstore import EventStore, Record
 
-from . import patch as patches
-from .events import OBJECT_EVENTS, RECORDED, EventRecorded, ObjectChanged, ObjectCreated, ObjectDeleted
-from .kinds import BY_NAME, Ref, ref_of
-from .schema import validate
+from volplane.resources import patch as patches
+from volplane.resources.events import OBJECT_EVENTS, RECORDED, EventRecorded, ObjectChanged, ObjectCreated, ObjectDeleted
+from volplane.resources.kinds import BY_NAME, Ref, ref_of
+from volplane.resources.schema import validate
 
 __all__ = ["ObjectStore", "object_of", "rfc3339", "version_of"]
 

@@ -2,7 +2,7 @@
 
 An intent (``VolumeCreating``, ``VolumeDeleting``) is recorded before the image file
 is touched and a result after, so that on restart an intent without its result is
-finished (see ``services.provisioner.app.ProvisionerApp.recover``).
+finished (see ``services.provisioner.csi.volumes.ProvisionerApp.recover``).
 """
 
 from __future__ import annotations

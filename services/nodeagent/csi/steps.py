@@ -27,8 +27,8 @@ from pathlib import Path
 from volplane.commands import VolumeStats
 from volplane.errors import FailedPrecondition, NotFound
 
-from .adapters.storage import HostStorage
-from .domain.volume import NodeVolumeState, Publication
+from ..adapters.storage import HostStorage
+from ..domain.volume import NodeVolumeState, Publication
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 from volplane.errors import ResourceExhausted
 from volplane.projection import ProjectionRunner
 
-from .adapters.pool import ImagePool, Pools
-from .domain.placement import PoolView
+from ..adapters.pool import ImagePool, Pools
+from ..domain.placement import PoolView
 
 
 @dataclass

@@ -38,12 +38,12 @@ from volplane.eventstore import EventStore
 from volplane.locks import KeyedLocks
 from volplane.projection import ProjectionRunner
 
-from .adapters.projection import INFLIGHT, VOLS, snapshot_key, volume_key
+from ..adapters.projection import INFLIGHT, VOLS, snapshot_key, volume_key
 from .capacity import Capacity
-from .domain.events import VolumeCreated, VolumeCreateFailed, VolumeDeleted, VolumeExpanded, VolumeExpandFailed
-from .domain.placement import candidates, choose_pool
-from .domain.snapshot import SnapshotState
-from .domain.volume import (
+from ..domain.events import VolumeCreated, VolumeCreateFailed, VolumeDeleted, VolumeExpanded, VolumeExpandFailed
+from ..domain.placement import candidates, choose_pool
+from ..domain.snapshot import SnapshotState
+from ..domain.volume import (
     MAX_NAME,
     MIN_SIZE,
     MIN_SIZE_XFS,

@@ -16,11 +16,11 @@ from volplane.ids import is_volume_id
 from volplane.locks import KeyedLocks
 from volplane.projection import ProjectionRunner
 
-from .adapters.pool import Pools
-from .adapters.projection import SNAPS, SNAPS_INFLIGHT, snapshot_key, volume_key
-from .domain.events import SnapshotCreated, SnapshotCreateFailed, SnapshotDeleted
-from .domain.snapshot import SnapshotState, decide_create_snapshot, decide_delete_snapshot, evolve_snapshot, snapshot_id_for
-from .domain.volume import VolumeState
+from ..adapters.pool import Pools
+from ..adapters.projection import SNAPS, SNAPS_INFLIGHT, snapshot_key, volume_key
+from ..domain.events import SnapshotCreated, SnapshotCreateFailed, SnapshotDeleted
+from ..domain.snapshot import SnapshotState, decide_create_snapshot, decide_delete_snapshot, evolve_snapshot, snapshot_id_for
+from ..domain.volume import VolumeState
 
 log = logging.getLogger(__name__)
 

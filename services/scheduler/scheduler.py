@@ -22,8 +22,8 @@ from volplane.resources.names import ANN_SELECTED_NODE, claim_class, pod_claims
 from volplane.resources.selectors import node_affinity_allows
 from volplane.resources.store import ObjectStore
 
-from .binding import find_best_match, should_delay_binding
-from .intree import NO_PROVISIONER
+from services.provisioner.controllers.binding import find_best_match, should_delay_binding
+from services.provisioner.controllers.intree import NO_PROVISIONER
 
 __all__ = ["Scheduler"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from volplane.errors import FailedPrecondition, Internal, InvalidArgument
 
-from .adapters.storage import HostStorage, StorageError
+from ..adapters.storage import HostStorage, StorageError
 from .desired_state import DesiredVolume
 
 __all__ = ["InTreePlugins", "nfs_unsupported", "HOST_PATH_TYPES"]

@@ -1,4 +1,4 @@
-"""``volctl`` / ``python -m volplane.volctl``: run one command, turn every failure into
+"""``volctl`` / ``python -m volctl``: run one command, turn every failure into
 one line on stderr and an exit status.
 
     main(["get", "pv"])    # exits 0, or 1 after printing e.g. "Error from server (NotFound): ..."
@@ -16,8 +16,8 @@ try:  # typer ≥ 0.20 carries its own copy of click, whose exceptions are not c
 except ImportError:  # pragma: no cover - older typer runs on click itself
     from click import exceptions as cx  # type: ignore[no-redef]
 
-from .cli import app
-from .client import VolctlError
+from volctl.cli import app
+from volctl.client import VolctlError
 
 __all__ = ["main"]
 

@@ -39,9 +39,9 @@ from volplane.locks import KeyedLocks
 from volplane.nodes import SHARED_POOL
 from volplane.projection import ProjectionRunner
 
-from .adapters.projection import NodeProjection
-from .adapters.storage import HostStorage, StorageError
-from .domain.events import (
+from ..adapters.projection import NodeProjection
+from ..adapters.storage import HostStorage, StorageError
+from ..domain.events import (
     VolumeExpandedOnNode,
     VolumeExpandOnNodeFailed,
     VolumePublished,
@@ -53,7 +53,7 @@ from .domain.events import (
     VolumeUnpublished,
     VolumeUnstaged,
 )
-from .domain.volume import (
+from ..domain.volume import (
     FS_TYPES,
     NodeVolumeState,
     check_capability,

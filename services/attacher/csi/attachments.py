@@ -25,9 +25,9 @@ from volplane.locks import KeyedLocks
 from volplane.nodes import NodeInfo, NodesProjection
 from volplane.projection import ProjectionRunner
 
-from .adapters.projection import attachment_key, node_key
-from .adapters.volumes import Volumes
-from .domain.attachment import AttachmentState, decide_publish, decide_unpublish, evolve
+from ..adapters.projection import attachment_key, node_key
+from ..adapters.volumes import Volumes
+from ..domain.attachment import AttachmentState, decide_publish, decide_unpublish, evolve
 
 __all__ = ["AttacherApp"]
 

@@ -18,8 +18,8 @@ from volplane.resources.kinds import Kind
 from volplane.resources.names import claim_class
 from volplane.resources.schema import ACCESS_MODES
 
-from .refs import type_name
-from .tables import age
+from volctl.refs import type_name
+from volctl.tables import age
 
 __all__ = ["rows", "modes", "flag", "phase_of", "dig"]
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from volplane.credentials import ADMIN, Credentials
+from access.credentials import ADMIN, Credentials
 
 __all__ = ["EmbeddedServer", "free_port", "with_parent"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .client import Entry
-from .tables import age_ns, rfc3339_ns, table
+from volctl.client import Entry
+from volctl.tables import age_ns, rfc3339_ns, table
 
 __all__ = ["history_table", "history_json", "events_section", "timeline_section", "detail", "compact", "cell"]
 

@@ -19,12 +19,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import getting, manifests
-from .client import Client, ServerError, VolctlError, endpoint
-from .describe import describe as describe_text
-from .history import history_json, history_table
-from .refs import kind_named, kind_of, namespace_of, qualified, targets, type_name
-from .waiting import condition, duration, wait_for
+from volctl import getting, manifests
+from volctl.client import Client, ServerError, VolctlError, endpoint
+from volctl.describe import describe as describe_text
+from volctl.history import history_json, history_table
+from volctl.refs import kind_named, kind_of, namespace_of, qualified, targets, type_name
+from volctl.waiting import condition, duration, wait_for
 
 __all__ = ["app"]
 

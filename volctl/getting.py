@@ -18,10 +18,10 @@ import yaml
 
 from volplane.resources.kinds import Kind
 
-from .client import Client, ServerError, VolctlError
-from .columns import rows
-from .refs import kind_named, qualified, targets
-from .tables import table
+from volctl.client import Client, ServerError, VolctlError
+from volctl.columns import rows
+from volctl.refs import kind_named, qualified, targets
+from volctl.tables import table
 
 __all__ = ["Query", "Fetched", "parse_get", "fetch", "render", "to_yaml", "to_json", "nothing_found", "OUTPUTS"]
 

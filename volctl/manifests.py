@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from .client import VolctlError
+from volctl.client import VolctlError
 
 __all__ = ["documents", "SUFFIXES"]
 

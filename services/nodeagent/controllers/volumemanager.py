@@ -38,7 +38,7 @@ from volplane.resources.informer import Informer
 from volplane.resources.kinds import Kind, ref_of
 from volplane.resources.store import ObjectStore
 
-from .adapters.storage import HostStorage
+from ..adapters.storage import HostStorage
 from .csi_volumes import CSIDRIVER, VA, CsiVolumes, WaitingForAttach
 from .desired_state import CSI, POD, PV, PVC, DesiredVolume, Unresolved, claim_keys, is_desired, resolve
 from .kubelet_paths import KubeletDir, PodVolumeOnDisk

@@ -27,7 +27,7 @@ from volplane.resources import names
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import BY_NAME
 
-from .adapters.storage import HostStorage
+from ..adapters.storage import HostStorage
 from .desired_state import CSI, DesiredVolume
 from .kubelet_paths import DeviceOnDisk, KubeletDir, PodVolumeOnDisk
 

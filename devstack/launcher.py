@@ -1,4 +1,4 @@
-"""``python -m volplane.launcher`` (``make run``): the whole system on one machine.
+"""``python -m devstack.launcher`` (``make run``): the whole system on one machine.
 
 Starts a nats-server and a redis-server of its own (unless NATS_URL / REDIS_URL are
 set), then apigw, provisioner, attacher and nodeagent as separate processes; waits
@@ -25,8 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from volplane import subjects
 from volplane.clients import redact
-from volplane.credentials import Credentials
-from volplane.embedded import EmbeddedServer, free_port, with_parent
+from access.credentials import Credentials
+from devstack.embedded import EmbeddedServer, free_port, with_parent
 
 __all__ = ["Stack", "main"]
 

@@ -16,11 +16,11 @@ import yaml
 
 from volplane.resources.names import claim_class, pod_claims
 
-from .client import Entry
-from .columns import dig, flag, modes, phase_of
-from .history import cell, events_section, timeline_section
-from .refs import kind_of
-from .tables import describe_block
+from volctl.client import Entry
+from volctl.columns import dig, flag, modes, phase_of
+from volctl.history import cell, events_section, timeline_section
+from volctl.refs import kind_of
+from volctl.tables import describe_block
 
 __all__ = ["describe"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .client import Client, ServerError, TimedOut, VolctlError
+from volctl.client import Client, ServerError, TimedOut, VolctlError
 
 __all__ = ["Condition", "condition", "duration", "wait_for", "jsonpath"]
 

@@ -13,7 +13,7 @@ from typing import Any
 from volplane.errors import InvalidArgument
 from volplane.resources.kinds import BY_NAME, Kind, resolve
 
-from .client import VolctlError
+from volctl.client import VolctlError
 
 __all__ = ["type_name", "qualified", "kind_named", "kind_of", "targets", "namespace_of"]
 
