@@ -28,9 +28,9 @@ from typing import Any
 
 import grpc
 
+from devstack.launcher import Stack
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
-from devstack.launcher import Stack
 
 
 def _ready(pod: dict[str, Any]) -> bool:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import grpc
 
+from devstack.launcher import Stack
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from devstack.launcher import Stack
 
 CAP = csi.VolumeCapability(
     mount=csi.VolumeCapability.MountVolume(),
@@ -114,7 +114,7 @@ async def node_suite(stack: Stack, args: argparse.Namespace, root: Path) -> None
             for clients in args.clients:
                 made: list[str] = []
 
-                async def prepare(i: int, kind: str = kind, cap: csi.VolumeCapability = cap, clients: int = clients) -> dict[str, object]:
+                async def prepare(i: int, kind: str = kind, cap: csi.VolumeCapability = cap, clients: int = clients, made: list[str] = made) -> dict[str, object]:
                     name = f"node-{kind}-{clients}-{i}-{uuid.uuid4().hex[:6]}"
                     vol = (await ctl.CreateVolume(csi.CreateVolumeRequest(name=name, capacity_range=SIZE, volume_capabilities=[cap]))).volume
                     made.append(vol.volume_id)
@@ -146,7 +146,7 @@ async def snapshot_suite(stack: Stack, args: argparse.Namespace) -> None:
         for clients in args.clients:
             made: list[str] = []
 
-            async def prepare(i: int, clients: int = clients) -> str:
+            async def prepare(i: int, clients: int = clients, made: list[str] = made) -> str:
                 vol = (await ctl.CreateVolume(csi.CreateVolumeRequest(name=f"snapsrc-{clients}-{i}-{uuid.uuid4().hex[:6]}", capacity_range=SIZE, volume_capabilities=[CAP]))).volume
                 made.append(vol.volume_id)
                 return vol.volume_id

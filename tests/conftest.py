@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.launcher import Stack
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from devstack.launcher import Stack
 
 IS_ROOT = os.geteuid() == 0 and Path("/dev/loop-control").exists()
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root and /dev/loop-control for loop devices and mounts")

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         # flush of stdout from raising again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
-    except Exception as exc:  # noqa: BLE001 - a traceback is never volctl's answer
+    except Exception as exc:  # a traceback is never volctl's answer
         if os.environ.get("VOLCTL_DEBUG"):
             raise
         print(f"error: {type(exc).__name__}: {exc} (VOLCTL_DEBUG=1 shows where)", file=sys.stderr)

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,11 +36,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-Server = Annotated[Optional[str], typer.Option("--server", help="The resource API (default: $VOLPLANE_API_ENDPOINT, else $VOLPLANE_RUN_DIR/api.sock, else ./run/api.sock).")]
-Namespace = Annotated[Optional[str], typer.Option("--namespace", "-n", help="The namespace of namespaced objects (default: default).")]
+Server = Annotated[str | None, typer.Option("--server", help="The resource API (default: $VOLPLANE_API_ENDPOINT, else $VOLPLANE_RUN_DIR/api.sock, else ./run/api.sock).")]
+Namespace = Annotated[str | None, typer.Option("--namespace", "-n", help="The namespace of namespaced objects (default: default).")]
 Files = Annotated[list[str], typer.Option("--filename", "-f", help="A file, a directory of *.yaml/*.yml/*.json, or - for stdin; repeatable.")]
 Recursive = Annotated[bool, typer.Option("--recursive", "-R", help="Read directories given with -f recursively.")]
-Args = Annotated[Optional[list[str]], typer.Argument(help="KIND[,KIND...] [NAME...] or KIND/NAME...", show_default=False)]
+Args = Annotated[list[str] | None, typer.Argument(help="KIND[,KIND...] [NAME...] or KIND/NAME...", show_default=False)]
 
 
 def _err(line: str) -> None:
@@ -62,7 +62,8 @@ def _done(failed: bool) -> None:
 
 
 @app.command()
-def apply(files: Files = [], namespace: Namespace = None, recursive: Recursive = False, server: Server = None) -> None:
+def apply(files: Files = [],  # noqa: B006 - typer reads the default, never mutates it
+           namespace: Namespace = None, recursive: Recursive = False, server: Server = None) -> None:
     """Create or update objects from files: prints `persistentvolume/nfs-pv created|configured|unchanged`."""
     if not files:
         raise VolctlError("error: must specify one of -f and -k")
@@ -159,7 +160,7 @@ def describe(args: Args = None, namespace: Namespace = None, server: Server = No
 @app.command()
 def delete(
     args: Args = None,
-    files: Files = [],
+    files: Files = [],  # noqa: B006 - typer reads the default, never mutates it
     namespace: Namespace = None,
     recursive: Recursive = False,
     ignore_not_found: Annotated[bool, typer.Option("--ignore-not-found", help="A missing object is not an error.")] = False,
@@ -178,7 +179,8 @@ def delete(
                 _err(doc.line)
                 failed = True
                 continue
-            meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            raw_meta = doc.get("metadata")
+            meta = raw_meta if isinstance(raw_meta, dict) else {}
             wanted.append((str(doc.get("kind", "")), str(meta.get("name", "")), meta.get("namespace") or namespace or "default"))
     else:
         wanted = [(kind, name, namespace or "default") for kind, name in targets(args or [])]

@@ -9,6 +9,7 @@ Every failure is a ``VolctlError`` whose ``line`` is the one line volctl prints.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import grpc
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
 
-__all__ = ["Client", "Entry", "VolctlError", "ServerError", "Unreachable", "TimedOut", "endpoint"]
+__all__ = ["Client", "Entry", "ServerError", "TimedOut", "Unreachable", "VolctlError", "endpoint"]
 
 Obj = dict[str, Any]
 MANAGER = "volctl"
@@ -55,8 +56,8 @@ class ServerError(VolctlError):
 
     @classmethod
     def of(cls, exc: grpc.RpcError) -> ServerError:
-        code = exc.code()  # type: ignore[attr-defined]
-        return cls(REASONS.get(code, "InternalError"), exc.details() or code.name)  # type: ignore[attr-defined]
+        code = exc.code()
+        return cls(REASONS.get(code, "InternalError"), exc.details() or code.name)
 
 
 class Unreachable(VolctlError):
@@ -143,7 +144,7 @@ class Client:
     def delete(self, kind: str, name: str, namespace: str = "") -> Obj:
         return json.loads(self._call(self._stub.Delete, pb.ObjectRef(kind=kind, namespace=namespace, name=name)).json)
 
-    def history(self, kind: str, name: str, namespace: str = "") -> list[Entry]:
+    def history(self, kind: str, name: str, namespace: str = "") -> builtins.list[Entry]:
         reply = self._call(self._stub.History, pb.ObjectRef(kind=kind, namespace=namespace, name=name))
         return [Entry(e.seq, e.type, e.at_ns, json.loads(e.json)) for e in reply.entries]
 
@@ -156,7 +157,7 @@ class Client:
             for event in call:
                 yield event.type, json.loads(event.object.json)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise TimedOut() from None
             raise ServerError.of(exc) from None
         finally:

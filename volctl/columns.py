@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import volplane
+from volctl.refs import type_name
+from volctl.tables import age
 from volplane.resources.kinds import Kind
 from volplane.resources.names import claim_class
 from volplane.resources.schema import ACCESS_MODES
 
-from volctl.refs import type_name
-from volctl.tables import age
-
-__all__ = ["rows", "modes", "flag", "phase_of", "dig"]
+__all__ = ["dig", "flag", "modes", "phase_of", "rows"]
 
 Obj = dict[str, Any]
 Cells = Callable[[Obj, float], list[str]]

@@ -14,13 +14,12 @@ from typing import Any
 
 import yaml
 
-from volplane.resources.names import claim_class, pod_claims
-
 from volctl.client import Entry
 from volctl.columns import dig, flag, modes, phase_of
 from volctl.history import cell, events_section, timeline_section
 from volctl.refs import kind_of
 from volctl.tables import describe_block
+from volplane.resources.names import claim_class, pod_claims
 
 __all__ = ["describe"]
 

@@ -16,14 +16,13 @@ from typing import Any
 
 import yaml
 
-from volplane.resources.kinds import Kind
-
 from volctl.client import Client, ServerError, VolctlError
 from volctl.columns import rows
 from volctl.refs import kind_named, qualified, targets
 from volctl.tables import table
+from volplane.resources.kinds import Kind
 
-__all__ = ["Query", "Fetched", "parse_get", "fetch", "render", "to_yaml", "to_json", "nothing_found", "OUTPUTS"]
+__all__ = ["OUTPUTS", "Fetched", "Query", "fetch", "nothing_found", "parse_get", "render", "to_json", "to_yaml"]
 
 Obj = dict[str, Any]
 OUTPUTS = ("", "wide", "yaml", "json", "name")

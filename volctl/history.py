@@ -15,7 +15,7 @@ from typing import Any
 from volctl.client import Entry
 from volctl.tables import age_ns, rfc3339_ns, table
 
-__all__ = ["history_table", "history_json", "events_section", "timeline_section", "detail", "compact", "cell"]
+__all__ = ["cell", "compact", "detail", "events_section", "history_json", "history_table", "timeline_section"]
 
 RECORDED = "EventRecorded"
 

@@ -20,7 +20,7 @@ import yaml
 
 from volctl.client import VolctlError
 
-__all__ = ["documents", "SUFFIXES"]
+__all__ = ["SUFFIXES", "documents"]
 
 SUFFIXES = (".yaml", ".yml", ".json")
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from volctl.client import VolctlError
 from volplane.errors import InvalidArgument
 from volplane.resources.kinds import BY_NAME, Kind, resolve
 
-from volctl.client import VolctlError
-
-__all__ = ["type_name", "qualified", "kind_named", "kind_of", "targets", "namespace_of"]
+__all__ = ["kind_named", "kind_of", "namespace_of", "qualified", "targets", "type_name"]
 
 
 def type_name(kind: Kind) -> str:

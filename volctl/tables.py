@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-__all__ = ["tabwrite", "table", "describe_block", "human_age", "age", "age_ns", "rfc3339_ns"]
+__all__ = ["age", "age_ns", "describe_block", "human_age", "rfc3339_ns", "table", "tabwrite"]
 
 # kubectl get: tabwriter.NewWriter(out, 6, 4, 3, ' ', ...); kubectl describe: (out, 0, 8, 2, ' ', 0).
 TABLE_MIN_WIDTH, TABLE_PADDING = 6, 3

@@ -17,7 +17,7 @@ from typing import Any
 
 from volctl.client import Client, ServerError, TimedOut, VolctlError
 
-__all__ = ["Condition", "condition", "duration", "wait_for", "jsonpath"]
+__all__ = ["Condition", "condition", "duration", "jsonpath", "wait_for"]
 
 Obj = dict[str, Any]
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")

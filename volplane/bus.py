@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,8 +21,6 @@ import redis.exceptions
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ValidationError
-
-import time
 
 from volplane import codec
 from volplane.errors import Internal, InvalidArgument, Unavailable, VolplaneError, error_from_wire
@@ -93,7 +92,7 @@ class Bus:
                 body = {"err": [Unavailable.__name__, f"Redis is unavailable: {exc}"]}
                 result_label = Unavailable.__name__
                 s.set_attribute("volplane.error", result_label)
-            except Exception as exc:  # noqa: BLE001 - a bug must still answer the caller.
+            except Exception as exc:  # a bug must still answer the caller.
                 log.exception("handler for %s failed", msg.subject)
                 body = {"err": [Internal.__name__, f"{type(exc).__name__}: {exc}"]}
                 result_label = Internal.__name__

@@ -70,7 +70,8 @@ class CsiClient:
 
     async def driver_name(self) -> str:
         info = await self._call("GetPluginInfo", self.identity.GetPluginInfo, csi.GetPluginInfoRequest(), 10.0)
-        return info.name
+        name: str = info.name
+        return name
 
     async def node_stages(self) -> bool:
         """Whether the node plugin has STAGE_UNSTAGE_VOLUME (NodeGetCapabilities)."""
@@ -101,7 +102,8 @@ class CsiClient:
             parameters=parameters or {},
             accessibility_requirements=topology,
         )
-        return (await self._call("CreateVolume", self.controller.CreateVolume, request)).volume
+        volume: csi.Volume = (await self._call("CreateVolume", self.controller.CreateVolume, request)).volume
+        return volume
 
     async def delete_volume(self, handle: str) -> None:
         await self._call("DeleteVolume", self.controller.DeleteVolume, csi.DeleteVolumeRequest(volume_id=handle))

@@ -8,21 +8,21 @@ Infrastructure failures are translated where they happen, with ``raise ... from 
 from __future__ import annotations
 
 __all__ = [
-    "VolplaneError",
+    "GRPC_CODES",
+    "Aborted",
+    "AlreadyExists",
+    "ConcurrencyConflict",
+    "FailedPrecondition",
+    "Internal",
     "InvalidArgument",
     "NotFound",
-    "AlreadyExists",
+    "OperationPending",
     "OutOfRange",
     "ResourceExhausted",
-    "FailedPrecondition",
-    "Aborted",
-    "OperationPending",
-    "ConcurrencyConflict",
     "Unavailable",
-    "Internal",
-    "error_from_wire",
+    "VolplaneError",
     "error_from_grpc",
-    "GRPC_CODES",
+    "error_from_wire",
 ]
 
 

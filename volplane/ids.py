@@ -12,7 +12,7 @@ import hashlib
 import re
 from pathlib import Path
 
-__all__ = ["volume_id_for", "is_volume_id", "image_path"]
+__all__ = ["image_path", "is_volume_id", "volume_id_for"]
 
 _VOLUME_ID = re.compile(r"^[0-9a-f]{32}$")
 

@@ -27,7 +27,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["setup_telemetry", "span", "inject", "extract", "tracer", "SpanKind", "OPERATIONS", "INFLIGHT", "gauge"]
+__all__ = ["INFLIGHT", "OPERATIONS", "SpanKind", "extract", "gauge", "inject", "setup_telemetry", "span", "tracer"]
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ STATUS: dict[type[errors.VolplaneError], grpc.StatusCode] = {cls: grpc.StatusCod
 def status_of(exc: errors.VolplaneError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return grpc.StatusCode.INTERNAL
 
 

@@ -39,7 +39,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     return await inner(request, context)
                 except BaseException:
-                    code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                    code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
                 finally:
                     s.set_attribute("rpc.grpc.status_code", code.value[0])

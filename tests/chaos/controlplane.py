@@ -28,13 +28,12 @@ from typing import Any, TypeVar
 
 import grpc
 
+from devstack.launcher import Stack
 from services.nodeagent.controllers.kubelet_paths import KubeletDir
+from tests.chaos.common import RETRY, Cell, kill, leaked_loops, loops_of, restart
 from tests.conftest import mounts_at
 from tests.controlplane.conftest import Api, phase, ready
-from devstack.launcher import Stack
 from volplane.resources.names import va_name
-
-from tests.chaos.common import RETRY, Cell, kill, leaked_loops, loops_of, restart
 
 STEPS = ("bind", "attach", "mount", "teardown", "detach", "reclaim")
 OWNER = {"bind": "provisioner", "attach": "attacher", "mount": "nodeagent", "teardown": "nodeagent", "detach": "attacher", "reclaim": "provisioner"}

@@ -39,13 +39,12 @@ from pathlib import Path
 
 import grpc
 
+from devstack.launcher import Stack
+from tests.chaos import controlplane
+from tests.chaos.common import RETRY, Cell, kill, leaked_loops, loops_of, restart
 from tests.conftest import mounts_at
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from devstack.launcher import Stack
-
-from tests.chaos import controlplane
-from tests.chaos.common import RETRY, Cell, kill, leaked_loops, loops_of, restart
 
 STEPS = ("create", "publish", "stage", "mount", "unmount", "unstage", "unpublish", "delete")
 OWNER = {"create": "provisioner", "delete": "provisioner", "publish": "attacher", "unpublish": "attacher"}
@@ -206,7 +205,7 @@ async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: 
         # that started them, and the loop's pool threads end with the loop.
         await asyncio.get_running_loop().run_in_executor(SPAWNER, restart, lab.stack, victim)
     deadline = time.monotonic() + 90
-    await asyncio.gather(*(lab.until_done(v, step, t, deadline) for v, t in zip(vols, tasks)))
+    await asyncio.gather(*(lab.until_done(v, step, t, deadline) for v, t in zip(vols, tasks, strict=True)))
     took = time.monotonic() - t0
     if victim is not None:
         cell.recovery.append(time.monotonic() - killed)

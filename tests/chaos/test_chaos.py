@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import needs_root
-
 from tests.chaos.runner import main
+from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.timeout(1800)]
 

@@ -18,9 +18,9 @@ import grpc
 import pytest
 import yaml
 
+from devstack.launcher import Stack
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
-from devstack.launcher import Stack
 
 Obj = dict[str, Any]
 

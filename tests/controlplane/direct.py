@@ -11,8 +11,8 @@ from typing import Any
 
 import nats
 
-from volplane.eventstore import EventStore
 from devstack.launcher import Stack
+from volplane.eventstore import EventStore
 from volplane.resources.kinds import ref, resolve
 from volplane.resources.store import ObjectStore
 

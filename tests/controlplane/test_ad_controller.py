@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import nats
 import pytest
 
+from devstack.launcher import Stack
 from services.attacher.domain.events import ATTACHMENT_EVENTS
 from tests.conftest import Csi, mount_cap, needs_root
 from tests.controlplane.conftest import Api, Obj, unique
@@ -26,7 +27,6 @@ from volplane import codec, subjects
 from volplane.csi import csi_pb2 as csi
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
-from devstack.launcher import Stack
 from volplane.resources.kinds import ref, resolve
 from volplane.resources.names import LABEL_KEEP_TERMINATED, OWN_DRIVER, attacher_finalizer, va_name
 from volplane.resources.store import ObjectStore

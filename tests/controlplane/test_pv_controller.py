@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import needs_root
-from volplane.csi import resources_pb2 as pb
 from devstack.launcher import Stack
-
+from tests.conftest import needs_root
 from tests.controlplane.conftest import Api, annotations, phase, unique
 from tests.controlplane.direct import direct_patch
+from volplane.csi import resources_pb2 as pb
 
 pytestmark = needs_root
 Obj = dict[str, Any]
@@ -77,7 +76,7 @@ def seed_stack(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_seed_static_example_binds_with_the_seeds_writes_in_order(seed_stack: Any) -> None:
-    stack, api = seed_stack
+    _stack, api = seed_stack
     api.apply((SEED / "static-pv.yaml").read_text())
     api.apply((SEED / "static-pvc.yaml").read_text())
     claim = api.wait("pvc", "nfs-pvc", bound)
@@ -127,7 +126,7 @@ def _paths(patch: Obj, prefix: str = "") -> list[str]:
 
 
 def test_seed_static_release_retain_then_claim_ref_removed_makes_it_available(seed_stack: Any) -> None:
-    stack, api = seed_stack
+    _stack, api = seed_stack
     api.wait("pv", "nfs-pv", bound)
     api.delete("pvc", "nfs-pvc")
     released = api.wait("pv", "nfs-pv", lambda o: phase(o) == "Released")
@@ -140,7 +139,7 @@ def test_seed_static_release_retain_then_claim_ref_removed_makes_it_available(se
 
 
 def test_seed_dynamic_example_binds_through_the_claims_annotated_class(seed_stack: Any) -> None:
-    stack, api = seed_stack
+    _stack, api = seed_stack
     api.apply((SEED / "dynamic-sc.yaml").read_text())
     api.apply((SEED / "dynamic-pvc.yaml").read_text())
     # Its class is "example-nfs" (the beta annotation wins): missing until volplane.yaml.

@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import mounts_at, needs_root
 from devstack.launcher import Stack
-from volplane.resources.names import va_name
-
+from tests.conftest import mounts_at, needs_root
 from tests.controlplane.conftest import Api, annotations, kubelet_dir, phase, ready, unique
+from volplane.resources.names import va_name
 
 pytestmark = needs_root
 Obj = dict[str, Any]

@@ -19,9 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import needs_root
 from devstack.launcher import Stack
-
+from tests.conftest import needs_root
 from tests.controlplane.conftest import Api, phase, unique
 
 pytestmark = needs_root
@@ -69,8 +68,8 @@ def parse_table(text: str) -> tuple[list[str], list[dict[str, str]]]:
         at = lines[0].index(name, at)
         starts.append(at)
         at += len(name)
-    bounds = list(zip(starts, starts[1:] + [None]))
-    return header, [{h: line[s:e].strip() for h, (s, e) in zip(header, bounds)} for line in lines[1:]]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    return header, [{h: line[s:e].strip() for h, (s, e) in zip(header, bounds, strict=True)} for line in lines[1:]]
 
 
 def test_apply_creates_the_seeds_static_pv_and_reapplying_it_is_unchanged(cp: Stack, api: Api) -> None:

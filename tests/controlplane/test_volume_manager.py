@@ -23,19 +23,17 @@ import grpc
 import nats
 import pytest
 
+from devstack.launcher import Stack
+from services.nodeagent.controllers.volume_plugins import nfs_unsupported
 from tests.conftest import Csi, mount_cap, mounts_at, mounts_under, needs_root
+from tests.controlplane.conftest import Api, kubelet_dir, unique
 from volplane.csi import csi_pb2 as csi
 from volplane.errors import AlreadyExists, NotFound
 from volplane.eventstore import EventStore
-from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY
 from volplane.resources import names
 from volplane.resources.kinds import ref, resolve
 from volplane.resources.store import ObjectStore
-
-from services.nodeagent.controllers.volume_plugins import nfs_unsupported
-
-from tests.controlplane.conftest import Api, kubelet_dir, unique
 
 pytestmark = needs_root
 Obj = dict[str, Any]

@@ -38,10 +38,10 @@ from google.protobuf.descriptor import FieldDescriptor as FD
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Csi, IS_ROOT
+from devstack.launcher import Stack
+from tests.conftest import IS_ROOT, Csi
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY
 
 EXAMPLES = int(os.environ.get("VOLPLANE_FUZZ_EXAMPLES", "300"))
@@ -379,10 +379,7 @@ class World:
         method = getattr(self.stub(SERVICE_OF[rpc_name]), rpc_name)
         t0 = time.monotonic()
         try:
-            if rpc_name in STREAMING:
-                resp = list(method(req, timeout=CALL_TIMEOUT))
-            else:
-                resp = method(req, timeout=CALL_TIMEOUT)
+            resp = list(method(req, timeout=CALL_TIMEOUT)) if rpc_name in STREAMING else method(req, timeout=CALL_TIMEOUT)
             return C.OK, resp, ""
         except grpc.RpcError as exc:
             return exc.code(), None, exc.details() or ""  # type: ignore[attr-defined]

@@ -37,11 +37,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.launcher import Stack
 from tests.conftest import IS_ROOT
 from tests.controlplane.conftest import Api
 from volplane.csi import resources_pb2 as pb
 from volplane.errors import InvalidArgument
-from devstack.launcher import Stack
 from volplane.resources.schema import validate
 
 EXAMPLES = int(os.environ.get("VOLPLANE_FUZZ_EXAMPLES", "300"))
@@ -93,7 +93,7 @@ ENUMS = {  # an unknown persistentVolumeReclaimPolicy is accepted on purpose (th
     "provisioner": ["csi.volplane.io", "kubernetes.io/no-provisioner", "kubernetes.io/host-path", "example.com/nfs", "nobody/x"],
 }
 BOOLS = ("readOnly", "attachRequired", "podInfoOnMount", "unschedulable", "allowVolumeExpansion")  # the loops test them for truth
-ENUMS.update(dict.fromkeys(BOOLS, [True, False, "false", "true", "no", 0, 1]))
+ENUMS.update({b: [True, False, "false", "true", "no", 0, 1] for b in BOOLS})
 DICT_FIELDS = {"labels", "annotations", "matchLabels", "parameters", "volumeAttributes", "capacity", "requests", "limits"}
 LIST_FIELDS = {"finalizers", "values", "mountOptions", "volumeLifecycleModes"}
 KEYS = ["fz", "a/b", "kubernetes.io/hostname", "", "x" * 300, "UP", "volplane.io/controller-endpoint", "volplane.io/node-endpoint",
@@ -311,9 +311,9 @@ class World:
                 if isinstance(vol, dict) and not (isinstance(vol.get("name"), str) and DNS_LABEL.fullmatch(vol["name"])):
                     for src in ("hostPath", "nfs", "local"):
                         vol.pop(src, None)
-        if isinstance(kind, str) and isinstance(meta, dict) and isinstance(meta.get("name"), str):
-            if (kind, meta["name"].strip()) in self.protected or (kind == "CSIDriver" and "volplane" in meta["name"]):
-                meta["name"] = f"{tag}-renamed"
+        named = isinstance(kind, str) and isinstance(meta, dict) and isinstance(meta.get("name"), str)
+        if named and ((kind, meta["name"].strip()) in self.protected or (kind == "CSIDriver" and "volplane" in meta["name"])):
+            meta["name"] = f"{tag}-renamed"
         return out
 
     def safe_path(self, path: str) -> bool:
@@ -346,7 +346,7 @@ class World:
         # The services never write to /tmp themselves: only a path drawn here could put
         # something there, under a name drawn here. Other new entries are other processes'.
         new_tmp = {n for n in after["tmp"] - before["tmp"] if not FOREIGN_TMP.match(n) or OURS.search(n)}
-        drawn = {n for n in new_tmp if OURS.search(n) or any(n in str(v).split("/") for v in HOSTILE + ["x", "etc", "relative"])}
+        drawn = {n for n in new_tmp if OURS.search(n) or any(n in str(v).split("/") for v in [*HOSTILE, "x", "etc", "relative"])}
         NOTES.extend(f"new in /tmp during an example, not ours by its name: {n}" for n in new_tmp - drawn)
         if drawn:
             problems.append(f"/tmp: new {sorted(drawn)}")

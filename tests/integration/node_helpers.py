@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.launcher import Stack
 from tests.conftest import Csi, loops_backing, mount_cap, mount_points, needs_root
 from volplane.csi import csi_pb2 as csi
-from devstack.launcher import Stack
 from volplane.nodes import SHARED_POOL
 
 pytestmark = needs_root

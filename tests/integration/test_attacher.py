@@ -22,6 +22,8 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
+from devstack.embedded import with_parent
+from devstack.launcher import Stack
 from services.attacher.adapters.projection import AttachmentsProjection
 from services.attacher.adapters.volumes import ProvisionerVolumes
 from services.attacher.csi.attachments import AttacherApp
@@ -32,11 +34,9 @@ from volplane import codec, subjects
 from volplane.bus import Bus
 from volplane.commands import Attachments, Capability, ControllerPublish, ControllerUnpublish, GetAttachments, PublishContext, VolumeInfo
 from volplane.csi import csi_pb2 as csi
-from devstack.embedded import with_parent
 from volplane.errors import AlreadyExists, FailedPrecondition, NotFound, OperationPending, ResourceExhausted
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
-from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY, NodeInfo, NodeRegistered, NodesProjection, PoolSpec, register
 from volplane.projection import ProjectionRunner
 
@@ -284,7 +284,7 @@ def test_two_replicas_racing_for_a_single_node_volume_attach_it_once(at: Attache
                 await r.stop()
             await redis.aclose()
 
-    for vid, outcome in zip(vids, at.run(race)):
+    for vid, outcome in zip(vids, at.run(race), strict=True):
         won = [o for o in outcome if isinstance(o, PublishContext)]
         lost = [o for o in outcome if isinstance(o, FailedPrecondition)]
         assert len(won) == 1 and len(lost) == 1, outcome

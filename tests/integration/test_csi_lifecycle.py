@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.launcher import Stack
 from tests.conftest import Csi, loops_backing, mount_cap, mounts_at, mounts_under, needs_root
 from volplane.csi import csi_pb2 as csi
-from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY
 
 MiB = 2**20

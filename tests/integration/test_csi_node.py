@@ -22,19 +22,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import Csi, code_of, loops_backing, mount_cap, mount_options_at, mounts_at, mounts_under, needs_root
-from volplane.csi import csi_pb2 as csi
 from devstack.launcher import Stack
+from tests.conftest import Csi, code_of, loops_backing, mount_cap, mount_options_at, mounts_at, mounts_under, needs_root
 from tests.integration.node_helpers import (  # noqa: F401 - fixtures are used by name
+    TIMEOUT,
     MiB,
     Mode,
     Node,
-    TIMEOUT,
     node,
     pool_dirs,
     pools_root,
     staged,
 )
+from volplane.csi import csi_pb2 as csi
 
 pytestmark = needs_root
 
@@ -109,7 +109,7 @@ def test_restaged_volume_keeps_its_data(node: Node, tmp_path: Path) -> None:
 
 
 def test_stage_mounts_ext4_with_the_requested_flags(node: Node, staged: tuple[csi.Volume, Path]) -> None:
-    vol, staging = staged
+    _vol, staging = staged
     again = node.staging_dir("flagged")
     other = node.create()
 
@@ -380,7 +380,7 @@ def test_second_volume_published_at_a_taken_target_is_refused(node: Node, staged
 
 
 def test_second_volume_staged_at_a_taken_staging_path_is_refused(node: Node, staged: tuple[csi.Volume, Path]) -> None:
-    vol, staging = staged
+    _vol, staging = staged
     (staging / "owner").write_text("a")
     other = node.create()
 

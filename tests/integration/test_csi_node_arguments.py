@@ -11,19 +11,19 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import code_of, mount_cap, mount_points, mounts_at, mounts_under, needs_root
-from volplane.csi import csi_pb2 as csi
 from devstack.launcher import Stack
+from tests.conftest import code_of, mount_cap, mount_points, mounts_at, mounts_under, needs_root
 from tests.integration.node_helpers import (  # noqa: F401 - fixtures are used by name
+    TIMEOUT,
     MiB,
     Mode,
     Node,
-    TIMEOUT,
     node,
     pool_dirs,
     pools_root,
     staged,
 )
+from volplane.csi import csi_pb2 as csi
 
 pytestmark = needs_root
 

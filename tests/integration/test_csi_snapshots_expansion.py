@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.launcher import Stack
 from tests.conftest import Csi, mount_cap
 from volplane.csi import csi_pb2 as csi
-from devstack.launcher import Stack
 from volplane.nodes import TOPOLOGY_KEY
 
 MiB = 2**20

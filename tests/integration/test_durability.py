@@ -16,6 +16,7 @@ import nats
 import pytest
 import redis
 
+from devstack.launcher import Stack
 from services.nodeagent.domain.events import VolumeStaging
 from services.provisioner.domain.events import VolumeCreating
 from tests.conftest import Csi, loops_backing, mount_cap, mounts_under, needs_root
@@ -24,7 +25,6 @@ from volplane.commands import Capability
 from volplane.csi import csi_pb2 as csi
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
-from devstack.launcher import Stack
 from volplane.projection import canonical_dump
 
 CAP = mount_cap()

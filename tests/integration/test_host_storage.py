@@ -219,6 +219,6 @@ def test_failed_command_raises_storage_error_with_details(image: Path, tmp_path:
 
 def test_slow_command_is_killed_after_the_timeout() -> None:
     # No public operation can be made slow on purpose, so the private runner is driven with sleep.
-    with pytest.raises(StorageError, match="killed after 0.2 s") as caught:
+    with pytest.raises(StorageError, match=r"killed after 0\.2 s") as caught:
         asyncio.run(HostStorage(timeout=0.2)._run("sleep", "30"))
     assert caught.value.exit_code is None

@@ -26,6 +26,7 @@ import nats
 import pytest
 from pydantic import BaseModel
 
+from devstack.launcher import Stack
 from tests.conftest import loops_backing, mount_options_at, mount_points, mounts_at, mounts_under, needs_root
 from volplane import codec, subjects
 from volplane.bus import Bus
@@ -42,7 +43,6 @@ from volplane.commands import (
 )
 from volplane.errors import AlreadyExists, FailedPrecondition, NotFound, VolplaneError
 from volplane.eventstore import EventStore
-from devstack.launcher import Stack
 from volplane.nodes import SHARED_POOL, TOPOLOGY_KEY, NodeRegistered
 
 pytestmark = needs_root

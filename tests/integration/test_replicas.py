@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from devstack.launcher import Stack
 from tests.conftest import mount_cap, needs_root
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
-from devstack.launcher import Stack
 
 pytestmark = needs_root
 CAP = mount_cap()

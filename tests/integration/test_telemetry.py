@@ -16,10 +16,10 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from tests.conftest import Csi, mount_cap, needs_root
-from volplane.csi import csi_pb2 as csi
 from devstack.embedded import free_port
 from devstack.launcher import Stack
+from tests.conftest import Csi, mount_cap, needs_root
+from volplane.csi import csi_pb2 as csi
 
 TIMEOUT = 60
 

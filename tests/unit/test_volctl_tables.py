@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from volplane.resources.kinds import resolve
 from volctl.columns import rows
 from volctl.tables import age, describe_block, human_age, table, tabwrite
+from volplane.resources.kinds import resolve
 
 MIN, H, D = 60, 3600, 86400
 
