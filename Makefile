@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GEN    := volplane/csi
 STUBS  := $(GEN)/csi_pb2.py $(GEN)/csi_pb2_grpc.py $(GEN)/resources_pb2.py $(GEN)/resources_pb2_grpc.py
 
-.PHONY: all install proto run test unit integration bench bench-controlplane chaos rebuild clean distclean
+.PHONY: all install proto run test lint unit integration bench bench-controlplane chaos rebuild clean distclean
 
 all: install proto
 
@@ -36,6 +36,11 @@ run: install proto
 
 test: install proto
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The gates: ruff over the tree, mypy (strict on the core, volplane/; default elsewhere).
+lint: install proto
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy volplane services volctl devstack access
 
 unit: install proto
 	$(BIN)/python -m pytest -q tests/unit
