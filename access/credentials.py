@@ -8,8 +8,8 @@ and reused by every later run.
     creds.redis_acl()                           # an ACL file for redis-server
 
 A deployment with its own servers (NATS_URL / REDIS_URL) brings its own credentials;
-deploy/ shows how. The per-service permissions below are the contract of who talks to
-whom: a service that publishes where it should not gets a permissions violation.
+deploy/ shows how. Users and their permissions come from the catalog of deployables
+(``services.catalog``): one user per entry, allowed the subjects the entry names.
 """
 
 from __future__ import annotations
@@ -20,32 +20,16 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Credentials", "PERMISSIONS", "USERS"]
+from services.catalog import CATALOG
+
+__all__ = ["PERMISSIONS", "USERS", "Credentials"]
 
 # Every client needs the JetStream API, inboxes (replies, consumer deliveries) and flow control.
 _COMMON_PUB = ["$JS.API.>", "$JS.FC.>", "$JS.ACK.>", "_INBOX.>"]
 _COMMON_SUB = ["_INBOX.>"]
 
-# The standalone control plane's objects and their timelines: every service's controllers
-# (and apigw's resource API) write them.
-_OBJECTS = ["vp.ev.res.>", "vp.ev.rec.>"]
-
-# service → (may publish to, may subscribe to); replies go to inboxes, covered above.
-PERMISSIONS: dict[str, tuple[list[str], list[str]]] = {
-    "apigw": (["vp.cmd.>", "vp.health.>", *_OBJECTS], []),
-    "provisioner": (
-        ["vp.ev.volume.>", "vp.ev.snapshot.>", "vp.cmd.attacher.>", *_OBJECTS],
-        ["vp.cmd.provisioner.>", "vp.health.provisioner"],
-    ),
-    "attacher": (
-        ["vp.ev.attachment.>", "vp.cmd.provisioner.get_volume", *_OBJECTS],
-        ["vp.cmd.attacher.>", "vp.health.attacher"],
-    ),
-    "nodeagent": (
-        ["vp.ev.node.>", "vp.ev.nodeinfo.>", "vp.cmd.attacher.attachments", *_OBJECTS],
-        ["vp.cmd.node.>", "vp.health.nodeagent.>"],
-    ),
-}
+# service → (may publish to, may subscribe to), from the catalog; replies go to inboxes, covered above.
+PERMISSIONS: dict[str, tuple[list[str], list[str]]] = {d.name: (list(d.publish), list(d.subscribe)) for d in CATALOG}
 # The launcher, `make rebuild` and tests: everything.
 ADMIN = "admin"
 USERS = (*PERMISSIONS, ADMIN)

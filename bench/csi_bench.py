@@ -84,7 +84,7 @@ def _row(label: str, clients: int, elapsed: float, lat: list[float]) -> str:
     return f"{label:<18}{clients:>8}{len(lat):>8}{len(lat) / elapsed:>10.0f}{q[49] * 1000:>10.2f}{q[98] * 1000:>10.2f}"
 
 
-async def _parallel(clients: int, total: int, make_worker_state, step) -> tuple[float, list[float]]:  # type: ignore[no-untyped-def]
+async def _parallel(clients: int, total: int, make_worker_state, step) -> tuple[float, list[float]]:
     """Run ``total`` steps over ``clients`` workers, each with its own state; time each step."""
     states = [await make_worker_state(i) for i in range(clients)]
     for st in states:  # Warm each worker outside the timing.
@@ -92,7 +92,7 @@ async def _parallel(clients: int, total: int, make_worker_state, step) -> tuple[
     remaining = iter(range(total))
     latencies: list[float] = []
 
-    async def worker(st) -> None:  # type: ignore[no-untyped-def]
+    async def worker(st) -> None:
         for i in remaining:
             t0 = time.perf_counter()
             await step(st, i)
@@ -123,7 +123,7 @@ async def node_suite(stack: Stack, args: argparse.Namespace, root: Path) -> None
                     staging.mkdir(parents=True)
                     return {"vol": vol.volume_id, "cap": cap, "ctx": pub.publish_context, "staging": str(staging), "target": str(root / name / "target")}
 
-                async def cycle(st: dict, _: int) -> None:  # type: ignore[type-arg]
+                async def cycle(st: dict, _: int) -> None:
                     vid, cap_, ctx, staging, target = st["vol"], st["cap"], st["ctx"], st["staging"], st["target"]
                     await node.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=vid, staging_target_path=staging, volume_capability=cap_, publish_context=ctx))
                     await node.NodePublishVolume(

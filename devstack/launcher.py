@@ -1,9 +1,10 @@
 """``python -m devstack.launcher`` (``make run``): the whole system on one machine.
 
 Starts a nats-server and a redis-server of its own (unless NATS_URL / REDIS_URL are
-set), then apigw, provisioner, attacher and nodeagent as separate processes; waits
-until each answers its health check; prints the CSI endpoint; and on Ctrl-C or SIGTERM
-stops the services, then the servers. Data lives under ``run/`` (VOLPLANE_RUN_DIR), so
+set), then every service of the catalog (``services.catalog``) as a separate process —
+the cluster-wide ones once, the per-node ones on every node; waits until each answers
+its health check; prints the CSI endpoint; and on Ctrl-C or SIGTERM stops the services
+in reverse order, then the servers. Data lives under ``run/`` (VOLPLANE_RUN_DIR), so
 the next run finds its volumes again. Tests use ``Stack`` the same way.
 
     stack = Stack(Path("run")); stack.start(); ...; stack.stop()
@@ -23,21 +24,22 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from volplane import subjects
-from volplane.clients import redact
 from access.credentials import Credentials
 from devstack.embedded import EmbeddedServer, free_port, with_parent
+from services import catalog
+from services.catalog import CATALOG, Deployable
+from volplane.clients import answers, redact
 
 __all__ = ["Stack", "main"]
 
 
 @dataclass
 class Stack:
-    """The whole system as processes. ``nodes`` > 1 adds, per extra node ``node-N``, a
-    nodeagent (``nodeagent-node-N``) and an apigw serving that node's CSI Node service on
-    ``run/node-N/csi.sock`` (``apigw-node-N``), as each Kubernetes node runs its own node
-    plugin; the first node's apigw (``apigw``, on ``run/csi.sock``) serves all three CSI
-    services."""
+    """The whole system as processes, one per catalog entry — a per-node entry once per
+    node. ``nodes`` > 1 adds, per extra node ``node-N``, a nodeagent (``nodeagent-node-N``)
+    and an apigw serving that node's CSI Node service on ``run/node-N/csi.sock``
+    (``apigw-node-N``), as each Kubernetes node runs its own node plugin; the first node's
+    apigw (``apigw``, on ``run/csi.sock``) serves all three CSI services."""
 
     run_dir: Path
     env: dict[str, str] = field(default_factory=dict)
@@ -60,9 +62,9 @@ class Stack:
         self.env = base
         first = self.node_id
         self.node_ids = [first] + [f"node-{i}" for i in range(2, self.nodes + 1) if f"node-{i}" != first]
-        self.services: list[str] = ["provisioner", "attacher"]
+        self.services: list[str] = [d.name for d in CATALOG if not d.per_node]
         for node in self.node_ids:
-            self.services += ["nodeagent", "apigw"] if node == first else [f"nodeagent-{node}", f"apigw-{node}"]
+            self.services += [d.name if node == first else f"{d.name}-{node}" for d in CATALOG if d.per_node]
 
     @property
     def csi_endpoint(self) -> str:
@@ -85,18 +87,19 @@ class Stack:
         """Where a pool's images live: ``shared``, or a node's local pool by node id."""
         return Path(self.env["VOLPLANE_SHARED_POOL_DIR"]) if pool == "shared" else self.run_dir / "pools" / pool
 
-    def _process(self, name: str) -> tuple[str, str]:
-        """(module, node) of a process name such as ``nodeagent-node-2`` or ``provisioner#2``
-        (a second replica)."""
+    def _process(self, name: str) -> tuple[Deployable, str]:
+        """(catalog entry, node) of a process name such as ``nodeagent-node-2`` or
+        ``provisioner#2`` (a second replica)."""
         kind, _, node = name.split("#")[0].partition("-")
-        return kind, node or self.node_id
+        return catalog.get(kind), node or self.node_id
 
     def add_replica(self, kind: str, n: int = 2) -> str:
-        """Another replica of ``kind`` (``provisioner``, ``attacher`` or ``apigw``), started
-        by ``start()`` or ``start_service``; a second apigw listens on ``run/csi-<n>.sock``
-        and ``run/api-<n>.sock``. Returns its process name."""
-        if kind == "nodeagent":
-            raise ValueError("a node runs one nodeagent, as it runs one kubelet")
+        """Another replica of ``kind`` (an entry of the catalog that allows replicas:
+        ``provisioner``, ``attacher`` or ``apigw``), started by ``start()`` or
+        ``start_service``; a second apigw listens on ``run/csi-<n>.sock`` and
+        ``run/api-<n>.sock``. Returns its process name."""
+        if not catalog.get(kind).replicas:
+            raise ValueError(f"a node runs one {kind}, as it runs one kubelet")
         name = f"{kind}#{n}"
         self.services.append(name)
         return name
@@ -133,28 +136,29 @@ class Stack:
         self.wait_healthy(self.services, timeout)
 
     def start_service(self, name: str) -> None:
-        kind, node = self._process(name)
+        service, node = self._process(name)
         self.metrics.setdefault(name, f"127.0.0.1:{free_port()}")
         env = dict(self.env, VOLPLANE_NODE_ID=node, VOLPLANE_METRICS_ADDR=self.metrics[name])
         if self.nats is not None and self.creds is not None:
-            env["NATS_URL"] = self.creds.nats_url(kind, self.nats.port)  # this service's own user
+            env["NATS_URL"] = self.creds.nats_url(service.name, self.nats.port)  # this service's own user
         if "#" in name:
             env["VOLPLANE_CSI_ENDPOINT"] = self.replica_endpoint(name)
             env["VOLPLANE_API_ENDPOINT"] = self.replica_endpoint(name, api=True)
         if node != self.node_id:
             env["VOLPLANE_CSI_ENDPOINT"] = self.endpoint_of(node)
             env["VOLPLANE_APIGW_MODE"] = "node"
-        log = open(self.run_dir / "logs" / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(
-            with_parent([sys.executable, "-m", f"services.{kind}"]),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Its own session: Ctrl-C reaches only the launcher, which stops services
-            # before the servers they depend on.
-            start_new_session=True,
-        )
+        # The child keeps its own copy of the log's descriptor; ours closes with the block.
+        with open(self.run_dir / "logs" / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                with_parent(service.argv()),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Its own session: Ctrl-C reaches only the launcher, which stops services
+                # before the servers they depend on.
+                start_new_session=True,
+            )
 
     def stop_service(self, name: str, kill: bool = False) -> None:
         proc = self.procs.pop(name, None)
@@ -198,8 +202,8 @@ class Stack:
                 time.sleep(0.1)
 
     def _healthy(self, name: str) -> bool:
-        kind, node = self._process(name)
-        if kind == "apigw":
+        service, node = self._process(name)
+        if service.health == "grpc":
             endpoint = self.replica_endpoint(name) if "#" in name else self.endpoint_of(node)
             try:
                 with grpc.insecure_channel(endpoint) as ch:
@@ -207,23 +211,7 @@ class Stack:
                     return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
             except grpc.RpcError:
                 return False
-        return asyncio.run(_nats_health(self.env["NATS_URL"], subjects.health(kind, node if kind == "nodeagent" else None)))
-
-
-async def _nats_health(url: str, subject: str) -> bool:
-    import nats
-
-    try:
-        nc = await nats.connect(url, connect_timeout=1, max_reconnect_attempts=0, allow_reconnect=False)
-    except Exception:  # noqa: BLE001 - not up yet.
-        return False
-    try:
-        await nc.request(subject, b"\x80", timeout=1)
-        return True
-    except Exception:  # noqa: BLE001 - no responder yet.
-        return False
-    finally:
-        await nc.close()
+        return asyncio.run(answers(self.env["NATS_URL"], service.health_subject(node)))
 
 
 def main() -> None:

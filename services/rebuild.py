@@ -13,20 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-
-from volplane.clients import check_redis, connect_nats, connect_redis
-from volplane.config import Config
-from volplane.eventstore import EventStore
-from volplane.nodes import NodesProjection
-from volplane.projection import Projection, canonical_dump, rebuild
-from volplane.resources.projection import ObjectsProjection
+from typing import Any
 
 from services.attacher.adapters.projection import AttachmentsProjection
 from services.nodeagent.adapters.projection import NodeProjection
 from services.provisioner.adapters.projection import SnapshotsProjection, VolumesProjection
+from volplane.clients import connect_nats
+from volplane.config import Config
+from volplane.eventstore import EventStore
+from volplane.nodes import NodesProjection
+from volplane.projection import Projection, ReadModels
+from volplane.resources.projection import ObjectsProjection
 
 
-async def all_projections(store: EventStore) -> list[Projection]:  # type: ignore[type-arg]
+async def all_projections(store: EventStore) -> list[Projection[Any]]:
     """Every projection the log feeds: volumes, and one per node that has events."""
     nodes = sorted({s.split(".")[3].replace("~", ".") for s in await store.subjects("vp.ev.node.>")})
     return [NodesProjection(), VolumesProjection(), SnapshotsProjection(), AttachmentsProjection(), ObjectsProjection(), *(NodeProjection(n) for n in nodes)]
@@ -35,16 +35,15 @@ async def all_projections(store: EventStore) -> list[Projection]:  # type: ignor
 async def main_async(check: bool) -> int:
     cfg = Config.from_env()
     nc = await connect_nats(cfg, name="volplane-rebuild")
-    redis = connect_redis(cfg)
-    await check_redis(redis, cfg)
+    models = await ReadModels.open(cfg)
     store = EventStore(nc.jetstream(timeout=10))
     try:
-        before = await canonical_dump(redis) if check else None
+        before = await models.dump() if check else None
         projections = await all_projections(store)
-        deleted = await rebuild(redis, store, projections)
+        deleted = await models.rebuild(store, projections)
         print(f"dropped {deleted} keys, replayed {await store.last_seq()} events into {len(projections)} projections")
         if before is not None:
-            after = await canonical_dump(redis)
+            after = await models.dump()
             if after != before:
                 diff = [k for k in before.keys() | after.keys() if before.get(k) != after.get(k)]
                 print(f"rebuilt projections differ from before in {len(diff)} keys, e.g. {sorted(diff)[:5]}", file=sys.stderr)
@@ -53,7 +52,7 @@ async def main_async(check: bool) -> int:
         return 0
     finally:
         await nc.close()
-        await redis.aclose()
+        await models.close()
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ class Csi:
 def mount_cap(mode: int = 1, fs_type: str = "", flags: tuple[str, ...] = ()) -> csi.VolumeCapability:
     return csi.VolumeCapability(
         mount=csi.VolumeCapability.MountVolume(fs_type=fs_type, mount_flags=list(flags)),
-        access_mode=csi.VolumeCapability.AccessMode(mode=mode),  # type: ignore[arg-type]
+        access_mode=csi.VolumeCapability.AccessMode(mode=mode),
     )
 
 
@@ -63,7 +63,7 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     """The status code ``call`` fails with (it must fail)."""
     with pytest.raises(grpc.RpcError) as info:
         call()
-    return info.value.code()  # type: ignore[attr-defined,no-any-return]
+    return info.value.code()
 
 
 def loops_backing(directory: Path) -> list[str]:

@@ -1,7 +1,8 @@
 """The only place that builds NATS and Redis clients.
 
-    nc = await connect_nats(cfg)       # raises Unavailable with the URL in the message
+    nc = await connect_nats(cfg, name="volplane-provisioner")   # raises Unavailable with the URL in the message
     r = connect_redis(cfg)
+    await answers(url, "vp.health.attacher")                     # a one-shot probe (the launcher's health check)
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import logging
 import nats
 import redis.asyncio as aioredis
 import redis.exceptions
+from nats.aio.client import Client as NATS
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from nats.aio.client import Client as NATS
 
 from volplane.config import Config
 from volplane.errors import Unavailable
 
-__all__ = ["connect_nats", "connect_redis", "check_redis", "redact"]
+__all__ = ["answers", "check_redis", "connect_nats", "connect_redis", "redact"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ FIRST_CONNECT_TIMEOUT = 15.0
 async def connect_nats(cfg: Config, name: str) -> NATS:
     url = redact(cfg.nats_url)
     errors: list[str] = []
+    client: list[NATS] = []  # the connection, once made: its callbacks tell our own close from a loss
 
     async def on_error(exc: Exception) -> None:
         # One line, no traceback: while NATS is away this fires on every reconnect attempt.
@@ -36,6 +38,8 @@ async def connect_nats(cfg: Config, name: str) -> NATS:
         log.warning("NATS %s: %s", url, errors[-1])
 
     async def on_disconnect() -> None:
+        if client and client[0].is_closed:
+            return  # our own shutdown: nothing lost, no reconnect coming
         log.warning("disconnected from NATS %s, reconnecting", url)
 
     async def on_reconnect() -> None:
@@ -56,11 +60,28 @@ async def connect_nats(cfg: Config, name: str) -> NATS:
     try:
         # Reconnects are unlimited once connected; the first connection is not, so that
         # wrong credentials or a wrong URL stop the service with the reason, not a hang.
-        return await asyncio.wait_for(connect, FIRST_CONNECT_TIMEOUT)
+        client.append(await asyncio.wait_for(connect, FIRST_CONNECT_TIMEOUT))
+        return client[0]
     except TimeoutError as exc:
         raise Unavailable(f"cannot connect to NATS at {url}: {errors[-1] if errors else 'no answer'}") from exc
     except Exception as exc:  # nats-py raises several unrelated types here.
         raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from exc
+
+
+async def answers(url: str, subject: str, timeout: float = 1.0) -> bool:
+    """Whether something answers a request on ``subject`` at ``url`` within ``timeout``:
+    one connection, no reconnects, closed again — for a probe from outside the services."""
+    try:
+        nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0, allow_reconnect=False)
+    except Exception:  # noqa: BLE001 - the server is not up (yet): no answer.
+        return False
+    try:
+        await nc.request(subject, b"\x80", timeout=timeout)  # an empty msgpack map
+        return True
+    except Exception:  # noqa: BLE001 - no responder (yet): no answer.
+        return False
+    finally:
+        await nc.close()
 
 
 def connect_redis(cfg: Config) -> aioredis.Redis:

@@ -3,6 +3,10 @@
 These are the contract between apigw (or any other caller) and the services, so they
 live in the shared core. Commands are verbs; events, which are each service's own
 business, are past tense and live in that service's ``domain`` package.
+
+Commands never travel into the log: a decision converts what it keeps into the stored
+value types of ``volplane.volumes`` (``cap.stored()``), and a reply is built back from
+them (``Capability.of(stored)``). So a command may change without changing any event.
 """
 
 from __future__ import annotations
@@ -12,47 +16,43 @@ from typing import Literal
 from pydantic import Field
 
 from volplane.events import Frozen
+from volplane.volumes import AccessType, StoredCapability, StoredContentSource, Topology
 
 __all__ = [
+    "AccessType",
+    "Attachments",
     "Capability",
-    "CreateVolume",
-    "DeleteVolume",
-    "GetVolume",
-    "ListVolumes",
-    "GetCapacity",
-    "VolumeInfo",
-    "VolumePage",
     "CapacityInfo",
-    "StageVolume",
-    "UnstageVolume",
-    "PublishVolume",
-    "UnpublishVolume",
-    "Done",
     "ContentSource",
-    "Topology",
-    "ExpandVolume",
-    "ExpandResult",
-    "CreateSnapshot",
-    "DeleteSnapshot",
-    "ListSnapshots",
-    "SnapshotInfo",
-    "SnapshotPage",
     "ControllerPublish",
     "ControllerUnpublish",
-    "PublishContext",
+    "CreateSnapshot",
+    "CreateVolume",
+    "DeleteSnapshot",
+    "DeleteVolume",
+    "Done",
+    "ExpandResult",
+    "ExpandVolume",
     "GetAttachments",
-    "Attachments",
+    "GetCapacity",
+    "GetVolume",
+    "GetVolumeStats",
+    "ListSnapshots",
+    "ListVolumes",
     "NodeExpand",
     "NodeExpanded",
-    "GetVolumeStats",
+    "PublishContext",
+    "PublishVolume",
+    "SnapshotInfo",
+    "SnapshotPage",
+    "StageVolume",
+    "Topology",
+    "UnpublishVolume",
+    "UnstageVolume",
+    "VolumeInfo",
+    "VolumePage",
     "VolumeStats",
 ]
-
-# A topology segment, e.g. {"topology.csi.volplane.io/node": "node-1"}.
-Topology = dict[str, str]
-
-AccessType = Literal["mount", "block"]
-
 
 class Capability(Frozen):
     """One CSI VolumeCapability: how the volume is accessed and by whom.
@@ -65,12 +65,27 @@ class Capability(Frozen):
     mount_flags: tuple[str, ...] = ()
     access_mode: int = 1
 
+    def stored(self) -> StoredCapability:
+        """What an event keeps of it: ``VolumeAttached(capability=cmd.capability.stored(), ...)``."""
+        return StoredCapability(access_type=self.access_type, fs_type=self.fs_type, mount_flags=self.mount_flags, access_mode=self.access_mode)
+
+    @classmethod
+    def of(cls, stored: StoredCapability) -> Capability:
+        return cls(access_type=stored.access_type, fs_type=stored.fs_type, mount_flags=stored.mount_flags, access_mode=stored.access_mode)
+
 
 class ContentSource(Frozen):
     """What a new volume starts from: a snapshot or another volume (a clone)."""
 
     kind: Literal["snapshot", "volume"]
     id: str
+
+    def stored(self) -> StoredContentSource:
+        return StoredContentSource(kind=self.kind, id=self.id)
+
+    @classmethod
+    def of(cls, stored: StoredContentSource | None) -> ContentSource | None:
+        return None if stored is None else cls(kind=stored.kind, id=stored.id)
 
 
 class CreateVolume(Frozen):

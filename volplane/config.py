@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Config", "parse_quantity", "NODE_ID_RE"]
+__all__ = ["NODE_ID_RE", "Config", "parse_quantity"]
 
 _UNITS = {
     "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
@@ -51,7 +51,8 @@ class Config:
     shared_pool_dir: Path | None = None
     shared_pool_capacity: int = 2**40
     max_volumes_per_node: int = 0
-    # apigw: "all" serves Identity, Controller and Node; "node" only Identity and Node (a node plugin).
+    # apigw: "node" serves only Identity and Node (a node plugin, no Redis); "all" (and any
+    # other value, such as "controller") also the Controller service and the resource API.
     apigw_mode: str = "all"
     # A nodeagent stages only volumes the attacher has published to its node; 0 turns the
     # check off for a node without an attacher (a bare node plugin under test).
@@ -69,6 +70,11 @@ class Config:
     log_level: str = "INFO"
     # Staging and target paths must lie below one of these (Kubernetes: /var/lib/kubelet).
     path_roots: tuple[Path, ...] = (Path("/"),)
+
+    @property
+    def apigw_controller(self) -> bool:
+        """Whether apigw serves the Controller service and the resource API (``apigw_mode`` is not "node")."""
+        return self.apigw_mode != "node"
 
     @property
     def pool_name(self) -> str:

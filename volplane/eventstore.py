@@ -71,6 +71,7 @@ class EventStore:
         timeline line that races with nothing); an identical one within the stream's
         duplicate window is then stored once.
         """
+        name: str = event.type  # type: ignore[attr-defined]  # every concrete event declares its literal type
         body = event.model_dump()
         payload = codec.pack(body)
         # The id covers the position and the content without its timestamp, so only
@@ -79,13 +80,13 @@ class EventStore:
         digest = hashlib.blake2b(codec.pack(body), digest_size=12).hexdigest()
         headers = {
             subjects.MSG_ID: f"{subject}:{expected}:{digest}",
-            subjects.EVENT_TYPE: event.type,  # type: ignore[attr-defined]
+            subjects.EVENT_TYPE: name,
         }
         if expected is not None:
             headers[subjects.EXPECTED_LAST_SUBJECT_SEQ] = str(expected)
         # Span names carry the aggregate kind, not its id, to keep their cardinality low.
         kind = ".".join(subject.split(".")[:3])
-        attributes = {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation.type": "publish", "volplane.event": event.type}  # type: ignore[attr-defined]
+        attributes = {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation.type": "publish", "volplane.event": name}
         with span(f"{kind} publish", kind=SpanKind.PRODUCER, attributes=attributes) as s:
             if s.is_recording():
                 inject(headers)
@@ -113,8 +114,9 @@ class EventStore:
                 msg = await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True, direct=True)
             except nats.js.errors.NotFoundError:
                 return records
-            records.append(_record(msg.seq, msg.subject, msg.headers, msg.data))
-            seq = msg.seq + 1
+            record = _stored(msg)
+            records.append(record)
+            seq = record.seq + 1
 
     async def last(self, subject: str) -> Record | None:
         """The aggregate's newest event, in one request whatever its history's length."""
@@ -122,7 +124,7 @@ class EventStore:
             msg = await self._js.get_last_msg(self._stream, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
-        return _record(msg.seq, msg.subject, msg.headers, msg.data)
+        return _stored(msg)
 
     async def next_seq(self, filter_subject: str, after: int) -> int | None:
         """The sequence of the first event on ``filter_subject`` after ``after``, if any."""
@@ -179,12 +181,18 @@ async def _end_on_reconnect(js: JetStreamContext, sub: Any) -> None:
     here (chaos, control plane), with every loop waiting for the next event."""
     stats = js._nc.stats  # nats-py keeps the connection's counters there
     seen = stats["reconnects"]
-    while stats["reconnects"] == seen:
+    while stats["reconnects"] == seen:  # noqa: ASYNC110 - the client counts reconnects; it offers no event to wait on
         await asyncio.sleep(0.25)
     try:
         await sub.unsubscribe()
     except nats.errors.Error:  # closed meanwhile: the feed has ended anyway
         pass
+
+
+def _stored(msg: api.RawStreamMsg) -> Record:
+    # A message read back from the stream always has its sequence and subject.
+    assert msg.seq is not None and msg.subject is not None
+    return _record(msg.seq, msg.subject, msg.headers, msg.data)
 
 
 def _record(seq: int, subject: str, headers: dict[str, str] | None, data: bytes | None, pending: int = 0) -> Record:

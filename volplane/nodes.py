@@ -1,8 +1,10 @@
 """The node registry: each nodeagent announces its id, topology and pools on start.
 
     await register(store, NodeRegistered(node_id="node-1", topology={TOPOLOGY_KEY: "node-1"}, ...))
-    runner = ProjectionRunner(redis, store, NodesProjection())   # every service that needs nodes
-    runner.projection.nodes["node-1"].pools
+    nodes = NodesProjection()
+    runner = ProjectionRunner(redis, store, nodes)   # every service that needs nodes
+    nodes.nodes["node-1"].pools                      # all of them, in memory
+    await nodes.find("node-1")                       # or None, after catching up with the log
 
 Several services run this projection (the provisioner for pools and topology, the
 attacher for node existence); they share its Redis keys and position, which the
@@ -18,9 +20,9 @@ from pydantic import TypeAdapter
 from volplane import codec, subjects
 from volplane.events import Event, Frozen
 from volplane.eventstore import EventStore, Record
-from volplane.projection import PREFIX, Op
+from volplane.projection import PREFIX, Op, ProjectionBase
 
-__all__ = ["TOPOLOGY_KEY", "SHARED_POOL", "PoolSpec", "NodeRegistered", "NodeInfo", "NodesProjection", "register"]
+__all__ = ["SHARED_POOL", "TOPOLOGY_KEY", "NodeInfo", "NodeRegistered", "NodesProjection", "PoolSpec", "register"]
 
 TOPOLOGY_KEY = "topology.csi.volplane.io/node"
 SHARED_POOL = "shared"
@@ -68,7 +70,7 @@ async def register(store: EventStore, event: NodeRegistered) -> None:
     await store.append(subject, event, expected=records[-1].seq if records else 0)
 
 
-class NodesProjection:
+class NodesProjection(ProjectionBase[NodeInfo]):
     name = "nodes"
     filter_subject = subjects.NODE_INFO_EVENTS
     totals_key: str | None = NODES
@@ -98,3 +100,12 @@ class NodesProjection:
     def observe(self, old: NodeInfo | None, new: NodeInfo | None) -> None:
         if new is not None:
             self.nodes[new.node_id] = new
+
+    async def find(self, node_id: str, timeout: float = 10.0) -> NodeInfo | None:
+        """The node, or None when it is not registered: a node this process does not know
+        may have registered a moment ago, so the runner catches up with the log first."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            await self.runner.catch_up(timeout)
+            node = self.nodes.get(node_id)
+        return node

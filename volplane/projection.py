@@ -7,16 +7,23 @@ at or below the stored position. So an event is applied once even when two repli
 run the same projection or a runner restarts from an older position, and dropping
 every ``vp:`` key and replaying the log rebuilds the same bytes.
 
-    runner = ProjectionRunner(redis, store, VolumesProjection())
+    volumes = VolumesProjection()
+    runner = ProjectionRunner(redis, store, volumes)
     await runner.start()
     seq = await store.append(...)
     runner.note(key, new_state, seq)    # this process reads its own write at once
-    await runner.settled()              # before a query: Redis has all our writes
+    page = await volumes.page(after="", limit=100)   # a typed query, through the runner
 
 Commands do not wait for Redis: a handler notes the state it just appended, and
-``get`` returns that until the runner has applied the event. Queries that read Redis
-directly (lists, totals) first wait until the runner has passed every event this
-process appended, so a caller always sees its own writes.
+``get`` returns that until the runner has applied the event (``volplane.aggregate``
+does this for every command). Queries that read Redis directly (lists, totals) first
+wait until the runner has passed every event this process appended, so a caller always
+sees its own writes.
+
+Queries live on the projection, which knows its keys: a runner binds itself to the
+projection it follows (``ProjectionBase.bind``), and the projection's queries read
+through the runner's read methods (``members``, ``count``, ``ids_after``, ``states``).
+So services hold a typed projection and never a Redis client or a key.
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ import nats.errors
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from volplane.clients import check_redis, connect_redis
+from volplane.config import Config
 from volplane.errors import Unavailable
 from volplane.eventstore import EventStore, Record
 
-__all__ = ["Projection", "ProjectionRunner", "PREFIX", "position_key", "rebuild", "canonical_dump"]
+__all__ = ["PREFIX", "Projection", "ProjectionBase", "ProjectionRunner", "ReadModels", "canonical_dump", "position_key", "rebuild"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,11 @@ def position_key(name: str) -> str:
     return f"{PREFIX}pos:{name}"
 
 
+def _text(value: bytes | str) -> str:
+    # The clients here return bytes; redis-py's types also allow str (decode_responses).
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class Projection(Protocol[S]):
     """One read model. ``evolve`` is pure; ``ops`` adds index writes beside the state."""
 
@@ -95,6 +109,46 @@ class Projection(Protocol[S]):
     def restore(self, totals: dict[bytes, bytes]) -> None: ...
 
     def observe(self, old: S | None, new: S | None) -> None: ...
+
+    # The runner that follows this projection hands itself over here, for the queries.
+    def bind(self, runner: ProjectionRunner[S]) -> None: ...
+
+
+class ProjectionBase(Generic[S]):
+    """What most projections share: no totals, and the runner their queries read through.
+
+        class VolumesProjection(ProjectionBase[VolumeState]):
+            async def in_flight(self) -> list[str]:
+                return await self.runner.members(INFLIGHT)
+    """
+
+    name: str
+    totals_key: str | None = None
+    _runner: ProjectionRunner[S] | None = None
+
+    def bind(self, runner: ProjectionRunner[S]) -> None:
+        self._runner = runner
+
+    @property
+    def runner(self) -> ProjectionRunner[S]:
+        if self._runner is None:
+            raise RuntimeError(f"projection {self.name} is queried before a runner follows it")
+        return self._runner
+
+    @property
+    def position(self) -> int:
+        """The stream sequence of the last event the read model holds."""
+        return self.runner.position
+
+    async def settled(self) -> None:
+        """Wait until Redis holds every event this process has appended."""
+        await self.runner.settled()
+
+    def restore(self, totals: dict[bytes, bytes]) -> None:
+        return None
+
+    def observe(self, old: S | None, new: S | None) -> None:
+        return None
 
 
 class ProjectionRunner(Generic[S]):
@@ -123,6 +177,7 @@ class ProjectionRunner(Generic[S]):
         self._ready = asyncio.Event()
         self._queue: asyncio.Queue[Record] | None = None
         self._log_pending = 0
+        projection.bind(self)
 
     async def start(self) -> None:
         """Catch up with the log, then keep following it in the background."""
@@ -196,7 +251,38 @@ class ProjectionRunner(Generic[S]):
         if known:
             return state
         raw = await self._redis.get(key)
-        return None if raw is None else self.projection.load(raw)
+        return self.projection.load(raw) if isinstance(raw, bytes) else None
+
+    # -- reads for the projection's queries (after ``settled``: Redis as of our own writes) --
+
+    async def members(self, key: str) -> list[str]:
+        """The members of a Redis set, sorted."""
+        return sorted(_text(m) for m in await self._redis.smembers(key))
+
+    async def count(self, key: str) -> int:
+        """How many members a Redis set has."""
+        return int(await self._redis.scard(key))
+
+    async def ids_after(self, key: str, after: str = "", limit: int = 0) -> list[str]:
+        """Members of a sorted set of equal scores, in order, after ``after`` (""): the
+        first ``limit`` of them (0: all)."""
+        start = f"({after}" if after else "-"
+        if limit:
+            ids = await self._redis.zrangebylex(key, start, "+", start=0, num=limit)
+        else:
+            ids = await self._redis.zrangebylex(key, start, "+")
+        return [_text(i) for i in ids]
+
+    async def states(self, keys: Sequence[str]) -> list[S | None]:
+        """The states at ``keys`` as Redis holds them, in order (None where absent)."""
+        if not keys:
+            return []
+        raws = await self._redis.mget(list(keys))
+        return [self.projection.load(raw) if isinstance(raw, bytes) else None for raw in raws]
+
+    async def catch_up(self, timeout: float = 10.0) -> None:
+        """Wait until every event in the log now is applied (something may have just been recorded)."""
+        await self.wait_for_log(await self._store.last_seq(), timeout=timeout)
 
     async def wait_for(self, seq: int, timeout: float = 30.0) -> None:
         """Return once the event at stream sequence ``seq`` is in Redis."""
@@ -239,7 +325,7 @@ class ProjectionRunner(Generic[S]):
                 # The log went away (a restart, or this process shutting down): no bug here.
                 log.warning("projection %s lost the log at %d (%s); following it again", self.projection.name, self.position, exc)
                 await asyncio.sleep(0.5)
-            except Exception:  # noqa: BLE001 - a projection must outlive any one failure.
+            except Exception:  # A projection must outlive any one failure.
                 log.exception("projection %s failed at %d; following the log again", self.projection.name, self.position)
                 await asyncio.sleep(0.5)
 
@@ -322,7 +408,7 @@ class ProjectionRunner(Generic[S]):
             return states
         raws = await self._retry(lambda: self._redis.mget([self._pos_key, *missing]))
         if int(raws[0] or 0) <= self.position:
-            for key, raw in zip(missing, raws[1:]):
+            for key, raw in zip(missing, raws[1:], strict=True):
                 states[key] = None if raw is None else self.projection.load(raw)
             return states
         for key in missing:
@@ -365,8 +451,8 @@ async def canonical_dump(redis: aioredis.Redis) -> dict[str, Any]:
     """Every projection key and its value in a comparable form (sets and hashes sorted)."""
     out: dict[str, Any] = {}
     async for raw in redis.scan_iter(match=f"{PREFIX}*", count=1000):
-        key = raw.decode()
-        kind = (await redis.type(raw)).decode()
+        key = _text(raw)
+        kind = _text(await redis.type(raw))
         if kind == "string":
             out[key] = await redis.get(raw)
         elif kind == "hash":
@@ -378,3 +464,34 @@ async def canonical_dump(redis: aioredis.Redis) -> dict[str, Any]:
         else:
             out[key] = (kind, "unsupported")
     return dict(sorted(out.items()))
+
+
+class ReadModels:
+    """Every projection's keys in one Redis, as maintenance sees them (``make rebuild``).
+
+        models = await ReadModels.open(cfg)
+        before = await models.dump()
+        deleted = await models.rebuild(store, projections)
+        await models.close()
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    @classmethod
+    async def open(cls, cfg: Config) -> ReadModels:
+        """Connected to the configured Redis, or Unavailable with a readable message."""
+        redis = connect_redis(cfg)
+        await check_redis(redis, cfg)
+        return cls(redis)
+
+    async def rebuild(self, store: EventStore, projections: Sequence[Projection[Any]]) -> int:
+        """Drop every projection key and replay the whole log; returns the keys deleted."""
+        return await rebuild(self._redis, store, projections)
+
+    async def dump(self) -> dict[str, Any]:
+        """Every projection key and its value in a comparable form."""
+        return await canonical_dump(self._redis)
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -2,11 +2,18 @@
 
     def main() -> None:
         run_service("provisioner", setup)      # setup(runtime) wires the app and its handlers
+        run_service("apigw", setup, per_node=True, stateful=lambda cfg: cfg.apigw_controller, bus_health=False)
 
-``run_service`` reads the Config, connects NATS and Redis (failing fast with a readable
-message), makes sure the event stream exists, answers health requests on
-``vp.health.<service>``, and on SIGTERM or SIGINT stops taking commands, lets those in
-flight finish and closes its connections.
+``run_service`` reads the Config, sets up logging and telemetry, connects NATS and Redis
+(failing fast with a readable message), makes sure the event stream exists, calls
+``setup``, answers health requests on ``vp.health.<service>[.<node>]``, and on SIGTERM or
+SIGINT stops in order: its servers (a gRPC front door lets the calls in flight finish),
+its control loops, then it stops taking commands, lets those in flight finish and closes
+its connections. The names and where each service runs are in ``services.catalog``.
+
+A ``stateful=False`` process (apigw as a node plugin) neither reads the log nor keeps
+read models: it needs no Redis and does not touch the stream. A ``bus_health=False``
+process answers health checks itself (apigw: grpc.health.v1 on its CSI socket).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
+from pydantic import BaseModel, ConfigDict
 
 from volplane import __version__, subjects
 from volplane.bus import Bus
@@ -32,7 +40,7 @@ from volplane.logs import setup_logging
 from volplane.projection import Projection, ProjectionRunner
 from volplane.telemetry import gauge, setup_telemetry, shutdown_telemetry
 
-__all__ = ["Runtime", "run_service", "shutdown"]
+__all__ = ["HealthCheck", "Runtime", "run_service", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +53,27 @@ class Runtime:
     name: str
     cfg: Config
     nc: NATS
-    redis: aioredis.Redis
     store: EventStore
     bus: Bus
     node: str | None = None
+    # None in a process that keeps no read models (``run_service(stateful=False)``).
+    redis_client: aioredis.Redis | None = None
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
-    # Control loops and their informers: stopped first, while NATS still carries their
+    # Front doors (apigw's gRPC server): stopped before anything else, so that the calls
+    # in flight finish while the services and connections behind them still run.
+    servers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    # Control loops and their informers: stopped next, while NATS still carries their
     # last writes (closers run after the connection has drained).
     controllers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     runners: list[ProjectionRunner[Any]] = field(default_factory=list)
     # Called every few seconds to refresh gauges (pool usage, volume counts, ...).
     samplers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self.redis_client is None:
+            raise RuntimeError(f"{self.name} runs without Redis (stateful=False): it keeps no read models")
+        return self.redis_client
 
     async def follow(self, projection: Projection[Any]) -> ProjectionRunner[Any]:
         """A projection runner, caught up with the log, stopped with the service, measured."""
@@ -77,7 +95,19 @@ class Runtime:
 Setup = Callable[[Runtime], Awaitable[None]]
 
 
-def run_service(name: str, setup: Setup, *, per_node: bool = False) -> None:
+def run_service(
+    name: str,
+    setup: Setup,
+    *,
+    per_node: bool = False,
+    stateful: bool | Callable[[Config], bool] = True,
+    bus_health: bool = True,
+) -> None:
+    """Run service ``name`` until SIGTERM or SIGINT. ``per_node``: its identity (health
+    subject, connection and telemetry) carries the node id. ``stateful``: whether it
+    follows the log into Redis (a predicate decides from the Config). ``bus_health``:
+    whether it answers ``vp.health.…`` on the bus. Exits 2 with the reason when NATS or
+    Redis cannot be reached."""
     cfg = Config.from_env()
     setup_logging(name, cfg.log_level)
     try:
@@ -86,28 +116,32 @@ def run_service(name: str, setup: Setup, *, per_node: bool = False) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works.
         pass
+    uses_state = stateful(cfg) if callable(stateful) else stateful
     try:
-        asyncio.run(_serve(name, cfg, setup, per_node))
+        asyncio.run(_serve(name, cfg, setup, per_node=per_node, stateful=uses_state, bus_health=bus_health))
     except Unavailable as exc:
         log.error("%s cannot start: %s", name, exc.message)
         sys.exit(2)
 
 
-async def _serve(name: str, cfg: Config, setup: Setup, per_node: bool) -> None:
+async def _serve(name: str, cfg: Config, setup: Setup, *, per_node: bool, stateful: bool, bus_health: bool) -> None:
     node = cfg.node_id if per_node else None
     setup_telemetry(name, node)
     nc = await connect_nats(cfg, name=f"volplane-{name}" + (f"-{node}" if node else ""))
-    redis = connect_redis(cfg)
-    await check_redis(redis, cfg)
+    redis: aioredis.Redis | None = None
     store = EventStore(nc.jetstream(timeout=10))
-    await store.ensure_stream()
-    rt = Runtime(name=name, cfg=cfg, nc=nc, redis=redis, store=store, bus=Bus(nc, name), node=node)
+    if stateful:
+        redis = connect_redis(cfg)
+        await check_redis(redis, cfg)
+        await store.ensure_stream()
+    rt = Runtime(name=name, cfg=cfg, nc=nc, store=store, bus=Bus(nc, name), node=node, redis_client=redis)
     await setup(rt)
 
-    async def health(_: dict[str, Any]) -> dict[str, Any]:
+    async def health(_: HealthCheck) -> dict[str, Any]:
         return {"service": name, "node": node, "version": __version__}
 
-    await rt.bus.serve(subjects.health(name, node), subjects.queue(name, node) + ".health", _Any, health)
+    if bus_health:
+        await rt.bus.serve(subjects.health(name, node), subjects.queue(name, node) + ".health", HealthCheck, health)
     log.info("%s ready", name, extra={"node": node})
 
     stop = asyncio.Event()
@@ -117,19 +151,22 @@ async def _serve(name: str, cfg: Config, setup: Setup, per_node: bool) -> None:
     while not stop.is_set():
         try:
             await rt.sample()
-        except Exception:  # noqa: BLE001 - sampling must never stop the service.
+        except Exception:  # Sampling must never stop the service.
             log.exception("sampling failed")
         try:
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
         except TimeoutError:
             pass
     log.info("%s stopping", name)
+    for stop_server in reversed(rt.servers):
+        await stop_server()
     for stop_loop in reversed(rt.controllers):
         await stop_loop()
     await shutdown(nc, rt.bus)
     for close in reversed(rt.closers):
         await close()
-    await redis.aclose()
+    if redis is not None:
+        await redis.aclose()
     shutdown_telemetry()
 
 
@@ -140,16 +177,14 @@ async def shutdown(nc: NATS, bus: Bus | None = None, grace: float = 5.0) -> None
         await asyncio.wait_for(nc.drain(), grace)
         if bus is not None:
             await asyncio.wait_for(bus.drain(), grace)
-    except (TimeoutError, Exception):  # noqa: BLE001 - shutting down regardless.
+    except Exception:  # noqa: BLE001 - shutting down regardless (TimeoutError included).
         log.warning("shutdown did not finish within %.0fs; closing", grace)
     finally:
         if not nc.is_closed:
             await nc.close()
 
 
-class _Any(dict):  # type: ignore[type-arg]
-    """Health requests carry no fields; accept any map."""
+class HealthCheck(BaseModel):
+    """A health request: it carries no fields, and any it does carry are ignored."""
 
-    @classmethod
-    def model_validate(cls, data: Any) -> dict[str, Any]:
-        return dict(data or {})
+    model_config = ConfigDict(extra="ignore", frozen=True)

@@ -13,6 +13,7 @@ from volplane import subjects
 from volplane.bus import Bus
 from volplane.commands import (
     Attachments,
+    Capability,
     CapacityInfo,
     ContentSource,
     ControllerPublish,
@@ -37,6 +38,7 @@ from volplane.commands import (
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc
 from volplane.errors import InvalidArgument
+from volplane.volumes import DEFAULT_FS_TYPE, FS_TYPE_KEY, SINGLE_NODE_MODES
 
 from . import convert
 from .errors import grpc_errors
@@ -262,14 +264,15 @@ def _snapshot(info: SnapshotInfo) -> csi.Snapshot:
     )
 
 
-def _unsupported(info: VolumeInfo, caps: tuple) -> str:  # type: ignore[type-arg]
+def _unsupported(info: VolumeInfo, caps: tuple[Capability, ...]) -> str:
     """Why the volume cannot serve ``caps``, or '' when it can."""
     have = {c.access_type for c in info.capabilities}
-    fs = info.volume_context.get("fsType", "ext4")
+    # The volume context names the filesystem the volume was created with (volplane.volumes.fs_type_of).
+    fs = info.volume_context.get(FS_TYPE_KEY, DEFAULT_FS_TYPE)
     for cap in caps:
         if cap.access_type not in have:
             return f"volume {info.volume_id} was created for {', '.join(sorted(have))} access, not {cap.access_type}"
-        if cap.access_mode not in (1, 2, 6, 7):
+        if cap.access_mode not in SINGLE_NODE_MODES:
             return f"access mode {cap.access_mode} is not supported (single-node modes only)"
         if cap.access_type == "mount" and cap.fs_type and cap.fs_type != fs:
             return f"volume {info.volume_id} holds {fs}, not {cap.fs_type}"

@@ -62,7 +62,7 @@ def capabilities(caps: Iterable[csi.VolumeCapability], field: str) -> tuple[Capa
 
 
 def to_proto(cap: Capability) -> csi.VolumeCapability:
-    msg = csi.VolumeCapability(access_mode=csi.VolumeCapability.AccessMode(mode=cap.access_mode))  # type: ignore[arg-type]
+    msg = csi.VolumeCapability(access_mode=csi.VolumeCapability.AccessMode(mode=cap.access_mode))  # type: ignore[arg-type]  # the stub wants its Mode enum type; the int is one of its values
     if cap.access_type == "block":
         msg.block.SetInParent()
     else:

@@ -7,6 +7,7 @@ import grpc
 from volplane import subjects
 from volplane.bus import Bus
 from volplane.commands import (
+    Capability,
     GetVolumeStats,
     NodeExpand,
     NodeExpanded,
@@ -132,7 +133,7 @@ class Node(csi_pb2_grpc.NodeServicer):
         )
 
 
-def _capability(request: csi.NodeStageVolumeRequest | csi.NodePublishVolumeRequest):  # type: ignore[no-untyped-def]
+def _capability(request: csi.NodeStageVolumeRequest | csi.NodePublishVolumeRequest) -> Capability:
     if not request.HasField("volume_capability"):
         convert.required("volume_capability", "")
     return convert.capability(request.volume_capability, "volume_capability")

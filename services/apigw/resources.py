@@ -14,17 +14,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import redis.asyncio as aioredis
 
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
 from volplane.errors import InvalidArgument, NotFound
 from volplane.eventstore import EventStore
-from volplane.projection import ProjectionRunner
 from volplane.resources.kinds import Kind, Ref, ref, ref_of, resolve
-from volplane.resources.projection import index_key, object_key
+from volplane.resources.projection import ObjectsProjection
 from volplane.resources.selectors import LabelSelector, parse_selector
-from volplane.resources.store import ObjectStore, object_of, version_of
+from volplane.resources.store import ObjectStore, object_of
 
 from .errors import grpc_errors
 
@@ -82,17 +80,16 @@ def _ref(req: pb.ObjectRef) -> Ref:
 
 
 class Resources(resources_pb2_grpc.ResourcesServicer):
-    def __init__(self, store: EventStore, redis: aioredis.Redis, runner: ProjectionRunner[Any]) -> None:
+    def __init__(self, store: EventStore, objects: ObjectsProjection) -> None:
         self._store = store
-        self._redis = redis
-        self._runner = runner
+        self._read = objects
 
     def _objects(self, manager: str = "") -> ObjectStore:
         return ObjectStore(self._store, manager or "volctl")
 
     def _noted(self, obj: dict[str, Any] | None, r: Ref, deleted: bool = False) -> None:
         if obj is not None:
-            self._runner.note(object_key(r), None if deleted else obj, version_of(obj))
+            self._read.note(r, obj, deleted=deleted)
 
     async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
         async with grpc_errors(context):
@@ -121,21 +118,12 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
             return pb.ListResponse(items=[pb.Object(json=_json(o)) for o in items], resource_version=position)
 
     async def _list(self, kind: Kind, namespace: str, everywhere: bool, selector: LabelSelector) -> tuple[list[dict[str, Any]], int]:
-        await self._runner.settled()
-        position = self._runner.position
-        keys = sorted(await self._redis.smembers(index_key(kind)))
-        raws = await self._redis.mget(keys) if keys else []
         ns = None if everywhere or not kind.namespaced else (namespace or "default")
-        items = []
-        for raw in raws:
-            if raw is None:
-                continue
-            obj = self._runner.projection.load(raw)
-            meta = obj["metadata"]
-            if (ns is None or meta.get("namespace") == ns) and selector.matches(meta.get("labels")):
-                items.append(obj)
-        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
-        return items, position
+
+        def wanted(meta: dict[str, Any]) -> bool:
+            return (ns is None or meta.get("namespace") == ns) and selector.matches(meta.get("labels"))
+
+        return await self._read.list_of(kind, wanted)
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
         async with grpc_errors(context):

@@ -1,7 +1,8 @@
 """apigw's gRPC server: the CSI services plus grpc.health.v1, on a unix socket and
-optionally TCP.
+optionally TCP, and the resource API on its own socket when given one.
 
-    server = await serve(cfg, nc)      # listening when it returns
+    server = await serve(cfg, bus, resources)      # listening and SERVING when it returns
+    await server.stop(grace=5)
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from nats.aio.client import Client as NATS
 
 from volplane.bus import Bus
 from volplane.config import Config
@@ -28,11 +28,10 @@ from .telemetry import TelemetryInterceptor
 log = logging.getLogger(__name__)
 
 
-async def serve(cfg: Config, nc: NATS, resources: Resources | None = None) -> grpc.aio.Server:
-    bus = Bus(nc, "apigw")
+async def serve(cfg: Config, bus: Bus, resources: Resources | None = None) -> grpc.aio.Server:
     server = grpc.aio.server(interceptors=[TelemetryInterceptor()], options=[("grpc.so_reuseport", 0)])
-    controller = cfg.apigw_mode != "node"
-    csi_pb2_grpc.add_IdentityServicer_to_server(Identity(nc, controller=controller), server)
+    controller = cfg.apigw_controller
+    csi_pb2_grpc.add_IdentityServicer_to_server(Identity(bus.nc, controller=controller), server)
     if controller:
         csi_pb2_grpc.add_ControllerServicer_to_server(Controller(bus), server)
     csi_pb2_grpc.add_NodeServicer_to_server(Node(bus, cfg.node_id, cfg.max_volumes_per_node), server)
@@ -51,8 +50,8 @@ async def serve(cfg: Config, nc: NATS, resources: Resources | None = None) -> gr
     old = os.umask(0o177)
     try:
         for endpoint in endpoints:
-            path = _unix_path(endpoint)
-            server.add_insecure_port(f"unix://{path}" if path is not None else endpoint)
+            unix = _unix_path(endpoint)
+            server.add_insecure_port(f"unix://{unix}" if unix is not None else endpoint)
         if cfg.csi_tcp:
             server.add_insecure_port(cfg.csi_tcp)
         await server.start()

@@ -9,22 +9,22 @@ control plane it also runs the AD controller and the external-attacher role
 from __future__ import annotations
 
 from volplane import subjects
+from volplane.aggregate import Repository
 from volplane.commands import ControllerPublish, ControllerUnpublish, GetAttachments
-from volplane.nodes import NodeInfo, NodesProjection
-from volplane.projection import ProjectionRunner
+from volplane.nodes import NodesProjection
 from volplane.service import Runtime, run_service
 
-from .adapters.projection import AttachmentsProjection
+from .adapters.projection import ATTACHMENTS, AttachmentsProjection
 from .adapters.volumes import ProvisionerVolumes
-from .csi.attachments import AttacherApp
 from .controllers.controlplane import start_control_loops
-from .domain.attachment import AttachmentState
+from .csi.attachments import AttacherApp
 
 
 async def setup(rt: Runtime) -> None:
-    nodes: ProjectionRunner[NodeInfo] = await rt.follow(NodesProjection())
-    runner: ProjectionRunner[AttachmentState] = await rt.follow(AttachmentsProjection())
-    app = AttacherApp(rt.store, rt.redis, runner, nodes, ProvisionerVolumes(rt.bus))
+    nodes, attachments = NodesProjection(), AttachmentsProjection()
+    await rt.follow(nodes)
+    repository = Repository(rt.store, await rt.follow(attachments), ATTACHMENTS)
+    app = AttacherApp(repository, attachments, nodes, ProvisionerVolumes(rt.bus))
     q = subjects.queue("attacher")
     await rt.bus.serve(subjects.CONTROLLER_PUBLISH, q, ControllerPublish, app.publish)
     await rt.bus.serve(subjects.CONTROLLER_UNPUBLISH, q, ControllerUnpublish, app.unpublish)

@@ -11,6 +11,7 @@ are published to this node (default 1: ask).
 from __future__ import annotations
 
 from volplane import subjects
+from volplane.aggregate import Repository
 from volplane.commands import GetVolumeStats, NodeExpand, PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
 from volplane.config import Config
 from volplane.nodes import SHARED_POOL, TOPOLOGY_KEY, NodeRegistered, PoolSpec, register
@@ -19,10 +20,10 @@ from volplane.resources.store import ObjectStore
 from volplane.service import Runtime, run_service
 
 from .adapters.attacher import attacher_check
-from .adapters.projection import NodeProjection
+from .adapters.projection import NodeProjection, node_volumes
 from .adapters.storage import HostStorage
-from .csi.volumes import NodeApp
 from .controllers.volumemanager import VolumeManager
+from .csi.volumes import NodeApp
 
 
 def registration(cfg: Config) -> NodeRegistered:
@@ -38,8 +39,9 @@ async def setup(rt: Runtime) -> None:
     node = cfg.node_id
     cfg.pool_dir.mkdir(parents=True, exist_ok=True)
     await register(rt.store, registration(cfg))
-    runner = await rt.follow(NodeProjection(node))
-    app = NodeApp(cfg, rt.store, runner, HostStorage(), is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None)
+    projection = NodeProjection(node)
+    volumes = Repository(rt.store, await rt.follow(projection), node_volumes(projection))
+    app = NodeApp(cfg, volumes, projection, HostStorage(), is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None)
     await app.recover()
     q = subjects.queue("nodeagent", node)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_STAGE), q, StageVolume, app.stage)

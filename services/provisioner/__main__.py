@@ -4,8 +4,10 @@ provisioner and scheduler."""
 
 from __future__ import annotations
 
+from services.attacher.adapters.projection import ATTACHMENTS, AttachmentsProjection
+from services.scheduler.scheduler import Scheduler
 from volplane import subjects
-from services.attacher.adapters.projection import AttachmentsProjection, attachment_key
+from volplane.aggregate import Repository
 from volplane.commands import (
     CreateSnapshot,
     CreateVolume,
@@ -18,62 +20,56 @@ from volplane.commands import (
     ListVolumes,
 )
 from volplane.nodes import SHARED_POOL, NodesProjection
-from volplane.telemetry import gauge
 from volplane.resources.informer import Informer
 from volplane.resources.store import ObjectStore
 from volplane.service import Runtime, run_service
+from volplane.telemetry import gauge
 
 from .adapters.pool import ImagePool, Pools
-from .adapters.projection import SnapshotsProjection, VolumesProjection
-from .csi.volumes import ProvisionerApp
-from .csi.capacity import Capacity
+from .adapters.projection import SNAPSHOTS, VOLUMES, SnapshotsProjection, VolumesProjection
 from .controllers.external_provisioner import ExternalProvisioner
 from .controllers.intree import HostPathPlugin
 from .controllers.pv_controller import MANAGER, PVController
-from services.scheduler.scheduler import Scheduler
+from .csi.capacity import Capacity
 from .csi.snapshots import SnapshotsApp
+from .csi.volumes import ProvisionerApp
 
 
 async def setup(rt: Runtime) -> None:
-    nodes = await rt.follow(NodesProjection())
-    volumes = await rt.follow(VolumesProjection())
-    snapshots = await rt.follow(SnapshotsProjection())
+    nodes = NodesProjection()
+    volumes_read, snapshots_read = VolumesProjection(), SnapshotsProjection()
+    await rt.follow(nodes)
+    volumes = Repository(rt.store, await rt.follow(volumes_read), VOLUMES)
+    snapshots = Repository(rt.store, await rt.follow(snapshots_read), SNAPSHOTS)
     cfg = rt.cfg
     shared = ImagePool(cfg.shared_pool_dir, SHARED_POOL, "shared", cfg.shared_pool_capacity) if cfg.shared_pool_dir else None
-    pools = Pools(shared, nodes.projection)  # type: ignore[arg-type]
+    pools = Pools(shared, nodes)
     # The attacher's read model, followed here as the node registry is, so that
     # DeleteVolume can refuse a published volume without a round trip to the attacher.
-    attachments = await rt.follow(AttachmentsProjection())
+    attachments = Repository(rt.store, await rt.follow(AttachmentsProjection()), ATTACHMENTS)
 
     async def published_on(volume_id: str) -> tuple[str, ...]:
-        # The attachment's newest event says how far the read model must have come: one
-        # direct read of the log, so a publish or unpublish acknowledged a moment ago counts.
-        last = await rt.store.last(subjects.attachment(volume_id))
-        if last is None:
-            return ()
-        await attachments.wait_for(last.seq)
-        state = await attachments.get(attachment_key(volume_id))
+        # As the log has it: one direct read of its newest event, so a publish or
+        # unpublish acknowledged a moment ago counts.
+        state = await attachments.reload(volume_id)
         return state.nodes if state is not None else ()
 
-    capacity = Capacity(pools, volumes, snapshots)
-    app = ProvisionerApp(rt.store, volumes, capacity, snapshots, published_on)
-    rt.samplers.append(lambda: sample_pools(capacity, volumes.projection))
-    snaps = SnapshotsApp(rt.store, snapshots, volumes, pools)
+    capacity = Capacity(pools, volumes_read, snapshots_read)
+    app = ProvisionerApp(volumes, volumes_read, capacity, snapshots, published_on)
+    rt.samplers.append(lambda: sample_pools(capacity, volumes_read))
+    snaps = SnapshotsApp(snapshots, snapshots_read, volumes, pools)
     await app.recover()
     await snaps.recover()
     q = subjects.queue("provisioner")
-    for subject, model, handler in (
-        (subjects.CREATE_VOLUME, CreateVolume, app.create_volume),
-        (subjects.DELETE_VOLUME, DeleteVolume, app.delete_volume),
-        (subjects.EXPAND_VOLUME, ExpandVolume, app.expand_volume),
-        (subjects.GET_VOLUME, GetVolume, app.get_volume),
-        (subjects.LIST_VOLUMES, ListVolumes, app.list_volumes),
-        (subjects.GET_CAPACITY, GetCapacity, app.get_capacity),
-        (subjects.CREATE_SNAPSHOT, CreateSnapshot, snaps.create_snapshot),
-        (subjects.DELETE_SNAPSHOT, DeleteSnapshot, snaps.delete_snapshot),
-        (subjects.LIST_SNAPSHOTS, ListSnapshots, snaps.list_snapshots),
-    ):
-        await rt.bus.serve(subject, q, model, handler)  # type: ignore[arg-type]
+    await rt.bus.serve(subjects.CREATE_VOLUME, q, CreateVolume, app.create_volume)
+    await rt.bus.serve(subjects.DELETE_VOLUME, q, DeleteVolume, app.delete_volume)
+    await rt.bus.serve(subjects.EXPAND_VOLUME, q, ExpandVolume, app.expand_volume)
+    await rt.bus.serve(subjects.GET_VOLUME, q, GetVolume, app.get_volume)
+    await rt.bus.serve(subjects.LIST_VOLUMES, q, ListVolumes, app.list_volumes)
+    await rt.bus.serve(subjects.GET_CAPACITY, q, GetCapacity, app.get_capacity)
+    await rt.bus.serve(subjects.CREATE_SNAPSHOT, q, CreateSnapshot, snaps.create_snapshot)
+    await rt.bus.serve(subjects.DELETE_SNAPSHOT, q, DeleteSnapshot, snaps.delete_snapshot)
+    await rt.bus.serve(subjects.LIST_SNAPSHOTS, q, ListSnapshots, snaps.list_snapshots)
     # After the handlers: the external provisioner's CreateVolume comes back here.
     await start_control_loops(rt)
 

@@ -13,29 +13,26 @@ unbound with Immediate binding, waits (FailedScheduling), as in Kubernetes.
 
 from __future__ import annotations
 
-from typing import Any
-
-from volplane.resources.controller import Loop, Retry
-from volplane.resources.informer import Informer
-from volplane.resources.kinds import BY_NAME, Kind, key_of
-from volplane.resources.names import ANN_SELECTED_NODE, claim_class, pod_claims
-from volplane.resources.selectors import node_affinity_allows
-from volplane.resources.store import ObjectStore
+from typing import Any, NoReturn
 
 from services.provisioner.controllers.binding import find_best_match, should_delay_binding
 from services.provisioner.controllers.intree import NO_PROVISIONER
+from volplane.resources.controller import Loop, Retry
+from volplane.resources.informer import Informer
+from volplane.resources.kinds import BY_NAME, Kind, key_of
+from volplane.resources.names import ANN_SELECTED_NODE
+from volplane.resources.objects import Node, Obj, PersistentVolume, PersistentVolumeClaim, Pod, StorageClass
+from volplane.resources.selectors import node_affinity_allows
+from volplane.resources.store import ObjectStore
 
 __all__ = ["Scheduler"]
 
 POD, PVC, PV, SC, NODE = (BY_NAME[k] for k in ("Pod", "PersistentVolumeClaim", "PersistentVolume", "StorageClass", "Node"))
-Obj = dict[str, Any]
 
 
 def _ready(node: Obj) -> bool:
-    if (node.get("spec") or {}).get("unschedulable"):
-        return False
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    n = Node(node)
+    return not n.unschedulable and n.ready
 
 
 def _schedulable_view(node: Obj | None) -> Any:
@@ -61,55 +58,55 @@ class Scheduler:
         await self.loop.stop()
 
     def _pending(self) -> list[str]:
-        return [key_of(p) for p in self.informer.list(POD) if not (p.get("spec") or {}).get("nodeName")]
+        return [key_of(p) for p in self.informer.list(POD) if not Pod(p).node_name]
 
     def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
         if kind is POD:
             obj = new or old
             assert obj is not None
-            key = key_of(obj)
-            ns = obj["metadata"]["namespace"]
-            for _, claim in pod_claims(obj):
-                waiting = self._waiting.setdefault(f"{ns}/{claim}", set())
-                if new is not None and not new["spec"].get("nodeName"):
-                    waiting.add(key)
+            pod = Pod(obj)
+            unscheduled = new is not None and not Pod(new).node_name
+            for claim_key in pod.claim_keys:
+                waiting = self._waiting.setdefault(claim_key, set())
+                if unscheduled:
+                    waiting.add(pod.key)
                 else:
-                    waiting.discard(key)
-            if new is not None and not new["spec"].get("nodeName"):
-                self.loop.add(key)
+                    waiting.discard(pod.key)
+            if unscheduled:
+                self.loop.add(pod.key)
         elif kind is PVC and new is not None:
             for key in self._waiting.get(key_of(new), ()):
                 self.loop.add(key)
         elif kind is PV and new is not None:
-            ref = new["spec"].get("claimRef") or {}
-            for key in self._waiting.get(f"{ref.get('namespace') or 'default'}/{ref.get('name')}", ()):
+            ref = PersistentVolume(new).claim_ref
+            for key in self._waiting.get(ref.key, ()) if ref is not None else ():
                 self.loop.add(key)
         elif kind is NODE and new is not None and _schedulable_view(old) != _schedulable_view(new):
             for key in self._pending():
                 self.loop.add(key)
 
     async def _sync_key(self, key: str) -> None:
-        pod = self.informer.get(POD, key)
-        if pod is None or pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+        pod = Pod.get(self.informer.get, key)
+        if pod is None or pod.node_name or pod.deleting:
             return
-        await self.schedule(pod)
+        await self.schedule(pod.raw)
 
     async def schedule(self, pod: Obj) -> None:
-        ns = pod["metadata"]["namespace"]
-        classes = {sc["metadata"]["name"]: sc for sc in self.informer.list(SC)}
+        p = Pod(pod)
+        classes = {StorageClass(sc).name: sc for sc in self.informer.list(SC)}
         nodes = [n for n in self.informer.list(NODE) if _ready(n)]
-        bound, delayed = [], []
-        for _, claim_name in pod_claims(pod):
-            claim = self.informer.get(PVC, f"{ns}/{claim_name}")
+        bound: list[Obj] = []
+        delayed: list[Obj] = []
+        for _, claim_name in p.claims:
+            claim = PersistentVolumeClaim.get(self.informer.get, p.claim_key(claim_name))
             if claim is None:
                 await self._unschedulable(pod, f'persistentvolumeclaim "{claim_name}" not found')
-            phase = (claim.get("status") or {}).get("phase")  # type: ignore[union-attr]
-            if phase == "Bound" and claim["spec"].get("volumeName"):  # type: ignore[index]
-                pv = self.informer.get(PV, claim["spec"]["volumeName"])  # type: ignore[index]
+            if claim.phase == "Bound" and claim.volume_name:
+                pv = self.informer.get(PV, claim.volume_name)
                 if pv is not None:
                     bound.append(pv)
-            elif should_delay_binding(claim, classes) or claim["metadata"].get("annotations", {}).get(ANN_SELECTED_NODE):  # type: ignore[index]
-                delayed.append(claim)
+            elif should_delay_binding(claim.raw, classes) or claim.selected_node:
+                delayed.append(claim.raw)
             else:
                 await self._unschedulable(pod, "pod has unbound immediate PersistentVolumeClaims")
         fits = [n for n in nodes if self._fits(n, bound, delayed, classes)]
@@ -117,13 +114,13 @@ class Scheduler:
             await self._unschedulable(pod, f"0/{len(nodes)} nodes are available: {len(nodes)} node(s) didn't find available persistent volumes to bind or had volume node affinity conflict")
         load = {n["metadata"]["name"]: 0 for n in fits}
         for other in self.informer.list(POD):
-            name = other["spec"].get("nodeName")
+            name = Pod(other).node_name
             if name in load:
                 load[name] += 1
         node = min(fits, key=lambda n: (load[n["metadata"]["name"]], n["metadata"]["name"]))["metadata"]["name"]
-        for claim in delayed:
-            if (claim["metadata"].get("annotations") or {}).get(ANN_SELECTED_NODE) != node:
-                new = await self.objects.update(claim, {"metadata": {"annotations": {ANN_SELECTED_NODE: node}}}, reason="select node")
+        for waiting in delayed:
+            if PersistentVolumeClaim(waiting).annotations.get(ANN_SELECTED_NODE) != node:
+                new = await self.objects.update(waiting, {"metadata": {"annotations": {ANN_SELECTED_NODE: node}}}, reason="select node")
                 self.informer.observe(new)
         new = await self.objects.update(pod, {"spec": {"nodeName": node}}, reason="schedule")
         self.informer.observe(new)
@@ -134,15 +131,15 @@ class Scheduler:
             return False
         pvs = self.informer.list(PV)
         for claim in delayed:
-            selected = (claim["metadata"].get("annotations") or {}).get(ANN_SELECTED_NODE)
-            if selected and selected != node["metadata"]["name"]:
+            pvc = PersistentVolumeClaim(claim)
+            if pvc.selected_node and pvc.selected_node != Node(node).name:
                 return False
-            sc = classes.get(claim_class(claim))
-            if sc is not None and sc.get("provisioner") == NO_PROVISIONER:
-                if find_best_match(claim, pvs, delay=False, node=node) is None:
-                    return False
+            sc = StorageClass.of(classes.get(pvc.storage_class))
+            if sc is not None and sc.provisioner == NO_PROVISIONER and find_best_match(claim, pvs, delay=False, node=node) is None:
+                return False
         return True
 
-    async def _unschedulable(self, pod: Obj, message: str) -> None:
+    async def _unschedulable(self, pod: Obj, message: str) -> NoReturn:
+        """Say why on the pod and end the sync: the loop looks again in 2 s."""
         await self.objects.record(pod, "Warning", "FailedScheduling", message)
         raise Retry(2.0, message)

@@ -238,7 +238,7 @@ def test_scheduled_pod_gets_an_attached_volumeattachment_and_one_publish(cp: Sta
     assert "attachError" not in va["status"]
     assert admin.attachment_events(volume.handle) == [("VolumeAttached", "node-1")]
     # The PV is held while attached; the node lists the volume as attached.
-    assert FINALIZER in api.get("pv", volume.pv)["metadata"]["finalizers"]  # type: ignore[index]
+    assert FINALIZER in api.get("pv", volume.pv)["metadata"]["finalizers"]
     wait_for(lambda: volume.unique_name in node_attached(api, "node-1"), "node-1 volumesAttached")
     wait_for(lambda: reasons(api, "pod", name, "default") == ["SuccessfulAttachVolume"], "SuccessfulAttachVolume on the pod")
     (event,) = lines(api, "pod", name, "default")

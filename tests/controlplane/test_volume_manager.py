@@ -58,11 +58,11 @@ def _admin(cp: Stack, action: Callable[[ObjectStore], Any]) -> Any:
 
 
 def patch(cp: Stack, kind: str, name: str, body: Obj, namespace: str = "") -> Obj:
-    return _admin(cp, lambda s: s.patch(ref(resolve(kind), namespace, name), body, reason="test"))  # type: ignore[no-any-return]
+    return _admin(cp, lambda s: s.patch(ref(resolve(kind), namespace, name), body, reason="test"))
 
 
 def create(cp: Stack, obj: Obj) -> Obj:
-    return _admin(cp, lambda s: s.create(obj))  # type: ignore[no-any-return]
+    return _admin(cp, lambda s: s.create(obj))
 
 
 def delete(cp: Stack, kind: str, name: str, namespace: str = "") -> None:
@@ -196,20 +196,20 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
 def volume_status(pod: Obj | None, name: str) -> Obj:
     for v in ((pod or {}).get("status") or {}).get("volumes") or []:
         if v["name"] == name:
-            return v  # type: ignore[no-any-return]
+            return v
     return {}
 
 
 def volumes_ready(pod: Obj | None) -> str | None:
     for c in ((pod or {}).get("status") or {}).get("conditions") or []:
         if c["type"] == "VolumesReady":
-            return c["status"]  # type: ignore[no-any-return]
+            return c["status"]
     return None
 
 
 def wait_ready(api: Api, pod: Obj, timeout: float = 90.0) -> Obj:
     name = pod["metadata"]["name"]
-    return api.wait("pod", name, lambda o: volumes_ready(o) == "True", "default", timeout=timeout)  # type: ignore[return-value]
+    return api.wait("pod", name, lambda o: volumes_ready(o) == "True", "default", timeout=timeout)
 
 
 def in_use(api: Api, node: str) -> list[str]:
@@ -415,7 +415,7 @@ def test_killed_nodeagent_converges_after_restart(cp: Stack, api: Api, world: Wo
     cp.wait_healthy(["nodeagent"])
     wait_for(lambda: not gm.parent.exists() and not (kubelet_dir(cp, "node-1") / "pods" / keep["metadata"]["uid"]).exists(), "everything torn down")
     wait_for(lambda: f"kubernetes.io/csi/{DRIVER}^{handle}" not in in_use(api, "node-1"), "volume no longer in use")
-    labels = api.get("node", "node-1")["metadata"]["labels"]  # type: ignore[index]
+    labels = api.get("node", "node-1")["metadata"]["labels"]
     assert labels["example.com/rack"] == "r1" and labels[names.LABEL_HOSTNAME] == "node-1"
 
 
@@ -468,8 +468,8 @@ def test_whole_pipeline_dynamic_claim_to_mounted_pod_and_back(cp: Stack, api: Ap
                      "spec": {"nodeName": "node-2", "volumes": [csi_claim("data", claim)], "containers": [{"name": "app", "image": "busybox"}]}})[0]
     try:
         ready = wait_ready(api, pod, timeout=120)
-        pv = api.get("pvc", claim, "default")["spec"]["volumeName"]  # type: ignore[index]
-        handle = api.get("pv", pv)["spec"]["csi"]["volumeHandle"]  # type: ignore[index]
+        pv = api.get("pvc", claim, "default")["spec"]["volumeName"]
+        handle = api.get("pv", pv)["spec"]["csi"]["volumeHandle"]
         assert mounts_at(global_mount(cp, "node-2", handle)) == 1 and mounts_at(Path(volume_status(ready, "data")["path"])) == 1
     finally:
         api.delete("pod", name, "default")

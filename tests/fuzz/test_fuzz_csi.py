@@ -382,7 +382,7 @@ class World:
             resp = list(method(req, timeout=CALL_TIMEOUT)) if rpc_name in STREAMING else method(req, timeout=CALL_TIMEOUT)
             return C.OK, resp, ""
         except grpc.RpcError as exc:
-            return exc.code(), None, exc.details() or ""  # type: ignore[attr-defined]
+            return exc.code(), None, exc.details() or ""
         finally:
             TIMES[rpc_name] = TIMES.get(rpc_name, 0.0) + time.monotonic() - t0
             CALLS[rpc_name] += 1

@@ -251,7 +251,7 @@ class World:
         try:
             code, details, value = C.OK, "", fn()
         except grpc.RpcError as exc:
-            code, details, value = exc.code(), exc.details() or "", None  # type: ignore[attr-defined]
+            code, details, value = exc.code(), exc.details() or "", None
         COUNTS[(f"{rpc}/{label}" if label else rpc, code.name)] += 1
         assert code in ALLOWED[rpc], f"{rpc} {label} answered {code.name}: {details[:2000]}"
         if code not in (C.OK, C.DEADLINE_EXCEEDED):
@@ -467,7 +467,7 @@ def raw_payload(how: tuple[str, Any], doc: bytes, docs: bytes) -> bytes:
         return doc.replace(b"{", b'{"x": ' + INJECT[arg] + b", ", 2)
     if what == "truncated":
         return doc[: arg % (len(doc) + 1)]
-    return arg if what == "binary" else docs if what == "list" else json.dumps(arg).encode()  # type: ignore[no-any-return]
+    return arg if what == "binary" else docs if what == "list" else json.dumps(arg).encode()
 
 
 @FUZZ

@@ -139,12 +139,12 @@ class Node:
                 try:
                     step(vid, path)
                 except grpc.RpcError as exc:
-                    problems.append(f"{step.__name__}({path}): {exc.code()} {exc.details()}")  # type: ignore[attr-defined]
+                    problems.append(f"{step.__name__}({path}): {exc.code()} {exc.details()}")
         for vid in self.volumes:
             try:
                 self.delete(vid)
             except grpc.RpcError as exc:
-                problems.append(f"delete({vid}): {exc.code()} {exc.details()}")  # type: ignore[attr-defined]
+                problems.append(f"delete({vid}): {exc.code()} {exc.details()}")
         for point in reversed([p for p in mount_points() if p == str(self.tmp) or p.startswith(f"{self.tmp}/")]):
             problems.append(f"left mounted: {point}")
             subprocess.run(["umount", "-l", point], check=False)

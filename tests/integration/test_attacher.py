@@ -24,20 +24,20 @@ import redis.asyncio as aioredis
 
 from devstack.embedded import with_parent
 from devstack.launcher import Stack
-from services.attacher.adapters.projection import AttachmentsProjection
+from services.attacher.adapters.projection import ATTACHMENTS, AttachmentsProjection
 from services.attacher.adapters.volumes import ProvisionerVolumes
 from services.attacher.csi.attachments import AttacherApp
-from services.attacher.domain.attachment import AttachmentState
 from services.attacher.domain.events import ATTACHMENT_EVENTS, AttachmentEvent, VolumeAttached
 from tests.conftest import Csi, mount_cap
 from volplane import codec, subjects
+from volplane.aggregate import Repository
 from volplane.bus import Bus
 from volplane.commands import Attachments, Capability, ControllerPublish, ControllerUnpublish, GetAttachments, PublishContext, VolumeInfo
 from volplane.csi import csi_pb2 as csi
 from volplane.errors import AlreadyExists, FailedPrecondition, NotFound, OperationPending, ResourceExhausted
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
-from volplane.nodes import TOPOLOGY_KEY, NodeInfo, NodeRegistered, NodesProjection, PoolSpec, register
+from volplane.nodes import TOPOLOGY_KEY, NodeRegistered, NodesProjection, PoolSpec, register
 from volplane.projection import ProjectionRunner
 
 T = TypeVar("T")
@@ -131,7 +131,7 @@ def volumes(client: Csi, at: Attacher) -> Iterator[Callable[..., str]]:
                 vid = str(client.controller.CreateVolume(req, timeout=TIMEOUT).volume.volume_id)
                 break
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
         made.append(vid)
@@ -266,12 +266,13 @@ def test_two_replicas_racing_for_a_single_node_volume_attach_it_once(at: Attache
         apps: list[AttacherApp] = []
         runners: list[ProjectionRunner[Any]] = []
         for _ in range(2):
-            nodes: ProjectionRunner[NodeInfo] = ProjectionRunner(redis, store, NodesProjection())  # type: ignore[arg-type]
-            runner: ProjectionRunner[AttachmentState] = ProjectionRunner(redis, store, AttachmentsProjection())
-            await nodes.start()
+            nodes, attachments = NodesProjection(), AttachmentsProjection()
+            nodes_runner = ProjectionRunner(redis, store, nodes)
+            runner = ProjectionRunner(redis, store, attachments)
+            await nodes_runner.start()
             await runner.start()
-            runners += [nodes, runner]
-            apps.append(AttacherApp(store, redis, runner, nodes, ProvisionerVolumes(bus)))
+            runners += [nodes_runner, runner]
+            apps.append(AttacherApp(Repository(store, runner, ATTACHMENTS), attachments, nodes, ProvisionerVolumes(bus)))
         try:
             outcomes = []
             for vid in vids:

@@ -36,15 +36,15 @@ def create_request(name: str, required: int = 64 * MiB, limit: int = 0, **kw: ob
     return csi.CreateVolumeRequest(
         name=name,
         capacity_range=csi.CapacityRange(required_bytes=required, limit_bytes=limit),
-        volume_capabilities=kw.pop("caps", [mount_cap()]),  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
+        volume_capabilities=kw.pop("caps", [mount_cap()]),
+        **kw,
     )
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
-    return info.value.code()  # type: ignore[attr-defined,no-any-return]
+    return info.value.code()
 
 
 @pytest.fixture
@@ -258,7 +258,7 @@ def test_concurrent_creates_of_one_name_are_ok_or_aborted_and_make_one_volume(cl
         try:
             return grpc.StatusCode.OK, client.controller.CreateVolume(create_request(name), timeout=TIMEOUT).volume.volume_id
         except grpc.RpcError as exc:
-            return exc.code(), ""  # type: ignore[attr-defined]
+            return exc.code(), ""
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(outcome, range(8)))

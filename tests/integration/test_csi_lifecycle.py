@@ -71,7 +71,7 @@ def test_every_step_repeated_ten_times_is_one_effect_and_undone_leaves_nothing(c
         # Deleting a published volume is refused; nothing is lost.
         with pytest.raises(grpc.RpcError) as refused:
             c.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid), timeout=TIMEOUT)
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
         for _ in range(REPEAT):
             n.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=str(target)), timeout=TIMEOUT)
@@ -102,7 +102,7 @@ class Flow:
         self.undo: list[tuple[str, str, str]] = []
 
     def volume(self, **kw: object) -> csi.Volume:
-        req = csi.CreateVolumeRequest(name=f"v-{uuid.uuid4().hex}", capacity_range=csi.CapacityRange(required_bytes=64 * MiB), volume_capabilities=[mount_cap()], **kw)  # type: ignore[arg-type]
+        req = csi.CreateVolumeRequest(name=f"v-{uuid.uuid4().hex}", capacity_range=csi.CapacityRange(required_bytes=64 * MiB), volume_capabilities=[mount_cap()], **kw)
         vol = self.c.CreateVolume(req, timeout=TIMEOUT).volume
         self.undo.append(("delete", vol.volume_id, ""))
         return vol
@@ -195,14 +195,14 @@ def test_single_node_volume_is_never_attached_to_a_second_node(two_nodes: Stack,
         second = csi.ControllerPublishVolumeRequest(volume_id=vol.volume_id, node_id="node-2", volume_capability=mount_cap())
         with pytest.raises(grpc.RpcError) as info:
             one.controller.ControllerPublishVolume(second, timeout=TIMEOUT)
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
-        assert "node-1" in info.value.details()  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "node-1" in info.value.details()
         # Node 2 refuses to stage what is not attached to it.
         staging = tmp_path / "staging"
         staging.mkdir()
         with pytest.raises(grpc.RpcError) as info:
             two.node.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(staging), volume_capability=mount_cap()), timeout=TIMEOUT)
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         # Moved: unpublished from node 1, then node 2 may have it.
         one.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=vol.volume_id, node_id="node-1"), timeout=TIMEOUT)
         one.controller.ControllerPublishVolume(second, timeout=TIMEOUT)
@@ -231,7 +231,7 @@ def test_local_volume_of_node_two_is_refused_to_node_one(two_nodes: Stack) -> No
             one.controller.ControllerPublishVolume(
                 csi.ControllerPublishVolumeRequest(volume_id=vol.volume_id, node_id="node-1", volume_capability=mount_cap()), timeout=TIMEOUT
             )
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         one.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id), timeout=TIMEOUT)
     finally:
         one.close()
@@ -270,7 +270,7 @@ def test_unsupported_fs_type_in_the_volume_context_is_refused_and_leaves_the_nod
     )
     with pytest.raises(grpc.RpcError) as info:
         flow.n.NodeStageVolume(bad, timeout=TIMEOUT)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert loops_backing(stack.pool_dir("shared")) == [] and mounts_at(staging) == 0
     # The same volume stages fine with a supported type, and unstages.
     flow.n.NodeStageVolume(csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(staging), volume_capability=mount_cap(), publish_context=ctx), timeout=TIMEOUT)
@@ -284,7 +284,7 @@ def test_staging_on_a_pool_directory_or_above_it_is_refused(flow: Flow, stack: S
         req = csi.NodeStageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(path), volume_capability=mount_cap())
         with pytest.raises(grpc.RpcError) as info:
             flow.n.NodeStageVolume(req, timeout=TIMEOUT)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path  # type: ignore[attr-defined]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
     assert mounts_at(stack.pool_dir("shared")) == 0
 
 

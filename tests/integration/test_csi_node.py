@@ -412,8 +412,8 @@ def test_stage_of_a_volume_not_published_to_this_node_is_a_failed_precondition(n
     with pytest.raises(grpc.RpcError) as info:
         node.stage(vol.volume_id, staging)
 
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
-    assert "ControllerPublishVolume" in info.value.details()  # type: ignore[attr-defined]
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "ControllerPublishVolume" in info.value.details()
     assert mounts_under(tmp_path) == [] and node.loops() == []
 
 
@@ -521,7 +521,7 @@ def test_concurrent_stage_and_publish_of_one_volume_are_ok_or_aborted_and_make_o
         try:
             call()
         except grpc.RpcError as exc:
-            return exc.code()  # type: ignore[attr-defined,no-any-return]
+            return exc.code()
         return grpc.StatusCode.OK
 
     with ThreadPoolExecutor(8) as pool:

@@ -32,7 +32,7 @@ def unique(prefix: str = "t") -> str:
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
-    return info.value.code()  # type: ignore[attr-defined,no-any-return]
+    return info.value.code()
 
 
 class World:
@@ -48,7 +48,7 @@ class World:
             name=name or unique("vol"),
             capacity_range=csi.CapacityRange(required_bytes=required),
             volume_capabilities=[mount_cap()],
-            **kw,  # type: ignore[arg-type]
+            **kw,
         )
         vol = self.c.CreateVolume(req, timeout=TIMEOUT).volume
         self.made.append(("volume", vol.volume_id))

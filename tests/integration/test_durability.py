@@ -21,11 +21,11 @@ from services.nodeagent.domain.events import VolumeStaging
 from services.provisioner.domain.events import VolumeCreating
 from tests.conftest import Csi, loops_backing, mount_cap, mounts_under, needs_root
 from volplane import subjects
-from volplane.commands import Capability
 from volplane.csi import csi_pb2 as csi
 from volplane.eventstore import EventStore
 from volplane.ids import volume_id_for
 from volplane.projection import canonical_dump
+from volplane.volumes import StoredCapability
 
 CAP = mount_cap()
 
@@ -52,7 +52,7 @@ def _append(stack: Stack, subject: str, event: object) -> None:
     async def go() -> None:
         nc = await nats.connect(stack.env["NATS_URL"])
         try:
-            await EventStore(nc.jetstream()).append(subject, event, expected=0)  # type: ignore[arg-type]
+            await EventStore(nc.jetstream()).append(subject, event, expected=0)
         finally:
             await nc.close()
 
@@ -109,7 +109,7 @@ def test_create_intent_left_by_a_crash_is_finished_when_the_provisioner_starts(t
         vid = volume_id_for("half-made")
         image = s.pool_dir("shared") / f"{vid}.img"
         # What a provisioner killed right after recording its intent leaves behind.
-        _append(s, subjects.volume(vid), VolumeCreating(volume_id=vid, name="half-made", pool="shared", capacity_bytes=64 * 2**20, capabilities=(Capability(),)))
+        _append(s, subjects.volume(vid), VolumeCreating(volume_id=vid, name="half-made", pool="shared", capacity_bytes=64 * 2**20, capabilities=(StoredCapability(),)))
         assert not image.exists()
         s.start_service("provisioner")
         s.wait_healthy(["provisioner"])
@@ -262,8 +262,8 @@ def test_a_feed_ends_when_nats_server_restarts_so_its_reader_follows_again(tmp_p
             reader = asyncio.create_task(read())
             await asyncio.sleep(0.5)
             assert not reader.done()  # an empty log: the feed waits for events
-            s.nats.stop(kill=True)  # type: ignore[union-attr]
-            s.nats.start()  # type: ignore[union-attr]
+            s.nats.stop(kill=True)
+            s.nats.start()
             await asyncio.wait_for(reader, 20)  # ended, rather than waiting on a dead consumer
         finally:
             await nc.close()

@@ -41,7 +41,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def trace(self, trace_id: bytes) -> list[tuple[str, object]]:
         with self.lock:
-            return [(svc, s) for svc, s in self.spans if s.trace_id == trace_id]  # type: ignore[attr-defined]
+            return [(svc, s) for svc, s in self.spans if s.trace_id == trace_id]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def _wait_for(receiver: Receiver, trace_id: bytes, services: set[str], names: se
     while True:
         spans = receiver.trace(trace_id)
         seen_services = {svc for svc, _ in spans}
-        seen_names = {s.name for _, s in spans}  # type: ignore[attr-defined]
+        seen_names = {s.name for _, s in spans}
         if services <= seen_services and names <= seen_names:
             return spans
         if time.monotonic() > deadline:
@@ -91,8 +91,8 @@ def _wait_for(receiver: Receiver, trace_id: bytes, services: set[str], names: se
 
 def _connected(spans: list[tuple[str, object]], root: bytes) -> None:
     """Every span hangs off the caller's span or another span of the same trace."""
-    ids = {s.span_id for _, s in spans} | {root}  # type: ignore[attr-defined]
-    orphans = [s.name for _, s in spans if s.parent_span_id not in ids]  # type: ignore[attr-defined]
+    ids = {s.span_id for _, s in spans} | {root}
+    orphans = [s.name for _, s in spans if s.parent_span_id not in ids]
     assert orphans == [], f"spans without a parent in the trace: {orphans}"
 
 
@@ -108,11 +108,11 @@ def test_create_volume_is_one_trace_through_apigw_nats_provisioner_and_the_log(t
         {"csi.v1.Controller/CreateVolume", "vp.cmd.provisioner.create_volume send", "vp.cmd.provisioner.create_volume process", "vp.ev.volume publish"},
     )
     _connected(spans, root)
-    server = next(s for _, s in spans if s.name == "csi.v1.Controller/CreateVolume")  # type: ignore[attr-defined]
-    attrs = {a.key: (a.value.string_value or a.value.int_value) for a in server.attributes}  # type: ignore[attr-defined]
+    server = next(s for _, s in spans if s.name == "csi.v1.Controller/CreateVolume")
+    attrs = {a.key: (a.value.string_value or a.value.int_value) for a in server.attributes}
     assert attrs["rpc.system"] == "grpc" and attrs["rpc.service"] == "csi.v1.Controller" and attrs["rpc.method"] == "CreateVolume"
     assert attrs["rpc.grpc.status_code"] == 0
-    publishes = [s for _, s in spans if s.name == "vp.ev.volume publish"]  # type: ignore[attr-defined]
+    publishes = [s for _, s in spans if s.name == "vp.ev.volume publish"]
     assert len(publishes) == 2  # intent and result
 
 

@@ -54,7 +54,7 @@ def given(*events: VolumeAttached | VolumeDetached) -> AttachmentState | None:
 
 
 def attached(node_id: str, cap: Capability = SNW, readonly: bool = False) -> VolumeAttached:
-    return VolumeAttached(volume_id=VID, node_id=node_id, capability=cap, readonly=readonly, context=publish_context(node_id, POOL))
+    return VolumeAttached(volume_id=VID, node_id=node_id, capability=cap.stored(), readonly=readonly, context=publish_context(node_id, POOL))
 
 
 def detached(node_id: str) -> VolumeDetached:
@@ -83,7 +83,7 @@ def when_publish(
 def test_first_publish_attaches_the_volume_with_its_node_and_pool_as_context() -> None:
     event = when_publish(None, "node-a")
     assert isinstance(event, VolumeAttached)
-    assert (event.volume_id, event.node_id, event.capability, event.readonly) == (VID, "node-a", SNW, False)
+    assert (event.volume_id, event.node_id, event.capability, event.readonly) == (VID, "node-a", SNW.stored(), False)
     assert event.context == {"volplane.io/node": "node-a", "volplane.io/pool": POOL}
 
 

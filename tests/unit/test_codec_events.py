@@ -1,4 +1,5 @@
-"""Every event of both aggregates survives volplane.codec: encode → bytes → decode.
+"""Every event of both aggregates survives volplane.codec: encode → bytes → decode; an
+event stored in an older schema version is upcast on the way in.
 
 The examples are listed by hand, and a guard test checks that the list covers every
 member of each discriminated union, so a new event type cannot slip in untested.
@@ -7,14 +8,17 @@ member of each discriminated union, so a new event type cannot slip in untested.
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
+from typing import Annotated, ClassVar, Literal
 
 import pytest
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from services.nodeagent.domain import events as node_events
 from services.provisioner.domain import events as volume_events
 from volplane import codec
-from volplane.commands import Capability, ContentSource
+from volplane.events import VERSION_KEY, Event, Upcaster, renamed
+from volplane.volumes import StoredCapability, StoredContentSource
 
 VID = "0123456789abcdef0123456789abcdef"
 TARGET = "/var/lib/kubelet/pods/p1/volumes/v1"
@@ -26,8 +30,8 @@ VOLUME_EXAMPLES: list[BaseModel] = [
         pool="default",
         capacity_bytes=5 * 2**40,  # beyond 32 bits
         capabilities=(
-            Capability(access_type="mount", fs_type="ext4", mount_flags=("noatime", "nodev"), access_mode=7),
-            Capability(access_type="block", access_mode=1),
+            StoredCapability(access_type="mount", fs_type="ext4", mount_flags=("noatime", "nodev"), access_mode=7),
+            StoredCapability(access_type="block", access_mode=1),
         ),
         parameters={"fsType": "ext4", "tier": "fast"},
     ),
@@ -39,8 +43,8 @@ VOLUME_EXAMPLES: list[BaseModel] = [
     volume_events.VolumeDeleting(volume_id=VID),
     volume_events.VolumeDeleted(volume_id=VID),
     volume_events.VolumeCreating(
-        volume_id=VID, name="clone", pool="shared", capacity_bytes=2**30, capabilities=(Capability(),),
-        content_source=ContentSource(kind="snapshot", id=VID),
+        volume_id=VID, name="clone", pool="shared", capacity_bytes=2**30, capabilities=(StoredCapability(),),
+        content_source=StoredContentSource(kind="snapshot", id=VID),
     ),
 ]
 
@@ -101,7 +105,7 @@ def test_event_round_trips_to_an_equal_event_of_the_same_type(adapter: TypeAdapt
     assert isinstance(data, bytes)
     assert type(decoded) is type(event)
     assert decoded == event
-    assert decoded.at == event.at  # type: ignore[attr-defined]
+    assert decoded.at == event.at  # type: ignore[attr-defined]  # every example is an Event, listed as BaseModel
     # Re-encoding is stable: the bytes a projection stores do not drift on replay.
     assert codec.encode(decoded) == data
 
@@ -109,9 +113,9 @@ def test_event_round_trips_to_an_equal_event_of_the_same_type(adapter: TypeAdapt
 def test_tuples_come_back_as_tuples_so_frozen_states_stay_hashable() -> None:
     event = VOLUME_EXAMPLES[0]
     decoded = codec.decode(volume_events.VOLUME_EVENTS, codec.encode(event))
-    assert isinstance(decoded.capabilities, tuple)  # type: ignore[union-attr]
-    assert isinstance(decoded.capabilities[0].mount_flags, tuple)  # type: ignore[union-attr]
-    hash(decoded.capabilities)  # type: ignore[union-attr]
+    assert isinstance(decoded.capabilities, tuple)  # type: ignore[union-attr]  # the union's VolumeCreating member
+    assert isinstance(decoded.capabilities[0].mount_flags, tuple)  # type: ignore[union-attr]  # as above
+    hash(decoded.capabilities)  # type: ignore[union-attr]  # as above
 
 
 @pytest.mark.parametrize("adapter", [volume_events.VOLUME_EVENTS, node_events.NODE_VOLUME_EVENTS])
@@ -145,3 +149,77 @@ def test_missing_required_field_is_refused() -> None:
     del raw["device"]
     with pytest.raises(ValidationError):
         codec.decode(node_events.NODE_VOLUME_EVENTS, codec.pack(raw))
+
+
+# -- schema versions -------------------------------------------------------------
+#
+# A test aggregate whose one event changed twice: version 1 stored ``size`` in MiB,
+# version 2 renamed it ``mib``, version 3 stores ``capacity_bytes``.
+
+
+class Resized(Event):
+    schema_version: ClassVar[int] = 3
+    upcasters: ClassVar[Mapping[int, Upcaster]] = {
+        1: renamed("size", "mib"),
+        2: lambda fields: {**{k: v for k, v in fields.items() if k != "mib"}, "capacity_bytes": fields["mib"] << 20},
+    }
+
+    type: Literal["Resized"] = "Resized"
+    volume_id: str
+    capacity_bytes: int
+
+
+class Touched(Event):
+    type: Literal["Touched"] = "Touched"
+    volume_id: str
+
+
+TEST_EVENTS: TypeAdapter[Resized | Touched] = TypeAdapter(Annotated[Resized | Touched, Field(discriminator="type")])
+
+
+def test_version_1_events_are_stored_without_a_version_as_before_versions_existed() -> None:
+    for event in VOLUME_EXAMPLES + SNAPSHOT_EXAMPLES + NODE_EXAMPLES + [Touched(volume_id=VID)]:
+        assert type(event).schema_version == 1  # type: ignore[attr-defined]  # every example is an Event, listed as BaseModel
+        assert VERSION_KEY not in codec.unpack(codec.encode(event))
+
+
+def test_an_event_of_a_later_version_is_stored_with_it() -> None:
+    stored = codec.unpack(codec.encode(Resized(volume_id=VID, capacity_bytes=2**30, at=5)))
+    assert stored == {"at": 5, "type": "Resized", "volume_id": VID, "capacity_bytes": 2**30, VERSION_KEY: 3}
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"type": "Resized", "volume_id": VID, "size": 1024, "at": 5},  # version 1: no version stored
+        {"type": "Resized", "volume_id": VID, "mib": 1024, "at": 5, VERSION_KEY: 2},
+        {"type": "Resized", "volume_id": VID, "capacity_bytes": 2**30, "at": 5, VERSION_KEY: 3},
+    ],
+    ids=["v1", "v2", "v3"],
+)
+def test_decode_upcasts_every_older_version_to_the_current_shape(stored: dict[str, typing.Any]) -> None:
+    event = codec.decode(TEST_EVENTS, codec.pack(stored))
+
+    assert event == Resized(volume_id=VID, capacity_bytes=2**30, at=5)
+    # Written back, it is stored in the current version.
+    assert codec.unpack(codec.encode(event))[VERSION_KEY] == 3
+
+
+def test_an_event_built_in_code_has_the_current_shape() -> None:
+    event = Resized(volume_id=VID, capacity_bytes=1)
+    assert Resized.model_validate(event.model_dump()) == event
+
+
+def test_a_version_newer_than_the_code_is_refused() -> None:
+    with pytest.raises(ValidationError, match="schema versions 1 to 3"):
+        codec.decode(TEST_EVENTS, codec.pack({"type": "Resized", "volume_id": VID, "capacity_bytes": 1, "at": 5, VERSION_KEY: 4}))
+
+
+def test_an_old_shape_is_not_taken_for_the_current_one_outside_decode() -> None:
+    with pytest.raises(ValidationError, match=r"volplane\.codec\.decode"):
+        Resized.model_validate({"type": "Resized", "volume_id": VID, "mib": 1, "at": 5, VERSION_KEY: 2})
+
+
+def test_a_version_1_event_stored_with_its_version_decodes_too() -> None:
+    event = codec.decode(TEST_EVENTS, codec.pack({"type": "Touched", "volume_id": VID, "at": 5, VERSION_KEY: 1}))
+    assert event == Touched(volume_id=VID, at=5)

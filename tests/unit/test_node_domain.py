@@ -40,6 +40,7 @@ from services.nodeagent.domain.volume import (
     evolve,
     is_idle,
     locate,
+    stage_fs_type,
 )
 from volplane import codec
 from volplane.commands import Capability, PublishVolume, StageVolume
@@ -89,6 +90,34 @@ def stage(path: str = STAGING, cap: Capability = CAP) -> StageVolume:
 
 def publish(target: str = TARGET, readonly: bool = False, cap: Capability = CAP, staging_path: str = STAGING) -> PublishVolume:
     return PublishVolume(volume_id=VID, staging_path=staging_path, target_path=target, capability=cap, readonly=readonly)
+
+
+# -- stage_fs_type: which filesystem NodeStage makes -------------------------------
+
+
+def test_the_capability_fs_type_wins_over_the_volume_context() -> None:
+    cmd = StageVolume(volume_id=VID, staging_path=STAGING, capability=Capability(fs_type="xfs"), volume_context={"fsType": "ext4"})
+    assert stage_fs_type(cmd) == "xfs"
+
+
+def test_the_volume_context_decides_when_the_capability_names_no_fs_type() -> None:
+    cmd = StageVolume(volume_id=VID, staging_path=STAGING, capability=Capability(), volume_context={"fsType": "xfs"})
+    assert stage_fs_type(cmd) == "xfs"
+
+
+def test_ext4_is_the_default_fs_type() -> None:
+    assert stage_fs_type(stage(cap=Capability())) == "ext4"
+
+
+def test_a_block_volume_has_no_fs_type() -> None:
+    cmd = StageVolume(volume_id=VID, staging_path=STAGING, capability=Capability(access_type="block"), volume_context={"fsType": "xfs"})
+    assert stage_fs_type(cmd) == ""
+
+
+def test_an_unsupported_fs_type_in_the_volume_context_is_refused() -> None:
+    cmd = StageVolume(volume_id=VID, staging_path=STAGING, capability=Capability(), volume_context={"fsType": "btrfs"})
+    with pytest.raises(InvalidArgument, match=r"volume_context\.fsType"):
+        stage_fs_type(cmd)
 
 
 # -- check_path ---------------------------------------------------------------
@@ -464,41 +493,48 @@ def test_a_staging_path_given_beside_the_volume_path_must_be_where_it_is_staged(
 # -- decide_expand ------------------------------------------------------------
 
 
+def existing(*events: NodeVolumeEvent) -> NodeVolumeState:
+    """The state after ``events``, which leave something on the node (decide_expand needs it)."""
+    state = given(*events)
+    assert state is not None
+    return state
+
+
 def test_expand_of_a_staged_volume_records_the_intent_to_reach_the_image_size() -> None:
-    intent = decide_expand(given(*STAGED, *published()), 2 * GiB, 2 * GiB, 0, grows_online=True)
+    intent = decide_expand(existing(*STAGED, *published()), 2 * GiB, 2 * GiB, 0, grows_online=True)
     assert isinstance(intent, VolumeExpandingOnNode) and intent.capacity_bytes == 2 * GiB
 
 
 def test_expand_does_nothing_when_already_grown_to_the_image_size() -> None:
-    assert decide_expand(given(*STAGED, *expanded(2 * GiB)), 2 * GiB, GiB, 0, grows_online=True) is None
+    assert decide_expand(existing(*STAGED, *expanded(2 * GiB)), 2 * GiB, GiB, 0, grows_online=True) is None
 
 
 def test_expand_after_the_image_grew_again_records_a_new_intent() -> None:
-    intent = decide_expand(given(*STAGED, *expanded(2 * GiB)), 3 * GiB, 0, 0, grows_online=True)
+    intent = decide_expand(existing(*STAGED, *expanded(2 * GiB)), 3 * GiB, 0, 0, grows_online=True)
     assert isinstance(intent, VolumeExpandingOnNode) and intent.capacity_bytes == 3 * GiB
 
 
 def test_expand_to_more_than_the_image_holds_is_out_of_range() -> None:
     with pytest.raises(OutOfRange, match="ControllerExpandVolume"):
-        decide_expand(given(*STAGED), GiB, 2 * GiB, 0, grows_online=True)
+        decide_expand(existing(*STAGED), GiB, 2 * GiB, 0, grows_online=True)
 
 
 def test_expand_beyond_the_limit_is_out_of_range() -> None:
     with pytest.raises(OutOfRange):
-        decide_expand(given(*STAGED), 2 * GiB, 0, GiB, grows_online=True)
+        decide_expand(existing(*STAGED), 2 * GiB, 0, GiB, grows_online=True)
 
 
 def test_expand_that_cannot_grow_online_is_refused_while_published() -> None:
     with pytest.raises(FailedPrecondition, match=TARGET):
-        decide_expand(given(*STAGED, *published()), 2 * GiB, 0, 0, grows_online=False)
+        decide_expand(existing(*STAGED, *published()), 2 * GiB, 0, 0, grows_online=False)
 
 
 def test_expand_that_cannot_grow_online_is_allowed_while_only_staged() -> None:
-    assert isinstance(decide_expand(given(*STAGED), 2 * GiB, 0, 0, grows_online=False), VolumeExpandingOnNode)
+    assert isinstance(decide_expand(existing(*STAGED), 2 * GiB, 0, 0, grows_online=False), VolumeExpandingOnNode)
 
 
 def test_expand_that_cannot_grow_online_does_nothing_when_already_grown_even_if_published() -> None:
-    assert decide_expand(given(*STAGED, *expanded(2 * GiB), *published()), 2 * GiB, 0, 0, grows_online=False) is None
+    assert decide_expand(existing(*STAGED, *expanded(2 * GiB), *published()), 2 * GiB, 0, 0, grows_online=False) is None
 
 
 # -- evolve / is_idle ---------------------------------------------------------
@@ -588,8 +624,8 @@ def test_a_failed_publish_drops_only_its_target() -> None:
 def test_readonly_is_remembered_per_target() -> None:
     state = given(*STAGED, *published(TARGET, readonly=False), *published(OTHER_TARGET, readonly=True))
     assert state is not None
-    assert state.publication(TARGET).readonly is False  # type: ignore[union-attr]
-    assert state.publication(OTHER_TARGET).readonly is True  # type: ignore[union-attr]
+    assert state.publication(TARGET).readonly is False  # type: ignore[union-attr]  # None would fail the test anyway
+    assert state.publication(OTHER_TARGET).readonly is True  # type: ignore[union-attr]  # as above
     assert state.publication("/elsewhere") is None
 
 

@@ -17,6 +17,7 @@ from services.provisioner.domain.events import (
     VolumeCreating,
     VolumeDeleted,
     VolumeDeleting,
+    VolumeEvent,
 )
 from services.provisioner.domain.volume import (
     DEFAULT_SIZE,
@@ -26,11 +27,14 @@ from services.provisioner.domain.volume import (
     decide_create,
     decide_delete,
     evolve,
+    fs_type_of,
+    minimum_size,
     resolve_size,
     volume_id_for,
 )
 from volplane.commands import Capability, CreateVolume
 from volplane.errors import AlreadyExists, InvalidArgument, OperationPending, OutOfRange
+from volplane.volumes import check_access_mode
 
 NAME = "pvc-0f4c"
 VID = volume_id_for(NAME)
@@ -45,7 +49,7 @@ def given(*events: VolumeCreating | VolumeCreated | VolumeCreateFailed | VolumeD
 
 
 def creating(size: int = DEFAULT_SIZE, caps: tuple[Capability, ...] = (MOUNT,), params: dict[str, str] | None = None) -> VolumeCreating:
-    return VolumeCreating(volume_id=VID, name=NAME, pool=POOL, capacity_bytes=size, capabilities=caps, parameters=params or {})
+    return VolumeCreating(volume_id=VID, name=NAME, pool=POOL, capacity_bytes=size, capabilities=tuple(c.stored() for c in caps), parameters=params or {})
 
 
 def create(required: int = 0, limit: int = 0, caps: tuple[Capability, ...] = (MOUNT,), params: dict[str, str] | None = None) -> CreateVolume:
@@ -124,7 +128,7 @@ def test_create_of_a_new_name_records_the_intent_under_the_id_of_the_name() -> N
     assert intent.name == NAME
     assert intent.pool == POOL
     assert intent.capacity_bytes == 64 * MiB
-    assert intent.capabilities == (MOUNT,)
+    assert intent.capabilities == (MOUNT.stored(),)
     assert intent.parameters == {"fsType": "ext4"}
 
 
@@ -205,6 +209,39 @@ def test_create_after_a_failed_create_records_a_new_intent() -> None:
     assert intent.volume_id == VID
 
 
+# -- volume rules: fsType precedence, minimum sizes, access modes -------------------
+
+
+def test_the_capability_fs_type_wins_over_the_fs_type_parameter() -> None:
+    assert fs_type_of(create(caps=(Capability(fs_type="ext4"),), params={"fsType": "xfs"})) == "ext4"
+
+
+def test_the_fs_type_parameter_decides_when_no_capability_names_one() -> None:
+    assert fs_type_of(create(caps=(Capability(),), params={"fsType": "xfs"})) == "xfs"
+
+
+def test_ext4_is_the_default_fs_type() -> None:
+    assert fs_type_of(create(caps=(Capability(),))) == fs_type_of(create(caps=(Capability(),), params={"fsType": ""})) == "ext4"
+
+
+def test_an_unsupported_fs_type_parameter_is_refused_even_under_a_capability_fs_type() -> None:
+    with pytest.raises(InvalidArgument, match=r"parameters\.fsType"):
+        fs_type_of(create(caps=(Capability(fs_type="ext4"),), params={"fsType": "ntfs"}))
+
+
+def test_the_minimum_size_follows_the_fs_type_the_volume_gets() -> None:
+    assert minimum_size(create(caps=(Capability(fs_type="xfs"),))) == 300 * MiB
+    assert minimum_size(create(caps=(Capability(),), params={"fsType": "xfs"})) == 300 * MiB
+    assert minimum_size(create(caps=(Capability(fs_type="ext4"),), params={"fsType": "xfs"})) == MIN_SIZE
+    assert minimum_size(create(caps=(BLOCK,), params={"fsType": "xfs"})) == MIN_SIZE
+
+
+@pytest.mark.parametrize("mode", [3, 4, 5, 0, 8])
+def test_a_multi_node_or_unknown_access_mode_is_refused(mode: int) -> None:
+    with pytest.raises(InvalidArgument):
+        check_access_mode("volume_capabilities", mode)
+
+
 # -- decide_delete ------------------------------------------------------------
 
 
@@ -238,7 +275,7 @@ def test_delete_while_creating_is_pending() -> None:
 
 def test_a_whole_life_walks_the_phases_and_tracks_the_stream_sequence() -> None:
     first = creating(size=64 * MiB, params={"fsType": "ext4"})
-    events = [
+    events: list[tuple[VolumeEvent, str]] = [
         (first, "creating"),
         (VolumeCreated(volume_id=VID), "ready"),
         (VolumeDeleting(volume_id=VID), "deleting"),
@@ -251,7 +288,7 @@ def test_a_whole_life_walks_the_phases_and_tracks_the_stream_sequence() -> None:
         assert (state.phase, state.version) == (phase, seq)
         # Facts recorded by the intent survive every later event.
         assert (state.volume_id, state.name, state.pool, state.capacity_bytes) == (VID, NAME, POOL, 64 * MiB)
-        assert state.capabilities == (MOUNT,)
+        assert state.capabilities == (MOUNT.stored(),)
         assert state.parameters == {"fsType": "ext4"}
         assert state.created_at == first.at
 
@@ -273,11 +310,11 @@ def test_state_is_frozen() -> None:
     state = ready()
     assert state is not None
     with pytest.raises(ValidationError):
-        state.phase = "deleted"  # type: ignore[misc]
+        state.phase = "deleted"  # type: ignore[misc]  # assigning to a frozen field is what this test tries
 
 
 def test_evolve_refuses_an_event_of_another_aggregate() -> None:
     from services.nodeagent.domain.events import VolumeUnstaged
 
     with pytest.raises(TypeError):
-        evolve(ready(), VolumeUnstaged(volume_id=VID), 3)  # type: ignore[arg-type]
+        evolve(ready(), VolumeUnstaged(volume_id=VID), 3)  # type: ignore[arg-type]  # another aggregate's event, on purpose

@@ -108,9 +108,11 @@ class Loop:
         self._tasks.clear()
 
     async def _resync_forever(self) -> None:
+        keys = self._keys
+        assert keys is not None  # started only when there is a way to list the keys
         while True:
             await asyncio.sleep(self._resync)
-            for key in self._keys():  # type: ignore[misc]
+            for key in keys():
                 self.add(key)
 
     async def _work(self) -> None:
@@ -133,7 +135,7 @@ class Loop:
                 self._done(key)
                 self.add(key)
                 continue
-            except Exception as exc:  # noqa: BLE001 - the loop retries every failure with backoff.
+            except Exception as exc:  # The loop retries every failure with backoff.
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
                 delay = min(_BASE_DELAY * 2 ** (failures - 1), _MAX_DELAY)

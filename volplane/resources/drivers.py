@@ -10,25 +10,21 @@ optional ``{node}``). None: nobody here serves that driver.
 
 from __future__ import annotations
 
-from typing import Any
-
 from volplane.resources.informer import Informer
-from volplane.resources.kinds import BY_NAME
 from volplane.resources.names import ANN_CONTROLLER_ENDPOINT, ANN_NODE_ENDPOINT, OWN_DRIVER
+from volplane.resources.objects import CSIDriver
 
-__all__ = ["controller_endpoint", "node_endpoint", "attach_required", "provisioner_driver", "ANN_PROVISIONER_NAMES"]
+__all__ = ["ANN_PROVISIONER_NAMES", "attach_required", "controller_endpoint", "node_endpoint", "provisioner_driver"]
 
 # A CSIDriver may answer to provisioner names besides its own (comma-separated), the way
 # a standalone external provisioner is named by a flag: the seed's StorageClass names
 # ``example.com/nfs``, which cannot be a CSI driver's name ('/' is not allowed in one).
 ANN_PROVISIONER_NAMES = "volplane.io/provisioner-names"
 
-_CSIDRIVER = BY_NAME["CSIDriver"]
-
 
 def _annotations(informer: Informer, driver: str) -> dict[str, str] | None:
-    obj = informer.get(_CSIDRIVER, driver)
-    return None if obj is None else (obj["metadata"].get("annotations") or {})
+    obj = CSIDriver.get(informer.get, driver)
+    return None if obj is None else obj.annotations
 
 
 def controller_endpoint(informer: Informer, driver: str, own: str) -> str | None:
@@ -47,8 +43,8 @@ def node_endpoint(informer: Informer, driver: str, node: str, own: str) -> str |
 
 def attach_required(informer: Informer, driver: str) -> bool:
     """A driver without a CSIDriver object needs attaching, as in Kubernetes."""
-    obj: dict[str, Any] | None = informer.get(_CSIDRIVER, driver)
-    return obj is None or (obj.get("spec") or {}).get("attachRequired", True) is not False
+    obj = CSIDriver.get(informer.get, driver)
+    return obj is None or obj.attach_required
 
 
 def provisioner_driver(informer: Informer, provisioner: str, own: str) -> tuple[str, str] | None:
@@ -56,10 +52,10 @@ def provisioner_driver(informer: Informer, provisioner: str, own: str) -> tuple[
     endpoint = controller_endpoint(informer, provisioner, own)
     if endpoint is not None:
         return provisioner, endpoint
-    for obj in informer.list(_CSIDRIVER):
-        names = (obj["metadata"].get("annotations") or {}).get(ANN_PROVISIONER_NAMES, "")
+    for obj in map(CSIDriver, informer.list(CSIDriver.KIND)):
+        names = obj.annotations.get(ANN_PROVISIONER_NAMES, "")
         if provisioner in {n.strip() for n in names.split(",")}:
-            driver = obj["metadata"]["name"]
+            driver = obj.name
             endpoint = controller_endpoint(informer, driver, own)
             if endpoint is not None:
                 return driver, endpoint

@@ -5,6 +5,9 @@ merge patch that made it), so an object's current state is its newest event: loa
 one for a write is a single read however long its history, and ``volctl history``
 shows both what changed and what resulted. resourceVersion is the event's stream
 sequence and is filled in by readers, never stored.
+
+Like every event they have a schema version and come back from the log through
+``volplane.codec.decode``, which upcasts an older stored shape (``volplane.events``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pydantic import Field, TypeAdapter
 
 from volplane.events import Event
 
-__all__ = ["ObjectCreated", "ObjectChanged", "ObjectDeleted", "EventRecorded", "ObjectEvent", "OBJECT_EVENTS", "RECORDED"]
+__all__ = ["OBJECT_EVENTS", "RECORDED", "EventRecorded", "ObjectChanged", "ObjectCreated", "ObjectDeleted", "ObjectEvent"]
 
 
 class ObjectCreated(Event):

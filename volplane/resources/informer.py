@@ -24,7 +24,6 @@ import nats.errors
 
 from volplane.errors import Unavailable
 from volplane.eventstore import EventStore
-
 from volplane.resources.kinds import RESOURCE_EVENTS, Kind, Ref, ref_of, ref_of_subject
 from volplane.resources.store import object_of, version_of
 
@@ -69,10 +68,10 @@ class Informer:
 
     def observe(self, obj: dict[str, Any] | None, ref: Ref | None = None, deleted_at: int = 0) -> None:
         """Take a version this process just wrote (or deleted) ahead of the log."""
-        if obj is None and ref is None:
-            return
-        r = ref or ref_of(obj)  # type: ignore[arg-type]
-        self._put(r, obj, version_of(obj) if obj is not None else deleted_at)
+        if obj is not None:
+            self._put(ref or ref_of(obj), obj, version_of(obj))
+        elif ref is not None:
+            self._put(ref, None, deleted_at)
 
     async def _run(self, target: int) -> None:
         while True:
@@ -82,15 +81,15 @@ class Informer:
                     kind, obj = object_of(record)
                     self._put(ref, None if kind == "ObjectDeleted" else obj, record.seq)
                     self.position = record.seq
-                    if record.pending == 0 and not self._synced.is_set():
-                        if record.seq >= target or await self._store.next_seq(RESOURCE_EVENTS, record.seq) is None:
-                            self._synced.set()
+                    caught_up = record.pending == 0 and not self._synced.is_set()
+                    if caught_up and (record.seq >= target or await self._store.next_seq(RESOURCE_EVENTS, record.seq) is None):
+                        self._synced.set()
             except asyncio.CancelledError:
                 raise
             except (Unavailable, nats.errors.Error) as exc:
                 log.warning("informer lost the log at %d (%s); following it again", self.position, exc)
                 await asyncio.sleep(0.5)
-            except Exception:  # noqa: BLE001 - the cache must outlive one failure; it resumes.
+            except Exception:  # The cache must outlive one failure; it resumes.
                 log.exception("informer failed at %d; following the log again", self.position)
                 await asyncio.sleep(0.5)
 
@@ -111,5 +110,5 @@ class Informer:
         for handler in self._handlers:
             try:
                 handler(ref.kind, old, obj)
-            except Exception:  # noqa: BLE001 - one handler's bug must not stop the cache.
+            except Exception:  # One handler's bug must not stop the cache.
                 log.exception("informer handler failed for %s", ref)

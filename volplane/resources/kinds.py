@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from volplane.errors import InvalidArgument
 
-__all__ = ["Kind", "Ref", "KINDS", "resolve", "ref", "ref_of", "ref_of_subject", "key_of", "RESOURCE_EVENTS", "RECORDED_EVENTS"]
+__all__ = ["KINDS", "RECORDED_EVENTS", "RESOURCE_EVENTS", "Kind", "Ref", "key_of", "namespaced_key", "ref", "ref_of", "ref_of_subject", "resolve"]
 
 # Objects live on ``vp.ev.res.<kind>.<namespace>.<name>``; the events recorded about
 # them (Kubernetes' Event objects) on ``vp.ev.rec.…``, so that recording one never
@@ -110,15 +111,22 @@ def ref(kind: Kind, namespace: str | None, name: str) -> Ref:
     return Ref(kind, ns, name)
 
 
-def ref_of(obj: dict) -> Ref:
+def ref_of(obj: dict[str, Any]) -> Ref:
     """The reference of a (validated) object."""
     meta = obj.get("metadata") or {}
     return ref(BY_NAME[obj["kind"]], meta.get("namespace"), meta.get("name", ""))
 
 
-def key_of(obj: dict) -> str:
+def key_of(obj: dict[str, Any]) -> str:
     """``namespace/name`` (or ``name``) of an object: the key controllers queue."""
     return ref_of(obj).key
+
+
+def namespaced_key(namespace: str | None, name: str) -> str:
+    """``namespace/name`` of a namespaced object known by name only — a PV's claimRef, a
+    pod's claim — with Kubernetes' ``default`` for an unset namespace: the same key
+    ``key_of`` gives the object itself."""
+    return f"{namespace or 'default'}/{name}"
 
 
 def ref_of_subject(subject: str) -> Ref:

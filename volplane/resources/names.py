@@ -10,11 +10,27 @@ import json
 from typing import Any
 
 __all__ = [
-    "ANN_BIND_COMPLETED", "ANN_BOUND_BY_CONTROLLER", "ANN_PROVISIONED_BY", "ANN_SELECTED_NODE",
-    "ANN_STORAGE_PROVISIONER", "ANN_BETA_STORAGE_PROVISIONER", "ANN_BETA_STORAGE_CLASS", "ANN_CSI_NODE_IDS",
-    "ANN_CONTROLLER_ENDPOINT", "ANN_NODE_ENDPOINT", "LABEL_KEEP_TERMINATED", "LABEL_HOSTNAME",
-    "OWN_DRIVER", "annotations", "claim_class", "plugin_of", "unique_volume_name", "va_name", "attacher_finalizer",
-    "csi_node_id", "pod_terminated", "pod_claims",
+    "ANN_BETA_STORAGE_CLASS",
+    "ANN_BETA_STORAGE_PROVISIONER",
+    "ANN_BIND_COMPLETED",
+    "ANN_BOUND_BY_CONTROLLER",
+    "ANN_CONTROLLER_ENDPOINT",
+    "ANN_CSI_NODE_IDS",
+    "ANN_NODE_ENDPOINT",
+    "ANN_PROVISIONED_BY",
+    "ANN_SELECTED_NODE",
+    "ANN_STORAGE_PROVISIONER",
+    "LABEL_HOSTNAME",
+    "LABEL_KEEP_TERMINATED",
+    "OWN_DRIVER",
+    "attacher_finalizer",
+    "claim_class",
+    "csi_node_id",
+    "plugin_of",
+    "pod_claims",
+    "pod_terminated",
+    "unique_volume_name",
+    "va_name",
 ]
 
 # PV controller (pkg/controller/volume/persistentvolume in Kubernetes).
@@ -36,18 +52,13 @@ LABEL_HOSTNAME = "kubernetes.io/hostname"
 OWN_DRIVER = "csi.volplane.io"
 
 
-def annotations(obj: dict[str, Any]) -> dict[str, str]:
-    """The object's annotations ({} when it has none)."""
-    return (obj.get("metadata") or {}).get("annotations") or {}
-
-
 def claim_class(pvc: dict[str, Any]) -> str:
     """The claim's StorageClass name: the beta annotation wins over spec.storageClassName,
     as in Kubernetes; "" means no class."""
     ann = (pvc.get("metadata") or {}).get("annotations") or {}
     if ANN_BETA_STORAGE_CLASS in ann:
-        return ann[ANN_BETA_STORAGE_CLASS]
-    return (pvc.get("spec") or {}).get("storageClassName") or ""
+        return str(ann[ANN_BETA_STORAGE_CLASS])
+    return str((pvc.get("spec") or {}).get("storageClassName") or "")
 
 
 def plugin_of(spec: dict[str, Any]) -> str:

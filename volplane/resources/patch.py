@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["merge", "diff"]
+__all__ = ["diff", "merge"]
 
 
 def merge(target: Any, patch: Any) -> Any:

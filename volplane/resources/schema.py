@@ -18,12 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from volplane.config import parse_quantity
 from volplane.errors import InvalidArgument
-
 from volplane.resources.kinds import BY_NAME, KINDS
 
 M = TypeVar("M", bound=BaseModel)
 
-__all__ = ["validate", "quantity", "format_quantity", "ACCESS_MODES", "short_modes"]
+__all__ = ["ACCESS_MODES", "format_quantity", "quantity", "short_modes", "validate"]
 
 ACCESS_MODES = {"ReadWriteOnce": "RWO", "ReadOnlyMany": "ROX", "ReadWriteMany": "RWX", "ReadWriteOncePod": "RWOP"}
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -339,7 +338,8 @@ def validate(obj: Any) -> dict[str, Any]:
     if kind_name == "StorageClass":
         return out
     spec_out = out.setdefault("spec", {})
-    if kind_name == "PersistentVolume":
+    # The spec's model says which kind it is (one model per kind), and types its fields.
+    if isinstance(spec, PVSpec):
         sources = [s for s in _SOURCES if getattr(spec, s) is not None]
         if len(sources) != 1:
             raise InvalidArgument(f"{label}: spec: exactly one volume source is required (one of {', '.join(_SOURCES)}), got {sources or 'none'}")
@@ -349,7 +349,7 @@ def validate(obj: Any) -> dict[str, Any]:
         spec_out.setdefault("volumeMode", "Filesystem")
     elif kind_name == "PersistentVolumeClaim":
         spec_out.setdefault("volumeMode", "Filesystem")
-    elif kind_name == "Pod":
+    elif isinstance(spec, PodSpec):
         names = [v.name for v in spec.volumes]
         if len(set(names)) != len(names):
             raise InvalidArgument(f"{label}: spec.volumes: duplicate volume name")

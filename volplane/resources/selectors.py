@@ -13,7 +13,7 @@ from typing import Any
 
 from volplane.errors import InvalidArgument
 
-__all__ = ["Requirement", "LabelSelector", "parse_selector", "node_affinity_allows", "node_selector_term_matches"]
+__all__ = ["LabelSelector", "Requirement", "node_affinity_allows", "node_selector_term_matches", "parse_selector"]
 
 _OPS = {"In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"}
 

@@ -25,7 +25,6 @@ from volplane import codec
 from volplane.errors import AlreadyExists, ConcurrencyConflict, FailedPrecondition, InvalidArgument, NotFound
 from volplane.events import now_ns
 from volplane.eventstore import EventStore, Record
-
 from volplane.resources import patch as patches
 from volplane.resources.events import OBJECT_EVENTS, RECORDED, EventRecorded, ObjectChanged, ObjectCreated, ObjectDeleted
 from volplane.resources.kinds import BY_NAME, Ref, ref_of
@@ -54,7 +53,7 @@ def version_of(obj: dict[str, Any]) -> int:
 
 def object_of(record: Record) -> tuple[str, dict[str, Any]]:
     """(event type, object with its resourceVersion) of one stored object event."""
-    event = OBJECT_EVENTS.validate_python(codec.unpack(record.data))
+    event = codec.decode(OBJECT_EVENTS, record.data)
     obj = event.object
     obj["metadata"]["resourceVersion"] = str(record.seq)
     return event.type, obj
@@ -69,9 +68,10 @@ def _strip_none(value: Any) -> Any:
 
 
 def _dig(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = obj
     for part in path:
-        obj = obj.get(part) if isinstance(obj, dict) else None  # type: ignore[assignment]
-    return obj
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 class ObjectStore:
@@ -130,7 +130,8 @@ class ObjectStore:
             try:
                 if current is None:
                     if created is None:
-                        raise invalid  # type: ignore[misc]
+                        assert invalid is not None  # validate() failed: that failure is the answer
+                        raise invalid
                     return await self._append_created(ref, dict(created), version), "created"
                 new = self._applied(current, given)
                 if not patches.diff(_bare(current), _bare(new)):
@@ -208,7 +209,7 @@ class ObjectStore:
         if len(self._recent) > 50_000:
             self._recent = {k: t for k, t in self._recent.items() if now - t < _REPEAT}
         self._recent[said] = now
-        event = EventRecorded(event_type=event_type, reason=reason, message=message, source=self.manager)  # type: ignore[arg-type]
+        event = EventRecorded(event_type=event_type, reason=reason, message=message, source=self.manager)
         await self._store.append(ref.recorded, event, expected=None)
 
     async def history(self, ref: Ref) -> list[tuple[Record, dict[str, Any]]]:
@@ -216,8 +217,9 @@ class ObjectStore:
         records = await self._store.read(ref.subject) + await self._store.read(ref.recorded)
         out = []
         for record in sorted(records, key=lambda r: r.seq):
-            adapter = RECORDED if record.type == "EventRecorded" else OBJECT_EVENTS
-            out.append((record, adapter.validate_python(codec.unpack(record.data)).model_dump()))
+            # Two adapters, two calls: each keeps its own decoded type.
+            event = codec.decode(RECORDED, record.data) if record.type == "EventRecorded" else codec.decode(OBJECT_EVENTS, record.data)
+            out.append((record, event.model_dump()))
         return out
 
     async def _append_created(self, ref: Ref, obj: dict[str, Any], version: int) -> dict[str, Any]:

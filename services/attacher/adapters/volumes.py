@@ -12,7 +12,7 @@ from volplane import subjects
 from volplane.bus import Bus
 from volplane.commands import GetVolume, VolumeInfo
 
-__all__ = ["Volumes", "ProvisionerVolumes"]
+__all__ = ["ProvisionerVolumes", "Volumes"]
 
 
 class Volumes(Protocol):

@@ -29,20 +29,20 @@ are ``node:<name>``.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from volplane.errors import AlreadyExists
 from volplane.resources.controller import Loop, Retry
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import Kind, ref_of
-from volplane.resources.names import unique_volume_name, va_name
+from volplane.resources.names import va_name
+from volplane.resources.objects import Node, Obj, Object, PersistentVolume, PersistentVolumeClaim, Pod, VolumeAttachment
 from volplane.resources.store import ObjectStore
 
 from .desired import attachments_of, desired_nodes, is_attached, is_deleting, multi_attach_allowed
 from .index import CSIDRIVER, NODE, POD, PV, PVC, VA, Index
 from .writes import Writes
 
-__all__ = ["AttachDetachController", "MANAGER"]
+__all__ = ["MANAGER", "AttachDetachController"]
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,6 @@ MANAGER = "attach-detach-controller"
 # How soon a detach held back by a node that still mounts the volume looks again; the
 # Node's own change (volumesInUse cleared) usually gets there first.
 _IN_USE_RECHECK = 5.0
-
-Obj = dict[str, Any]
-
-
-def _name(obj: Obj) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
-
-
-def _spec(obj: Obj | None) -> Obj:
-    return (obj or {}).get("spec") or {}
-
-
-def _status(obj: Obj | None) -> Obj:
-    return (obj or {}).get("status") or {}
-
 
 def multi_attach_message(pv: str) -> str:
     return f'Multi-Attach error for volume "{pv}" Volume is already exclusively attached to one node and can\'t be attached to another'
@@ -90,9 +75,9 @@ class AttachDetachController:
 
     def keys(self) -> list[str]:
         """Every volume that has a PV or an attachment, and every Node."""
-        volumes = {_name(pv) for pv in self._informer.list(PV)}
-        volumes |= {_spec(va).get("source", {}).get("persistentVolumeName", "") for va in self._informer.list(VA)}
-        return [f"pv:{v}" for v in sorted(volumes) if v] + [f"node:{_name(n)}" for n in self._informer.list(NODE)]
+        volumes = {PersistentVolume(pv).name for pv in self._informer.list(PV)}
+        volumes |= {VolumeAttachment(va).pv_name for va in self._informer.list(VA)}
+        return [f"pv:{v}" for v in sorted(volumes) if v] + [f"node:{Node(n).name}" for n in self._informer.list(NODE)]
 
     def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
         """The populator: the keys an object change can affect (both its old and new state)."""
@@ -103,44 +88,43 @@ class AttachDetachController:
                 for pv in self._claimed_volumes(pod):
                     add(f"pv:{pv}")
             if new is None and old is not None:
-                self._writes.forget(str(old["metadata"].get("uid", "")))
+                self._writes.forget(Pod(old).uid)
         elif kind is PVC:
-            for claim in objs:
-                if _spec(claim).get("volumeName"):
-                    add(f"pv:{_spec(claim)['volumeName']}")
+            for claim in map(PersistentVolumeClaim, objs):
+                if claim.volume_name:
+                    add(f"pv:{claim.volume_name}")
         elif kind is PV:
-            add(f"pv:{_name(objs[0])}")
+            add(f"pv:{Object(objs[0]).name}")
         elif kind is VA:
-            for va in objs:
-                add(f"pv:{_spec(va).get('source', {}).get('persistentVolumeName', '')}")
-                if _spec(va).get("nodeName"):
-                    add(f"node:{_spec(va)['nodeName']}")
+            for va in map(VolumeAttachment, objs):
+                add(f"pv:{va.pv_name}")
+                if va.node_name:
+                    add(f"node:{va.node_name}")
         elif kind is NODE:
-            node = _name(objs[0])
+            node = Object(objs[0]).name
             add(f"node:{node}")
             # Its labels decide for terminated pods; its volumesInUse holds back detaches.
             for key in self._index.pods_on(node):
-                pod = self._informer.get(POD, key)
-                for pv in self._claimed_volumes(pod) if pod else ():
-                    add(f"pv:{pv}")
+                user = self._informer.get(POD, key)
+                for name in self._claimed_volumes(user) if user else ():
+                    add(f"pv:{name}")
             for va_key in self._index.vas_on(node):
-                va = self._informer.get(VA, va_key)
-                if va is not None:
-                    add(f"pv:{_spec(va)['source']['persistentVolumeName']}")
+                attachment = VolumeAttachment.get(self._informer.get, va_key)
+                if attachment is not None:
+                    add(f"pv:{attachment.pv_name}")
         elif kind is CSIDRIVER:
-            driver = _name(objs[0])
-            for pv in self._informer.list(PV):
-                if (_spec(pv).get("csi") or {}).get("driver") == driver:
-                    add(f"pv:{_name(pv)}")
+            driver = Object(objs[0]).name
+            for volume in map(PersistentVolume, self._informer.list(PV)):
+                if volume.csi_driver == driver:
+                    add(f"pv:{volume.name}")
 
-    def _claimed_volumes(self, pod: Obj) -> set[str]:
-        namespace = pod["metadata"].get("namespace") or "default"
+    def _claimed_volumes(self, obj: Obj) -> set[str]:
+        pod = Pod(obj)
         out = set()
-        for vol in _spec(pod).get("volumes") or []:
-            claim_name = (vol.get("persistentVolumeClaim") or {}).get("claimName")
-            claim = self._informer.get(PVC, f"{namespace}/{claim_name}") if claim_name else None
-            if claim is not None and _spec(claim).get("volumeName"):
-                out.add(_spec(claim)["volumeName"])
+        for _, claim_name in pod.claims:
+            claim = PersistentVolumeClaim.get(self._informer.get, pod.claim_key(claim_name))
+            if claim is not None and claim.volume_name:
+                out.add(claim.volume_name)
         return out
 
     # -- sync ---------------------------------------------------------------
@@ -156,14 +140,15 @@ class AttachDetachController:
         """The DSW entry of one volume, from the only claim that can hold it (its claimRef)."""
         if pv is None:
             return {}
-        ref = _spec(pv).get("claimRef") or {}
-        if not ref.get("name"):
+        volume = PersistentVolume(pv)
+        ref = volume.claim_ref
+        if ref is None or not ref.name:
             return {}
-        claim_key = f"{ref.get('namespace') or 'default'}/{ref['name']}"
+        claim_key = ref.key
         claim = self._informer.get(PVC, claim_key)
         pods = [p for k in self._index.pods_using(claim_key) if (p := self._informer.get(POD, k)) is not None]
-        nodes = {n: obj for n in {_spec(p).get("nodeName", "") for p in pods} if (obj := self._informer.get(NODE, n)) is not None}
-        driver = (_spec(pv).get("csi") or {}).get("driver", "")
+        nodes = {n: obj for n in {Pod(p).node_name for p in pods} if (obj := self._informer.get(NODE, n)) is not None}
+        driver = volume.csi_driver
         drivers = {driver: d} if (d := self._informer.get(CSIDRIVER, driver)) is not None else {}
         return desired_nodes(pv, pods, {claim_key: claim} if claim else {}, nodes, drivers)
 
@@ -179,20 +164,20 @@ class AttachDetachController:
     async def _detach(self, pv: Obj | None, have: dict[str, Obj], want: dict[str, tuple[str, ...]]) -> list[str]:
         """Delete the attachments no pod wants any more, except where the node's volume
         manager still has the volume mounted (status.volumesInUse); those nodes are returned."""
-        unique = unique_volume_name(pv) if pv is not None else None
+        unique = PersistentVolume(pv).unique_name if pv is not None else None
         waiting = []
         for node, va in sorted(have.items()):
             if node in want or is_deleting(va):
                 continue
-            in_use = _status(self._informer.get(NODE, node)).get("volumesInUse") or ()
-            if unique is not None and unique in in_use:
+            holder = Node.get(self._informer.get, node)
+            if unique is not None and holder is not None and unique in holder.volumes_in_use:
                 waiting.append(node)
                 continue
-            log.info("detaching %s from %s", _name(va), node)
+            log.info("detaching %s from %s", VolumeAttachment(va).name, node)
             # The external attacher's finalizer turns this into a deletionTimestamp: it
             # calls ControllerUnpublishVolume, then lets the object go.
             await self._writes.delete(va)
-            gone = self._informer.get(VA, _name(va))
+            gone = self._informer.get(VA, VolumeAttachment(va).name)
             if gone is None:
                 del have[node]
             else:
@@ -202,8 +187,9 @@ class AttachDetachController:
     async def _attach(self, pv: Obj | None, have: dict[str, Obj], want: dict[str, tuple[str, ...]]) -> None:
         if pv is None or not want:
             return
-        driver = _spec(pv)["csi"]["driver"]  # want is empty unless a CSI driver attaches it
-        pv_name = _name(pv)
+        volume = PersistentVolume(pv)
+        driver = volume.csi_driver  # want is empty unless a CSI driver attaches it
+        pv_name = volume.name
         for node, pod_keys in want.items():
             pods = [p for k in pod_keys if (p := self._informer.get(POD, k)) is not None]
             va = have.get(node)
@@ -219,7 +205,7 @@ class AttachDetachController:
             have[node] = await self._create(pv_name, driver, node)
 
     async def _create(self, pv_name: str, driver: str, node: str) -> Obj:
-        va = {
+        va: Obj = {
             "apiVersion": VA.api_version,
             "kind": VA.name,
             "metadata": {"name": va_name(pv_name, driver, node)},
@@ -238,7 +224,7 @@ class AttachDetachController:
             for pod in pods:
                 await self._writes.say(pod, "Normal", "SuccessfulAttachVolume", attached_message(pv_name), about=pv_name)
             return
-        error = (_status(va).get("attachError") or {}).get("message")
+        error = VolumeAttachment(va).error("attachError")
         if error and not is_deleting(va):
             for pod in pods:
                 await self._writes.say(pod, "Warning", "FailedAttachVolume", attach_failed_message(pv_name, error), about=pv_name)
@@ -246,16 +232,16 @@ class AttachDetachController:
     async def _sync_node(self, name: str) -> None:
         """Node status.volumesAttached: the unique names of the volumes attached there
         and not being detached (what the node's volume manager may mount)."""
-        node = self._informer.get(NODE, name)
+        node = Node.get(self._informer.get, name)
         if node is None:
             return
         volumes = set()
         for va_key in self._index.vas_on(name):
-            va = self._informer.get(VA, va_key)
-            pv = self._informer.get(PV, _spec(va).get("source", {}).get("persistentVolumeName", "")) if va else None
-            if is_attached(va) and pv is not None:
-                volumes.add(unique_volume_name(pv))
+            va = VolumeAttachment.get(self._informer.get, va_key)
+            pv = PersistentVolume.get(self._informer.get, va.pv_name) if va is not None else None
+            if va is not None and is_attached(va.raw) and pv is not None:
+                volumes.add(pv.unique_name)
         want = [{"name": v, "devicePath": ""} for v in sorted(volumes)]
-        if (_status(node).get("volumesAttached") or []) == want:
+        if node.volumes_attached == want:
             return
-        await self._writes.patch(ref_of(node), {"status": {"volumesAttached": want or None}}, reason="volumes attached")
+        await self._writes.patch(ref_of(node.raw), {"status": {"volumesAttached": want or None}}, reason="volumes attached")

@@ -17,46 +17,31 @@ Objects are Kubernetes-shaped dicts as the informer holds them; nothing here doe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
-from volplane.resources.names import LABEL_KEEP_TERMINATED, pod_claims, pod_terminated
+from volplane.resources.names import LABEL_KEEP_TERMINATED
+from volplane.resources.objects import CSIDriver, Node, Obj, Object, PersistentVolume, PersistentVolumeClaim, Pod, VolumeAttachment
 
 __all__ = [
-    "Obj",
     "MULTI_NODE_MODES",
+    "Obj",
     "attach_driver",
-    "multi_attach_allowed",
-    "keeps_terminated_pod_volumes",
-    "pod_volumes_desired",
+    "attachments_of",
     "claim_bound_to",
     "desired_nodes",
-    "attachments_of",
     "is_attached",
     "is_deleting",
+    "keeps_terminated_pod_volumes",
+    "multi_attach_allowed",
+    "pod_volumes_desired",
 ]
-
-Obj = dict[str, Any]
 
 # Kubernetes' isMultiAttachAllowed: a PV may be attached to several nodes only when one
 # of its access modes is a many-node mode; ReadWriteOnce and ReadWriteOncePod are not.
 MULTI_NODE_MODES = frozenset({"ReadWriteMany", "ReadOnlyMany"})
 
 
-def _meta(obj: Obj | None) -> Obj:
-    return (obj or {}).get("metadata") or {}
-
-
-def _spec(obj: Obj | None) -> Obj:
-    return (obj or {}).get("spec") or {}
-
-
-def _key(obj: Obj) -> str:
-    meta = _meta(obj)
-    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
-
-
 def is_deleting(obj: Obj | None) -> bool:
-    return bool(_meta(obj).get("deletionTimestamp"))
+    return obj is not None and Object(obj).deleting
 
 
 def attach_driver(pv: Obj | None, drivers: Mapping[str, Obj]) -> str | None:
@@ -71,18 +56,19 @@ def attach_driver(pv: Obj | None, drivers: Mapping[str, Obj]) -> str | None:
     >>> attach_driver({"spec": {"nfs": {"server": "s", "path": "/"}}}, {}) is None
     True
     """
-    csi = _spec(pv).get("csi")
-    if not csi:
+    volume = PersistentVolume.of(pv)
+    if volume is None or volume.csi is None:
         return None
-    driver = csi.get("driver") or ""
-    if _spec(drivers.get(driver)).get("attachRequired", True) is False:
+    driver = volume.csi_driver
+    csidriver = CSIDriver.of(drivers.get(driver))
+    if csidriver is not None and not csidriver.attach_required:
         return None
     return driver or None
 
 
 def multi_attach_allowed(pv: Obj | None) -> bool:
     """Whether ``pv`` may be attached to more than one node at a time."""
-    return any(mode in MULTI_NODE_MODES for mode in _spec(pv).get("accessModes") or ())
+    return pv is not None and any(mode in MULTI_NODE_MODES for mode in PersistentVolume(pv).access_modes)
 
 
 def keeps_terminated_pod_volumes(node: Obj | None) -> bool:
@@ -90,33 +76,32 @@ def keeps_terminated_pod_volumes(node: Obj | None) -> bool:
     volumes of its terminated pods attached. The value does not matter, only that the
     label is there. Kubernetes reads the same key from the Node's annotations, so that
     place counts too."""
-    meta = _meta(node)
-    return LABEL_KEEP_TERMINATED in (meta.get("labels") or {}) or LABEL_KEEP_TERMINATED in (meta.get("annotations") or {})
+    n = Node.of(node)
+    return n is not None and (LABEL_KEEP_TERMINATED in n.labels or LABEL_KEEP_TERMINATED in n.annotations)
 
 
 def pod_volumes_desired(pod: Obj, node: Obj | None) -> bool:
     """Whether the pod's volumes belong in the desired state of world: it is scheduled
     (spec.nodeName), not being deleted, and not terminated — unless its node keeps the
     volumes of terminated pods (FindAndRemoveDeletedPods removes the others)."""
-    if not _spec(pod).get("nodeName") or is_deleting(pod):
+    p = Pod(pod)
+    if not p.node_name or p.deleting:
         return False
-    return not pod_terminated(pod) or keeps_terminated_pod_volumes(node)
+    return not p.terminated or keeps_terminated_pod_volumes(node)
 
 
 def claim_bound_to(claim: Obj | None, pv: Obj) -> bool:
     """Whether ``claim`` is bound to ``pv``, as Kubernetes requires before it attaches a
     claim's volume: claim phase Bound with spec.volumeName naming the PV, and the PV's
-    claimRef pointing back at the claim (its uid too, when both sides carry one)."""
-    if claim is None or ((claim.get("status") or {}).get("phase")) != "Bound":
+    claimRef pointing back at the claim (its uid too, when it carries one)."""
+    pvc = PersistentVolumeClaim.of(claim)
+    if pvc is None or pvc.phase != "Bound":
         return False
-    pv_name = _meta(pv).get("name")
-    if not pv_name or _spec(claim).get("volumeName") != pv_name:
+    volume = PersistentVolume(pv)
+    if not volume.name or pvc.volume_name != volume.name:
         return False
-    ref = _spec(pv).get("claimRef") or {}
-    meta = _meta(claim)
-    if ref.get("name") != meta.get("name") or (ref.get("namespace") or "default") != (meta.get("namespace") or "default"):
-        return False
-    return not (ref.get("uid") and meta.get("uid") and ref["uid"] != meta["uid"])
+    ref = volume.claim_ref
+    return ref is not None and ref.matches(pvc)
 
 
 def desired_nodes(
@@ -136,14 +121,14 @@ def desired_nodes(
     if pv is None or attach_driver(pv, drivers) is None:
         return {}
     want: dict[str, set[str]] = {}
-    for pod in pods:
-        node = _spec(pod).get("nodeName") or ""
-        if not pod_volumes_desired(pod, nodes.get(node)):
+    for obj in pods:
+        pod = Pod(obj)
+        node = pod.node_name
+        if not pod_volumes_desired(obj, nodes.get(node)):
             continue
-        namespace = _meta(pod).get("namespace") or "default"
-        for _, claim_name in pod_claims(pod):
-            if claim_bound_to(claims.get(f"{namespace}/{claim_name}"), pv):
-                want.setdefault(node, set()).add(_key(pod))
+        for _, claim_name in pod.claims:
+            if claim_bound_to(claims.get(pod.claim_key(claim_name)), pv):
+                want.setdefault(node, set()).add(pod.key)
     return {node: tuple(sorted(keys)) for node, keys in sorted(want.items())}
 
 
@@ -151,13 +136,14 @@ def attachments_of(pv_name: str, vas: Iterable[Obj]) -> dict[str, Obj]:
     """The actual state of world for one volume: node → its VolumeAttachment, for every
     attachment of ``pv_name`` whether attaching, attached or detaching."""
     out: dict[str, Obj] = {}
-    for va in vas:
-        spec = _spec(va)
-        if (spec.get("source") or {}).get("persistentVolumeName") == pv_name and spec.get("nodeName"):
-            out[spec["nodeName"]] = va
+    for obj in vas:
+        va = VolumeAttachment(obj)
+        if va.pv_name == pv_name and va.node_name:
+            out[va.node_name] = obj
     return out
 
 
 def is_attached(va: Obj | None) -> bool:
     """Attached and staying so: the external attacher said attached, nobody is detaching."""
-    return va is not None and bool((va.get("status") or {}).get("attached")) and not is_deleting(va)
+    attachment = VolumeAttachment.of(va)
+    return attachment is not None and attachment.attached and not attachment.deleting

@@ -28,7 +28,6 @@ Both CSI calls are idempotent, so a crash anywhere repeats at most one call.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from volplane.csiclient import client_for
 from volplane.errors import FailedPrecondition, NotFound, VolplaneError
@@ -37,36 +36,31 @@ from volplane.resources.controller import Loop
 from volplane.resources.drivers import controller_endpoint
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import Kind, ref_of
-from volplane.resources.names import attacher_finalizer, csi_node_id
+from volplane.resources.names import attacher_finalizer
+from volplane.resources.objects import Node, Obj, Object, PersistentVolume, VolumeAttachment
 from volplane.resources.store import ObjectStore, rfc3339
 
 from .desired import is_deleting
 from .index import CSIDRIVER, NODE, PV, VA, Index
 from .writes import Writes
 
-__all__ = ["ExternalAttacher", "MANAGER"]
+__all__ = ["MANAGER", "ExternalAttacher"]
 
 log = logging.getLogger(__name__)
 
 MANAGER = "external-attacher"
 
-Obj = dict[str, Any]
-
 
 def _name(obj: Obj) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
-
-
-def _spec(obj: Obj | None) -> Obj:
-    return (obj or {}).get("spec") or {}
+    return Object(obj).name
 
 
 def _finalizers(obj: Obj) -> list[str]:
-    return list((obj.get("metadata") or {}).get("finalizers") or [])
+    return Object(obj).finalizers
 
 
 def _pv_of(va: Obj) -> str:
-    return str((_spec(va).get("source") or {}).get("persistentVolumeName") or "")
+    return VolumeAttachment(va).pv_name
 
 
 class ExternalAttacher:
@@ -86,7 +80,7 @@ class ExternalAttacher:
 
     def keys(self) -> list[str]:
         return [f"va:{_name(va)}" for va in self._informer.list(VA)] + [
-            f"pv:{_name(pv)}" for pv in self._informer.list(PV) if _spec(pv).get("csi")
+            f"pv:{pv.name}" for pv in map(PersistentVolume, self._informer.list(PV)) if pv.csi is not None
         ]
 
     def _on_change(self, kind: Kind, old: Obj | None, new: Obj | None) -> None:
@@ -97,7 +91,7 @@ class ExternalAttacher:
             add(f"va:{_name(obj)}")
             add(f"pv:{_pv_of(obj)}")
         elif kind is PV:
-            if _spec(obj).get("csi"):
+            if PersistentVolume(obj).csi is not None:
                 add(f"pv:{_name(obj)}")
             for va in self._index.vas_of(_name(obj)):
                 add(f"va:{va}")  # an attachment may have been waiting for its PV
@@ -105,9 +99,9 @@ class ExternalAttacher:
             for va in self._index.vas_on(_name(obj)):
                 add(f"va:{va}")  # the node's CSI node id may have arrived
         elif kind is CSIDRIVER:
-            for va in self._informer.list(VA):
-                if _spec(va).get("attacher") == _name(obj):
-                    add(f"va:{_name(va)}")
+            for attachment in map(VolumeAttachment, self._informer.list(VA)):
+                if attachment.attacher == _name(obj):
+                    add(f"va:{attachment.name}")
 
     # -- sync ---------------------------------------------------------------
 
@@ -122,7 +116,7 @@ class ExternalAttacher:
         va = self._informer.get(VA, name)
         if va is None:
             return
-        driver = str(_spec(va).get("attacher") or "")
+        driver = VolumeAttachment(va).attacher
         endpoint = self.endpoint(driver)
         if endpoint is None:
             return
@@ -135,21 +129,22 @@ class ExternalAttacher:
             va = await self._writes.update(va, {"metadata": {"finalizers": [*_finalizers(va), finalizer]}}, reason="attach")
             if va is None:
                 return
-        if (va.get("status") or {}).get("attached"):
+        if VolumeAttachment(va).attached:
             return
         await self._attach(va, driver, endpoint)
 
     async def _attach(self, va: Obj, driver: str, endpoint: str) -> None:
         pv = await self._volume(va, driver, "attachError")
         await self._hold(pv, driver)
-        csi = _spec(pv)["csi"]
+        volume = PersistentVolume(pv)
+        csi = volume.spec["csi"]
         node_id = self._node_id(va, driver)
         try:
             context = await client_for(endpoint).controller_publish(
                 csi["volumeHandle"],
                 node_id,
-                access_mode=(_spec(pv).get("accessModes") or ["ReadWriteOnce"])[0],
-                block=_spec(pv).get("volumeMode") == "Block",
+                access_mode=(volume.access_modes or ["ReadWriteOnce"])[0],
+                block=volume.block,
                 fs_type=csi.get("fsType") or "",
                 readonly=bool(csi.get("readOnly")),
                 volume_context=dict(csi.get("volumeAttributes") or {}),
@@ -163,7 +158,7 @@ class ExternalAttacher:
 
     async def _detach(self, va: Obj, driver: str, endpoint: str, finalizer: str) -> None:
         pv = await self._volume(va, driver, "detachError")
-        handle = _spec(pv)["csi"]["volumeHandle"]
+        handle = PersistentVolume(pv).spec["csi"]["volumeHandle"]
         node_id = self._node_id(va, driver)
         try:
             await client_for(endpoint).controller_unpublish(handle, node_id)
@@ -178,21 +173,21 @@ class ExternalAttacher:
     async def _volume(self, va: Obj, driver: str, field: str) -> Obj:
         """The PV an attachment names, which must be this driver's CSI volume."""
         pv = self._informer.get(PV, _pv_of(va))
-        if pv is None or (_spec(pv).get("csi") or {}).get("driver") != driver:
+        if pv is None or PersistentVolume(pv).csi_driver != driver:
             message = f'PersistentVolume "{_pv_of(va)}" not found' if pv is None else f'PersistentVolume "{_pv_of(va)}" is not a {driver} volume'
             await self._failed(va, field, "FailedAttachVolume" if field == "attachError" else "FailedDetachVolume", message, message)
             raise NotFound(message)
         return pv
 
     def _node_id(self, va: Obj, driver: str) -> str:
-        node_name = str(_spec(va).get("nodeName") or "")
-        node = self._informer.get(NODE, node_name)
-        return (csi_node_id(node, driver) if node is not None else None) or node_name
+        node_name = VolumeAttachment(va).node_name
+        node = Node.get(self._informer.get, node_name)
+        return (node.csi_node_id(driver) if node is not None else None) or node_name
 
     async def _failed(self, va: Obj, field: str, reason: str, line: str, message: str) -> None:
         """Keep the error on the attachment (once per distinct message) and say it on its timeline."""
         current = self._informer.get(VA, _name(va)) or va
-        if ((current.get("status") or {}).get(field) or {}).get("message") != message:
+        if (VolumeAttachment(current).status.get(field) or {}).get("message") != message:
             try:
                 await self._writes.patch(ref_of(va), {"status": {field: {"time": rfc3339(now_ns()), "message": message}}}, reason=field)
             except NotFound:
@@ -214,12 +209,12 @@ class ExternalAttacher:
 
     async def _sync_volume(self, name: str) -> None:
         pv = self._informer.get(PV, name)
-        driver = str((_spec(pv).get("csi") or {}).get("driver") or "")
+        driver = PersistentVolume(pv).csi_driver if pv is not None else ""
         if pv is None or not driver or self.endpoint(driver) is None:
             return
         finalizer = attacher_finalizer(driver)
         attached = any(
-            _spec(va).get("attacher") == driver for n in self._index.vas_of(name) if (va := self._informer.get(VA, n)) is not None
+            VolumeAttachment(va).attacher == driver for n in self._index.vas_of(name) if (va := self._informer.get(VA, n)) is not None
         )
         has = finalizer in _finalizers(pv)
         if attached and not has and not is_deleting(pv):

@@ -12,13 +12,12 @@ informer, which is always at least as new.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import BY_NAME, Kind
-from volplane.resources.names import pod_claims
+from volplane.resources.objects import Obj, Pod, VolumeAttachment
 
-__all__ = ["Index", "POD", "PVC", "PV", "NODE", "VA", "CSIDRIVER"]
+__all__ = ["CSIDRIVER", "NODE", "POD", "PV", "PVC", "VA", "Index"]
 
 POD = BY_NAME["Pod"]
 PVC = BY_NAME["PersistentVolumeClaim"]
@@ -26,35 +25,6 @@ PV = BY_NAME["PersistentVolume"]
 NODE = BY_NAME["Node"]
 VA = BY_NAME["VolumeAttachment"]
 CSIDRIVER = BY_NAME["CSIDriver"]
-
-Obj = dict[str, Any]
-
-
-def _name(obj: Obj) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
-
-
-def _pod_key(obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
-    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
-
-
-def _pod_claim_keys(pod: Obj) -> set[str]:
-    namespace = (pod.get("metadata") or {}).get("namespace") or "default"
-    return {f"{namespace}/{claim}" for _, claim in pod_claims(pod)}
-
-
-def _pod_node(pod: Obj) -> str:
-    return str((pod.get("spec") or {}).get("nodeName") or "")
-
-
-def _va_pv(va: Obj) -> str:
-    return str(((va.get("spec") or {}).get("source") or {}).get("persistentVolumeName") or "")
-
-
-def _va_node(va: Obj) -> str:
-    return str((va.get("spec") or {}).get("nodeName") or "")
-
 
 class Index:
     def __init__(self, informer: Informer) -> None:
@@ -80,15 +50,16 @@ class Index:
         if kind is POD:
             for obj, add in ((old, False), (new, True)):
                 if obj is not None:
-                    key = _pod_key(obj)
-                    for claim in _pod_claim_keys(obj):
-                        _move(self._claim_users, claim, key, add)
-                    _move(self._node_pods, _pod_node(obj), key, add)
+                    pod = Pod(obj)
+                    for claim in pod.claim_keys:
+                        _move(self._claim_users, claim, pod.key, add)
+                    _move(self._node_pods, pod.node_name, pod.key, add)
         elif kind is VA:
             for obj, add in ((old, False), (new, True)):
                 if obj is not None:
-                    _move(self._pv_vas, _va_pv(obj), _name(obj), add)
-                    _move(self._node_vas, _va_node(obj), _name(obj), add)
+                    va = VolumeAttachment(obj)
+                    _move(self._pv_vas, va.pv_name, va.name, add)
+                    _move(self._node_vas, va.node_name, va.name, add)
 
 
 def _move(index: defaultdict[str, set[str]], bucket: str, key: str, add: bool) -> None:

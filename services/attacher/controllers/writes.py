@@ -16,21 +16,18 @@ reads the object's timeline once; later checks are answered from memory).
 
 from __future__ import annotations
 
-from typing import Any
-
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import Ref, ref_of
+from volplane.resources.objects import Obj, Object
 from volplane.resources.store import ObjectStore, version_of
 
 __all__ = ["Writes"]
 
-Obj = dict[str, Any]
-
 
 def _gone(obj: Obj) -> bool:
     """A write's result that is the object's last state: it was deleted by that write."""
-    meta = obj.get("metadata") or {}
-    return bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
+    o = Object(obj)
+    return o.deleting and not o.finalizers
 
 
 class Writes:
@@ -81,7 +78,7 @@ class Writes:
 
     async def say(self, obj: Obj, event_type: str, reason: str, message: str, *, about: str) -> bool:
         """Record the line unless it is already the newest one about ``about``; True if recorded."""
-        key = (str(obj["metadata"].get("uid") or ref_of(obj).key), about)
+        key = (Object(obj).uid or ref_of(obj).key, about)
         line = (reason, message)
         if self._said.get(key) == line:
             return False

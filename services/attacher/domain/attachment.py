@@ -12,36 +12,34 @@ projection drops it, since the log keeps the history.
 
 from __future__ import annotations
 
-from volplane.commands import Capability, ControllerPublish, ControllerUnpublish, Topology, VolumeInfo
+from volplane.commands import ControllerPublish, ControllerUnpublish, VolumeInfo
 from volplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ResourceExhausted
 from volplane.events import Frozen
 from volplane.nodes import NodeInfo
+from volplane.volumes import SINGLE_NODE_MODES, StoredCapability, Topology
 
 from .events import AttachmentEvent, VolumeAttached, VolumeDetached
 
 __all__ = [
-    "SINGLE_NODE_MODES",
     "NODE_CONTEXT_KEY",
     "POOL_CONTEXT_KEY",
+    "SINGLE_NODE_MODES",
     "Attachment",
     "AttachmentState",
-    "publish_context",
     "accessible_from",
     "decide_publish",
     "decide_unpublish",
     "evolve",
+    "publish_context",
 ]
 
-# CSI AccessMode.Mode numbers that allow one node at a time:
-# SINGLE_NODE_WRITER, SINGLE_NODE_READER_ONLY, SINGLE_NODE_SINGLE_WRITER, SINGLE_NODE_MULTI_WRITER.
-SINGLE_NODE_MODES = frozenset({1, 2, 6, 7})
 NODE_CONTEXT_KEY = "volplane.io/node"
 POOL_CONTEXT_KEY = "volplane.io/pool"
 
 
 class Attachment(Frozen):
     node_id: str
-    capability: Capability
+    capability: StoredCapability
     readonly: bool
     context: dict[str, str]
 
@@ -98,9 +96,10 @@ def decide_publish(
             f"volume_capability: volume {volume.volume_id} was created for {'/'.join(sorted(types))} access, "
             f"not {cmd.capability.access_type}"
         )
+    capability = cmd.capability.stored()
     held = state.on(cmd.node_id) if state else None
     if held is not None:
-        if held.capability == cmd.capability and held.readonly == cmd.readonly:
+        if held.capability == capability and held.readonly == cmd.readonly:
             return None
         raise AlreadyExists(
             f"volume {volume.volume_id} is published to node {cmd.node_id} with another capability or readonly flag"
@@ -119,7 +118,7 @@ def decide_publish(
     return VolumeAttached(
         volume_id=volume.volume_id,
         node_id=cmd.node_id,
-        capability=cmd.capability,
+        capability=capability,
         readonly=cmd.readonly,
         context=publish_context(cmd.node_id, volume.pool),
     )

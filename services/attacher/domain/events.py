@@ -16,15 +16,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from volplane.commands import Capability
 from volplane.events import Event
+from volplane.volumes import StoredCapability
 
 
 class VolumeAttached(Event):
     type: Literal["VolumeAttached"] = "VolumeAttached"
     volume_id: str
     node_id: str
-    capability: Capability
+    capability: StoredCapability  # decide_publish converts the command's Capability
     readonly: bool = False
     # The publish_context handed to the CO, kept so a repeated publish answers the same.
     context: dict[str, str] = Field(default_factory=dict)

@@ -14,8 +14,8 @@ import asyncio
 import os
 import re
 import shlex
-import subprocess
 import stat
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +143,7 @@ class HostStorage:
             if not name.startswith("loop"):
                 continue
             try:
-                with open(f"{SYS_BLOCK}/{name}/loop/backing_file", "rb") as f:
+                with open(f"{SYS_BLOCK}/{name}/loop/backing_file", "rb") as f:  # noqa: ASYNC230 - sysfs reads never block
                     current = os.fsdecode(f.read()).rstrip("\n")
             except OSError:
                 # Not attached, or detached between listing and reading: it backs nothing.

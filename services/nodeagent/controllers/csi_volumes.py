@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-
 
 from volplane.csi import csi_pb2 as csi
 from volplane.csiclient import CsiClient, client_for
 from volplane.errors import FailedPrecondition, Internal
-from volplane.resources.drivers import attach_required, node_endpoint
 from volplane.resources import names
+from volplane.resources.drivers import attach_required, node_endpoint
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import BY_NAME
+from volplane.resources.objects import Obj, Pod, VolumeAttachment
 
 from ..adapters.storage import HostStorage
 from .desired_state import CSI, DesiredVolume
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 
 CSIDRIVER = BY_NAME["CSIDriver"]
 VA = BY_NAME["VolumeAttachment"]
-Obj = dict[str, Any]
 STAGE_UNSTAGE = csi.NodeServiceCapability.RPC.STAGE_UNSTAGE_VOLUME
 
 
@@ -82,11 +80,10 @@ class CsiVolumes:
         if not self.attach_required(volume.driver):
             return {}
         va_name = names.va_name(volume.spec_name, volume.driver, self._node)
-        va = self._informer.get(VA, va_name)
-        status = (va or {}).get("status") or {}
-        if status.get("attached") is True:
-            return {str(k): str(v) for k, v in (status.get("attachmentMetadata") or {}).items()}
-        error = (status.get("attachError") or {}).get("message")
+        va = VolumeAttachment.get(self._informer.get, va_name)
+        if va is not None and va.status.get("attached") is True:
+            return va.attachment_metadata
+        error = va.error("attachError") if va is not None else ""
         why = f": {error}" if error else ""
         raise WaitingForAttach(f"waiting for volume {volume.spec_name} to be attached to node {self._node} (VolumeAttachment {va_name}){why}")
 
@@ -126,15 +123,15 @@ class CsiVolumes:
 
     async def set_up(self, pod: Obj, volume: DesiredVolume, staging: str, publish_context: dict[str, str]) -> bool:
         """NodePublishVolume into the pod's volume directory; False when it is mounted already."""
-        target = self.target_of(pod["metadata"]["uid"], volume)
+        owner = Pod(pod)
+        target = self.target_of(owner.uid, volume)
         if self.set_up_done(target):
             return False
         endpoint = self.endpoint(volume.driver)
-        meta = pod["metadata"]
         record = {
             "driverName": volume.driver, "volumeHandle": volume.handle, "specVolID": volume.spec_name, "volumeName": volume.name,
             "uniqueName": volume.unique_name, "block": volume.block, "endpoint": endpoint, "nodeName": self._node,
-            "podUID": meta["uid"], "podNamespace": meta.get("namespace") or "default", "podName": meta["name"],
+            "podUID": owner.uid, "podNamespace": owner.namespace, "podName": owner.name,
         }
         # The driver creates the target itself (a directory, or the file a block device is bound
         # onto) and removes it again on NodeUnpublish; only its parents are ours to make.

@@ -12,21 +12,17 @@ and ``local`` in tree; a pod's inline ``hostPath`` and ``nfs`` volumes need no c
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from volplane.resources import names
-from volplane.resources.kinds import BY_NAME, Kind
+from volplane.resources.kinds import BY_NAME
+from volplane.resources.objects import Getter, Obj, PersistentVolume, PersistentVolumeClaim, Pod
 
-__all__ = ["DesiredVolume", "Unresolved", "is_desired", "resolve", "claim_keys", "PV", "PVC", "POD"]
+__all__ = ["POD", "PV", "PVC", "DesiredVolume", "Unresolved", "claim_keys", "is_desired", "resolve"]
 
 PV = BY_NAME["PersistentVolume"]
 PVC = BY_NAME["PersistentVolumeClaim"]
 POD = BY_NAME["Pod"]
-
-Obj = dict[str, Any]
-Getter = Callable[[Kind, str], Obj | None]
 
 CSI = "kubernetes.io/csi"
 IN_TREE_SOURCES = {"nfs": "kubernetes.io/nfs", "hostPath": "kubernetes.io/host-path", "local": "kubernetes.io/local-volume"}
@@ -69,29 +65,19 @@ class Unresolved:
     hard: bool = False
 
 
-def _meta(obj: Obj) -> Obj:
-    return obj.get("metadata") or {}
-
-
-def _spec(obj: Obj) -> Obj:
-    return obj.get("spec") or {}
-
-
 def is_desired(pod: Obj | None, node: str, *, keep_terminated: bool) -> bool:
     """Whether the pod's volumes belong mounted on ``node``: Kubernetes' DSW populator keeps a pod
     that is scheduled here, not being deleted, and not terminated (unless the node keeps the
     volumes of terminated pods, label volumes.kubernetes.io/keep-terminated-pod-volumes)."""
-    if pod is None or _spec(pod).get("nodeName") != node or not _meta(pod).get("uid"):
+    p = Pod.of(pod)
+    if p is None or p.node_name != node or not p.uid or p.deleting:
         return False
-    if _meta(pod).get("deletionTimestamp"):
-        return False
-    return keep_terminated or not names.pod_terminated(pod)
+    return keep_terminated or not p.terminated
 
 
 def claim_keys(pod: Obj) -> set[str]:
     """``namespace/claim`` of every claim the pod uses."""
-    ns = _meta(pod).get("namespace") or "default"
-    return {f"{ns}/{claim}" for _, claim in names.pod_claims(pod)}
+    return Pod(pod).claim_keys
 
 
 def resolve(pod: Obj, volume: Obj, get: Getter) -> DesiredVolume | Unresolved:
@@ -105,7 +91,7 @@ def resolve(pod: Obj, volume: Obj, get: Getter) -> DesiredVolume | Unresolved:
             plugin = IN_TREE_SOURCES[key]
             return DesiredVolume(
                 name=name, spec_name=name, plugin=plugin, source=dict(source),
-                unique_name=f"{plugin}/{_meta(pod).get('uid')}-{name}", readonly=bool(source.get("readOnly", False)),
+                unique_name=f"{plugin}/{Pod(pod).uid}-{name}", readonly=bool(source.get("readOnly", False)),
             )
     kinds = sorted(k for k in volume if k != "name")
     what = kinds[0] if kinds else "none"
@@ -113,36 +99,39 @@ def resolve(pod: Obj, volume: Obj, get: Getter) -> DesiredVolume | Unresolved:
 
 
 def _resolve_claim(pod: Obj, name: str, claim: Obj, get: Getter) -> DesiredVolume | Unresolved:
-    ns = _meta(pod).get("namespace") or "default"
+    p = Pod(pod)
     claim_name = claim["claimName"]
-    pvc = get(PVC, f"{ns}/{claim_name}")
+    claim_key = p.claim_key(claim_name)
+    pvc = PersistentVolumeClaim.get(get, claim_key)
     if pvc is None:
         return Unresolved(name, f'persistentvolumeclaim "{claim_name}" not found')
-    pv_name = _spec(pvc).get("volumeName") or ""
-    if (pvc.get("status") or {}).get("phase") != "Bound" or not pv_name:
+    pv_name = pvc.volume_name
+    if pvc.phase != "Bound" or not pv_name:
         return Unresolved(name, f'persistentvolumeclaim "{claim_name}" is not bound yet')
-    pv = get(PV, pv_name)
+    pv = PersistentVolume.get(get, pv_name)
     if pv is None:
         return Unresolved(name, f'persistentvolume "{pv_name}" bound to claim "{claim_name}" not found')
-    ref = _spec(pv).get("claimRef") or {}
-    uid = _meta(pvc).get("uid")
-    if ref.get("name") != claim_name or (ref.get("namespace") or "default") != ns or (ref.get("uid") and uid and ref["uid"] != uid):
-        return Unresolved(name, f'persistentvolume "{pv_name}" is not bound to claim "{ns}/{claim_name}" yet')
-    spec = _spec(pv)
-    block = spec.get("volumeMode") == "Block"
-    if block != (_spec(pvc).get("volumeMode") == "Block"):
+    ref = pv.claim_ref
+    if ref is None or not ref.matches(pvc):
+        return Unresolved(name, f'persistentvolume "{pv_name}" is not bound to claim "{claim_key}" yet')
+    spec = pv.spec
+    block = pv.block
+    if block != pvc.block:
         return Unresolved(name, f'volumeMode of claim "{claim_name}" does not match persistentvolume "{pv_name}"', hard=True)
-    modes = spec.get("accessModes") or ["ReadWriteOnce"]
-    common = dict(spec_name=pv_name, access_mode=modes[0], mount_options=tuple(spec.get("mountOptions") or ()), pv=pv, block=block)
+    access_mode = (pv.access_modes or ["ReadWriteOnce"])[0]
+    mount_options = tuple(pv.mount_options)
+
+    def desired(plugin: str, source: Obj) -> DesiredVolume:
+        return DesiredVolume(
+            name=name, plugin=plugin, source=source, unique_name=pv.unique_name, readonly=bool(claim.get("readOnly") or source.get("readOnly")),
+            spec_name=pv_name, access_mode=access_mode, mount_options=mount_options, pv=pv.raw, block=block,
+        )
+
     if "csi" in spec:
-        source = dict(spec["csi"])
-        readonly = bool(claim.get("readOnly") or source.get("readOnly"))
-        return DesiredVolume(name=name, plugin=CSI, source=source, unique_name=names.unique_volume_name(pv), readonly=readonly, **common)  # type: ignore[arg-type]
+        return desired(CSI, dict(spec["csi"]))
     for key, plugin in IN_TREE_SOURCES.items():
         if key in spec:
             if block:
                 return Unresolved(name, f'persistentvolume "{pv_name}": volumeMode Block is not supported by {plugin}', hard=True)
-            source = dict(spec[key])
-            readonly = bool(claim.get("readOnly") or source.get("readOnly"))
-            return DesiredVolume(name=name, plugin=plugin, source=source, unique_name=names.unique_volume_name(pv), readonly=readonly, **common)  # type: ignore[arg-type]
+            return desired(plugin, dict(spec[key]))
     return Unresolved(name, f'persistentvolume "{pv_name}" has no volume source this node can mount', hard=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KubeletDir", "PodVolumeOnDisk", "DeviceOnDisk", "DATA_SUFFIX", "DEVICE_DATA"]
+__all__ = ["DATA_SUFFIX", "DEVICE_DATA", "DeviceOnDisk", "KubeletDir", "PodVolumeOnDisk"]
 
 log = logging.getLogger(__name__)
 

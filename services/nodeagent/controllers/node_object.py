@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import Any
 
 from volplane.errors import AlreadyExists, ConcurrencyConflict
 from volplane.events import now_ns
@@ -24,12 +23,12 @@ from volplane.nodes import TOPOLOGY_KEY
 from volplane.resources import names
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import BY_NAME, ref
+from volplane.resources.objects import Node, Obj
 from volplane.resources.store import ObjectStore, rfc3339
 
-__all__ = ["NodeObject", "NODE"]
+__all__ = ["NODE", "NodeObject"]
 
 NODE = BY_NAME["Node"]
-Obj = dict[str, Any]
 _ATTEMPTS = 20
 
 
@@ -47,24 +46,28 @@ class NodeObject:
         return self._informer.get(NODE, self.name)
 
     @property
+    def _view(self) -> Node | None:
+        return Node.of(self.current)
+
+    @property
     def keep_terminated(self) -> bool:
-        labels = ((self.current or {}).get("metadata") or {}).get("labels") or {}
-        return names.LABEL_KEEP_TERMINATED in labels
+        node = self._view
+        return node is not None and names.LABEL_KEEP_TERMINATED in node.labels
 
     def in_use(self) -> list[str]:
-        return list(((self.current or {}).get("status") or {}).get("volumesInUse") or [])
+        node = self._view
+        return node.volumes_in_use if node is not None else []
 
     def registered(self) -> bool:
         """Whether the object (as the informer has it) carries everything registration writes."""
-        obj = self.current
-        if obj is None:
+        node = self._view
+        if node is None:
             return False
-        meta = obj.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        ready = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"]
+        labels = node.labels
+        ready = [c for c in node.status.get("conditions") or [] if c.get("type") == "Ready"]
         return (
             labels.get(names.LABEL_HOSTNAME) == self.name and labels.get(TOPOLOGY_KEY) == self.name
-            and names.csi_node_id(obj, names.OWN_DRIVER) == self._node_id and bool(ready) and ready[0].get("status") == "True"
+            and node.csi_node_id(names.OWN_DRIVER) == self._node_id and bool(ready) and ready[0].get("status") == "True"
         )
 
     async def register(self, volumes_in_use: list[str] | None = None) -> None:
@@ -102,7 +105,7 @@ class NodeObject:
                         continue
                     self._informer.observe(new)
                     return
-                before = list((current.get("status") or {}).get("volumesInUse") or [])
+                before = Node(current).volumes_in_use
                 after = change(before)
                 if after == before:
                     self._informer.observe(current)
@@ -119,7 +122,7 @@ class NodeObject:
         return {names.LABEL_HOSTNAME: self.name, TOPOLOGY_KEY: self.name}
 
     def _node_ids(self, current: Obj | None) -> str:
-        raw = (((current or {}).get("metadata") or {}).get("annotations") or {}).get(names.ANN_CSI_NODE_IDS)
+        raw = Node(current).annotations.get(names.ANN_CSI_NODE_IDS) if current is not None else None
         try:
             ids = json.loads(raw) if raw else {}
         except ValueError:
@@ -129,16 +132,18 @@ class NodeObject:
         return json.dumps({**ids, names.OWN_DRIVER: self._node_id}, sort_keys=True)
 
     def _ready(self, current: Obj | None) -> list[Obj]:
-        conditions = [c for c in ((current or {}).get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
-        old = next((c for c in ((current or {}).get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        have: list[Obj] = Node(current).status.get("conditions") or [] if current is not None else []
+        conditions = [c for c in have if c.get("type") != "Ready"]
+        old: Obj = next((c for c in have if c.get("type") == "Ready"), {})
         since = old.get("lastTransitionTime") if old.get("status") == "True" else None
         ready = {
             "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "volplane volume manager is ready",
             "lastTransitionTime": since or rfc3339(now_ns()),
         }
-        return conditions + [ready]
+        return [*conditions, ready]
 
-    def _status(self, current: Obj | None) -> Obj:
+    def _own_status(self, current: Obj | None) -> Obj:
+        """The status fields this agent writes (the AD controller's volumesAttached is not one)."""
         return {"conditions": self._ready(current), "nodeInfo": {"kubeletVersion": "volplane"}}
 
     def _new(self, volumes_in_use: list[str]) -> Obj:
@@ -146,12 +151,12 @@ class NodeObject:
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.name, "labels": self._labels(), "annotations": {names.ANN_CSI_NODE_IDS: self._node_ids(None)}},
             "spec": {},
-            "status": {**self._status(None), "volumesInUse": sorted(volumes_in_use)},
+            "status": {**self._own_status(None), "volumesInUse": sorted(volumes_in_use)},
         }
 
     def _registration(self, current: Obj, volumes_in_use: list[str] | None) -> Obj:
-        status = self._status(current)
+        status = self._own_status(current)
         if volumes_in_use is not None:
-            have = (current.get("status") or {}).get("volumesInUse") or []
+            have = Node(current).volumes_in_use
             status["volumesInUse"] = sorted({*have, *volumes_in_use})
         return {"metadata": {"labels": self._labels(), "annotations": {names.ANN_CSI_NODE_IDS: self._node_ids(current)}}, "status": status}

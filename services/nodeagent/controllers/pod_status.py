@@ -11,17 +11,15 @@ condition; the condition's lastTransitionTime moves only when its status does.
 
 from __future__ import annotations
 
-from typing import Any
-
 from volplane.errors import ConcurrencyConflict
 from volplane.events import now_ns
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import ref_of
+from volplane.resources.objects import Obj, Pod
 from volplane.resources.store import ObjectStore, rfc3339
 
-__all__ = ["PodStatus", "VOLUMES_READY", "volume_entry", "status_patch"]
+__all__ = ["VOLUMES_READY", "PodStatus", "status_patch", "volume_entry"]
 
-Obj = dict[str, Any]
 VOLUMES_READY = "VolumesReady"
 _ATTEMPTS = 10
 
@@ -39,7 +37,7 @@ def status_patch(pod: Obj, volumes: list[Obj]) -> Obj | None:
         "reason": "VolumesMounted" if ready else "VolumesNotReady",
         "message": next((v["message"] for v in volumes if not v["ready"]), ""),
     }
-    status = pod.get("status") or {}
+    status = Pod(pod).status
     conditions = status.get("conditions") or []
     old = next((c for c in conditions if c.get("type") == VOLUMES_READY), None)
     if status.get("volumes") == volumes and old is not None and all(old.get(k) == v for k, v in condition.items()):
@@ -57,10 +55,10 @@ class PodStatus:
     async def write(self, pod: Obj, volumes: list[Obj]) -> None:
         if status_patch(pod, volumes) is None:
             return
-        uid = pod["metadata"]["uid"]
+        uid = Pod(pod).uid
         for _ in range(_ATTEMPTS):
             current, version = await self._objects.read(ref_of(pod))
-            if current is None or current["metadata"].get("uid") != uid:
+            if current is None or Pod(current).uid != uid:
                 return  # Deleted (or re-created) meanwhile: its own sync follows.
             patch = status_patch(current, volumes)
             if patch is None:
@@ -76,7 +74,8 @@ class PodStatus:
 
     async def mark_unmounted(self, pod: Obj) -> None:
         """A pod that stays on this node but no longer wants its volumes (it terminated) says so."""
-        volumes = ((pod.get("status") or {}).get("volumes")) or []
+        p = Pod(pod)
+        volumes = p.status.get("volumes") or []
         if any(v.get("ready") for v in volumes):
-            why = "being deleted" if pod["metadata"].get("deletionTimestamp") else "terminated"
+            why = "being deleted" if p.deleting else "terminated"
             await self.write(pod, [volume_entry(v.get("name", ""), False, "", f"unmounted: the pod is {why}") for v in volumes])

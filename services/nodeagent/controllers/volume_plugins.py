@@ -22,7 +22,7 @@ from volplane.errors import FailedPrecondition, Internal, InvalidArgument
 from ..adapters.storage import HostStorage, StorageError
 from .desired_state import DesiredVolume
 
-__all__ = ["InTreePlugins", "nfs_unsupported", "HOST_PATH_TYPES"]
+__all__ = ["HOST_PATH_TYPES", "InTreePlugins", "nfs_unsupported"]
 
 PROC_FILESYSTEMS = Path("/proc/filesystems")
 _NFS_SERVER = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9.:\[\]-]*$")

@@ -19,28 +19,29 @@ Keys, as in docs/control-plane.md:
 The actual state is read from the disk on every sync (``kubelet_paths.py``), so a process
 killed at any point converges after a restart with nothing to rebuild: half-done mounts
 are redone (the CSI calls are idempotent), and what belongs to no pod is taken down.
-Operations on one volume never overlap: they hold the volume's lock (its unique name for
-CSI, the pod's directory for in-tree volumes), which waits rather than fails.
+Operations on one volume never overlap: they take the volume's lock (its unique name for
+CSI, the pod's directory for in-tree volumes) with ``KeyedLocks.acquire``, which waits
+rather than fails: a pod's sync and the node's may reach one volume at once, and the
+second looks again at what the first left.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from volplane.errors import Internal, VolplaneError
+from volplane.locks import KeyedLocks
 from volplane.resources.controller import Loop, Retry
 from volplane.resources.informer import Informer
-from volplane.resources.kinds import Kind, ref_of
+from volplane.resources.kinds import Kind
+from volplane.resources.objects import Node, Obj, PersistentVolume, PersistentVolumeClaim, Pod, VolumeAttachment
 from volplane.resources.store import ObjectStore
 
 from ..adapters.storage import HostStorage
 from .csi_volumes import CSIDRIVER, VA, CsiVolumes, WaitingForAttach
-from .desired_state import CSI, POD, PV, PVC, DesiredVolume, Unresolved, claim_keys, is_desired, resolve
+from .desired_state import CSI, POD, PV, PVC, DesiredVolume, Unresolved, is_desired, resolve
 from .kubelet_paths import KubeletDir, PodVolumeOnDisk
 from .node_object import NODE, NodeObject
 from .pod_status import PodStatus, volume_entry
@@ -50,7 +51,6 @@ __all__ = ["VolumeManager"]
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 _ATTACH_POLL_S = 2.0
 
 
@@ -59,27 +59,6 @@ class _StepFailed(Exception):
         super().__init__(step)
         self.step = step
         self.cause = cause
-
-
-class _Locks:
-    """Per-key asyncio locks that wait (KeyedLocks refuses), dropped when nobody holds or waits."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class VolumeManager:
@@ -96,7 +75,7 @@ class VolumeManager:
         self._csi = CsiVolumes(self.paths, informer, storage, node=node, own_endpoint=csi_endpoint)
         self._in_tree = InTreePlugins(storage)
         self._status = PodStatus(objects, informer)
-        self._locks = _Locks()
+        self._locks = KeyedLocks("volume")
         self.node_key = f"node:{node}"
         self._pods_by_claim: dict[str, set[str]] = {}  # claim key → keys ("pod:ns/name") of pods here using it
         self._claims_by_pv: dict[str, set[str]] = {}  # PV name → claim keys naming it
@@ -121,34 +100,34 @@ class VolumeManager:
         """Enqueue the keys an object change may concern; cheap, runs in the informer: the
         pods here are found through indexes (claim → pods, volume → claims), not a scan."""
         if kind is POD:
-            for o, add in ((old, False), (new, True)):
-                if o is not None and (o.get("spec") or {}).get("nodeName") == self.node:
-                    for claim in claim_keys(o):
-                        pods = self._pods_by_claim.setdefault(claim, set())
-                        (pods.add if add else pods.discard)(_pod_key(o))
-            if any(o is not None and (o.get("spec") or {}).get("nodeName") == self.node for o in (old, new)):
-                self.loop.add(_pod_key(new or old))  # type: ignore[arg-type]
+            here = [(p, add) for o, add in ((old, False), (new, True)) if o is not None and (p := Pod(o)).node_name == self.node]
+            for p, add in here:
+                for claim_key in p.claim_keys:
+                    pods = self._pods_by_claim.setdefault(claim_key, set())
+                    (pods.add if add else pods.discard)(f"pod:{p.key}")
+            if here:
+                self.loop.add(f"pod:{here[0][0].key}")  # old and new are one pod: one key
                 self._node_soon()
         elif kind is NODE:
-            if (new or old or {}).get("metadata", {}).get("name") == self.node and _labels(old) != _labels(new):
+            obj = new or old
+            if obj is not None and Node(obj).name == self.node and _labels(old) != _labels(new):
                 for key in self.keys():
                     self.loop.add(key)
         elif kind is PVC:
-            claims = {ref_of(o).key for o in (old, new) if o is not None}
-            for o, add in ((old, False), (new, True)):
-                volume = ((o or {}).get("spec") or {}).get("volumeName")
-                if volume:
-                    keys = self._claims_by_pv.setdefault(volume, set())
-                    (keys.add if add else keys.discard)(ref_of(o).key)  # type: ignore[arg-type]
-            self._add_pods(claims)
+            changed = [(PersistentVolumeClaim(o), add) for o, add in ((old, False), (new, True)) if o is not None]
+            for claim, add in changed:
+                if claim.volume_name:
+                    keys = self._claims_by_pv.setdefault(claim.volume_name, set())
+                    (keys.add if add else keys.discard)(claim.key)
+            self._add_pods({claim.key for claim, _ in changed})
         elif kind is PV:
-            pvs = {o["metadata"]["name"] for o in (old, new) if o is not None}
+            pvs = {PersistentVolume(o).name for o in (old, new) if o is not None}
             self._add_pods({c for pv in pvs for c in self._claims_by_pv.get(pv, ())})
         elif kind is VA:
-            vas = [o for o in (old, new) if o is not None and (o.get("spec") or {}).get("nodeName") == self.node]
-            pvs = {((o.get("spec") or {}).get("source") or {}).get("persistentVolumeName") for o in vas}
+            vas = [va for o in (old, new) if o is not None and (va := VolumeAttachment(o)).node_name == self.node]
+            pvs = {va.pv_name for va in vas}
             if pvs:
-                self._add_pods({c for pv in pvs for c in self._claims_by_pv.get(pv or "", ())})
+                self._add_pods({c for pv in pvs for c in self._claims_by_pv.get(pv, ())})
         elif kind is CSIDRIVER:
             for pod in self._pods_here():
                 self.loop.add(_pod_key(pod))
@@ -166,21 +145,13 @@ class VolumeManager:
         self.loop.add_after(self.node_key, 0.5)
 
     def _pods_here(self) -> list[Obj]:
-        return [p for p in self._informer.list(POD) if (p.get("spec") or {}).get("nodeName") == self.node]
-
-    def _pvs_of(self, pod: Obj) -> set[str]:
-        out = set()
-        for key in claim_keys(pod):
-            pvc = self._informer.get(PVC, key)
-            if pvc is not None and (pvc.get("spec") or {}).get("volumeName"):
-                out.add(pvc["spec"]["volumeName"])
-        return out
+        return [p for p in self._informer.list(POD) if Pod(p).node_name == self.node]
 
     def _desired(self, pod: Obj | None) -> bool:
         return is_desired(pod, self.node, keep_terminated=self.node_object.keep_terminated)
 
     def _desired_uids(self) -> set[str]:
-        return {p["metadata"]["uid"] for p in self._pods_here() if self._desired(p)}
+        return {Pod(p).uid for p in self._pods_here() if self._desired(p)}
 
     def _uid_desired(self, uid: str) -> bool:
         return uid in self._desired_uids()
@@ -195,15 +166,15 @@ class VolumeManager:
 
     async def sync_pod(self, pod_key: str) -> None:
         pod = self._informer.get(POD, pod_key)
-        desired = self._desired(pod)
-        uid = pod["metadata"]["uid"] if desired else None  # type: ignore[index]
+        desired = pod if self._desired(pod) else None
+        uid = Pod(desired).uid if desired is not None else None
         stale = [v for v in self.paths.pod_volumes() if v.pod_key == pod_key and v.pod_uid != uid]
         if stale:
             await self._tear_down_all(stale, lambda v: not self._uid_desired(v.pod_uid))
             self.loop.add(self.node_key)
-        if desired:
-            await self._mount_pod(pod)  # type: ignore[arg-type]
-        elif pod is not None and (pod.get("spec") or {}).get("nodeName") == self.node:
+        if desired is not None:
+            await self._mount_pod(desired)
+        elif pod is not None and Pod(pod).node_name == self.node:
             await self._status.mark_unmounted(pod)
 
     async def sync_node(self) -> None:
@@ -218,7 +189,7 @@ class VolumeManager:
         for device in self.paths.devices():
             if device.unique_name in used:
                 continue
-            async with self._locks.hold(device.unique_name or str(device.path)):
+            async with self._locks.acquire(device.unique_name or str(device.path)):
                 if device.unique_name in self._devices_used() or not device.path.parent.exists():
                     continue  # A pod mounted it, or another sync took it down, while we waited.
                 try:
@@ -239,7 +210,7 @@ class VolumeManager:
         used = {v.unique_name for v in self.paths.pod_volumes() if v.unique_name}
         for pod in self._pods_here():
             if self._desired(pod):
-                for volume in (pod.get("spec") or {}).get("volumes") or []:
+                for volume in Pod(pod).volumes:
                     r = resolve(pod, volume, self._informer.get)
                     if isinstance(r, DesiredVolume) and r.is_csi:
                         used.add(r.unique_name)
@@ -250,7 +221,7 @@ class VolumeManager:
         writing one and the other leaves them apart)."""
         on_disk = {d.unique_name for d in self.paths.devices() if d.unique_name}
         for name in set(self.node_object.in_use()) - on_disk:
-            async with self._locks.hold(name):
+            async with self._locks.acquire(name):
                 if name not in {d.unique_name for d in self.paths.devices()}:
                     await self.node_object.remove_in_use(name)
         for name in on_disk - set(self.node_object.in_use()):
@@ -262,7 +233,7 @@ class VolumeManager:
         statuses: list[Obj] = []
         failed: list[str] = []
         waiting: list[str] = []
-        for volume in (pod.get("spec") or {}).get("volumes") or []:
+        for volume in Pod(pod).volumes:
             r = resolve(pod, volume, self._informer.get)
             if isinstance(r, Unresolved):
                 statuses.append(volume_entry(r.name, False, "", r.message))
@@ -285,47 +256,47 @@ class VolumeManager:
                 statuses.append(volume_entry(r.name, True, str(path), ""))
         await self._status.write(pod, statuses)
         if failed:
-            raise Internal(f"pod {ref_of(pod).key}: " + "; ".join(failed))
+            raise Internal(f"pod {Pod(pod).key}: " + "; ".join(failed))
         if waiting:
             raise Retry(_ATTACH_POLL_S, waiting[0])
 
     def _target_of(self, pod: Obj, volume: DesiredVolume) -> Path:
-        return self.paths.pod_volume(pod["metadata"]["uid"], volume.plugin, volume.spec_name, block=volume.block)
+        return self.paths.pod_volume(Pod(pod).uid, volume.plugin, volume.spec_name, block=volume.block)
 
     async def _mount(self, pod: Obj, volume: DesiredVolume, target: Path) -> None:
         if volume.is_csi:
             if self._csi.set_up_done(target):
                 return
-            async with self._locks.hold(volume.unique_name):
+            async with self._locks.acquire(volume.unique_name):
                 context = self._csi.publish_context(volume)
                 try:
                     # Before MountDevice: the AD controller never detaches a volume in use.
                     await self.node_object.add_in_use(volume.unique_name)
                     staging, staged = await self._csi.mount_device(volume, context)
-                except Exception as exc:  # noqa: BLE001 - reported on the pod, retried by the loop.
+                except Exception as exc:  # Any failure: reported on the pod, retried by the loop.
                     raise _StepFailed("MountDevice", exc) from exc
                 if staged:
                     message = f'MountVolume.MountDevice succeeded for volume "{volume.spec_name}" device mount path "{staging}"'
                     await self._objects.record(pod, "Normal", "SuccessfulMountVolume", message)
                 try:
                     done = await self._csi.set_up(pod, volume, staging, context)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # Any failure, as the step that failed.
                     raise _StepFailed("SetUp", exc) from exc
         else:
-            async with self._locks.hold(str(target)):
-                meta = pod["metadata"]
+            async with self._locks.acquire(str(target)):
+                owner = Pod(pod)
                 record = {
                     "plugin": volume.plugin, "specVolID": volume.spec_name, "volumeName": volume.name, "uniqueName": volume.unique_name,
-                    "podUID": meta["uid"], "podNamespace": meta.get("namespace") or "default", "podName": meta["name"], "nodeName": self.node,
+                    "podUID": owner.uid, "podNamespace": owner.namespace, "podName": owner.name, "nodeName": self.node,
                 }
                 try:
                     if self.paths.read_pod_volume_data(target) != record:
                         self.paths.write_pod_volume_data(target, record)
                     done = await self._in_tree.set_up(volume, target)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # Any failure, as the step that failed.
                     raise _StepFailed("SetUp", exc) from exc
         if done:
-            log.info("mounted volume %s for pod %s at %s", volume.spec_name, ref_of(pod).key, target)
+            log.info("mounted volume %s for pod %s at %s", volume.spec_name, Pod(pod).key, target)
             await self._objects.record(pod, "Normal", "SuccessfulMountVolume", f'MountVolume.SetUp succeeded for volume "{volume.spec_name}"')
 
     # -- UnmountVolumes ---------------------------------------------------------------------
@@ -336,7 +307,7 @@ class VolumeManager:
         errors = []
         for volume in volumes:
             key = volume.unique_name if volume.plugin == CSI and volume.unique_name else str(volume.path)
-            async with self._locks.hold(key):
+            async with self._locks.acquire(key):
                 if not unwanted(volume) or not self.paths.on_disk(volume):
                     continue  # Wanted again, or another key took it down while we waited.
                 try:
@@ -355,11 +326,11 @@ class VolumeManager:
 
 
 def _pod_key(pod: Obj) -> str:
-    return f"pod:{ref_of(pod).key}"
+    return f"pod:{Pod(pod).key}"
 
 
 def _labels(obj: Obj | None) -> dict[str, str]:
-    return dict(((obj or {}).get("metadata") or {}).get("labels") or {})
+    return dict(Node(obj).labels) if obj is not None else {}
 
 
 def _reason(exc: BaseException) -> str:

@@ -2,9 +2,10 @@
 
 Every change is load → decide → append intent → act on the host (``steps.py``) → append
 result, under a per-volume lock. The host steps are idempotent when redone, which is how
-``recover`` finishes an intent a crash left behind.
+``recover`` finishes an intent a crash left behind. ``volumes`` is the repository of
+this node's volume aggregates (``volplane.aggregate``), ``projection`` their read model.
 
-    app = NodeApp(cfg, store, runner, HostStorage(), is_published=attacher_check(bus, cfg.node_id))
+    app = NodeApp(cfg, volumes, projection, HostStorage(), is_published=attacher_check(bus, cfg.node_id))
     await app.stage(StageVolume(volume_id=vid, staging_path="/var/lib/…/globalmount", capability=Capability()))
 
 A volume's image is looked up when the volume is first staged — in this node's pool, then
@@ -18,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from volplane import subjects
+from volplane.aggregate import Repository
 from volplane.commands import (
     Done,
     GetVolumeStats,
@@ -32,16 +33,13 @@ from volplane.commands import (
 )
 from volplane.config import Config
 from volplane.errors import ConcurrencyConflict, FailedPrecondition, Internal, InvalidArgument, NotFound, VolplaneError
-from volplane.events import Event
-from volplane.eventstore import EventStore
 from volplane.ids import image_path, is_volume_id
-from volplane.locks import KeyedLocks
 from volplane.nodes import SHARED_POOL
-from volplane.projection import ProjectionRunner
 
 from ..adapters.projection import NodeProjection
 from ..adapters.storage import HostStorage, StorageError
 from ..domain.events import (
+    NodeVolumeEvent,
     VolumeExpandedOnNode,
     VolumeExpandOnNodeFailed,
     VolumePublished,
@@ -54,7 +52,6 @@ from ..domain.events import (
     VolumeUnstaged,
 )
 from ..domain.volume import (
-    FS_TYPES,
     NodeVolumeState,
     check_capability,
     check_path,
@@ -63,8 +60,9 @@ from ..domain.volume import (
     decide_stage,
     decide_unpublish,
     decide_unstage,
-    evolve,
+    is_idle,
     locate,
+    stage_fs_type,
 )
 from .steps import HostSteps
 
@@ -78,8 +76,8 @@ class NodeApp:
     def __init__(
         self,
         cfg: Config,
-        store: EventStore,
-        runner: ProjectionRunner[NodeVolumeState],
+        volumes: Repository[NodeVolumeState, NodeVolumeEvent],
+        projection: NodeProjection,
         host: HostStorage,
         *,
         is_published: PublishedCheck | None = None,
@@ -87,13 +85,12 @@ class NodeApp:
         """``is_published`` None: stage without asking the attacher (a node without a controller in front)."""
         self._cfg = cfg
         self._node = cfg.node_id
-        self._store = store
-        self._runner = runner
-        self._projection: NodeProjection = runner.projection  # type: ignore[assignment]
+        self._volumes = volumes
+        self._read = projection
         self._host = host
         self._steps = HostSteps(host)
         self._is_published = is_published
-        self._locks = KeyedLocks("volume")
+        self._locks = volumes.locks
         self._own_dirs = [str(d) for d in (cfg.pool_dir, cfg.shared_pool_dir) if d is not None]
         self._pools = [(cfg.pool_name, cfg.pool_dir)]
         if cfg.shared_pool_dir is not None:
@@ -105,9 +102,7 @@ class NodeApp:
         staging = self._checked("staging_target_path", cmd.staging_path, must_exist=False)
         check_capability(cmd.capability)
         block = cmd.capability.access_type == "block"
-        fs_type = "" if block else cmd.capability.fs_type or cmd.volume_context.get("fsType") or "ext4"
-        if not block and fs_type not in FS_TYPES:
-            raise InvalidArgument(f"volume_context.fsType: {fs_type[:64]!r} is not supported (ext4, xfs)")
+        fs_type = stage_fs_type(cmd)
         self._valid_id(cmd.volume_id)
         cmd = cmd.model_copy(update={"staging_path": staging})
         async with self._locks.hold(cmd.volume_id):
@@ -235,29 +230,27 @@ class NodeApp:
 
     async def recover(self) -> int:
         """Finish every intent a crash left without its result; returns how many volumes."""
-        ids = sorted(i.decode() for i in await self._runner._redis.smembers(self._projection.inflight))
-        for vid in ids:
-            async with self._locks.hold(vid):
-                state = await self._load(vid)
-                if state is None:
-                    continue
-                log.info("recovering volume %s on node %s", vid, self._node)
-                try:
-                    if state.stage_phase == "staging":
-                        state = await self._finish_stage(state)
-                    elif state.stage_phase == "unstaging":
-                        await self._finish_unstage(state)
-                        continue
-                    if state.expanding:
-                        state = await self._finish_expand(state)
-                    for pub in state.publications:
-                        if pub.phase == "publishing":
-                            state = await self._finish_publish(state, pub.target_path)
-                        elif pub.phase == "unpublishing":
-                            state = await self._finish_unpublish(state, pub.target_path)
-                except Exception as exc:  # noqa: BLE001 - one volume must not keep the node from starting.
-                    log.error("could not recover volume %s: %s", vid, _reason(exc))
-        return len(ids)
+        finishers = {
+            "staging": self._recover_staging,
+            "unstaging": self._finish_unstage,
+            "staged": self._finish_pending,
+            "none": self._finish_pending,
+        }
+        return await self._volumes.recover(await self._read.in_flight(), finishers, phase=lambda s: s.stage_phase)
+
+    async def _recover_staging(self, state: NodeVolumeState) -> NodeVolumeState:
+        return await self._finish_pending(await self._finish_stage(state))
+
+    async def _finish_pending(self, state: NodeVolumeState) -> NodeVolumeState:
+        """Finish the expansion and the publications a crash left pending."""
+        if state.expanding:
+            state = await self._finish_expand(state)
+        for pub in state.publications:
+            if pub.phase == "publishing":
+                state = await self._finish_publish(state, pub.target_path)
+            elif pub.phase == "unpublishing":
+                state = await self._finish_unpublish(state, pub.target_path)
+        return state
 
     # -- act, then record the result ------------------------------------------
 
@@ -265,7 +258,7 @@ class NodeApp:
         image = self._image_of(state)
         try:
             device, formatted, capacity = await self._steps.stage(state, image)
-        except Exception as exc:  # noqa: BLE001 - any failure of a host step is recorded and undone.
+        except Exception as exc:  # Any failure of a host step is recorded and undone.
             await self._steps.undo_stage(state, image)
             await self._append(state, VolumeStageFailed(volume_id=state.volume_id, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
@@ -286,7 +279,7 @@ class NodeApp:
         image = self._image_of(state)
         try:
             await self._steps.publish(state, pub, image)
-        except Exception as exc:  # noqa: BLE001 - any failure of a host step is recorded and undone.
+        except Exception as exc:  # Any failure of a host step is recorded and undone.
             await self._steps.unpublish(state, Path(target), image)
             await self._append(state, VolumePublishFailed(volume_id=state.volume_id, target_path=target, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
@@ -304,7 +297,7 @@ class NodeApp:
     async def _finish_expand(self, state: NodeVolumeState) -> NodeVolumeState:
         try:
             size = await self._steps.expand(state, self._image_of(state))
-        except Exception as exc:  # noqa: BLE001 - any failure of a host step is recorded and undone.
+        except Exception as exc:  # Any failure of a host step is recorded and undone.
             await self._append(state, VolumeExpandOnNodeFailed(volume_id=state.volume_id, reason=_reason(exc)))
             if isinstance(exc, VolplaneError):
                 raise
@@ -317,39 +310,23 @@ class NodeApp:
         if self._is_published is not None and not await self._is_published(volume_id):
             raise FailedPrecondition(f"volume {volume_id} is not published to node {self._node}; call ControllerPublishVolume first")
 
-    async def _append(self, state: NodeVolumeState | None, event: Event) -> NodeVolumeState:
-        subject = subjects.node_volume(self._node, event.volume_id)  # type: ignore[attr-defined]
-        expected = state.version if state else 0
+    async def _append(self, state: NodeVolumeState | None, event: NodeVolumeEvent) -> NodeVolumeState:
+        vid = event.volume_id
         try:
-            seq = await self._store.append(subject, event, expected=expected)
+            return await self._volumes.append(vid, state, event)
         except ConcurrencyConflict:
             if state is not None:
                 raise
-            # No state in Redis, but the aggregate has history (it was idle): append after it.
-            expected = await self._last_version(subject, event.volume_id)  # type: ignore[attr-defined]
-            seq = await self._store.append(subject, event, expected=expected)
-        new = evolve(state, event, seq)  # type: ignore[arg-type]
-        assert new is not None
-        self._runner.note(self._projection.key(new.volume_id), new, seq)
-        return new
-
-    async def _last_version(self, subject: str, volume_id: str) -> int:
-        """The aggregate's version when Redis holds no state for it (it went idle).
-
-        Only the newest event is fetched: once the runner has applied it and the state is
-        still absent, the aggregate is idle at that version. Reading the whole history
-        instead would cost one request per event ever recorded for the volume.
-        """
-        last = await self._store.last(subject)
-        if last is None:
-            return 0
-        await self._runner.wait_for(last.seq)
-        if await self._load(volume_id) is not None:
-            raise ConcurrencyConflict(f"{subject} changed under us")
-        return last.seq
+        # No state in Redis, but the aggregate has history (it went idle): append after it.
+        # Only its newest event is read (not its whole history, one request per event ever
+        # recorded); once the runner has applied it, the volume must still be idle.
+        latest = await self._volumes.reload(vid)
+        if latest is not None and not is_idle(latest):
+            raise ConcurrencyConflict(f"volume {vid} on node {self._node} changed under us")
+        return await self._volumes.append(vid, latest, event)
 
     async def _load(self, volume_id: str) -> NodeVolumeState | None:
-        return await self._runner.get(self._projection.key(volume_id))
+        return await self._volumes.load(volume_id)
 
     async def _load_settled(self, volume_id: str) -> NodeVolumeState | None:
         """The state, after finishing an expansion a crash left pending (it would race the next step)."""

@@ -14,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from volplane.commands import AccessType
 from volplane.events import Event
+from volplane.volumes import AccessType
 
 
 class VolumeStaging(Event):

@@ -13,9 +13,11 @@ from __future__ import annotations
 import posixpath
 from typing import Literal
 
-from volplane.commands import AccessType, Capability, PublishVolume, StageVolume
+from volplane import volumes
+from volplane.commands import Capability, PublishVolume, StageVolume
 from volplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OperationPending, OutOfRange
 from volplane.events import Frozen
+from volplane.volumes import FS_TYPES, READER_ONLY_MODES, SINGLE_NODE_SINGLE_WRITER, AccessType
 
 from .events import (
     NodeVolumeEvent,
@@ -34,12 +36,29 @@ from .events import (
     VolumeUnstaging,
 )
 
+# The volume rules live in volplane.volumes; FS_TYPES stays importable from here.
+__all__ = [
+    "FS_TYPES",
+    "MAX_PATH",
+    "MOUNT_FLAGS",
+    "NodeVolumeState",
+    "Publication",
+    "check_capability",
+    "check_path",
+    "decide_expand",
+    "decide_publish",
+    "decide_stage",
+    "decide_unpublish",
+    "decide_unstage",
+    "evolve",
+    "is_idle",
+    "locate",
+    "stage_fs_type",
+]
+
 StagePhase = Literal["none", "staging", "staged", "unstaging"]
 PublishPhase = Literal["publishing", "published", "unpublishing"]
 
-FS_TYPES = frozenset({"ext4", "xfs"})
-READER_ONLY_MODES = frozenset({2, 3})  # SINGLE_NODE_READER_ONLY, MULTI_NODE_READER_ONLY
-SINGLE_NODE_SINGLE_WRITER = 6
 # Mount flags a capability may carry: they change how, never where or what, is mounted.
 MOUNT_FLAGS = frozenset({
     "noatime", "nodiratime", "relatime", "strictatime", "lazytime", "nolazytime",
@@ -96,11 +115,20 @@ def check_capability(cap: Capability) -> None:
         if cap.fs_type or cap.mount_flags:
             raise InvalidArgument("volume_capability.block: a block volume takes no fs_type or mount_flags")
         return
-    if cap.fs_type and cap.fs_type not in FS_TYPES:
-        raise InvalidArgument(f"volume_capability.mount.fs_type: {cap.fs_type!r} is not supported (ext4, xfs)")
+    if cap.fs_type:
+        volumes.check_fs_type("volume_capability.mount.fs_type", cap.fs_type)
     bad = [f for f in cap.mount_flags if f not in MOUNT_FLAGS]
     if bad:
         raise InvalidArgument(f"volume_capability.mount.mount_flags: not allowed: {', '.join(sorted(bad))[:256]}")
+
+
+def stage_fs_type(cmd: StageVolume) -> str:
+    """The filesystem NodeStage makes or expects: "" for a block volume, else the one
+    ``volplane.volumes.fs_type_of`` picks — the capability's, then the volume context's
+    ``fsType`` (which CreateVolume filled in), then ext4 — or InvalidArgument."""
+    if cmd.capability.access_type == "block":
+        return ""
+    return volumes.check_fs_type(f"volume_context.{volumes.FS_TYPE_KEY}", volumes.fs_type_of((cmd.capability,), cmd.volume_context))
 
 
 def decide_stage(state: NodeVolumeState | None, cmd: StageVolume, fs_type: str, image: str) -> VolumeStaging | None:
@@ -229,7 +257,7 @@ def evolve(state: NodeVolumeState | None, event: NodeVolumeEvent, seq: int) -> N
             s = s.model_copy(update={"stage_phase": "unstaging"})
         case VolumePublishing():
             pub = Publication(target_path=event.target_path, readonly=event.readonly, phase="publishing", keep_target=event.keep_target)
-            s = s.model_copy(update={"publications": _without(s, event.target_path) + (pub,)})
+            s = s.model_copy(update={"publications": (*_without(s, event.target_path), pub)})
         case VolumePublished() | VolumeUnpublishing():
             phase: PublishPhase = "published" if isinstance(event, VolumePublished) else "unpublishing"
             pubs = tuple(p.model_copy(update={"phase": phase}) if p.target_path == event.target_path else p for p in s.publications)

@@ -11,72 +11,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from volplane.resources.names import (
-    ANN_BIND_COMPLETED,
-    ANN_BOUND_BY_CONTROLLER,
-    ANN_SELECTED_NODE,
-    claim_class,
-)
-from volplane.resources.schema import quantity
+from volplane.resources.names import ANN_BIND_COMPLETED, ANN_BOUND_BY_CONTROLLER, ANN_SELECTED_NODE
+from volplane.resources.objects import Obj, PersistentVolume, PersistentVolumeClaim, StorageClass
 from volplane.resources.selectors import LabelSelector, node_affinity_allows
 
-__all__ = ["should_delay_binding", "find_best_match", "bound_to_claim", "bind_steps", "claim_ref", "request_of", "capacity_of"]
-
-Obj = dict[str, Any]
-
-
-def _meta(obj: Obj) -> Obj:
-    return obj.get("metadata") or {}
-
-
-def _ann(obj: Obj) -> dict[str, str]:
-    return _meta(obj).get("annotations") or {}
+__all__ = ["bind_steps", "bound_to_claim", "capacity_of", "claim_ref", "find_best_match", "introduced_by", "request_of", "satisfies", "should_delay_binding"]
 
 
 def request_of(claim: Obj) -> int:
-    return quantity(claim["spec"]["resources"]["requests"]["storage"])
+    return PersistentVolumeClaim(claim).request
 
 
 def capacity_of(pv: Obj) -> int:
-    return quantity(pv["spec"]["capacity"]["storage"])
+    return PersistentVolume(pv).capacity
 
 
 def claim_ref(claim: Obj) -> Obj:
-    meta = _meta(claim)
-    return {"kind": "PersistentVolumeClaim", "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"], "apiVersion": "v1"}
+    return PersistentVolumeClaim(claim).ref()
 
 
 def should_delay_binding(claim: Obj, classes: dict[str, Obj]) -> bool:
     """The seed's DelayBinding: a selected node means the scheduler has spoken (no delay);
     no StorageClass means no delay; otherwise the class's volumeBindingMode decides."""
-    if ANN_SELECTED_NODE in _ann(claim):
+    pvc = PersistentVolumeClaim(claim)
+    if ANN_SELECTED_NODE in pvc.annotations:
         return False
-    name = claim_class(claim)
-    if not name:
-        return False
-    sc = classes.get(name)
-    if sc is None:
-        return False
-    return sc.get("volumeBindingMode") == "WaitForFirstConsumer"
+    sc = StorageClass.of(classes.get(pvc.storage_class)) if pvc.storage_class else None
+    return sc is not None and sc.delays_binding
 
 
 def bound_to_claim(pv: Obj, claim: Obj) -> bool:
     """Whether the PV's claimRef names this claim (a ref without uid is a user's pre-binding)."""
-    ref = (pv.get("spec") or {}).get("claimRef")
-    if not ref:
-        return False
-    meta = _meta(claim)
-    if ref.get("name") != meta.get("name") or (ref.get("namespace") or "default") != meta.get("namespace"):
-        return False
-    return not ref.get("uid") or ref.get("uid") == meta.get("uid")
+    ref = PersistentVolume(pv).claim_ref
+    return ref is not None and ref.matches(PersistentVolumeClaim(claim))
 
 
-def _modes_satisfied(pv: Obj, claim: Obj) -> bool:
-    return set(claim["spec"].get("accessModes") or []) <= set(pv["spec"].get("accessModes") or [])
-
-
-def _pv_class(pv: Obj) -> str:
-    return pv["spec"].get("storageClassName") or ""
+def _modes_satisfied(pv: PersistentVolume, claim: PersistentVolumeClaim) -> bool:
+    return set(claim.access_modes) <= set(pv.access_modes)
 
 
 def find_best_match(claim: Obj, volumes: list[Obj], *, delay: bool, node: Obj | None) -> Obj | None:
@@ -84,49 +55,54 @@ def find_best_match(claim: Obj, volumes: list[Obj], *, delay: bool, node: Obj | 
     otherwise, among PVs of the same volumeMode, not bound to another claim, Available,
     selected by the claim's label selector, of the same class, offering its access modes
     (and admitting the selected node) — the smallest that holds the request."""
-    want = request_of(claim)
-    mode = claim["spec"].get("volumeMode") or "Filesystem"
-    selector = LabelSelector.from_spec(claim["spec"].get("selector"))
-    cls = claim_class(claim)
+    pvc = PersistentVolumeClaim(claim)
+    want = pvc.request
+    mode = pvc.volume_mode
+    selector = LabelSelector.from_spec(pvc.selector)
+    cls = pvc.storage_class
     best: Obj | None = None
-    for pv in volumes:
-        spec = pv["spec"]
+    best_size = 0
+    for obj in volumes:
+        pv = PersistentVolume(obj)
         # 1) volumeMode.
-        if (spec.get("volumeMode") or "Filesystem") != mode:
+        if pv.volume_mode != mode:
             continue
-        if capacity_of(pv) < want:
+        size = pv.capacity
+        if size < want:
             continue
-        if node is not None and not node_affinity_allows(pv, node):
+        if node is not None and not node_affinity_allows(obj, node):
             continue
-        if bound_to_claim(pv, claim):
-            return pv  # a pre-bound pair is honoured whatever else is on offer
+        ref = pv.claim_ref
+        if ref is not None and ref.matches(pvc):
+            return obj  # a pre-bound pair is honoured whatever else is on offer
         # 2) bound to another claim.
-        if spec.get("claimRef"):
+        if ref is not None:
             continue
         # 3) phase.
-        if ((pv.get("status") or {}).get("phase")) != "Available":
+        if pv.phase != "Available":
             continue
         # A delayed claim waits for the scheduler to pick a node before it takes a PV.
         if delay:
             continue
         # 4) label selector, 5) class, and the access modes.
-        if not selector.matches(_meta(pv).get("labels")) or _pv_class(pv) != cls or not _modes_satisfied(pv, claim):
+        if not selector.matches(pv.labels) or pv.storage_class != cls or not _modes_satisfied(pv, pvc):
             continue
         # 6) the smallest that fits.
-        if best is None or capacity_of(pv) < capacity_of(best):
-            best = pv
+        if best is None or size < best_size:
+            best, best_size = obj, size
     return best
 
 
 def satisfies(pv: Obj, claim: Obj) -> str | None:
     """Why a PV named by a claim's volumeName cannot serve it, or None if it can."""
-    if (pv["spec"].get("volumeMode") or "Filesystem") != (claim["spec"].get("volumeMode") or "Filesystem"):
+    volume, pvc = PersistentVolume(pv), PersistentVolumeClaim(claim)
+    if volume.volume_mode != pvc.volume_mode:
         return "volumeMode does not match"
-    if capacity_of(pv) < request_of(claim):
+    if volume.capacity < pvc.request:
         return "requested PV is too small"
-    if _pv_class(pv) != claim_class(claim):
+    if volume.storage_class != pvc.storage_class:
         return "storageClassName does not match"
-    if not _modes_satisfied(pv, claim):
+    if not _modes_satisfied(volume, pvc):
         return "access modes do not match"
     return None
 
@@ -138,26 +114,25 @@ def bind_steps(pv: Obj, claim: Obj, *, pv_by_controller: bool, claim_by_controll
     ``pv_by_controller``: the controller, not a user, points the PV at the claim (so the
     PV gets ``bound-by-controller``); ``claim_by_controller``: likewise for the claim's
     volumeName."""
+    volume, pvc = PersistentVolume(pv), PersistentVolumeClaim(claim)
     steps: list[tuple[str, Obj]] = []
-    ref = claim_ref(claim)
-    have = pv["spec"].get("claimRef") or {}
+    ref = pvc.ref()
+    have = volume.claim_ref.raw if volume.claim_ref else {}
     if {k: have.get(k) for k in ("namespace", "name", "uid")} != {k: ref[k] for k in ("namespace", "name", "uid")}:
         steps.append(("pv", {"spec": {"claimRef": ref}}))  # 1. pv.spec.claimRef
-    if (pv.get("status") or {}).get("phase") != "Bound":
+    if volume.phase != "Bound":
         steps.append(("pv", {"status": {"phase": "Bound", "message": None, "reason": None}}))  # 2. pv phase Bound
-    if pv_by_controller and _ann(pv).get(ANN_BOUND_BY_CONTROLLER) != "yes":
+    if pv_by_controller and volume.annotations.get(ANN_BOUND_BY_CONTROLLER) != "yes":
         steps.append(("pv", {"metadata": {"annotations": {ANN_BOUND_BY_CONTROLLER: "yes"}}}))  # 3. pv annotation
-    if claim["spec"].get("volumeName") != pv["metadata"]["name"]:
-        steps.append(("pvc", {"spec": {"volumeName": pv["metadata"]["name"]}}))  # 4. pvc.spec.volumeName
-    status = claim.get("status") or {}
-    bound_status = {"phase": "Bound", "accessModes": pv["spec"]["accessModes"], "capacity": dict(pv["spec"]["capacity"])}
-    if any(status.get(k) != v for k, v in bound_status.items()):
+    if pvc.spec.get("volumeName") != volume.name:
+        steps.append(("pvc", {"spec": {"volumeName": volume.name}}))  # 4. pvc.spec.volumeName
+    bound_status = {"phase": "Bound", "accessModes": volume.spec["accessModes"], "capacity": dict(volume.spec["capacity"])}
+    if any(pvc.status.get(k) != v for k, v in bound_status.items()):
         steps.append(("pvc", {"status": bound_status}))  # 5. pvc phase Bound
     want = {ANN_BIND_COMPLETED: "yes"}
     if claim_by_controller:
         want[ANN_BOUND_BY_CONTROLLER] = "yes"
-    ann = _ann(claim)
-    if any(ann.get(k) != v for k, v in want.items()):
+    if any(pvc.annotations.get(k) != v for k, v in want.items()):
         steps.append(("pvc", {"metadata": {"annotations": want}}))  # 6. pvc annotations
     return steps
 

@@ -31,20 +31,18 @@ from volplane.resources.names import (
     ANN_SELECTED_NODE,
     ANN_STORAGE_PROVISIONER,
     OWN_DRIVER,
-    annotations,
-    claim_class,
 )
+from volplane.resources.objects import Node, Obj, PersistentVolume, PersistentVolumeClaim, StorageClass
 from volplane.resources.schema import format_quantity
 from volplane.resources.store import ObjectStore
 
-from .binding import claim_ref, request_of, should_delay_binding
+from .binding import should_delay_binding
 
 __all__ = ["ExternalProvisioner"]
 
 log = logging.getLogger(__name__)
 
 PV, PVC, SC, NODE = (BY_NAME[k] for k in ("PersistentVolume", "PersistentVolumeClaim", "StorageClass", "Node"))
-Obj = dict[str, Any]
 _CSI_PARAM = "csi.storage.k8s.io/"
 
 
@@ -81,9 +79,9 @@ class ExternalProvisioner:
         elif kind is PV and new is not None:
             self.volumes.add(key_of(new))
         elif kind is SC or kind is BY_NAME["CSIDriver"]:
-            for claim in self.informer.list(PVC):
-                if not claim["spec"].get("volumeName"):
-                    self.claims.add(key_of(claim))
+            for claim in map(PersistentVolumeClaim, self.informer.list(PVC)):
+                if not claim.volume_name:
+                    self.claims.add(claim.key)
 
     async def _sync_claim_key(self, key: str) -> None:
         claim = self.informer.get(PVC, key)
@@ -91,9 +89,10 @@ class ExternalProvisioner:
             await self.provision(claim)
 
     async def provision(self, claim: Obj) -> None:
-        ann = annotations(claim)
+        pvc = PersistentVolumeClaim(claim)
+        ann = pvc.annotations
         provisioner = ann.get(ANN_STORAGE_PROVISIONER) or ann.get(ANN_BETA_STORAGE_PROVISIONER)
-        if claim["metadata"].get("deletionTimestamp") or claim["spec"].get("volumeName") or ANN_BIND_COMPLETED in ann:
+        if pvc.deleting or pvc.volume_name or ANN_BIND_COMPLETED in ann:
             return  # the seed: a claim with volumeName set is skipped
         if not provisioner or provisioner.startswith("kubernetes.io/"):
             return
@@ -101,42 +100,42 @@ class ExternalProvisioner:
         if served is None:
             return  # another provisioner's claim (or nobody's yet): not ours
         driver, endpoint = served
-        classes = {sc["metadata"]["name"]: sc for sc in self.informer.list(SC)}
-        sc = classes.get(claim_class(claim))
-        if sc is None or sc.get("provisioner") != provisioner or should_delay_binding(claim, classes):
+        classes = {StorageClass(sc).name: sc for sc in self.informer.list(SC)}
+        sc = StorageClass.of(classes.get(pvc.storage_class))
+        if sc is None or sc.provisioner != provisioner or should_delay_binding(claim, classes):
             return
-        name = f"pvc-{claim['metadata']['uid']}"
+        name = f"pvc-{pvc.uid}"
         if self.informer.get(PV, name) is not None:
             return  # made already; the PV controller binds it
         await self.objects.record(claim, "Normal", "Provisioning", f'External provisioner is provisioning volume for claim "{key_of(claim)}"')
-        params = {k: v for k, v in (sc.get("parameters") or {}).items() if not k.startswith(_CSI_PARAM)}
-        fs_type = (sc.get("parameters") or {}).get(f"{_CSI_PARAM}fstype", "")
-        block = claim["spec"].get("volumeMode") == "Block"
+        params = {k: v for k, v in sc.parameters.items() if not k.startswith(_CSI_PARAM)}
+        fs_type = sc.parameters.get(f"{_CSI_PARAM}fstype", "")
+        block = pvc.block
         node = ann.get(ANN_SELECTED_NODE)
         try:
             volume = await client_for(endpoint).create_volume(
                 name,
-                request_of(claim),
-                access_mode=claim["spec"]["accessModes"][0],
+                pvc.request,
+                access_mode=pvc.spec["accessModes"][0],
                 block=block,
                 fs_type=fs_type,
-                mount_flags=sc.get("mountOptions") or [],
+                mount_flags=sc.mount_options,
                 parameters=params,
                 node_topology=self._topology(driver, node) if node else None,
             )
         except Exception as exc:
             message = getattr(exc, "message", str(exc))
-            await self.objects.record(claim, "Warning", "ProvisioningFailed", f"failed to provision volume with StorageClass \"{sc['metadata']['name']}\": {message}")
+            await self.objects.record(claim, "Warning", "ProvisioningFailed", f'failed to provision volume with StorageClass "{sc.name}": {message}')
             raise
         spec: Obj = {
-            "capacity": {"storage": format_quantity(volume.capacity_bytes or request_of(claim))},
-            "accessModes": claim["spec"]["accessModes"],
-            "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy") or "Delete",
-            "storageClassName": claim_class(claim),
-            "mountOptions": sc.get("mountOptions") or [],
-            "volumeMode": claim["spec"].get("volumeMode") or "Filesystem",
+            "capacity": {"storage": format_quantity(volume.capacity_bytes or pvc.request)},
+            "accessModes": pvc.spec["accessModes"],
+            "persistentVolumeReclaimPolicy": sc.reclaim_policy,
+            "storageClassName": pvc.storage_class,
+            "mountOptions": sc.mount_options,
+            "volumeMode": pvc.volume_mode,
             "csi": {"driver": driver, "volumeHandle": volume.volume_id, "volumeAttributes": dict(volume.volume_context), **({"fsType": fs_type} if fs_type else {})},
-            "claimRef": claim_ref(claim),
+            "claimRef": pvc.ref(),
         }
         affinity = node_affinity(volume.accessible_topology)
         if affinity:
@@ -152,8 +151,8 @@ class ExternalProvisioner:
     def _topology(self, driver: str, node: str) -> dict[str, str]:
         if driver == OWN_DRIVER:
             return {TOPOLOGY_KEY: node}
-        obj = self.informer.get(NODE, node)
-        labels = (obj or {}).get("metadata", {}).get("labels") or {}
+        obj = Node.get(self.informer.get, node)
+        labels = obj.labels if obj is not None else {}
         return {k: v for k, v in labels.items() if "topology" in k}
 
     async def _sync_volume_key(self, key: str) -> None:
@@ -164,20 +163,20 @@ class ExternalProvisioner:
     async def delete(self, pv: Obj) -> None:
         """DeleteVolume, then the PV goes — for released PVs with policy Delete that this
         process's driver provisioned."""
-        spec = pv["spec"]
-        phase = (pv.get("status") or {}).get("phase")
-        if phase not in ("Released", "Failed") or spec.get("persistentVolumeReclaimPolicy") != "Delete" or "csi" not in spec:
+        volume = PersistentVolume(pv)
+        phase = volume.phase
+        if phase not in ("Released", "Failed") or volume.reclaim_policy != "Delete" or volume.csi is None:
             return
-        served = provisioner_driver(self.informer, annotations(pv).get(ANN_PROVISIONED_BY, ""), self.own_endpoint)
-        if served is None or served[0] != spec["csi"]["driver"]:
+        served = provisioner_driver(self.informer, volume.annotations.get(ANN_PROVISIONED_BY, ""), self.own_endpoint)
+        if served is None or served[0] != volume.csi_driver:
             return
         endpoint = served[1]
-        ref = spec.get("claimRef") or {}
-        claim = self.informer.get(PVC, f"{ref.get('namespace') or 'default'}/{ref.get('name')}") if ref else None
-        if claim is not None and claim["metadata"]["uid"] == ref.get("uid"):
+        ref = volume.claim_ref
+        claim = PersistentVolumeClaim.get(self.informer.get, ref.key) if ref is not None else None
+        if claim is not None and ref is not None and claim.uid == ref.uid:
             return  # still claimed (the phase is stale)
         try:
-            await client_for(endpoint).delete_volume(spec["csi"]["volumeHandle"])
+            await client_for(endpoint).delete_volume(volume.csi["volumeHandle"])
         except NotFound:
             pass  # gone already: deleting is done
         except Exception as exc:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
-from typing import Any
+
+from volplane.resources.objects import Obj, PersistentVolume
 
 __all__ = ["HOST_PATH", "NO_PROVISIONER", "HostPathPlugin", "PluginError"]
 
@@ -35,8 +36,8 @@ class HostPathPlugin:
         await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
         return str(path)
 
-    def _own(self, pv: dict[str, Any], verb: str) -> Path:
-        host = ((pv.get("spec") or {}).get("hostPath") or {}).get("path")
+    def _own(self, pv: Obj, verb: str) -> Path:
+        host = (PersistentVolume(pv).spec.get("hostPath") or {}).get("path")
         if not host:
             raise PluginError(f"no {verb}er volume plugin matched: the volume is not a hostPath volume")
         path = Path(host).resolve()
@@ -44,11 +45,11 @@ class HostPathPlugin:
             raise PluginError(f"host_path {verb}er only supports paths under {self.root}, not {host}")
         return path
 
-    async def delete(self, pv: dict[str, Any]) -> None:
+    async def delete(self, pv: Obj) -> None:
         path = self._own(pv, "delet")
         await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
 
-    async def recycle(self, pv: dict[str, Any]) -> None:
+    async def recycle(self, pv: Obj) -> None:
         """Scrub: remove everything inside the directory, keep the directory."""
         path = self._own(pv, "recycl")
 

@@ -15,7 +15,6 @@ so a crash between the bind's six writes leaves a state the next sync finishes.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from volplane.errors import AlreadyExists
 from volplane.resources.controller import Loop
@@ -26,19 +25,15 @@ from volplane.resources.names import (
     ANN_BIND_COMPLETED,
     ANN_BOUND_BY_CONTROLLER,
     ANN_PROVISIONED_BY,
-    ANN_SELECTED_NODE,
     ANN_STORAGE_PROVISIONER,
     LABEL_HOSTNAME,
-    annotations,
-    claim_class,
-    plugin_of,
 )
+from volplane.resources.objects import Obj, PersistentVolume, PersistentVolumeClaim, StorageClass
 from volplane.resources.store import ObjectStore
 
 from .binding import (
     bind_steps,
     bound_to_claim,
-    claim_ref,
     find_best_match,
     introduced_by,
     satisfies,
@@ -46,21 +41,12 @@ from .binding import (
 )
 from .intree import HOST_PATH, NO_PROVISIONER, HostPathPlugin, PluginError
 
-__all__ = ["PVController", "MANAGER"]
+__all__ = ["MANAGER", "PVController"]
 
 log = logging.getLogger(__name__)
 
 MANAGER = "persistentvolume-controller"
 PV, PVC, SC, NODE = (BY_NAME[k] for k in ("PersistentVolume", "PersistentVolumeClaim", "StorageClass", "Node"))
-Obj = dict[str, Any]
-
-
-def _meta(obj: Obj) -> Obj:
-    return obj["metadata"]
-
-
-def _phase(obj: Obj) -> str:
-    return (obj.get("status") or {}).get("phase") or ""
 
 
 class PVController:
@@ -88,27 +74,28 @@ class PVController:
         if kind is PVC:
             key = key_of(obj)
             self.claims.add(key)
-            for o in (old, new):
-                if o and o["spec"].get("volumeName"):
-                    self.volumes.add(o["spec"]["volumeName"])
-            if old and old["spec"].get("volumeName"):
-                self._by_volume.get(old["spec"]["volumeName"], set()).discard(key)
-            if new and new["spec"].get("volumeName"):
-                self._by_volume.setdefault(new["spec"]["volumeName"], set()).add(key)
+            before, after = PersistentVolumeClaim.of(old), PersistentVolumeClaim.of(new)
+            for c in (before, after):
+                if c is not None and c.volume_name:
+                    self.volumes.add(c.volume_name)
+            if before is not None and before.volume_name:
+                self._by_volume.get(before.volume_name, set()).discard(key)
+            if after is not None and after.volume_name:
+                self._by_volume.setdefault(after.volume_name, set()).add(key)
         elif kind is PV:
             self.volumes.add(key_of(obj))
             for o in (old, new):
-                ref = (o or {}).get("spec", {}).get("claimRef") if o else None
-                if ref:
-                    self.claims.add(f"{ref.get('namespace') or 'default'}/{ref['name']}")
+                ref = PersistentVolume(o).claim_ref if o is not None else None
+                if ref is not None:
+                    self.claims.add(ref.key)
             # Claims that name this volume (a user's pre-binding, or a Lost claim whose
             # volume came back).
-            for key in self._by_volume.get(_meta(obj)["name"], ()):
+            for key in self._by_volume.get(PersistentVolume(obj).name, ()):
                 self.claims.add(key)
         elif kind is SC:
-            for claim in self.informer.list(PVC):
-                if _phase(claim) != "Bound" and claim_class(claim) == _meta(obj)["name"]:
-                    self.claims.add(key_of(claim))
+            for claim in map(PersistentVolumeClaim, self.informer.list(PVC)):
+                if claim.phase != "Bound" and claim.storage_class == StorageClass(obj).name:
+                    self.claims.add(claim.key)
 
     # --- writes -------------------------------------------------------------------
 
@@ -131,29 +118,30 @@ class PVController:
 
     async def _sync_claim_key(self, key: str) -> None:
         claim = self.informer.get(PVC, key)
-        if claim is not None and not _meta(claim).get("deletionTimestamp"):
+        if claim is not None and not PersistentVolumeClaim(claim).deleting:
             await self.sync_claim(claim)
 
     async def sync_claim(self, claim: Obj) -> None:
-        if ANN_BIND_COMPLETED in annotations(claim):
+        if ANN_BIND_COMPLETED in PersistentVolumeClaim(claim).annotations:
             await self._sync_bound_claim(claim)
         else:
             await self._sync_unbound_claim(claim)
 
     async def _sync_unbound_claim(self, claim: Obj) -> None:
-        if not _phase(claim):
+        if not PersistentVolumeClaim(claim).phase:
             claim = await self._phase_to(claim, "Pending")
-        name = claim["spec"].get("volumeName")
+        pvc = PersistentVolumeClaim(claim)
+        name = pvc.volume_name
         if not name:
-            classes = {_meta(sc)["name"]: sc for sc in self.informer.list(SC)}
+            classes = {StorageClass(sc).name: sc for sc in self.informer.list(SC)}
             delay = should_delay_binding(claim, classes)
-            pv = find_best_match(claim, self.informer.list(PV), delay=delay, node=self._selected_node(claim))
+            pv = find_best_match(claim, self.informer.list(PV), delay=delay, node=self._selected_node(pvc))
             if pv is not None:
                 await self._bind(pv, claim)
             elif delay:
                 await self._event(claim, "Normal", "WaitForFirstConsumer", "waiting for first consumer to be created before binding")
-            elif claim_class(claim):
-                await self._provision(claim, classes.get(claim_class(claim)))
+            elif pvc.storage_class:
+                await self._provision(claim, classes.get(pvc.storage_class))
             else:
                 await self._event(claim, "Normal", "FailedBinding", "no persistent volumes available for this claim and no storage class is set")
             return
@@ -162,8 +150,7 @@ class PVController:
         if pv is None:
             await self._event(claim, "Normal", "FailedBinding", f'volume "{name}" requested by the claim does not exist')
             return
-        ref = pv["spec"].get("claimRef")
-        if not ref:
+        if PersistentVolume(pv).claim_ref is None:
             why = satisfies(pv, claim)
             if why:
                 await self._event(claim, "Warning", "FailedBinding", f'Cannot bind to requested volume "{name}": {why}')
@@ -175,7 +162,7 @@ class PVController:
             await self._event(claim, "Warning", "FailedBinding", f'volume "{name}" is already bound to a different claim')
 
     async def _sync_bound_claim(self, claim: Obj) -> None:
-        name = claim["spec"].get("volumeName")
+        name = PersistentVolumeClaim(claim).volume_name
         if not name:
             await self._lost(claim, "Bound claim has lost reference to PersistentVolume. Data on the volume is lost!")
             return
@@ -183,14 +170,14 @@ class PVController:
         if pv is None:
             await self._lost(claim, "Bound claim has lost its PersistentVolume. Data on the volume is lost!")
             return
-        ref = pv["spec"].get("claimRef")
-        if not ref or ref.get("uid") == _meta(claim)["uid"]:
+        ref = PersistentVolume(pv).claim_ref
+        if ref is None or ref.uid == PersistentVolumeClaim(claim).uid:
             await self._bind(pv, claim)  # keeps it Bound; Lost → Bound when the volume is back
         else:
             await self._lost(claim, "Two claims are bound to the same volume, this one is bound incorrectly", reason="ClaimMisbound")
 
     async def _lost(self, claim: Obj, message: str, reason: str = "ClaimLost") -> None:
-        if _phase(claim) != "Lost":
+        if PersistentVolumeClaim(claim).phase != "Lost":
             await self._phase_to(claim, "Lost")
             await self._event(claim, "Warning", reason, message)
 
@@ -205,25 +192,26 @@ class PVController:
     async def _bound_by_controller(self, pv: Obj, claim: Obj) -> tuple[bool, bool]:
         """Whether the controller (not a user) points the PV at the claim, and the claim at
         the PV — from the objects, or, for a bind a crash interrupted, from their logs."""
-        ref = pv["spec"].get("claimRef") or {}
-        if annotations(pv).get(ANN_BOUND_BY_CONTROLLER) == "yes" or not ref:
+        volume, pvc = PersistentVolume(pv), PersistentVolumeClaim(claim)
+        ref = volume.claim_ref
+        if volume.annotations.get(ANN_BOUND_BY_CONTROLLER) == "yes" or ref is None:
             pv_by = True
-        elif not ref.get("uid") or ANN_PROVISIONED_BY in annotations(pv):
+        elif not ref.uid or ANN_PROVISIONED_BY in volume.annotations:
             pv_by = False
         else:
             history = [e for _, e in await self.objects.history(ref_of(pv))]
             pv_by = introduced_by(history, ("spec", "claimRef")) == MANAGER
-        if annotations(claim).get(ANN_BOUND_BY_CONTROLLER) == "yes" or not claim["spec"].get("volumeName"):
+        if pvc.annotations.get(ANN_BOUND_BY_CONTROLLER) == "yes" or not pvc.volume_name:
             claim_by = True
-        elif ANN_BIND_COMPLETED in annotations(claim):
+        elif ANN_BIND_COMPLETED in pvc.annotations:
             claim_by = False
         else:
             history = [e for _, e in await self.objects.history(ref_of(claim))]
             claim_by = introduced_by(history, ("spec", "volumeName")) == MANAGER
         return pv_by, claim_by
 
-    def _selected_node(self, claim: Obj) -> Obj | None:
-        node = annotations(claim).get(ANN_SELECTED_NODE)
+    def _selected_node(self, claim: PersistentVolumeClaim) -> Obj | None:
+        node = claim.selected_node
         if not node:
             return None
         return self.informer.get(NODE, node) or {"metadata": {"name": node, "labels": {LABEL_HOSTNAME: node}}}
@@ -231,7 +219,7 @@ class PVController:
     # --- provisioning -----------------------------------------------------------------
 
     async def _provision(self, claim: Obj, sc: Obj | None) -> None:
-        cls = claim_class(claim)
+        cls = PersistentVolumeClaim(claim).storage_class
         if sc is None:
             await self._event(claim, "Warning", "ProvisioningFailed", f'storageclass.storage.k8s.io "{cls}" not found')
             return
@@ -239,7 +227,7 @@ class PVController:
         if provisioner == NO_PROVISIONER:
             await self._event(claim, "Normal", "ProvisioningFailed", f'storageclass "{cls}" uses {NO_PROVISIONER}: its volumes are never provisioned; waiting for a matching PersistentVolume')
             return
-        ann = annotations(claim)
+        ann = PersistentVolumeClaim(claim).annotations
         if ann.get(ANN_BETA_STORAGE_PROVISIONER) != provisioner or ann.get(ANN_STORAGE_PROVISIONER) != provisioner:
             claim = await self._write(claim, {"metadata": {"annotations": {ANN_BETA_STORAGE_PROVISIONER: provisioner, ANN_STORAGE_PROVISIONER: provisioner}}}, "set storage provisioner")
         if not provisioner.startswith("kubernetes.io/"):
@@ -248,13 +236,14 @@ class PVController:
         if provisioner != HOST_PATH:
             await self._event(claim, "Warning", "ProvisioningFailed", f"no volume plugin matched name: {provisioner}")
             return
-        if claim["spec"].get("volumeMode") == "Block":
+        if PersistentVolumeClaim(claim).block:
             await self._event(claim, "Warning", "ProvisioningFailed", f"{HOST_PATH} does not support block volume provisioning")
             return
         await self._provision_host_path(claim, sc)
 
     async def _provision_host_path(self, claim: Obj, sc: Obj) -> None:
-        name = f"pvc-{_meta(claim)['uid']}"
+        pvc, cls = PersistentVolumeClaim(claim), StorageClass(sc)
+        name = f"pvc-{pvc.uid}"
         pv = self.informer.get(PV, name)
         if pv is None:
             path = await self.hostpath.provision(name)
@@ -263,14 +252,14 @@ class PVController:
                 "kind": "PersistentVolume",
                 "metadata": {"name": name, "annotations": {ANN_BOUND_BY_CONTROLLER: "yes", ANN_PROVISIONED_BY: HOST_PATH}},
                 "spec": {
-                    "capacity": {"storage": claim["spec"]["resources"]["requests"]["storage"]},
-                    "accessModes": claim["spec"]["accessModes"],
-                    "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy") or "Delete",
-                    "storageClassName": claim_class(claim),
-                    "mountOptions": sc.get("mountOptions") or [],
-                    "volumeMode": claim["spec"].get("volumeMode") or "Filesystem",
+                    "capacity": {"storage": pvc.spec["resources"]["requests"]["storage"]},
+                    "accessModes": pvc.spec["accessModes"],
+                    "persistentVolumeReclaimPolicy": cls.reclaim_policy,
+                    "storageClassName": pvc.storage_class,
+                    "mountOptions": cls.mount_options,
+                    "volumeMode": pvc.volume_mode,
                     "hostPath": {"path": path, "type": "DirectoryOrCreate"},
-                    "claimRef": claim_ref(claim),
+                    "claimRef": pvc.ref(),
                 },
                 "status": {"phase": "Bound"},
             }
@@ -286,36 +275,36 @@ class PVController:
 
     async def _sync_volume_key(self, key: str) -> None:
         pv = self.informer.get(PV, key)
-        if pv is not None and not _meta(pv).get("deletionTimestamp"):
+        if pv is not None and not PersistentVolume(pv).deleting:
             await self.sync_volume(pv)
 
     async def sync_volume(self, pv: Obj) -> None:
-        ref = pv["spec"].get("claimRef")
-        if not ref:
-            if _phase(pv) != "Available":
+        volume = PersistentVolume(pv)
+        ref = volume.claim_ref
+        if ref is None:
+            if volume.phase != "Available":
                 await self._phase_to(pv, "Available")
             return
-        if not ref.get("uid"):
+        if not ref.uid:
             # Pre-bound by a user to a claim that has not bound yet: the claim's sync binds it.
-            if _phase(pv) not in ("Available", "Bound"):
+            if volume.phase not in ("Available", "Bound"):
                 await self._phase_to(pv, "Available")
-            self.claims.add(f"{ref.get('namespace') or 'default'}/{ref['name']}")
+            self.claims.add(ref.key)
             return
-        claim = self.informer.get(PVC, f"{ref.get('namespace') or 'default'}/{ref['name']}")
-        if claim is not None and _meta(claim)["uid"] != ref["uid"]:
+        claim = PersistentVolumeClaim.get(self.informer.get, ref.key)
+        if claim is not None and claim.uid != ref.uid:
             claim = None  # the claim was deleted and another of the same name created
         if claim is None:
-            if _phase(pv) not in ("Released", "Failed"):
+            if volume.phase not in ("Released", "Failed"):
                 pv = await self._phase_to(pv, "Released")
             await self._reclaim(pv)
             return
-        name = claim["spec"].get("volumeName")
-        if not name:
-            self.claims.add(key_of(claim))  # the claim's half of the bind is still to come
-        elif name == _meta(pv)["name"]:
-            if _phase(pv) != "Bound":
+        if not claim.volume_name:
+            self.claims.add(claim.key)  # the claim's half of the bind is still to come
+        elif claim.volume_name == volume.name:
+            if volume.phase != "Bound":
                 await self._phase_to(pv, "Bound")
-        elif annotations(pv).get(ANN_BOUND_BY_CONTROLLER) == "yes":
+        elif volume.annotations.get(ANN_BOUND_BY_CONTROLLER) == "yes":
             # The claim went to another volume; this one was only ours to give: release it.
             await self._unbind(pv)
 
@@ -324,13 +313,14 @@ class PVController:
         await self._phase_to(pv, "Available")
 
     async def _reclaim(self, pv: Obj) -> None:
-        policy = pv["spec"].get("persistentVolumeReclaimPolicy")
+        volume = PersistentVolume(pv)
+        policy = volume.spec.get("persistentVolumeReclaimPolicy")
         if policy == "Retain":
             return
         if policy == "Recycle":
             try:
-                if plugin_of(pv["spec"]) != "kubernetes.io/host-path":
-                    raise PluginError(f"No recycler plugin found for the volume ({plugin_of(pv['spec'])})")
+                if volume.plugin != HOST_PATH:
+                    raise PluginError(f"No recycler plugin found for the volume ({volume.plugin})")
                 await self.hostpath.recycle(pv)
             except PluginError as exc:
                 await self._failed(pv, "VolumeFailedRecycle", str(exc))
@@ -339,12 +329,12 @@ class PVController:
             await self._unbind(pv)
             return
         if policy == "Delete":
-            provisioned_by = annotations(pv).get(ANN_PROVISIONED_BY, "")
-            if "csi" in pv["spec"] and provisioned_by and not provisioned_by.startswith("kubernetes.io/"):
+            provisioned_by = volume.annotations.get(ANN_PROVISIONED_BY, "")
+            if "csi" in volume.spec and provisioned_by and not provisioned_by.startswith("kubernetes.io/"):
                 return  # the external provisioner that made it deletes it
             try:
-                if plugin_of(pv["spec"]) != "kubernetes.io/host-path":
-                    raise PluginError(f'error getting deleter volume plugin for volume "{_meta(pv)["name"]}": no deletable volume plugin matched')
+                if volume.plugin != HOST_PATH:
+                    raise PluginError(f'error getting deleter volume plugin for volume "{volume.name}": no deletable volume plugin matched')
                 await self.hostpath.delete(pv)
             except PluginError as exc:
                 await self._failed(pv, "VolumeFailedDelete", str(exc))

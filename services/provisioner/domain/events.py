@@ -3,6 +3,9 @@
 An intent (``VolumeCreating``, ``VolumeDeleting``) is recorded before the image file
 is touched and a result after, so that on restart an intent without its result is
 finished (see ``services.provisioner.csi.volumes.ProvisionerApp.recover``).
+
+Events hold the stored value types of ``volplane.volumes``, never a command's types: the
+decision converts (``decide_create``), so a command can change without changing the log.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
-from volplane.commands import Capability, ContentSource
 from volplane.events import Event
+from volplane.volumes import StoredCapability, StoredContentSource
 
 
 class VolumeCreating(Event):
@@ -21,9 +24,9 @@ class VolumeCreating(Event):
     name: str
     pool: str
     capacity_bytes: int
-    capabilities: tuple[Capability, ...]
+    capabilities: tuple[StoredCapability, ...]
     parameters: dict[str, str] = Field(default_factory=dict)
-    content_source: ContentSource | None = None
+    content_source: StoredContentSource | None = None
 
 
 class VolumeCreated(Event):

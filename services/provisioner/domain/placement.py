@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from volplane.commands import Topology
 from volplane.errors import InvalidArgument, ResourceExhausted
 from volplane.events import Frozen
 from volplane.nodes import TOPOLOGY_KEY
+from volplane.volumes import Topology
 
 
 class PoolView(Frozen):

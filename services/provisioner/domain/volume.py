@@ -14,10 +14,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from volplane.commands import Capability, ContentSource, CreateVolume
-from volplane.errors import AlreadyExists, InvalidArgument, NotFound, OperationPending, OutOfRange
+from volplane import volumes
+from volplane.commands import Capability, CreateVolume
+from volplane.errors import AlreadyExists, InvalidArgument, NotFound, OperationPending
 from volplane.events import Frozen
 from volplane.ids import is_volume_id, volume_id_for
+from volplane.volumes import (
+    BLOCK,
+    DEFAULT_SIZE,
+    FS_TYPE_KEY,
+    FS_TYPES,
+    MIN_SIZE,
+    SINGLE_NODE_MODES,
+    GiB,
+    MiB,
+    StoredCapability,
+    StoredContentSource,
+    resolve_size,
+)
 
 from .events import (
     VolumeCreated,
@@ -31,20 +45,33 @@ from .events import (
     VolumeExpanding,
 )
 
-__all__ = ["VolumeState", "decide_create", "decide_delete", "decide_expand", "evolve", "resolve_size", "is_volume_id", "volume_id_for"]
+# The volume rules live in volplane.volumes; their names stay importable from here too.
+__all__ = [
+    "BLOCK",
+    "DEFAULT_SIZE",
+    "FS_TYPES",
+    "MAX_NAME",
+    "MIN_SIZE",
+    "MIN_SIZE_XFS",
+    "SINGLE_NODE_MODES",
+    "GiB",
+    "MiB",
+    "VolumeState",
+    "check_capabilities",
+    "decide_create",
+    "decide_delete",
+    "decide_expand",
+    "effective_fs_type",
+    "evolve",
+    "fs_type_of",
+    "is_volume_id",
+    "minimum_size",
+    "resolve_size",
+    "volume_id_for",
+]
 
-BLOCK = 4096
-MiB = 2**20
-GiB = 2**30
-DEFAULT_SIZE = 1 * GiB
-# Small enough for tests, large enough for ext4 with its journal; xfs needs 300 MiB.
-MIN_SIZE = 32 * MiB
-MIN_SIZE_XFS = 300 * MiB
+MIN_SIZE_XFS = volumes.minimum_size("xfs")
 MAX_NAME = 128
-
-# CSI AccessMode.Mode numbers a single-node filesystem or block volume can serve.
-SINGLE_NODE_MODES = frozenset({1, 2, 6, 7})  # WRITER, READER_ONLY, SINGLE_WRITER, MULTI_WRITER
-FS_TYPES = frozenset({"ext4", "xfs"})
 
 Phase = Literal["creating", "ready", "expanding", "failed", "deleting", "deleted"]
 
@@ -54,68 +81,45 @@ class VolumeState(Frozen):
     name: str
     pool: str
     capacity_bytes: int
-    capabilities: tuple[Capability, ...]
+    capabilities: tuple[StoredCapability, ...]
     parameters: dict[str, str]
     phase: Phase
     version: int  # stream sequence of this aggregate's last event
     created_at: int
-    content_source: ContentSource | None = None
+    content_source: StoredContentSource | None = None
     expand_from: int = 0  # the size an expansion in flight started from
 
 
-def resolve_size(required: int, limit: int, minimum: int = MIN_SIZE) -> int:
-    """The size to create for a CSI CapacityRange: whole MiB where the range allows,
-    else whole 4 KiB blocks (loop devices need whole sectors).
-
-    >>> resolve_size(0, 0) == DEFAULT_SIZE
-    True
-    >>> resolve_size(0, 100 * MiB + 1) == 100 * MiB
-    True
-    """
-    if required < 0 or limit < 0:
-        raise InvalidArgument("capacity_range: bytes must not be negative")
-    if limit and required > limit:
-        raise OutOfRange(f"capacity_range: required_bytes {required} exceeds limit_bytes {limit}")
-    if required:
-        size = max(minimum, _round_up(required, MiB))
-        if limit and size > limit:
-            size = max(minimum, _round_up(required, BLOCK))
-    else:
-        size = max(minimum, min(DEFAULT_SIZE, limit // MiB * MiB) if limit else DEFAULT_SIZE)
-    if limit and size > limit:
-        raise OutOfRange(f"capacity_range: no size of whole blocks of at least {minimum} bytes fits in [{required}, {limit}]")
-    return size
-
-
 def minimum_size(cmd: CreateVolume) -> int:
+    """The smallest volume ``cmd`` may get: its filesystem's minimum, or the block minimum."""
     mount = any(c.access_type == "mount" for c in cmd.capabilities)
-    return MIN_SIZE_XFS if mount and fs_type_of(cmd) == "xfs" else MIN_SIZE
-
-
-def _round_up(n: int, unit: int) -> int:
-    return -(-n // unit) * unit
+    return volumes.minimum_size(fs_type_of(cmd)) if mount else MIN_SIZE
 
 
 def check_capabilities(caps: tuple[Capability, ...]) -> None:
     if not caps:
         raise InvalidArgument("volume_capabilities: at least one capability is required")
     for cap in caps:
-        if cap.access_mode not in SINGLE_NODE_MODES:
-            raise InvalidArgument(f"volume_capabilities: access mode {cap.access_mode} is not supported (single-node modes only)")
-        if cap.access_type == "mount" and cap.fs_type and cap.fs_type not in FS_TYPES:
-            raise InvalidArgument(f"volume_capabilities: fs_type {cap.fs_type!r} is not supported (ext4, xfs)")
+        volumes.check_access_mode("volume_capabilities", cap.access_mode)
+        if cap.access_type == "mount" and cap.fs_type:
+            volumes.check_fs_type("volume_capabilities.fs_type", cap.fs_type)
 
 
 def fs_type_of(cmd: CreateVolume) -> str:
-    fs = effective_fs_type(cmd.parameters, cmd.capabilities)
-    if fs not in FS_TYPES:
-        raise InvalidArgument(f"parameters.fsType: {fs!r} is not supported (ext4, xfs)")
-    return fs
+    """The filesystem ``cmd`` asks for (``volplane.volumes.fs_type_of``), or InvalidArgument when
+    a capability or the ``fsType`` parameter names one volplane does not format — the
+    parameter is checked even when a capability overrides it."""
+    for cap in cmd.capabilities:
+        if cap.access_type == "mount" and cap.fs_type:
+            volumes.check_fs_type("volume_capabilities.fs_type", cap.fs_type)
+    if cmd.parameters.get(FS_TYPE_KEY):
+        volumes.check_fs_type(f"parameters.{FS_TYPE_KEY}", cmd.parameters[FS_TYPE_KEY])
+    return effective_fs_type(cmd.parameters, cmd.capabilities)
 
 
-def effective_fs_type(parameters: dict[str, str], capabilities: tuple[Capability, ...]) -> str:
-    """The filesystem a volume gets: the ``fsType`` parameter, else a capability's, else ext4."""
-    return parameters.get("fsType", "") or next((c.fs_type for c in capabilities if c.fs_type), "") or "ext4"
+def effective_fs_type(parameters: dict[str, str], capabilities: tuple[Capability, ...] | tuple[StoredCapability, ...]) -> str:
+    """The filesystem a volume gets: a capability's, else the ``fsType`` parameter, else ext4."""
+    return volumes.fs_type_of(capabilities, parameters)
 
 
 def decide_create(state: VolumeState | None, cmd: CreateVolume, *, pool: str, size: int) -> VolumeCreating | None:
@@ -126,9 +130,9 @@ def decide_create(state: VolumeState | None, cmd: CreateVolume, *, pool: str, si
             name=cmd.name,
             pool=pool,
             capacity_bytes=size,
-            capabilities=cmd.capabilities,
+            capabilities=tuple(c.stored() for c in cmd.capabilities),
             parameters=cmd.parameters,
-            content_source=cmd.content_source,
+            content_source=cmd.content_source.stored() if cmd.content_source else None,
         )
     if state.phase == "deleting":
         raise OperationPending(f"volume {cmd.name!r} is being deleted")
@@ -149,7 +153,7 @@ def _check_compatible(state: VolumeState, cmd: CreateVolume) -> None:
     have = effective_fs_type(state.parameters, state.capabilities)
     if any(c.access_type == "mount" for c in cmd.capabilities) and wanted != have:
         raise AlreadyExists(f"volume {cmd.name!r} exists with {have}, not {wanted}")
-    if cmd.content_source != state.content_source:
+    if (cmd.content_source.stored() if cmd.content_source else None) != state.content_source:
         raise AlreadyExists(f"volume {cmd.name!r} exists with another content source")
 
 
