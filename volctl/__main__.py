@@ -14,7 +14,7 @@ import typer
 try:  # typer ≥ 0.20 carries its own copy of click, whose exceptions are not click's
     from typer._click import exceptions as cx
 except ImportError:  # pragma: no cover - older typer runs on click itself
-    from click import exceptions as cx  # type: ignore[no-redef]
+    from click import exceptions as cx  # type: ignore[no-redef]  # the same names, from the other module
 
 from volctl.cli import app
 from volctl.client import VolctlError

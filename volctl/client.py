@@ -12,6 +12,8 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,10 +109,12 @@ class Entry:
 
 
 class Client:
-    def __init__(self, target: str, channel: grpc.Channel) -> None:
+    def __init__(self, target: str, channel: grpc.Channel, request_timeout: float | None = None) -> None:
         self.target = target
         self._channel = channel
         self._stub = resources_pb2_grpc.ResourcesStub(channel)
+        # kubectl's --request-timeout: how long one call may take (None: as long as it takes).
+        self.request_timeout = request_timeout
 
     @classmethod
     def connect(cls, target: str, timeout: float = _CONNECT_TIMEOUT) -> Client:
@@ -138,8 +142,13 @@ class Client:
         return json.loads(self._call(self._stub.Get, pb.ObjectRef(kind=kind, namespace=namespace, name=name)).json)
 
     def list(self, kind: str, namespace: str = "", all_namespaces: bool = False, selector: str = "") -> list[Obj]:
+        return self.list_at(kind, namespace, all_namespaces, selector)[0]
+
+    def list_at(self, kind: str, namespace: str = "", all_namespaces: bool = False, selector: str = "") -> tuple[builtins.list[Obj], int]:
+        """The objects and the stream position they are as of: where a watch takes over."""
         req = pb.ListRequest(kind=kind, namespace=namespace, all_namespaces=all_namespaces, label_selector=selector)
-        return [json.loads(o.json) for o in self._call(self._stub.List, req).items]
+        reply = self._call(self._stub.List, req)
+        return [json.loads(o.json) for o in reply.items], reply.resource_version
 
     def delete(self, kind: str, name: str, namespace: str = "") -> Obj:
         return json.loads(self._call(self._stub.Delete, pb.ObjectRef(kind=kind, namespace=namespace, name=name)).json)
@@ -148,24 +157,42 @@ class Client:
         reply = self._call(self._stub.History, pb.ObjectRef(kind=kind, namespace=namespace, name=name))
         return [Entry(e.seq, e.type, e.at_ns, json.loads(e.json)) for e in reply.entries]
 
-    def watch(self, kind: str, namespace: str, after: int, timeout: float | None, name: str = "") -> Iterator[tuple[str, Obj]]:
+    def watch(self, kind: str, namespace: str, after: int, timeout: float | None, name: str = "",
+              all_namespaces: bool = False, selector: str = "") -> Iterator[tuple[str, Obj]]:
         """(ADDED|MODIFIED|DELETED, object) of ``kind`` (only ``name`` if given) after
         stream position ``after``; TimedOut once ``timeout`` seconds have passed."""
-        request = pb.WatchRequest(kind=kind, namespace=namespace, resource_version=after, name=name)
+        request = pb.WatchRequest(kind=kind, namespace=namespace, resource_version=after, name=name,
+                                  all_namespaces=all_namespaces, label_selector=selector)
         call = self._stub.Watch(request, timeout=timeout)
+        # grpc's own iteration is read on a thread of its own, so that Ctrl-C (a
+        # KeyboardInterrupt in the main thread) lands in this queue's wait, never inside
+        # grpc: interrupted mid-call, a call can be left half torn down and closing the
+        # channel then blocks for ever.
+        events: queue.Queue[tuple[str, Obj] | Exception | None] = queue.Queue()
+
+        def pump() -> None:
+            try:
+                for event in call:
+                    events.put((event.type, json.loads(event.object.json)))
+                events.put(None)
+            except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
+                events.put(exc)
+
+        threading.Thread(target=pump, name="volctl-watch", daemon=True).start()
         try:
-            for event in call:
-                yield event.type, json.loads(event.object.json)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise TimedOut() from None
-            raise ServerError.of(exc) from None
+            while (item := events.get()) is not None:
+                if isinstance(item, grpc.RpcError):
+                    if item.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise TimedOut()
+                    raise ServerError.of(item)
+                if isinstance(item, Exception):
+                    raise item
+                yield item
         finally:
             call.cancel()
 
-    @staticmethod
-    def _call(method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any) -> Any:
         try:
-            return method(request)
+            return method(request, timeout=self.request_timeout)
         except grpc.RpcError as exc:
             raise ServerError.of(exc) from None

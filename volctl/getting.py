@@ -1,7 +1,7 @@
 """``volctl get``: which objects, fetched how, and printed in which of kubectl's formats.
 
     got = fetch(client, parse_get(["pv,pvc"]), namespace="default")
-    print(render(got, output="", with_kind=True))     # a table per kind, blank line between
+    sys.stdout.write(render(got, output_format(""), with_kind=True))   # a table per kind, blank line between
 
 Objects of several kinds come out kind by kind, in the order asked; a name that is not
 there is reported after them (kubectl's NotFound line) and the others still print.
@@ -9,23 +9,19 @@ there is reported after them (kubectl's NotFound line) and the others still prin
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from volctl import printing
 from volctl.client import Client, ServerError, VolctlError
-from volctl.columns import rows
-from volctl.refs import kind_named, qualified, targets
-from volctl.tables import table
+from volctl.jsonpath import Template
+from volctl.printing import Format, to_json, to_yaml
+from volctl.refs import kind_named, targets
 from volplane.resources.kinds import Kind
 
-__all__ = ["OUTPUTS", "Fetched", "Query", "fetch", "nothing_found", "parse_get", "render", "to_json", "to_yaml"]
+__all__ = ["Fetched", "Query", "fetch", "nothing_found", "parse_get", "render", "to_json", "to_yaml"]
 
 Obj = dict[str, Any]
-OUTPUTS = ("", "wide", "yaml", "json", "name")
 
 
 @dataclass
@@ -91,35 +87,10 @@ def fetch(client: Client, queries: list[Query], *, namespace: str, all_namespace
     return Fetched(out, errors, single)
 
 
-def to_yaml(obj: Any) -> str:
-    # kubectl prints keys sorted (it goes through JSON maps) and never folds long lines.
-    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False, width=1 << 20, allow_unicode=True).rstrip("\n")
-
-
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=4, ensure_ascii=False)
-
-
-def render(got: Fetched, *, output: str, with_kind: bool, all_namespaces: bool = False, now: float | None = None) -> str:
-    """What ``get`` prints on stdout ("" when nothing was found)."""
-    objs = [o for _, items in got.kinds for o in items]
-    if output == "name":
-        return "\n".join(qualified(o) for o in objs)
-    if output in ("yaml", "json"):
-        if got.single and len(objs) == 1:
-            doc: Any = objs[0]
-        elif not objs and got.failed:
-            return ""
-        else:
-            doc = {"apiVersion": "v1", "items": objs, "kind": "List", "metadata": {"resourceVersion": ""}}
-        return to_yaml(doc) if output == "yaml" else to_json(doc)
-    now = time.time() if now is None else now
-    tables = [
-        table(rows(kind, items, wide=output == "wide", with_kind=with_kind, all_namespaces=all_namespaces, now=now))
-        for kind, items in got.kinds
-        if items
-    ]
-    return "\n\n".join(tables)
+def render(got: Fetched, fmt: Format, *, with_kind: bool, all_namespaces: bool = False, sort_by: Template | None = None, now: float | None = None) -> str:
+    """What ``get`` writes on stdout, newlines included ("" when nothing was found)."""
+    return printing.render(got.kinds, fmt, single=got.single, with_kind=with_kind, all_namespaces=all_namespaces,
+                           sort_by=sort_by, failed=got.failed, now=now)
 
 
 def nothing_found(got: Fetched, namespace: str, all_namespaces: bool) -> str:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-__all__ = ["age", "age_ns", "describe_block", "human_age", "rfc3339_ns", "table", "tabwrite"]
+__all__ = ["Aligned", "age", "age_ns", "describe_block", "human_age", "rfc3339_ns", "table", "tabwrite"]
 
 # kubectl get: tabwriter.NewWriter(out, 6, 4, 3, ' ', ...); kubectl describe: (out, 0, 8, 2, ' ', 0).
 TABLE_MIN_WIDTH, TABLE_PADDING = 6, 3
@@ -65,6 +65,32 @@ def tabwrite(lines: Sequence[Sequence[str]], padding: int, minwidth: int = 0) ->
 def table(rows: Sequence[Sequence[str]]) -> str:
     """``kubectl get``'s layout: at least 3 spaces between columns."""
     return "\n".join(tabwrite(rows, TABLE_PADDING, TABLE_MIN_WIDTH))
+
+
+class Aligned:
+    """Rows laid out a batch at a time, each batch aligned with those before it: kubectl's
+    tabwriter under ``get -w`` remembers column widths across flushes (its RememberWidths
+    flag), so a change printed later lines up under the header, and a wider cell widens
+    its column from then on.
+
+        out = Aligned()
+        out.lines([["NAME", "STATUS"], ["a", "Bound"]])   # ["NAME   STATUS", "a      Bound"]
+        out.lines([["a-longer-name", "Lost"]])            # ["a-longer-name   Lost"]
+    """
+
+    def __init__(self, padding: int = TABLE_PADDING, minwidth: int = TABLE_MIN_WIDTH) -> None:
+        self.padding, self.minwidth = padding, minwidth
+        self.widths: list[int] = []
+
+    def lines(self, rows: Sequence[Sequence[str]]) -> list[str]:
+        columns = max((len(r) for r in rows), default=0) - 1  # a line's last cell is not a column
+        for j in range(columns):
+            width = max([self.minwidth] + [len(r[j]) + self.padding for r in rows if j < len(r) - 1])
+            if j < len(self.widths):
+                self.widths[j] = max(self.widths[j], width)
+            else:
+                self.widths.append(width)
+        return ["".join(cell.ljust(self.widths[j]) if j < len(row) - 1 else cell for j, cell in enumerate(row)) for row in rows]
 
 
 def describe_block(text: str) -> str:

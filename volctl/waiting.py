@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from volctl.client import Client, ServerError, TimedOut, VolctlError
+from volctl.jsonpath import JsonPathError, JsonPathExecError, go_text, relaxed
+from volctl.jsonpath import parse as parse_jsonpath
 
 __all__ = ["Condition", "condition", "duration", "jsonpath", "wait_for"]
 
@@ -38,21 +40,12 @@ def duration(text: str) -> float:
 
 
 def jsonpath(obj: Any, expr: str) -> Any:
-    """The value at a simple kubectl JSONPath such as ``{.status.conditions[0].type}``; None if absent."""
-    path = expr.strip().removeprefix("{").removesuffix("}").strip().lstrip(".")
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        if part.startswith("["):
-            index = int(part[1:-1])
-            obj = obj[index] if isinstance(obj, list) and index < len(obj) else None
-        else:
-            obj = obj.get(part) if isinstance(obj, dict) else None
-        if obj is None:
-            return None
-    return obj
-
-
-def _text(value: Any) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+    """The first value at a kubectl JSONPath such as ``{.status.conditions[0].type}``; None if absent."""
+    try:
+        found = parse_jsonpath(relaxed(expr.strip())).find(obj)
+    except (JsonPathError, JsonPathExecError):
+        return None
+    return found[0][0] if found and found[0] else None
 
 
 @dataclass(frozen=True)
@@ -78,25 +71,65 @@ def condition(text: str) -> Condition:
             c.get("type") == kind and str(c.get("status", "")).lower() == wanted
             for c in (obj.get("status") or {}).get("conditions") or []))
     if name == "jsonpath" and rest:
-        return _jsonpath_condition(rest)
+        return _jsonpath_condition(text[len("jsonpath=") :])
     raise VolctlError(f"error: unrecognized condition: {text!r} (use delete, phase=<phase>, condition=<type>[=<status>] or jsonpath='{{...}}'=<value>)")
 
 
-def _jsonpath_condition(text: str) -> Condition:
-    expr = text.strip().strip("'\"")
-    end = expr.find("}")
-    if not expr.startswith("{") or end < 0:
-        raise VolctlError(f"error: unrecognized condition: jsonpath={text!r} (use jsonpath='{{.status.phase}}'=Bound)")
-    path, rest = expr[: end + 1], expr[end + 1 :].strip("'\"")
+def _split_jsonpath(text: str) -> tuple[str, str | None]:
+    """``'{.status.phase}'=Bound`` → (``{.status.phase}``, ``Bound``); no ``=`` → (path, None).
+    The value starts at the first ``=`` after the braces (or, unbraced, outside brackets),
+    so a filter's ``==`` stays in the path."""
+    text = text.strip()
+    if text[:1] in ("'", '"') and text.find(text[0], 1) > 1:
+        end = text.find(text[0], 1)
+        path, rest = text[1:end], text[end + 1 :]
+    elif text.startswith("{") and "}" in text:
+        end = text.index("}")
+        path, rest = text[: end + 1], text[end + 1 :]
+    else:
+        depth, cut = 0, len(text)
+        for i, ch in enumerate(text):
+            depth += (ch == "[") - (ch == "]")
+            if ch == "=" and depth == 0:
+                cut = i
+                break
+        path, rest = text[:cut], text[cut:]
     if not rest:
-        return Condition(False, lambda obj: jsonpath(obj, path) not in (None, "", [], {}))
+        return path, None
     if not rest.startswith("="):
-        raise VolctlError(f"error: unrecognized condition: jsonpath={text!r}")
-    want = rest[1:].strip("'\"")
+        raise VolctlError(f"error: jsonpath wait format must be --for=jsonpath='{{.status.readyReplicas}}'=3 or --for=jsonpath='{{.status.readyReplicas}}', not {text!r}")
+    value = rest[1:].strip("'\"")
+    if not value:
+        raise VolctlError("error: jsonpath wait has to have a value after equal sign")
+    return path, value
+
+
+def _jsonpath_condition(text: str) -> Condition:
+    """kubectl wait's jsonpath: the path must find one value; with ``=value`` it must
+    print as that value (a map or list is an error), without it any value will do."""
+    raw, want = _split_jsonpath(text)
+    try:
+        template = parse_jsonpath(relaxed(raw))
+    except JsonPathError as exc:
+        raise VolctlError(f"error: error parsing jsonpath {raw}, {exc}") from None
 
     def met(obj: Obj) -> bool:
-        value = jsonpath(obj, path)
-        return value is not None and _text(value) == want
+        try:
+            found = template.find(obj)
+        except JsonPathExecError as exc:
+            raise VolctlError(f"error: {exc}") from None
+        if not found or not found[0]:
+            return False
+        if len(found) > 1:
+            raise VolctlError("error: given jsonpath expression matches more than one list")
+        if len(found[0]) > 1:
+            raise VolctlError("error: given jsonpath expression matches more than one value")
+        if want is None:
+            return True
+        value = found[0][0]
+        if isinstance(value, dict | list):
+            raise VolctlError("error: jsonpath leads to a nested object or list which is not supported")
+        return go_text(value).strip() == want.strip()
 
     return Condition(False, met)
 

@@ -9,10 +9,14 @@ bound claim skip, saying so, when nothing binds it within 20 seconds.
 from __future__ import annotations
 
 import json
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -309,3 +313,217 @@ def test_a_namespace_that_is_not_a_string_is_one_invalid_line(cp: Stack) -> None
     assert (out.returncode, out.stdout) == (1, "")
     [line] = out.stderr.splitlines()
     assert line.startswith("Error from server (Invalid): ") and "namespace" in line, line
+
+
+# --- get -w, -o jsonpath / custom-columns, --sort-by, --no-headers -------------------------------
+
+
+class Lines:
+    """A running volctl's stdout, read line by line as it is written: a thread feeds a
+    queue, so a test waits for each line (with a deadline) instead of sleeping."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:
+                self._queue.put(line.rstrip("\n"))
+        except (ValueError, OSError):
+            pass  # the test is over and closed the pipe under this thread
+        self._queue.put(None)
+
+    def next(self, timeout: float = 30) -> str:
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no new line within {timeout}s; so far: {self.seen}") from None
+        if line is None:
+            raise AssertionError(f"volctl ended (status {self.proc.wait()}) after: {self.seen}")
+        self.seen.append(line)
+        return line
+
+    def until(self, wanted: Any, timeout: float = 30) -> str:
+        """The first next line for which ``wanted(line)`` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next(max(0.1, deadline - time.monotonic()))
+            if wanted(line):
+                return line
+
+
+@pytest.fixture
+def running() -> Iterator[list[subprocess.Popen[str]]]:
+    """The volctl processes a test starts, killed at its end whatever happened."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_get_watch_prints_the_table_then_a_line_per_change(cp: Stack, api: Api, running: list[subprocess.Popen[str]]) -> None:
+    name = unique("watch")
+    api.apply(pvc(name, name))
+    proc = start_volctl(cp, "get", "pvc", name, "-w")
+    running.append(proc)
+    out = Lines(proc)
+    header = out.next()
+    assert header.split()[:3] == ["NAME", "STATUS", "VOLUME"]
+    assert out.next().split()[:2] == [name, "Pending"]
+    # The watch follows on from where the table was read: a change made now is never lost.
+    api.apply(pvc(name, name, labels={"stage": "two"}))
+    changed = out.next()
+    assert changed.split()[0] == name
+    assert changed.index("Pending") == header.index("STATUS")  # in line with the header, as kubectl's remembered widths keep it
+    api.delete("pvc", name)
+    out.until(lambda line: line.split()[:2] in ([name, "Terminating"], [name, "Pending"]))
+    assert proc.poll() is None  # a watch goes on until Ctrl-C or --request-timeout
+
+
+def test_get_watch_with_custom_columns_shows_the_changed_field(cp: Stack, api: Api, running: list[subprocess.Popen[str]]) -> None:
+    name, label = unique("wcol"), unique("set")
+    api.apply(pvc(name, name, labels={"set": label, "stage": "one"}))
+    proc = start_volctl(cp, "get", "pvc", "-l", f"set={label}", "-w", "--output-watch-events",
+                        "-o", "custom-columns=EVENT:.type,NAME:.object.metadata.name,STAGE:.object.metadata.labels.stage")
+    running.append(proc)
+    out = Lines(proc)
+    assert out.next().split() == ["EVENT", "NAME", "STAGE"]
+    assert out.next().split() == ["ADDED", name, "one"]
+    api.apply(pvc(name, name, labels={"set": label, "stage": "two"}))
+    assert out.until(lambda line: "two" in line).split() == ["MODIFIED", name, "two"]
+    other = unique("wnew")
+    api.apply(pvc(other, other, labels={"set": label, "stage": "new"}))
+    assert out.until(lambda line: other in line).split() == ["ADDED", other, "new"]
+    api.delete("pvc", other)
+    assert out.until(lambda line: line.startswith("DELETED")).split()[:2] == ["DELETED", other]
+
+
+def test_get_watch_only_prints_nothing_until_a_change_then_the_header_with_it(cp: Stack, api: Api, running: list[subprocess.Popen[str]]) -> None:
+    name = unique("wonly")
+    api.apply(pvc(name, name))
+    proc = start_volctl(cp, "get", "pvc", name, "--watch-only", "-o", "custom-columns=NAME:.metadata.name,STAGE:.metadata.labels.stage")
+    running.append(proc)
+    out = Lines(proc)
+    # Nothing shows when volctl has read the claim and started watching, so change it
+    # until a line comes: a change made before that read is part of what it read, and
+    # --watch-only prints none of that.
+    for attempt in range(60):
+        api.apply(pvc(name, name, labels={"stage": f"s{attempt}"}))
+        try:
+            header = out.next(timeout=1)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("no change was printed in 60 tries")
+    assert header.split() == ["NAME", "STAGE"]
+    first = out.next().split()
+    assert first[0] == name and first[1].startswith("s")  # a change, never the claim as it was (no stage)
+
+
+def test_get_watch_ends_quietly_at_the_request_timeout_and_on_ctrl_c(cp: Stack, api: Api, running: list[subprocess.Popen[str]]) -> None:
+    name = unique("wend")
+    api.apply(pvc(name, name))
+    timed = start_volctl(cp, "get", "pvc", name, "-w", "--request-timeout=2s", "-o", "name")
+    running.append(timed)
+    stdout, stderr = timed.communicate(timeout=60)
+    # A controller may touch the claim meanwhile; with -o name every line names it.
+    assert (timed.returncode, stderr) == (0, "")
+    assert stdout.startswith(f"persistentvolumeclaim/{name}\n") and set(stdout.splitlines()) == {f"persistentvolumeclaim/{name}"}
+    interrupted = start_volctl(cp, "get", "pvc", name, "-w")
+    running.append(interrupted)
+    out = Lines(interrupted)
+    out.next()
+    out.next()  # the table is out: the watch is running
+    interrupted.send_signal(signal.SIGINT)
+    assert interrupted.wait(timeout=30) == 1  # kubectl's status after Ctrl-C
+    assert interrupted.stderr is not None and interrupted.stderr.read() == ""  # no traceback
+
+
+def test_get_watch_of_two_kinds_is_kubectls_error(cp: Stack) -> None:
+    out = volctl(cp, "get", "pv,pvc", "-w")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == "error: watch is only supported on individual resources and resource collections - more than 1 resource was found\n"
+
+
+def test_jsonpath_prints_the_templates_values_without_a_trailing_newline(cp: Stack, api: Api) -> None:
+    label = unique("set")
+    a, b = unique("jpa"), unique("jpb")
+    api.apply(pvc(a, a, labels={"set": label}))
+    api.apply(pvc(b, b, size="2Gi", labels={"set": label}))
+    first, second = sorted((a, b))
+    out = volctl(cp, "get", "pvc", "-l", f"set={label}", "-o", "jsonpath={.items[*].metadata.name}")
+    assert (out.returncode, out.stdout, out.stderr) == (0, f"{first} {second}", "")
+    out = volctl(cp, "get", "pvc", "-l", f"set={label}", "-o",
+                 'jsonpath={range .items[*]}{.metadata.name}{"\\t"}{.spec.resources.requests.storage}{"\\n"}{end}')
+    assert out.stdout.splitlines() == sorted([f"{a}\t1Gi", f"{b}\t2Gi"])
+    out = volctl(cp, "get", "pvc", b, "-o", 'jsonpath={.spec.resources.requests.storage}')
+    assert out.stdout == "2Gi"  # one object named: the template sees the object itself
+    out = volctl(cp, "get", "pvc", "-l", f"set={label}", "-o", 'jsonpath={.items[?(@.spec.resources.requests.storage=="2Gi")].metadata.name}')
+    assert out.stdout == b
+
+
+def test_custom_columns_sorted_by_a_quantity_with_and_without_headers(cp: Stack, api: Api) -> None:
+    label = unique("set")
+    names = {size: unique("cc") for size in ("10Gi", "512Mi", "2Gi")}
+    for size, name in names.items():
+        api.apply(pv(name, name, size=size, labels={"set": label}))
+    columns = "custom-columns=NAME:.metadata.name,SIZE:.spec.capacity.storage,CLAIM:.spec.claimRef.name"
+    out = volctl(cp, "get", "pv", "-l", f"set={label}", "--sort-by=.spec.capacity.storage", "-o", columns)
+    header, rows = parse_table(out.stdout)
+    assert (out.returncode, header) == (0, ["NAME", "SIZE", "CLAIM"])
+    assert [(r["NAME"], r["SIZE"], r["CLAIM"]) for r in rows] == [(names[s], s, "<none>") for s in ("512Mi", "2Gi", "10Gi")]
+    out = volctl(cp, "get", "pv", "-l", f"set={label}", "--sort-by={.spec.capacity.storage}", "--no-headers", "-o", columns)
+    assert [line.split()[1] for line in out.stdout.splitlines()] == ["512Mi", "2Gi", "10Gi"]
+    # The table sorts too, and --no-headers leaves only the rows.
+    out = volctl(cp, "get", "pv", "-l", f"set={label}", "--sort-by=.spec.capacity.storage", "--no-headers")
+    assert [line.split()[:2] for line in out.stdout.splitlines()] == [[names[s], s] for s in ("512Mi", "2Gi", "10Gi")]
+
+
+def test_sort_by_a_field_no_object_has_is_kubectls_error(cp: Stack, api: Api) -> None:
+    name = unique("nosort")
+    api.apply(pvc(name, name))
+    out = volctl(cp, "get", "pvc", name, "--sort-by=.spec.nothing")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == 'error: couldn\'t find any field with path "{.spec.nothing}" in the list of objects\n'
+
+
+def test_unsupported_jsonpath_is_one_error_line_and_exit_1_at_once(cp: Stack, api: Api) -> None:
+    out = volctl(cp, "get", "pvc", "-o", "jsonpath={.items[?(@.a>)]}")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr == 'error: error parsing jsonpath {.items[?(@.a>)]}, invalid filter expression "@.a>": a comparison needs a value on each side\n'
+    out = volctl(cp, "get", "pvc", "-o", "custom-columns=NAME:.metadata.name | upper")
+    assert out.returncode == 1 and out.stderr.startswith("error: error parsing jsonpath {.metadata.name | upper}, unrecognized character in action: U+007C '|'")
+    # wait does not wait out its timeout on a path it cannot read.
+    name = unique("nowait")
+    api.apply(pvc(name, name))
+    started = time.monotonic()
+    out = volctl(cp, "wait", f"pvc/{name}", '--for=jsonpath={.status.conditions[?(@.type=~"Res.*")].status}=True', "--timeout=60s")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr.startswith('error: error parsing jsonpath {.status.conditions[?(@.type=~"Res.*")].status}, unsupported filter')
+    assert time.monotonic() - started < 30
+
+
+def test_completion_offers_kinds_and_the_names_of_objects(cp: Stack, api: Api) -> None:
+    name = unique("compl")
+    api.apply(pvc(name, name))
+    env = {**cp.env, "VOLPLANE_API_ENDPOINT": cp.api_endpoint, "_VOLCTL_COMPLETE": "complete_bash"}
+
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        run = subprocess.run([sys.executable, "-m", "volctl"], env={**env, "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)},
+                             capture_output=True, text=True, timeout=60)
+        return run.stdout.split()
+
+    assert "persistentvolumeclaims" in complete("volctl get persistentvolumec")
+    assert name in complete(f"volctl get pvc {name[:-3]}")
+    assert f"pvc/{name}" in complete(f"volctl describe pvc/{name[:-3]}")
