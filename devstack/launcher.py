@@ -28,6 +28,7 @@ from access.credentials import Credentials
 from devstack.embedded import EmbeddedServer, free_port, with_parent
 from services import catalog
 from services.catalog import CATALOG, Deployable
+from volplane import discovery
 from volplane.clients import answers, redact
 
 __all__ = ["Stack", "main"]
@@ -226,6 +227,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+        # Tools started by hand beside us (make rebuild, benches) find our servers here.
+        discovery.publish(stack.run_dir, discovery.RunningStack(
+            nats_url=stack.env["NATS_URL"], redis_url=stack.env["REDIS_URL"], pid=os.getpid(),
+            csi_endpoint=stack.csi_endpoint, api_endpoint=stack.api_endpoint, metrics=dict(stack.metrics)))
         print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  resource API: {stack.api_endpoint} (volctl)\n  node id:      {stack.node_id}")
         for node in stack.node_ids[1:]:
             print(f"  node {node}: {stack.endpoint_of(node)} (Identity and Node services)")
@@ -246,6 +251,7 @@ def main() -> None:
         print(f"volplane failed to start: {exc}", file=sys.stderr)
         stack.stop()
         sys.exit(1)
+    discovery.withdraw(stack.run_dir)
     stack.stop()
     print("volplane stopped")
 

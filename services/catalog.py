@@ -60,7 +60,11 @@ CATALOG: tuple[Deployable, ...] = (
         per_node=False,
         replicas=True,
         health="bus",
-        publish=(subjects.VOLUME_EVENTS, subjects.SNAPSHOT_EVENTS, f"{subjects.ATTACHER}.>", *_OBJECTS),
+        publish=(
+            subjects.VOLUME_EVENTS, subjects.SNAPSHOT_EVENTS, subjects.GROUP_SNAPSHOT_EVENTS, f"{subjects.ATTACHER}.>",
+            # A group snapshot's cut: the nodes holding its volumes freeze and thaw them.
+            subjects.NODE_FREEZE_ALL, subjects.NODE_THAW_ALL, *_OBJECTS,
+        ),
         subscribe=(f"{subjects.PROVISIONER}.>", subjects.health("provisioner")),
     ),
     Deployable(

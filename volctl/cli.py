@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from volctl import getting, manifests
+from volctl import getting, manifests, quarantine
 from volctl.client import Client, ServerError, VolctlError, endpoint
 from volctl.describe import describe as describe_text
 from volctl.history import history_json, history_table
@@ -280,6 +280,14 @@ def get(
     if output_watch_events and not (watch or watch_only):
         raise VolctlError("error: --output-watch-events option can only be used with --watch or --watch-only")
     timeout = duration(request_timeout) or None
+    if args and len(args) == 1 and args[0].lower() in quarantine.SPELLINGS:
+        with _client(server, timeout) as client:
+            text = quarantine.render(client.list("quarantinedevents"), fmt)
+        if text:
+            _write(text + "\n")
+        elif fmt.human:
+            _err("No resources found")
+        return
     queries = getting.parse_get(args or [])
     if selector and any(q.names for q in queries):
         raise VolctlError("error: name cannot be provided when a selector is specified")

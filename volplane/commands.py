@@ -26,26 +26,36 @@ __all__ = [
     "ContentSource",
     "ControllerPublish",
     "ControllerUnpublish",
+    "CreateGroupSnapshot",
     "CreateSnapshot",
     "CreateVolume",
+    "DeleteGroupSnapshot",
     "DeleteSnapshot",
     "DeleteVolume",
     "Done",
     "ExpandResult",
     "ExpandVolume",
+    "FreezeVolumes",
+    "FrozenVolumes",
     "GetAttachments",
     "GetCapacity",
+    "GetGroupSnapshot",
+    "GetNodeLimits",
+    "GetSnapshot",
     "GetVolume",
     "GetVolumeStats",
+    "GroupSnapshotInfo",
     "ListSnapshots",
     "ListVolumes",
     "NodeExpand",
     "NodeExpanded",
+    "NodeLimits",
     "PublishContext",
     "PublishVolume",
     "SnapshotInfo",
     "SnapshotPage",
     "StageVolume",
+    "ThawVolumes",
     "Topology",
     "UnpublishVolume",
     "UnstageVolume",
@@ -206,6 +216,10 @@ class ListSnapshots(Frozen):
     source_volume_id: str = ""
 
 
+class GetSnapshot(Frozen):
+    snapshot_id: str
+
+
 class SnapshotInfo(Frozen):
     snapshot_id: str
     name: str
@@ -213,11 +227,61 @@ class SnapshotInfo(Frozen):
     size_bytes: int
     creation_time_ns: int
     ready_to_use: bool = True
+    group_snapshot_id: str = ""  # set for a member of a volume group snapshot
 
 
 class SnapshotPage(Frozen):
     snapshots: tuple[SnapshotInfo, ...]
     next_token: str = ""
+
+
+class CreateGroupSnapshot(Frozen):
+    name: str
+    source_volume_ids: tuple[str, ...]
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class DeleteGroupSnapshot(Frozen):
+    group_snapshot_id: str
+    snapshot_ids: tuple[str, ...] = ()  # checked against the group's members when given
+
+
+class GetGroupSnapshot(Frozen):
+    group_snapshot_id: str
+    snapshot_ids: tuple[str, ...] = ()
+
+
+class GroupSnapshotInfo(Frozen):
+    group_snapshot_id: str
+    snapshots: tuple[SnapshotInfo, ...]
+    creation_time_ns: int
+    ready_to_use: bool
+
+
+class FreezeVolumes(Frozen):
+    """Hold writes to these volumes where they are staged on the node, for at most ``lease_s``
+    seconds (thawed then even if no ThawVolumes comes: a crashed caller never leaves a volume frozen)."""
+
+    volume_ids: tuple[str, ...]
+    lease_s: float = 60.0
+
+
+class FrozenVolumes(Frozen):
+    """The reply to FreezeVolumes: which of the volumes were staged here and are now frozen."""
+
+    volume_ids: tuple[str, ...] = ()
+
+
+class ThawVolumes(Frozen):
+    volume_ids: tuple[str, ...]
+
+
+class GetNodeLimits(Frozen):
+    pass
+
+
+class NodeLimits(Frozen):
+    max_volumes: int  # 0: no limit
 
 
 class ControllerPublish(Frozen):

@@ -1,20 +1,36 @@
-"""One Config for every process, read from the environment.
+"""One Config for every process, read from the environment and checked before anything starts.
 
-    cfg = Config.from_env()
+    cfg = Config.from_env()                                   # raises ConfigError (a ValueError)
+    cfg = Config.from_env_or_exit("volplane-provisioner")     # a service's start: one line, exit 2
 
 The launcher (`devstack.launcher`) fills these variables for the processes it starts;
-a deployment sets them itself. Sizes accept Kubernetes quantities (``100Gi``).
+a deployment sets them itself. pydantic-settings reads them (an empty value counts as
+unset) and every one is validated up front: sizes are Kubernetes quantities (``100Gi``),
+the node id a DNS-1123 name, URLs and endpoints have a scheme and a host, the log level
+and apigw mode come from a fixed list, paths are paths. A bad value is reported by the
+variable's name and its value (credentials in a URL shown as ``***``)::
+
+    volplane-provisioner: VOLPLANE_POOL_CAPACITY='ten' is not a quantity (expected e.g. 500Mi, 10Gi)
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import socket
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
-__all__ = ["NODE_ID_RE", "Config", "parse_quantity"]
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["NODE_ID_RE", "Config", "ConfigError", "parse_quantity"]
 
 _UNITS = {
     "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
@@ -23,6 +39,9 @@ _UNITS = {
 _QUANTITY = re.compile(r"^([0-9]+)(|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)$")
 # DNS-1123 subdomain, as Kubernetes requires of node names.
 NODE_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+APIGW_MODES = ("all", "controller", "node")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def parse_quantity(text: str) -> int:
@@ -38,6 +57,207 @@ def _default_node() -> str:
     return name if NODE_ID_RE.match(name) and len(name) <= 128 else "node-1"
 
 
+class ConfigError(ValueError):
+    """A variable whose value the process cannot use; ``str()`` is the line to show."""
+
+    def __init__(self, variable: str, value: str, problem: str) -> None:
+        self.variable, self.value, self.problem = variable, value, problem
+        super().__init__(f"{variable}={_redact(value)!r} {problem}")
+
+
+# --- one checker per kind of variable -----------------------------------------------------
+# Each takes the raw text and returns the parsed value, or raises PydanticCustomError with
+# the problem in words; ``from_env`` puts the variable's name and value in front of it.
+
+
+def _problem(kind: str, text: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, text)
+
+
+def _quantity(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _QUANTITY.match(value.strip()):
+        return parse_quantity(value)
+    raise _problem("quantity", "is not a quantity (expected e.g. 500Mi, 10Gi)")
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise _problem("count", "is not a whole number of 0 or more")
+
+
+def _node_id(value: Any) -> str:
+    if isinstance(value, str) and NODE_ID_RE.match(value) and len(value) <= 128:
+        return value
+    raise _problem("node_id", "is not a DNS-1123 name of at most 128 bytes (lower-case letters, digits, '-' and '.')")
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise _problem("flag", "is not a boolean (expected 1 or 0, true or false)")
+
+
+def _apigw_mode(value: Any) -> str:
+    if value in APIGW_MODES:
+        return str(value)
+    raise _problem("apigw_mode", "is not an apigw mode (expected all, controller or node)")
+
+
+def _log_level(value: Any) -> str:
+    text = str(value).strip().upper()
+    text = "WARNING" if text == "WARN" else text
+    if text in LOG_LEVELS:
+        return text
+    raise _problem("log_level", "is not a log level (expected DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+
+
+def _path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str) and value.strip() and "\0" not in value:
+        return Path(value)
+    raise _problem("path", "is not a path")
+
+
+def _path_roots(value: Any) -> tuple[Path, ...]:
+    if isinstance(value, tuple):
+        return value
+    roots = tuple(Path(p) for p in str(value).split(":") if p)
+    if roots and all(r.is_absolute() and "\0" not in str(r) for r in roots):
+        return roots
+    raise _problem("path_roots", "is not a list of absolute paths separated by ':' (e.g. /var/lib/kubelet:/srv)")
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and "/" not in host and " " not in host
+
+
+def _listen_addr(value: Any) -> str:
+    """``host:port`` (``:port`` or ``0.0.0.0:port`` for every interface), or "" for none."""
+    text = str(value).strip()
+    if text == "" or _host_port(text):
+        return text
+    raise _problem("address", "is not host:port (e.g. 0.0.0.0:9090)")
+
+
+def _endpoint(value: Any) -> str:
+    """A gRPC target: ``unix:///abs/path``, ``unix:path``, ``host:port`` or ``dns:///host:port``."""
+    text = str(value).strip()
+    for prefix in ("unix://", "unix:"):
+        if text.startswith(prefix) and text[len(prefix) :].strip("/") and "\0" not in text:
+            return text
+    target = text.split("///", 1)[1] if text.startswith(("dns:///", "ipv4:///", "ipv6:///")) else text
+    if _host_port(target):
+        return text
+    raise _problem("endpoint", "is not a gRPC endpoint (expected unix:///path/to.sock or host:port)")
+
+
+def _url(name: str, schemes: tuple[str, ...], example: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = str(value).strip()
+        # NATS takes several servers separated by commas (a cluster's seeds).
+        parts = text.split(",") if "nats" in schemes else [text]
+        for part in parts:
+            try:
+                url = urlsplit(part.strip())
+                ok = url.scheme in schemes and ((url.scheme == "unix" and bool(url.path)) or bool(url.hostname))
+                _ = url.port  # raises ValueError on a port that is not a number
+            except ValueError:
+                ok = False
+            if not ok:
+                raise _problem("url", f"is not a {name} URL (expected e.g. {example})")
+        return text
+
+    return check
+
+
+def _group(value: Any) -> str:
+    text = str(value).strip()
+    if text == "":
+        return text
+    try:
+        grp.getgrnam(text)
+    except KeyError:
+        raise _problem("group", "is not a group on this host") from None
+    return text
+
+
+Quantity = Annotated[int, BeforeValidator(_quantity)]
+OptionalPath = Annotated[Path | None, BeforeValidator(lambda v: None if v is None else _path(v))]
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (``os.environ`` or a
+    test's dict), so that ``from_env(env)`` sees exactly the variables it is handed."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls, case_sensitive=True, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k: v for k, v in self._env.items() if v != ""}
+
+
+class _Settings(BaseSettings):
+    """The variables as read, one field each; ``Config.from_env`` derives the defaults that
+    depend on others (the node's pool and kubelet directories, the sockets under run/)."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True, validate_default=False)
+
+    nats_url: Annotated[str, BeforeValidator(_url("NATS", ("nats", "tls", "ws", "wss"), "nats://127.0.0.1:4222"))] = Field("nats://127.0.0.1:4222", validation_alias="NATS_URL")
+    redis_url: Annotated[str, BeforeValidator(_url("Redis", ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0"))] = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    run_dir: Annotated[Path, BeforeValidator(_path)] = Field(Path("run"), validation_alias="VOLPLANE_RUN_DIR")
+    node_id: Annotated[str | None, BeforeValidator(_node_id)] = Field(None, validation_alias="VOLPLANE_NODE_ID")
+    pool_dir: OptionalPath = Field(None, validation_alias="VOLPLANE_POOL_DIR")
+    pool_capacity: Quantity = Field(2**40, validation_alias="VOLPLANE_POOL_CAPACITY")
+    shared_pool_dir: OptionalPath = Field(None, validation_alias="VOLPLANE_SHARED_POOL_DIR")
+    shared_pool_capacity: Quantity = Field(2**40, validation_alias="VOLPLANE_SHARED_POOL_CAPACITY")
+    max_volumes_per_node: Annotated[int, BeforeValidator(_count)] = Field(0, validation_alias="VOLPLANE_MAX_VOLUMES_PER_NODE")
+    apigw_mode: Annotated[str, BeforeValidator(_apigw_mode)] = Field("all", validation_alias="VOLPLANE_APIGW_MODE")
+    require_attachment: Annotated[bool, BeforeValidator(_flag)] = Field(True, validation_alias="VOLPLANE_REQUIRE_ATTACHMENT")
+    csi_endpoint: Annotated[str | None, BeforeValidator(_endpoint)] = Field(None, validation_alias="VOLPLANE_CSI_ENDPOINT")
+    csi_tcp: Annotated[str, BeforeValidator(_listen_addr)] = Field("", validation_alias="VOLPLANE_CSI_TCP")
+    kubelet_dir: OptionalPath = Field(None, validation_alias="VOLPLANE_KUBELET_DIR")
+    hostpath_dir: OptionalPath = Field(None, validation_alias="VOLPLANE_HOSTPATH_DIR")
+    api_endpoint: Annotated[str | None, BeforeValidator(_endpoint)] = Field(None, validation_alias="VOLPLANE_API_ENDPOINT")
+    csi_socket_group: Annotated[str, BeforeValidator(_group)] = Field("", validation_alias="VOLPLANE_CSI_SOCKET_GROUP")
+    log_level: Annotated[str, BeforeValidator(_log_level)] = Field("INFO", validation_alias="VOLPLANE_LOG_LEVEL")
+    path_roots: Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_path_roots)] = Field((Path("/"),), validation_alias="VOLPLANE_PATH_ROOTS")
+    # Read by volplane.telemetry (the /metrics endpoint); checked here with the rest.
+    metrics_addr: Annotated[str, BeforeValidator(_listen_addr)] = Field("", validation_alias="VOLPLANE_METRICS_ADDR")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what from_env hands over (read through _Environment): no implicit os.environ.
+        return (init_settings,)
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> _Settings:
+        values = _Environment(cls, env)()
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            variable = str(err["loc"][0]) if err["loc"] else "environment"
+            raise ConfigError(variable, str(env.get(variable, err.get("input", ""))), err["msg"]) from None
+
+
 @dataclass(frozen=True)
 class Config:
     nats_url: str = "nats://127.0.0.1:4222"
@@ -51,8 +271,8 @@ class Config:
     shared_pool_dir: Path | None = None
     shared_pool_capacity: int = 2**40
     max_volumes_per_node: int = 0
-    # apigw: "node" serves only Identity and Node (a node plugin, no Redis); "all" (and any
-    # other value, such as "controller") also the Controller service and the resource API.
+    # apigw: "node" serves only Identity and Node (a node plugin, no Redis); "all" (or its
+    # synonym "controller") also the Controller service and the resource API.
     apigw_mode: str = "all"
     # A nodeagent stages only volumes the attacher has published to its node; 0 turns the
     # check off for a node without an attacher (a bare node plugin under test).
@@ -70,6 +290,8 @@ class Config:
     log_level: str = "INFO"
     # Staging and target paths must lie below one of these (Kubernetes: /var/lib/kubelet).
     path_roots: tuple[Path, ...] = (Path("/"),)
+    # host:port of the Prometheus /metrics endpoint; "" for none.
+    metrics_addr: str = ""
 
     @property
     def apigw_controller(self) -> bool:
@@ -82,30 +304,50 @@ class Config:
         return self.node_id
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Config:
-        e = os.environ if env is None else env
-        run_dir = Path(e.get("VOLPLANE_RUN_DIR", "run")).absolute()
-        node_id = e.get("VOLPLANE_NODE_ID") or _default_node()
-        if not NODE_ID_RE.match(node_id) or len(node_id) > 128:
-            raise ValueError(f"VOLPLANE_NODE_ID={node_id!r} is not a DNS-1123 name of at most 128 bytes")
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """The Config of ``env`` (default: this process's environment); ConfigError (a
+        ValueError) names the first variable whose value is unusable."""
+        s = _Settings.read(os.environ if env is None else env)
+        run_dir = s.run_dir.absolute()
+        node_id = s.node_id or _default_node()
         return cls(
-            nats_url=e.get("NATS_URL", cls.nats_url),
-            redis_url=e.get("REDIS_URL", cls.redis_url),
+            nats_url=s.nats_url,
+            redis_url=s.redis_url,
             run_dir=run_dir,
             node_id=node_id,
-            pool_dir=Path(e.get("VOLPLANE_POOL_DIR", str(run_dir / "pools" / node_id))).absolute(),
-            pool_capacity=parse_quantity(e.get("VOLPLANE_POOL_CAPACITY", "1Ti")),
-            shared_pool_dir=Path(e["VOLPLANE_SHARED_POOL_DIR"]).absolute() if e.get("VOLPLANE_SHARED_POOL_DIR") else None,
-            shared_pool_capacity=parse_quantity(e.get("VOLPLANE_SHARED_POOL_CAPACITY", "1Ti")),
-            max_volumes_per_node=int(e.get("VOLPLANE_MAX_VOLUMES_PER_NODE", "0")),
-            apigw_mode=e.get("VOLPLANE_APIGW_MODE", "all"),
-            require_attachment=e.get("VOLPLANE_REQUIRE_ATTACHMENT", "1") != "0",
-            csi_endpoint=e.get("VOLPLANE_CSI_ENDPOINT", f"unix://{run_dir / 'csi.sock'}"),
-            csi_tcp=e.get("VOLPLANE_CSI_TCP", ""),
-            kubelet_dir=Path(e.get("VOLPLANE_KUBELET_DIR", str(run_dir / "kubelet" / node_id))).absolute(),
-            hostpath_dir=Path(e.get("VOLPLANE_HOSTPATH_DIR", str(run_dir / "hostpath"))).absolute(),
-            api_endpoint=e.get("VOLPLANE_API_ENDPOINT", f"unix://{run_dir / 'api.sock'}"),
-            csi_socket_group=e.get("VOLPLANE_CSI_SOCKET_GROUP", ""),
-            log_level=e.get("VOLPLANE_LOG_LEVEL", "INFO"),
-            path_roots=tuple(Path(p) for p in e.get("VOLPLANE_PATH_ROOTS", "/").split(":") if p),
+            pool_dir=(s.pool_dir or run_dir / "pools" / node_id).absolute(),
+            pool_capacity=s.pool_capacity,
+            shared_pool_dir=s.shared_pool_dir.absolute() if s.shared_pool_dir else None,
+            shared_pool_capacity=s.shared_pool_capacity,
+            max_volumes_per_node=s.max_volumes_per_node,
+            apigw_mode=s.apigw_mode,
+            require_attachment=s.require_attachment,
+            csi_endpoint=s.csi_endpoint or f"unix://{run_dir / 'csi.sock'}",
+            csi_tcp=s.csi_tcp,
+            kubelet_dir=(s.kubelet_dir or run_dir / "kubelet" / node_id).absolute(),
+            hostpath_dir=(s.hostpath_dir or run_dir / "hostpath").absolute(),
+            api_endpoint=s.api_endpoint or f"unix://{run_dir / 'api.sock'}",
+            csi_socket_group=s.csi_socket_group,
+            log_level=s.log_level,
+            path_roots=s.path_roots,
+            metrics_addr=s.metrics_addr,
         )
+
+    @classmethod
+    def from_env_or_exit(cls, program: str, env: Mapping[str, str] | None = None) -> Config:
+        """``from_env``, or — on a bad value — one line on stderr and exit status 2, before
+        logging is set up (its level is one of the variables) and without a traceback."""
+        try:
+            return cls.from_env(env)
+        except ConfigError as exc:
+            _exit(f"{program}: {exc}")
+
+
+def _exit(line: str) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _redact(value: str) -> str:
+    """Credentials in a URL never reach a message (the same rule as clients.redact)."""
+    return re.sub(r"(://)[^/@,]*@", r"\1***@", value)

@@ -6,7 +6,9 @@ apigw or any other CSI driver's socket — over real gRPC.
     await csi.node_stage(handle, staging_path, access_mode="ReadWriteOnce", fs_type="ext4")
 
 A driver's error status comes back as volplane's error of the same code
-(``volplane.errors.error_from_grpc``), naming the driver and the call.
+(``volplane.errors.error_from_grpc``), naming the driver and the call. Every call is a
+client span (``csi.v1.Controller/CreateVolume``) that carries the current trace context to
+the driver, so a control loop's sync and the driver's work are one trace.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc
 from volplane.errors import VolplaneError, error_from_grpc
+from volplane.telemetry import grpc_client_interceptors
 
 __all__ = ["CsiClient", "client_for"]
 
@@ -53,7 +56,7 @@ def capability(access_mode: str, *, block: bool = False, fs_type: str = "", moun
 class CsiClient:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
-        self._channel = grpc.aio.insecure_channel(endpoint)
+        self._channel = grpc.aio.insecure_channel(endpoint, interceptors=grpc_client_interceptors())
         self.identity = csi_pb2_grpc.IdentityStub(self._channel)
         self.controller = csi_pb2_grpc.ControllerStub(self._channel)
         self.node = csi_pb2_grpc.NodeStub(self._channel)

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext, api
 from volplane import codec, subjects
 from volplane.errors import ConcurrencyConflict, Unavailable
 from volplane.events import Event
-from volplane.telemetry import SpanKind, inject, span
+from volplane.telemetry import SpanKind, carried, inject, span
 
 __all__ = ["EventStore", "Record"]
 
@@ -41,6 +41,9 @@ class Record:
     type: str
     data: bytes
     pending: int = 0  # events on the follower's filter still to come after this one
+    # The trace context the event was appended in (traceparent, tracestate): a control
+    # loop woken by it carries on that trace (volplane.resources.informer).
+    trace: tuple[tuple[str, str], ...] = ()
 
 
 class EventStore:
@@ -197,4 +200,4 @@ def _stored(msg: api.RawStreamMsg) -> Record:
 
 def _record(seq: int, subject: str, headers: dict[str, str] | None, data: bytes | None, pending: int = 0) -> Record:
     kind = (headers or {}).get(subjects.EVENT_TYPE, "")
-    return Record(seq=seq, subject=subject, type=kind, data=data or b"", pending=pending)
+    return Record(seq=seq, subject=subject, type=kind, data=data or b"", pending=pending, trace=carried(headers))

@@ -6,6 +6,9 @@
     nodes.nodes["node-1"].pools                      # all of them, in memory
     await nodes.find("node-1")                       # or None, after catching up with the log
 
+A registration that does not decode, or names another node than its subject does, is
+quarantined by the projection (``volplane.quarantine``) and skipped by ``register``.
+
 Several services run this projection (the provisioner for pools and topology, the
 attacher for node existence); they share its Redis keys and position, which the
 runner's once-only writes make safe.
@@ -21,8 +24,9 @@ from volplane import codec, subjects
 from volplane.events import Event, Frozen
 from volplane.eventstore import EventStore, Record
 from volplane.projection import PREFIX, Op, ProjectionBase
+from volplane.quarantine import Undecodable
 
-__all__ = ["SHARED_POOL", "TOPOLOGY_KEY", "NodeInfo", "NodeRegistered", "NodesProjection", "PoolSpec", "register"]
+__all__ = ["SHARED_POOL", "TOPOLOGY_KEY", "NodeInfo", "NodeRegistered", "NodesProjection", "PoolSpec", "register", "registered"]
 
 TOPOLOGY_KEY = "topology.csi.volplane.io/node"
 SHARED_POOL = "shared"
@@ -63,11 +67,44 @@ async def register(store: EventStore, event: NodeRegistered) -> None:
     """Announce a node, unless the log already says exactly this about it."""
     subject = subjects.node_info(event.node_id)
     records = await store.read(subject)
-    if records:
-        last = codec.decode(_EVENTS, records[-1].data)
-        if last.model_dump(exclude={"at"}) == event.model_dump(exclude={"at"}):
-            return
+    last = _newest(records)
+    if last is not None and last.model_dump(exclude={"at"}) == event.model_dump(exclude={"at"}):
+        return
+    # After the subject's newest event, quarantined or not: the log checks that sequence.
     await store.append(subject, event, expected=records[-1].seq if records else 0)
+
+
+async def registered(store: EventStore) -> list[str]:
+    """The ids of the nodes the log holds a valid registration of, sorted: the nodes whose
+    read models exist (``make rebuild`` replays ``NodeProjection`` for each). A node token
+    only poison names — ``vp.ev.node.<anything>.<id>`` is open to whoever may publish there —
+    has none."""
+    nodes = []
+    for subject in await store.subjects(subjects.NODE_INFO_EVENTS):
+        last = _newest(await store.read(subject))
+        if last is not None:
+            nodes.append(last.node_id)
+    return sorted(nodes)
+
+
+def _newest(records: list[Record]) -> NodeRegistered | None:
+    """The newest registration that decodes: a quarantined one is skipped, as the
+    projection skips it (``volplane.quarantine``), so a node still starts after one."""
+    for record in reversed(records):
+        try:
+            return _registration(record)
+        except Exception:  # noqa: BLE001 - quarantined by the projection; skipped here
+            continue
+    return None
+
+
+def _registration(record: Record) -> NodeRegistered:
+    event = codec.decode(_EVENTS, record.data)
+    if subjects.node_info(event.node_id) != record.subject:
+        # A registration names the node its subject names, or another node's entry
+        # could be overwritten by anyone allowed to write this one.
+        raise Undecodable(f"a registration of node {event.node_id[:64]!r} on {record.subject[:128]}")
+    return event
 
 
 class NodesProjection(ProjectionBase[NodeInfo]):
@@ -86,7 +123,7 @@ class NodesProjection(ProjectionBase[NodeInfo]):
         return f"{PREFIX}nodeinfo:{record.subject[len(subjects.node_info('')):]}"
 
     def evolve(self, state: NodeInfo | None, record: Record) -> NodeInfo | None:
-        return _info(codec.decode(_EVENTS, record.data), record.seq)
+        return _info(_registration(record), record.seq)
 
     def dump(self, state: NodeInfo) -> bytes:
         return codec.encode(state)

@@ -24,6 +24,11 @@ Queries live on the projection, which knows its keys: a runner binds itself to t
 projection it follows (``ProjectionBase.bind``), and the projection's queries read
 through the runner's read methods (``members``, ``count``, ``ids_after``, ``states``).
 So services hold a typed projection and never a Redis client or a key.
+
+An event a projection cannot decode or apply (``key_for``, ``evolve``, ``dump`` or ``ops``
+raises) is quarantined (``volplane.quarantine``): recorded under ``vp:quarantine:<name>``
+in the same Lua call that moves the position past it, logged once and counted. It is
+never retried, so one bad event cannot hold a read model, or its service, back.
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ from typing import Any, Generic, Protocol, TypeVar
 import nats.errors
 import redis.asyncio as aioredis
 import redis.exceptions
+from pydantic import BaseModel
 
 from volplane.clients import check_redis, connect_redis
 from volplane.config import Config
 from volplane.errors import Unavailable
 from volplane.eventstore import EventStore, Record
+from volplane.quarantine import Quarantined, quarantined
 
 __all__ = ["PREFIX", "Projection", "ProjectionBase", "ProjectionRunner", "ReadModels", "canonical_dump", "position_key", "rebuild"]
 
@@ -55,7 +62,8 @@ Op = Sequence[str | bytes | int]
 # ARGV: n_records, then per record: seq, n_ops, then per op: n_args, args...
 _APPLY = """
 local pos = tonumber(redis.call('GET', KEYS[1]) or '0')
-local i = 1
+if pos < tonumber(ARGV[1]) then return -1 end
+local i = 2
 local applied = 0
 local nrec = tonumber(ARGV[i]); i = i + 1
 for r = 1, nrec do
@@ -71,7 +79,15 @@ redis.call('SET', KEYS[1], pos)
 return applied
 """
 
+# ARGV[1] is the writer's own position. A stored position behind it means Redis lost what
+# this writer wrote (flushed, or dropped by ``make rebuild`` while the services run): a
+# write on top would record a position over keys that are gone, so the script refuses
+# (-1) and the runner starts over from what Redis holds.
 _BATCH = 256
+
+
+class _RedisBehind(Exception):
+    """Redis holds less of this projection than the runner wrote: it was flushed or rebuilt."""
 
 
 def position_key(name: str) -> str:
@@ -150,6 +166,14 @@ class ProjectionBase(Generic[S]):
     def observe(self, old: S | None, new: S | None) -> None:
         return None
 
+    def skipped(self, state: S, record: Record) -> S:
+        """The state after an event this projection quarantined: unchanged, but at the
+        event's stream sequence (a pydantic state's ``version``), which the log's concurrency
+        check counts. A projection whose states carry their version elsewhere says so here."""
+        if isinstance(state, BaseModel) and "version" in type(state).model_fields:
+            return state.model_copy(update={"version": record.seq})
+        return state
+
 
 class ProjectionRunner(Generic[S]):
     def __init__(
@@ -181,6 +205,15 @@ class ProjectionRunner(Generic[S]):
 
     async def start(self) -> None:
         """Catch up with the log, then keep following it in the background."""
+        await self._load_position()
+        target = await self._store.last_seq()
+        self._task = asyncio.create_task(self._run(), name=f"projection:{self.projection.name}")
+        # Handlers may rely on the projection as soon as start() returns.
+        await self._ready.wait()
+        await self.wait_for_log(target)
+
+    async def _load_position(self) -> None:
+        """Take up where Redis is: its position, and the totals that go with it."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(self._pos_key)
             if self.projection.totals_key:
@@ -189,11 +222,6 @@ class ProjectionRunner(Generic[S]):
         self.position = int(raw or 0)
         if totals:
             self.projection.restore(totals[0])
-        target = await self._store.last_seq()
-        self._task = asyncio.create_task(self._run(), name=f"projection:{self.projection.name}")
-        # Handlers may rely on the projection as soon as start() returns.
-        await self._ready.wait()
-        await self.wait_for_log(target)
 
     async def rebuild_if_wiped(self) -> bool:
         """Start over from the beginning of the log if Redis lost this projection.
@@ -280,6 +308,10 @@ class ProjectionRunner(Generic[S]):
         raws = await self._redis.mget(list(keys))
         return [self.projection.load(raw) if isinstance(raw, bytes) else None for raw in raws]
 
+    async def quarantined(self, reader: str | None = None) -> list[Quarantined]:
+        """The events every projection in this Redis (or only ``reader``) quarantined."""
+        return await quarantined(self._redis, reader)
+
     async def catch_up(self, timeout: float = 10.0) -> None:
         """Wait until every event in the log now is applied (something may have just been recorded)."""
         await self.wait_for_log(await self._store.last_seq(), timeout=timeout)
@@ -314,13 +346,20 @@ class ProjectionRunner(Generic[S]):
         return nxt is None or nxt > target
 
     async def _run(self) -> None:
-        """Follow the log for good: a failure (Redis, NATS, a bad event) is logged and the
-        runner starts again from its last applied position, never skipping an event."""
+        """Follow the log for good: a failure (Redis, NATS) is logged and the runner starts
+        again from its last applied position, never skipping an event. An event the
+        projection cannot decode or apply is no such failure: ``_apply`` quarantines it."""
         while True:
             try:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
+            except _RedisBehind as exc:
+                # Its memory is ahead of Redis now; what this process appended (the overlay)
+                # stays true and is dropped as the runner passes it again.
+                log.warning("projection %s: %s; replaying the log from there", self.projection.name, exc)
+                self._cache.clear()
+                await self._retry(self._load_position)
             except (Unavailable, nats.errors.Error) as exc:
                 # The log went away (a restart, or this process shutting down): no bug here.
                 log.warning("projection %s lost the log at %d (%s); following it again", self.projection.name, self.position, exc)
@@ -365,23 +404,38 @@ class ProjectionRunner(Generic[S]):
         if not batch:
             return
         states = await self._states_before(batch)
-        argv: list[Any] = [len(batch)]
+        argv: list[Any] = [self.position, len(batch)]
         changes: list[tuple[str, S | None, S | None, int]] = []
+        poisoned: list[Quarantined] = []
         for record in batch:
             ops: list[Op] = []
-            key = self.projection.key_for(record)
+            failure: Exception | None = None
+            try:
+                key = self.projection.key_for(record)
+            except Exception as exc:  # noqa: BLE001 - a subject that names no key: quarantined below
+                key, failure = None, exc
             if key is not None:
                 old = states.get(key)
-                new = self.projection.evolve(old, record)
+                new, failure = self._fold(old, record)
+                try:
+                    ops.append(("SET", key, self.projection.dump(new)) if new is not None else ("DEL", key))
+                    ops.extend(self.projection.ops(key, old, new))
+                except Exception as exc:  # noqa: BLE001 - a state this projection cannot write: the event is quarantined
+                    new, failure, ops = old, exc, []
                 states[key] = new
-                ops.append(("SET", key, self.projection.dump(new)) if new is not None else ("DEL", key))
-                ops.extend(self.projection.ops(key, old, new))
                 changes.append((key, old, new, record.seq))
+            if failure is not None:
+                # Recorded with the position, in the same call: a replay writes it again
+                # identically, and the runner moves past the event instead of failing on it forever.
+                poison = Quarantined.of(self.projection.name, record, failure)
+                poisoned.append(poison)
+                ops.append(poison.op())
             argv += [record.seq, len(ops)]
             for op in ops:
                 argv.append(len(op))
                 argv.extend(op)
-        await self._retry(lambda: self._script(keys=[self._pos_key], args=argv))
+        if await self._retry(lambda: self._script(keys=[self._pos_key], args=argv)) == -1:
+            raise _RedisBehind(f"Redis holds less than the runner wrote (it was at {self.position}): flushed, or dropped by a rebuild")
         # Only now, with the write done, does the runner's memory move on.
         observe = getattr(self.projection, "observe", None)
         for key, old, new, seq in changes:
@@ -391,6 +445,8 @@ class ProjectionRunner(Generic[S]):
             noted = self._overlay.get(key)
             if noted is not None and noted[0] <= seq:
                 del self._overlay[key]
+        for poison in poisoned:
+            poison.report()
         self.position = batch[-1].seq
         while self._waiters and self._waiters[0][0] <= self.position:
             _, _, fut = heapq.heappop(self._waiters)
@@ -401,7 +457,7 @@ class ProjectionRunner(Generic[S]):
         """Each key's state as of this runner's position: from memory, else from Redis —
         unless another runner has taken Redis past this one, in which case the key is
         rebuilt from its own events up to this runner's position."""
-        subject_of = {k: r.subject for r in batch if (k := self.projection.key_for(r)) is not None}
+        subject_of = {k: r.subject for r in batch if (k := self._key_or_none(r)) is not None}
         states: dict[str, S | None] = {k: self._cache[k] for k in subject_of if k in self._cache}
         missing = sorted(k for k in subject_of if k not in states)
         if not missing:
@@ -415,9 +471,40 @@ class ProjectionRunner(Generic[S]):
             state: S | None = None
             for record in await self._store.read(subject_of[key]):
                 if record.seq <= self.position:
-                    state = self.projection.evolve(state, record)
+                    state = self._evolved_or_kept(state, record)
             states[key] = state
         return states
+
+    def _key_or_none(self, record: Record) -> str | None:
+        """The record's key, or None for an event whose subject names none (``_apply``
+        quarantines it)."""
+        try:
+            return self.projection.key_for(record)
+        except Exception:  # noqa: BLE001 - quarantined where it is applied
+            return None
+
+    def _evolved_or_kept(self, state: S | None, record: Record) -> S | None:
+        """``evolve``, or for an event that cannot be applied what ``_apply`` made of it when
+        it quarantined it: a fold from the log then ends in the state the read model holds."""
+        return self._fold(state, record)[0]
+
+    def _fold(self, state: S | None, record: Record) -> tuple[S | None, Exception | None]:
+        """(the state after ``record``, None) — or, for an event the projection cannot decode
+        or apply, (the state unchanged but at the event's version, why).
+
+        A quarantined event still takes a place on its aggregate's subject, and the log's
+        concurrency check counts it: the state moves to that version, so that the next
+        append names it instead of conflicting forever (``ProjectionBase.skipped``)."""
+        try:
+            return self.projection.evolve(state, record), None
+        except Exception as exc:  # noqa: BLE001 - any event this projection cannot use is quarantined, not retried.
+            skipped = getattr(self.projection, "skipped", None)
+            if state is None or skipped is None:
+                return state, exc
+            try:
+                return skipped(state, record), exc
+            except Exception:  # noqa: BLE001 - a state that cannot move keeps its version
+                return state, exc
 
     async def _retry(self, call: Any) -> Any:
         """Redis is the read model, not the truth: wait for it, never skip an event."""
@@ -435,11 +522,23 @@ class ProjectionRunner(Generic[S]):
             self._cache.popitem(last=False)
 
 
+# Every key under a prefix, deleted in one step: a service runner that writes between the
+# pages of a client-side scan would keep a position whose keys were then deleted.
+_DROP = """
+local n = 0
+local cursor = "0"
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = page[1]
+  for _, k in ipairs(page[2]) do n = n + redis.call('DEL', k) end
+until cursor == "0"
+return n
+"""
+
+
 async def rebuild(redis: aioredis.Redis, store: EventStore, projections: Sequence[Projection[Any]]) -> int:
-    """Drop every projection key and replay the whole log; returns the keys deleted."""
-    deleted = 0
-    async for key in redis.scan_iter(match=f"{PREFIX}*", count=1000):
-        deleted += await redis.delete(key)
+    """Drop every projection key (at once) and replay the whole log; returns the keys deleted."""
+    deleted = int(await redis.register_script(_DROP)(args=[f"{PREFIX}*"]))
     for projection in projections:
         runner = ProjectionRunner(redis, store, projection)
         await runner.start()
@@ -472,6 +571,7 @@ class ReadModels:
         models = await ReadModels.open(cfg)
         before = await models.dump()
         deleted = await models.rebuild(store, projections)
+        skipped = await models.quarantined()      # events no projection could apply
         await models.close()
     """
 
@@ -492,6 +592,11 @@ class ReadModels:
     async def dump(self) -> dict[str, Any]:
         """Every projection key and its value in a comparable form."""
         return await canonical_dump(self._redis)
+
+    async def quarantined(self, reader: str | None = None) -> list[Quarantined]:
+        """The events the projections skipped because they could not decode or apply them
+        (``volplane.quarantine``), by reader and sequence: what ``make rebuild --check`` shows."""
+        return await quarantined(self._redis, reader)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict
 
-from volplane import __version__, subjects
+from volplane import __version__, quarantine, subjects
 from volplane.bus import Bus
 from volplane.clients import check_redis, connect_nats, connect_redis
 from volplane.config import Config
@@ -108,7 +108,7 @@ def run_service(
     follows the log into Redis (a predicate decides from the Config). ``bus_health``:
     whether it answers ``vp.health.…`` on the bus. Exits 2 with the reason when NATS or
     Redis cannot be reached."""
-    cfg = Config.from_env()
+    cfg = Config.from_env_or_exit(f"volplane-{name}")
     setup_logging(name, cfg.log_level)
     try:
         import uvloop
@@ -127,6 +127,7 @@ def run_service(
 async def _serve(name: str, cfg: Config, setup: Setup, *, per_node: bool, stateful: bool, bus_health: bool) -> None:
     node = cfg.node_id if per_node else None
     setup_telemetry(name, node)
+    quarantine.identify(name)
     nc = await connect_nats(cfg, name=f"volplane-{name}" + (f"-{node}" if node else ""))
     redis: aioredis.Redis | None = None
     store = EventStore(nc.jetstream(timeout=10))

@@ -44,6 +44,10 @@ EXPAND_VOLUME = f"{PROVISIONER}.expand_volume"
 CREATE_SNAPSHOT = f"{PROVISIONER}.create_snapshot"
 DELETE_SNAPSHOT = f"{PROVISIONER}.delete_snapshot"
 LIST_SNAPSHOTS = f"{PROVISIONER}.list_snapshots"
+GET_SNAPSHOT = f"{PROVISIONER}.get_snapshot"
+CREATE_GROUP_SNAPSHOT = f"{PROVISIONER}.create_group_snapshot"
+DELETE_GROUP_SNAPSHOT = f"{PROVISIONER}.delete_group_snapshot"
+GET_GROUP_SNAPSHOT = f"{PROVISIONER}.get_group_snapshot"
 
 # Snapshots: one aggregate per snapshot.
 SNAPSHOT_EVENTS = "vp.ev.snapshot.>"
@@ -51,6 +55,14 @@ SNAPSHOT_EVENTS = "vp.ev.snapshot.>"
 
 def snapshot(snapshot_id: str) -> str:
     return f"vp.ev.snapshot.{snapshot_id}"
+
+
+# Group snapshots: one aggregate per group, its members being ordinary snapshots.
+GROUP_SNAPSHOT_EVENTS = "vp.ev.groupsnapshot.>"
+
+
+def group_snapshot(group_snapshot_id: str) -> str:
+    return f"vp.ev.groupsnapshot.{group_snapshot_id}"
 
 
 # Attacher: one aggregate per volume, holding every node it is published to, so that the
@@ -86,6 +98,14 @@ NODE_PUBLISH = "publish"
 NODE_UNPUBLISH = "unpublish"
 NODE_EXPAND = "expand"
 NODE_STATS = "stats"
+# A group snapshot's consistent cut: freeze writes on the volumes staged here, then thaw.
+NODE_FREEZE = "freeze"
+NODE_THAW = "thaw"
+# What the node can hold (NodeGetInfo's max_volumes_per_node), as its nodeagent decided.
+NODE_LIMITS = "limits"
+# Every node's freeze and thaw commands: whom the provisioner may ask for a cut.
+NODE_FREEZE_ALL = f"vp.cmd.node.*.{NODE_FREEZE}"
+NODE_THAW_ALL = f"vp.cmd.node.*.{NODE_THAW}"
 
 
 def health(service: str, node: str | None = None) -> str:

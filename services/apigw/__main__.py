@@ -3,7 +3,7 @@ like every service.
 
     VOLPLANE_APIGW_MODE=node python -m services.apigw   # a node plugin: Identity and Node only, no Redis
 
-In "all" mode (the default; any value but "node") it also serves the Controller service,
+In "all" mode (the default; "controller" is the same) it also serves the Controller service,
 and the resource API (volctl's server) on ``VOLPLANE_API_ENDPOINT``, its lists read from
 the objects' projection in Redis. Its health is grpc.health.v1 on the CSI socket, SERVING
 once the sockets listen; on SIGTERM the gRPC server stops first (calls in flight get 5 s),

@@ -26,6 +26,7 @@ from volplane.commands import (
     ExpandVolume,
     GetAttachments,
     GetCapacity,
+    GetSnapshot,
     GetVolume,
     ListSnapshots,
     ListVolumes,
@@ -58,6 +59,7 @@ CAPABILITIES = (
     RPC.GET_VOLUME,
     RPC.VOLUME_CONDITION,
     RPC.SINGLE_NODE_MULTI_WRITER,
+    RPC.GET_SNAPSHOT,
 )
 
 
@@ -212,6 +214,12 @@ class Controller(csi_pb2_grpc.ControllerServicer):
                 next_token=page.next_token,
             )
 
+    async def GetSnapshot(self, request: csi.GetSnapshotRequest, context: grpc.aio.ServicerContext) -> csi.GetSnapshotResponse:
+        async with grpc_errors(context):
+            sid = convert.identifier("snapshot_id", request.snapshot_id)
+            info = SnapshotInfo.model_validate(await self._ask(subjects.GET_SNAPSHOT, GetSnapshot(snapshot_id=sid), context))
+            return csi.GetSnapshotResponse(snapshot=_snapshot(info))
+
     async def ControllerGetCapabilities(
         self, request: csi.ControllerGetCapabilitiesRequest, context: grpc.aio.ServicerContext
     ) -> csi.ControllerGetCapabilitiesResponse:
@@ -252,6 +260,11 @@ def _volume(info: VolumeInfo) -> csi.Volume:
     return vol
 
 
+def snapshot_message(info: SnapshotInfo) -> csi.Snapshot:
+    """The CSI Snapshot of a reply (the group controller's members too)."""
+    return _snapshot(info)
+
+
 def _snapshot(info: SnapshotInfo) -> csi.Snapshot:
     created = Timestamp()
     created.FromNanoseconds(info.creation_time_ns)
@@ -261,6 +274,7 @@ def _snapshot(info: SnapshotInfo) -> csi.Snapshot:
         size_bytes=info.size_bytes,
         creation_time=created,
         ready_to_use=info.ready_to_use,
+        group_snapshot_id=info.group_snapshot_id,
     )
 
 

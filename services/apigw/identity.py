@@ -29,6 +29,8 @@ class Identity(csi_pb2_grpc.IdentityServicer):
         ]
         if self._controller:
             caps.insert(0, csi.PluginCapability(service=Service(type=Service.CONTROLLER_SERVICE)))
+            # The GroupController is served wherever the Controller is (server.py).
+            caps.insert(1, csi.PluginCapability(service=Service(type=Service.GROUP_CONTROLLER_SERVICE)))
         return csi.GetPluginCapabilitiesResponse(capabilities=caps)
 
     async def Probe(self, request: csi.ProbeRequest, context: grpc.aio.ServicerContext) -> csi.ProbeResponse:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from volplane import subjects
 from volplane.bus import Bus
 from volplane.commands import (
     Capability,
+    GetNodeLimits,
     GetVolumeStats,
     NodeExpand,
     NodeExpanded,
+    NodeLimits,
     PublishVolume,
     StageVolume,
     UnpublishVolume,
@@ -19,11 +23,13 @@ from volplane.commands import (
 )
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc
-from volplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from volplane.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from volplane.nodes import TOPOLOGY_KEY
 
 from . import convert
 from .errors import grpc_errors
+
+log = logging.getLogger(__name__)
 
 RPC = csi.NodeServiceCapability.RPC
 CAPABILITIES = (
@@ -37,6 +43,7 @@ CAPABILITIES = (
 
 class Node(csi_pb2_grpc.NodeServicer):
     def __init__(self, bus: Bus, node_id: str, max_volumes: int = 0) -> None:
+        """``max_volumes``: what NodeGetInfo reports while no nodeagent answers for this node."""
         self._bus = bus
         self._node = node_id
         self._max_volumes = max_volumes
@@ -126,11 +133,22 @@ class Node(csi_pb2_grpc.NodeServicer):
         return csi.NodeGetCapabilitiesResponse(capabilities=[csi.NodeServiceCapability(rpc=RPC(type=t)) for t in CAPABILITIES])
 
     async def NodeGetInfo(self, request: csi.NodeGetInfoRequest, context: grpc.aio.ServicerContext) -> csi.NodeGetInfoResponse:
-        return csi.NodeGetInfoResponse(
-            node_id=self._node,
-            max_volumes_per_node=self._max_volumes,
-            accessible_topology=csi.Topology(segments={TOPOLOGY_KEY: self._node}),
-        )
+        async with grpc_errors(context):
+            # The nodeagent decides what this node can hold (services/nodeagent/csi/limits.py)
+            # and enforces it at NodeStage, so the number reported is the number enforced.
+            try:
+                reply = await self._bus.request(self._subject(subjects.NODE_LIMITS), GetNodeLimits(), min(convert.deadline(context), 10.0))
+                limit = NodeLimits.model_validate(reply).max_volumes
+            except Unavailable as exc:
+                # No nodeagent on this node (yet): the configured limit (0: none) keeps the plugin
+                # registrable; the nodeagent still enforces its own once it runs.
+                log.warning("NodeGetInfo: %s; reporting the configured max_volumes_per_node %d", exc.message, self._max_volumes)
+                limit = self._max_volumes
+            return csi.NodeGetInfoResponse(
+                node_id=self._node,
+                max_volumes_per_node=limit,
+                accessible_topology=csi.Topology(segments={TOPOLOGY_KEY: self._node}),
+            )
 
 
 def _capability(request: csi.NodeStageVolumeRequest | csi.NodePublishVolumeRequest) -> Capability:

@@ -19,6 +19,7 @@ from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
 from volplane.errors import InvalidArgument, NotFound
 from volplane.eventstore import EventStore
+from volplane.quarantine import Quarantined
 from volplane.resources.kinds import Kind, Ref, ref, ref_of, resolve
 from volplane.resources.projection import ObjectsProjection
 from volplane.resources.selectors import LabelSelector, parse_selector
@@ -28,6 +29,9 @@ from .errors import grpc_errors
 
 __all__ = ["Resources"]
 
+# The events the read models quarantined (volplane.quarantine) are listed, read-only, as
+# if they were a kind: List is the one call that takes a kind and returns many documents.
+QUARANTINED_KINDS = ("quarantinedevents", "quarantinedevent", "quarantined", "qe")
 _WATCH_TYPES = {"ObjectCreated": "ADDED", "ObjectChanged": "MODIFIED", "ObjectDeleted": "DELETED"}
 # Deeper than any object here; the store and the validation recurse over a document.
 _MAX_DEPTH = 100
@@ -73,6 +77,16 @@ def _no_constant(text: str) -> Any:
     raise ValueError(f"{text} is not a JSON value")
 
 
+def _quarantined(q: Quarantined) -> dict[str, Any]:
+    """A quarantined event as a read-only object of the list (``volctl get quarantinedevents``)."""
+    return {
+        "apiVersion": "volplane.io/v1",
+        "kind": "QuarantinedEvent",
+        "metadata": {"name": f"{q.seq}-{q.reader}"},
+        **q.as_dict(),
+    }
+
+
 def _ref(req: pb.ObjectRef) -> Ref:
     if not req.name:
         raise InvalidArgument("name: required")
@@ -113,6 +127,8 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
 
     async def List(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
         async with grpc_errors(context):
+            if request.kind.strip().lower() in QUARANTINED_KINDS:
+                return pb.ListResponse(items=[pb.Object(json=_json(_quarantined(q))) for q in await self._read.quarantined()])
             kind = resolve(request.kind)
             items, position = await self._list(kind, request.namespace, request.all_namespaces, parse_selector(request.label_selector))
             return pb.ListResponse(items=[pb.Object(json=_json(o)) for o in items], resource_version=position)
@@ -144,7 +160,10 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
             # One object: follow its own subject only, not the whole kind's.
             subject = ref(kind, ns or request.namespace, name).subject if name else kind.events
             async for record in self._store.follow(subject, after):
-                event, obj = object_of(record)
+                try:
+                    event, obj = object_of(record)
+                except Exception:  # noqa: BLE001 - quarantined by the projections (volplane.quarantine); a watch skips it
+                    continue
                 if wanted(obj["metadata"]):
                     yield pb.WatchEvent(type=_WATCH_TYPES[event], object=pb.Object(json=_json(obj)))
 

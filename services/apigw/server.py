@@ -18,22 +18,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from volplane.bus import Bus
 from volplane.config import Config
 from volplane.csi import csi_pb2_grpc, resources_pb2_grpc
+from volplane.telemetry import grpc_server_interceptors
 
 from .controller import Controller
+from .group_controller import GroupController
 from .identity import Identity
 from .node import Node
 from .resources import Resources
-from .telemetry import TelemetryInterceptor
+from .telemetry import MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
 
 async def serve(cfg: Config, bus: Bus, resources: Resources | None = None) -> grpc.aio.Server:
-    server = grpc.aio.server(interceptors=[TelemetryInterceptor()], options=[("grpc.so_reuseport", 0)])
+    # The span interceptor first (outermost): the metrics one runs inside the call's span.
+    interceptors = [*grpc_server_interceptors(), MetricsInterceptor()]
+    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     controller = cfg.apigw_controller
     csi_pb2_grpc.add_IdentityServicer_to_server(Identity(bus.nc, controller=controller), server)
     if controller:
         csi_pb2_grpc.add_ControllerServicer_to_server(Controller(bus), server)
+        csi_pb2_grpc.add_GroupControllerServicer_to_server(GroupController(bus), server)
     csi_pb2_grpc.add_NodeServicer_to_server(Node(bus, cfg.node_id, cfg.max_volumes_per_node), server)
     if resources is not None:
         resources_pb2_grpc.add_ResourcesServicer_to_server(resources, server)

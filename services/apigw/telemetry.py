@@ -1,9 +1,15 @@
-"""One server span and one duration sample per CSI call.
+"""One duration sample per CSI call, by method and status code, beside the call's span.
 
-The span continues the caller's trace when its gRPC metadata carries a W3C
-``traceparent`` (so a CO or a test can tie several calls into one trace), and is named
-and attributed per the OpenTelemetry RPC conventions: ``csi.v1.Node/NodeStageVolume``,
-``rpc.system=grpc``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``.
+    server = grpc.aio.server(interceptors=[*grpc_server_interceptors(), MetricsInterceptor()])
+
+The span itself comes from opentelemetry-instrumentation-grpc (``volplane.telemetry``),
+which continues the caller's W3C ``traceparent`` and follows the RPC conventions:
+``csi.v1.Node/NodeStageVolume``, ``rpc.system=grpc``, ``rpc.service``, ``rpc.method``,
+``rpc.grpc.status_code``. It learns a status from ``context.abort`` (every handler's error
+path, ``services.apigw.errors``); a handler that crashes instead aborts nothing, so this
+interceptor, running inside that span, records the code gRPC answers with (UNKNOWN).
+Streams (the resource API's Watch) are timed by their span alone: how long a watch stays
+open says nothing about how fast an operation is.
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
-from volplane.telemetry import OPERATIONS, SpanKind, extract, span
+from volplane.telemetry import OPERATIONS
+
+__all__ = ["MetricsInterceptor"]
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -26,25 +36,25 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method_path = details.method.lstrip("/")
-        service, _, method = method_path.partition("/")
+        method = details.method.rpartition("/")[2]
         inner = handler.unary_unary
 
-        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            with span(method_path, kind=SpanKind.SERVER, parent=extract(metadata), attributes=attributes) as s:
-                try:
-                    return await inner(request, context)
-                except BaseException:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    s.set_attribute("rpc.grpc.status_code", code.value[0])
-                    OPERATIONS.labels("apigw", method, code.name).observe(time.perf_counter() - started)
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                if not isinstance(exc, grpc.aio.AbortError):
+                    # Not aborted: the instrumentation saw no status; gRPC answers UNKNOWN.
+                    current = trace.get_current_span()
+                    current.set_attribute("rpc.grpc.status_code", code.value[0])
+                    current.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:256]))
+                raise
+            finally:
+                OPERATIONS.labels("apigw", method, code.name).observe(time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
-            traced, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )

@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from volplane import subjects
 from volplane.aggregate import Repository
-from volplane.commands import GetVolumeStats, NodeExpand, PublishVolume, StageVolume, UnpublishVolume, UnstageVolume
+from volplane.commands import (
+    FreezeVolumes,
+    GetNodeLimits,
+    GetVolumeStats,
+    NodeExpand,
+    PublishVolume,
+    StageVolume,
+    ThawVolumes,
+    UnpublishVolume,
+    UnstageVolume,
+)
 from volplane.config import Config
 from volplane.nodes import SHARED_POOL, TOPOLOGY_KEY, NodeRegistered, PoolSpec, register
 from volplane.resources.informer import Informer
@@ -23,6 +33,7 @@ from .adapters.attacher import attacher_check
 from .adapters.projection import NodeProjection, node_volumes
 from .adapters.storage import HostStorage
 from .controllers.volumemanager import VolumeManager
+from .csi.freeze import Freezer
 from .csi.volumes import NodeApp
 
 
@@ -38,10 +49,14 @@ async def setup(rt: Runtime) -> None:
     cfg = rt.cfg
     node = cfg.node_id
     cfg.pool_dir.mkdir(parents=True, exist_ok=True)
-    await register(rt.store, registration(cfg))
     projection = NodeProjection(node)
     volumes = Repository(rt.store, await rt.follow(projection), node_volumes(projection))
-    app = NodeApp(cfg, volumes, projection, HostStorage(), is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None)
+    host = HostStorage()
+    app = NodeApp(cfg, volumes, projection, host, is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None)
+    # The registry holds what the node can really hold (csi/limits.py), as NodeGetInfo reports it.
+    await register(rt.store, registration(cfg).model_copy(update={"max_volumes": app.limit.limit}))
+    freezer = Freezer(volumes, host, [str(d) for d in (cfg.pool_dir, cfg.shared_pool_dir) if d is not None])
+    await freezer.thaw_all()  # A group snapshot's freeze outlives a crash of this process: undo it first.
     await app.recover()
     q = subjects.queue("nodeagent", node)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_STAGE), q, StageVolume, app.stage)
@@ -50,6 +65,9 @@ async def setup(rt: Runtime) -> None:
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_UNPUBLISH), q, UnpublishVolume, app.unpublish)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_EXPAND), q, NodeExpand, app.expand)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_STATS), q, GetVolumeStats, app.volume_stats)
+    await rt.bus.serve(subjects.node_command(node, subjects.NODE_FREEZE), q, FreezeVolumes, freezer.freeze)
+    await rt.bus.serve(subjects.node_command(node, subjects.NODE_THAW), q, ThawVolumes, freezer.thaw)
+    await rt.bus.serve(subjects.node_command(node, subjects.NODE_LIMITS), q, GetNodeLimits, app.limits)
     await start_volume_manager(rt)
 
 

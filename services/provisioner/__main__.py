@@ -9,12 +9,16 @@ from services.scheduler.scheduler import Scheduler
 from volplane import subjects
 from volplane.aggregate import Repository
 from volplane.commands import (
+    CreateGroupSnapshot,
     CreateSnapshot,
     CreateVolume,
+    DeleteGroupSnapshot,
     DeleteSnapshot,
     DeleteVolume,
     ExpandVolume,
     GetCapacity,
+    GetGroupSnapshot,
+    GetSnapshot,
     GetVolume,
     ListSnapshots,
     ListVolumes,
@@ -25,12 +29,14 @@ from volplane.resources.store import ObjectStore
 from volplane.service import Runtime, run_service
 from volplane.telemetry import gauge
 
+from .adapters.groups import GROUP_SNAPSHOTS, GroupSnapshotsProjection
 from .adapters.pool import ImagePool, Pools
 from .adapters.projection import SNAPSHOTS, VOLUMES, SnapshotsProjection, VolumesProjection
 from .controllers.external_provisioner import ExternalProvisioner
 from .controllers.intree import HostPathPlugin
 from .controllers.pv_controller import MANAGER, PVController
 from .csi.capacity import Capacity
+from .csi.group_snapshots import GroupSnapshotsApp, NodeCut
 from .csi.snapshots import SnapshotsApp
 from .csi.volumes import ProvisionerApp
 
@@ -41,6 +47,8 @@ async def setup(rt: Runtime) -> None:
     await rt.follow(nodes)
     volumes = Repository(rt.store, await rt.follow(volumes_read), VOLUMES)
     snapshots = Repository(rt.store, await rt.follow(snapshots_read), SNAPSHOTS)
+    groups_read = GroupSnapshotsProjection()
+    groups = Repository(rt.store, await rt.follow(groups_read), GROUP_SNAPSHOTS)
     cfg = rt.cfg
     shared = ImagePool(cfg.shared_pool_dir, SHARED_POOL, "shared", cfg.shared_pool_capacity) if cfg.shared_pool_dir else None
     pools = Pools(shared, nodes)
@@ -58,8 +66,10 @@ async def setup(rt: Runtime) -> None:
     app = ProvisionerApp(volumes, volumes_read, capacity, snapshots, published_on)
     rt.samplers.append(lambda: sample_pools(capacity, volumes_read))
     snaps = SnapshotsApp(snapshots, snapshots_read, volumes, pools)
+    group_snaps = GroupSnapshotsApp(groups, groups_read, snaps, snapshots, volumes, pools, published_on, NodeCut(rt.bus))
     await app.recover()
     await snaps.recover()
+    await group_snaps.recover()  # after the snapshots': a group finishes its own members
     q = subjects.queue("provisioner")
     await rt.bus.serve(subjects.CREATE_VOLUME, q, CreateVolume, app.create_volume)
     await rt.bus.serve(subjects.DELETE_VOLUME, q, DeleteVolume, app.delete_volume)
@@ -70,6 +80,10 @@ async def setup(rt: Runtime) -> None:
     await rt.bus.serve(subjects.CREATE_SNAPSHOT, q, CreateSnapshot, snaps.create_snapshot)
     await rt.bus.serve(subjects.DELETE_SNAPSHOT, q, DeleteSnapshot, snaps.delete_snapshot)
     await rt.bus.serve(subjects.LIST_SNAPSHOTS, q, ListSnapshots, snaps.list_snapshots)
+    await rt.bus.serve(subjects.GET_SNAPSHOT, q, GetSnapshot, snaps.get_snapshot)
+    await rt.bus.serve(subjects.CREATE_GROUP_SNAPSHOT, q, CreateGroupSnapshot, group_snaps.create_group)
+    await rt.bus.serve(subjects.DELETE_GROUP_SNAPSHOT, q, DeleteGroupSnapshot, group_snaps.delete_group)
+    await rt.bus.serve(subjects.GET_GROUP_SNAPSHOT, q, GetGroupSnapshot, group_snaps.get_group)
     # After the handlers: the external provisioner's CreateVolume comes back here.
     await start_control_loops(rt)
 

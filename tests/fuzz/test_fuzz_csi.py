@@ -90,13 +90,14 @@ ALLOWED: dict[str, set[grpc.StatusCode]] = {
     "ListSnapshots": NO_ALREADY - {C.NOT_FOUND},
     "ControllerExpandVolume": NO_ALREADY,
     "ControllerGetVolume": NO_ALREADY,
+    "GetSnapshot": NO_ALREADY,
+    # GroupController (issue 16): a group that does not exist is deleted already (OK).
+    "GroupControllerGetCapabilities": {C.OK},
+    "CreateVolumeGroupSnapshot": GENERAL,
+    "DeleteVolumeGroupSnapshot": NO_ALREADY - {C.NOT_FOUND, C.OUT_OF_RANGE, C.RESOURCE_EXHAUSTED},
+    "GetVolumeGroupSnapshot": NO_ALREADY,
     # Not implemented by volplane (not advertised): UNIMPLEMENTED is the answer.
-    "GetSnapshot": NO_ALREADY | {C.UNIMPLEMENTED},
     "ControllerModifyVolume": NO_ALREADY | {C.UNIMPLEMENTED},
-    "GroupControllerGetCapabilities": {C.OK, C.UNIMPLEMENTED},
-    "CreateVolumeGroupSnapshot": GENERAL | {C.UNIMPLEMENTED},
-    "DeleteVolumeGroupSnapshot": NO_ALREADY | {C.UNIMPLEMENTED},
-    "GetVolumeGroupSnapshot": NO_ALREADY | {C.UNIMPLEMENTED},
     "GetMetadataAllocated": NO_ALREADY | {C.UNIMPLEMENTED},
     "GetMetadataDelta": NO_ALREADY | {C.UNIMPLEMENTED},
     # Node
@@ -602,6 +603,7 @@ class Effects:
 
     volumes: set[str] = field(default_factory=set)
     snapshots: set[str] = field(default_factory=set)
+    groups: set[str] = field(default_factory=set)  # group snapshots, deleted with their members
     touched_fixtures: bool = False  # an OK call that changed a controller fixture
     undone: set[str] = field(default_factory=set)  # ids of OK NodeUnpublish/NodeUnstage
     published: set[tuple[str, str]] = field(default_factory=set)  # (volume id, target) from OK NodePublish
@@ -621,6 +623,8 @@ def record(w: World, eff: Effects, rpc_name: str, req: Any, code: grpc.StatusCod
         eff.volumes.add(resp.volume.volume_id)
     elif rpc_name == "CreateSnapshot":
         eff.snapshots.add(resp.snapshot.snapshot_id)
+    elif rpc_name == "CreateVolumeGroupSnapshot":
+        eff.groups.add(resp.group_snapshot.group_snapshot_id)
     elif rpc_name == "NodePublishVolume":
         eff.published.add((req.volume_id, req.target_path))
     elif rpc_name == "NodeStageVolume":
@@ -628,6 +632,8 @@ def record(w: World, eff: Effects, rpc_name: str, req: Any, code: grpc.StatusCod
 
 
 def restore_controller(w: World, eff: Effects) -> None:
+    for gid in eff.groups:
+        w.must("DeleteVolumeGroupSnapshot", csi.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=gid))
     for sid in eff.snapshots - {w.snap_id}:
         w.must("DeleteSnapshot", csi.DeleteSnapshotRequest(snapshot_id=sid))
     fixtures = set(w.ctl_vols.values())

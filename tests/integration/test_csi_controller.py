@@ -96,14 +96,14 @@ def test_plugin_capabilities_include_the_controller_service(client: Csi) -> None
     assert csi.PluginCapability.Service.CONTROLLER_SERVICE in {c.service.type for c in resp.capabilities}
 
 
-def test_controller_capabilities_are_the_whole_driver_and_no_alpha_get_snapshot(client: Csi) -> None:
+def test_controller_capabilities_are_the_whole_driver(client: Csi) -> None:
     resp = client.controller.ControllerGetCapabilities(csi.ControllerGetCapabilitiesRequest(), timeout=TIMEOUT)
     RPC = csi.ControllerServiceCapability.RPC
     assert {c.rpc.type for c in resp.capabilities} == {
         RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES, RPC.GET_CAPACITY,
         RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS, RPC.CLONE_VOLUME, RPC.PUBLISH_READONLY,
         RPC.EXPAND_VOLUME, RPC.LIST_VOLUMES_PUBLISHED_NODES, RPC.GET_VOLUME, RPC.VOLUME_CONDITION,
-        RPC.SINGLE_NODE_MULTI_WRITER,
+        RPC.SINGLE_NODE_MULTI_WRITER, RPC.GET_SNAPSHOT,
     }
 
 

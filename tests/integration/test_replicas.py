@@ -51,8 +51,14 @@ async def _create(stub: rpc.ControllerStub, name: str, size: int) -> tuple[C, st
 def test_both_replicas_serve(stack: Stack) -> None:
     assert not stack.dead()
     assert "provisioner#2" in stack.procs and "attacher#2" in stack.procs and "apigw#2" in stack.procs
+    # The launcher saw each replica answer its health check; the process logs "ready" just
+    # after it starts answering, so the line may still be on its way: wait for it.
     for name in ("provisioner#2", "attacher#2"):
-        assert b"ready" in (stack.run_dir / "logs" / f"{name}.log").read_bytes()
+        log = stack.run_dir / "logs" / f"{name}.log"
+        deadline = time.monotonic() + 15
+        while b"ready" not in log.read_bytes():
+            assert time.monotonic() < deadline, f"{name} never logged ready"
+            time.sleep(0.05)
 
 
 def test_a_hundred_identical_creates_through_two_replicas_make_one_volume(stack: Stack) -> None:

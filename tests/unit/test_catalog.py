@@ -17,7 +17,11 @@ from services.catalog import CATALOG
 _OBJECTS = ["vp.ev.res.>", "vp.ev.rec.>"]
 _BEFORE: dict[str, tuple[list[str], list[str]]] = {
     "apigw": (["vp.cmd.>", "vp.health.>", *_OBJECTS], []),
-    "provisioner": (["vp.ev.volume.>", "vp.ev.snapshot.>", "vp.cmd.attacher.>", *_OBJECTS], ["vp.cmd.provisioner.>", "vp.health.provisioner"]),
+    # Since group snapshots (issue 16): their events, and the freeze and thaw of a cut on the nodes.
+    "provisioner": (
+        ["vp.ev.volume.>", "vp.ev.snapshot.>", "vp.ev.groupsnapshot.>", "vp.cmd.attacher.>", "vp.cmd.node.*.freeze", "vp.cmd.node.*.thaw", *_OBJECTS],
+        ["vp.cmd.provisioner.>", "vp.health.provisioner"],
+    ),
     "attacher": (["vp.ev.attachment.>", "vp.cmd.provisioner.get_volume", *_OBJECTS], ["vp.cmd.attacher.>", "vp.health.attacher"]),
     "nodeagent": (["vp.ev.node.>", "vp.ev.nodeinfo.>", "vp.cmd.attacher.attachments", *_OBJECTS], ["vp.cmd.node.>", "vp.health.nodeagent.>"]),
 }

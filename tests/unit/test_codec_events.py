@@ -54,6 +54,14 @@ SNAPSHOT_EXAMPLES: list[BaseModel] = [
     volume_events.SnapshotCreateFailed(snapshot_id=VID, reason="source image is gone"),
     volume_events.SnapshotDeleting(snapshot_id=VID),
     volume_events.SnapshotDeleted(snapshot_id=VID),
+    volume_events.MemberSnapshotCreating(snapshot_id=VID, name="g-1/v", source_volume_id=VID, pool="shared", size_bytes=2**20, group_snapshot_id=VID),
+]
+GROUP_SNAPSHOT_EXAMPLES: list[BaseModel] = [
+    volume_events.GroupSnapshotCreating(group_snapshot_id=VID, name="g-1", source_volume_ids=(VID,), snapshot_ids=(VID,), parameters={"a": "b"}),
+    volume_events.GroupSnapshotCreated(group_snapshot_id=VID),
+    volume_events.GroupSnapshotCreateFailed(group_snapshot_id=VID, reason="node-1 cannot freeze"),
+    volume_events.GroupSnapshotDeleting(group_snapshot_id=VID),
+    volume_events.GroupSnapshotDeleted(group_snapshot_id=VID),
 ]
 
 NODE_EXAMPLES: list[BaseModel] = [
@@ -76,6 +84,7 @@ NODE_EXAMPLES: list[BaseModel] = [
 CASES = (
     [(volume_events.VOLUME_EVENTS, e) for e in VOLUME_EXAMPLES]
     + [(volume_events.SNAPSHOT_EVENTS, e) for e in SNAPSHOT_EXAMPLES]
+    + [(volume_events.GROUP_SNAPSHOT_EVENTS, e) for e in GROUP_SNAPSHOT_EXAMPLES]
     + [(node_events.NODE_VOLUME_EVENTS, e) for e in NODE_EXAMPLES]
 )
 
@@ -88,7 +97,8 @@ def _members(annotated: typing.Any) -> set[type]:
 
 @pytest.mark.parametrize(
     ("union", "examples"),
-    [(volume_events.VolumeEvent, VOLUME_EXAMPLES), (volume_events.SnapshotEvent, SNAPSHOT_EXAMPLES), (node_events.NodeVolumeEvent, NODE_EXAMPLES)],
+    [(volume_events.VolumeEvent, VOLUME_EXAMPLES), (volume_events.SnapshotEvent, SNAPSHOT_EXAMPLES),
+     (volume_events.GroupSnapshotEvent, GROUP_SNAPSHOT_EXAMPLES), (node_events.NodeVolumeEvent, NODE_EXAMPLES)],
 )
 def test_examples_cover_every_event_type_of_the_union(union: typing.Any, examples: list[BaseModel]) -> None:
     members = _members(union)

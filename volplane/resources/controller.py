@@ -10,16 +10,26 @@ a key added while it is being synced is synced again afterwards. A failing sync 
 retried with per-key exponential backoff (50 ms doubling to 30 s); a lost write race
 (ConcurrencyConflict) is retried at once. Every ``resync`` seconds all keys are queued
 again, which is what finishes work a crash interrupted.
+
+A key added inside a trace (an informer handler running in the trace of the event that
+woke it, or another sync) is synced in a span ``<loop> sync`` of that trace, the newest
+such trace winning; what the sync writes or calls carries the trace on. A key queued by
+a resync alone is synced outside any trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from volplane.errors import ConcurrencyConflict, VolplaneError
-from volplane.telemetry import counter, gauge
+from volplane.telemetry import counter, gauge, traced_context, tracer
 
 __all__ = ["Loop", "Retry"]
 
@@ -61,9 +71,16 @@ class Loop:
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # The trace each waiting key's sync continues (the newest that queued it).
+        self._traces: dict[str, otel_context.Context] = {}
 
     def add(self, key: str | None) -> None:
-        if key is None or key in self._dirty:
+        if key is None:
+            return
+        context = traced_context()
+        if context is not None:
+            self._traces[key] = context
+        if key in self._dirty:
             return
         self._dirty.add(key)
         if key not in self._processing:
@@ -121,36 +138,51 @@ class Loop:
             self._dirty.discard(key)
             self._processing.add(key)
             QUEUE_DEPTH.labels(self.name).set(len(self._dirty))
-            try:
-                await self._sync(key)
-            except asyncio.CancelledError:
-                raise
-            except Retry as exc:
-                SYNCS.labels(self.name, "waiting").inc()
-                self._done(key)
-                self.add_after(key, exc.after)
-                continue
-            except ConcurrencyConflict:
-                SYNCS.labels(self.name, "conflict").inc()
-                self._done(key)
-                self.add(key)
-                continue
-            except Exception as exc:  # The loop retries every failure with backoff.
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                delay = min(_BASE_DELAY * 2 ** (failures - 1), _MAX_DELAY)
-                SYNCS.labels(self.name, "error").inc()
-                if isinstance(exc, VolplaneError):
-                    log.warning("%s: sync %s failed (%s: %s); retry in %.2fs", self.name, key, type(exc).__name__, exc.message, delay)
+            with self._span(key) as span:
+                try:
+                    await self._sync(key)
+                except asyncio.CancelledError:
+                    raise
+                except Retry as exc:
+                    SYNCS.labels(self.name, "waiting").inc()
+                    span.set_attribute("volplane.retry_after", exc.after)
+                    self._done(key)
+                    self.add_after(key, exc.after)
+                    continue
+                except ConcurrencyConflict:
+                    SYNCS.labels(self.name, "conflict").inc()
+                    self._done(key)
+                    self.add(key)
+                    continue
+                except Exception as exc:  # The loop retries every failure with backoff.
+                    failures = self._failures.get(key, 0) + 1
+                    self._failures[key] = failures
+                    delay = min(_BASE_DELAY * 2 ** (failures - 1), _MAX_DELAY)
+                    SYNCS.labels(self.name, "error").inc()
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:256]))
+                    if isinstance(exc, VolplaneError):
+                        log.warning("%s: sync %s failed (%s: %s); retry in %.2fs", self.name, key, type(exc).__name__, exc.message, delay)
+                    else:
+                        log.exception("%s: sync %s failed; retry in %.2fs", self.name, key, delay)
+                    self._done(key)
+                    self.add_after(key, delay)
+                    continue
                 else:
-                    log.exception("%s: sync %s failed; retry in %.2fs", self.name, key, delay)
-                self._done(key)
-                self.add_after(key, delay)
-                continue
-            else:
-                SYNCS.labels(self.name, "ok").inc()
-                self._failures.pop(key, None)
+                    SYNCS.labels(self.name, "ok").inc()
+                    self._failures.pop(key, None)
             self._done(key)
+
+    @contextmanager
+    def _span(self, key: str) -> Iterator[trace.Span]:
+        """The sync's span in the trace that queued ``key``; none for a key no trace queued.
+        Retries (``add_after``, ``add``) are queued inside it, so they stay in that trace."""
+        parent = self._traces.pop(key, None)
+        if parent is None:
+            yield trace.INVALID_SPAN
+            return
+        attributes = {"volplane.controller": self.name, "volplane.key": key}
+        with tracer().start_as_current_span(f"{self.name} sync", context=parent, attributes=attributes, record_exception=False, set_status_on_exception=False) as span:
+            yield span
 
     def _done(self, key: str) -> None:
         self._processing.discard(key)

@@ -11,6 +11,10 @@ the newest version of each object; an event at or below the version it already h
 (a write the controller observed itself) is skipped, so the cache only moves forward.
 Replaying the log at start is the shortcut taken here: a start costs time in proportion
 to the log's length (docs/decisions.md).
+
+An event that is no valid object of its subject (an unknown kind, bytes that do not
+decode, an object that does not validate) is quarantined (``volplane.quarantine``): logged,
+counted under reader ``informer``, skipped — controllers never see it.
 """
 
 from __future__ import annotations
@@ -23,13 +27,18 @@ from typing import Any
 import nats.errors
 
 from volplane.errors import Unavailable
-from volplane.eventstore import EventStore
+from volplane.eventstore import EventStore, Record
+from volplane.quarantine import Quarantined
 from volplane.resources.kinds import RESOURCE_EVENTS, Kind, Ref, ref_of, ref_of_subject
 from volplane.resources.store import object_of, version_of
+from volplane.telemetry import continued
 
 __all__ = ["Informer"]
 
 log = logging.getLogger(__name__)
+
+# The informer's name in quarantine records and the metric's ``reader`` label.
+READER = "informer"
 
 Handler = Callable[[Kind, dict[str, Any] | None, dict[str, Any] | None], None]
 
@@ -42,6 +51,7 @@ class Informer:
         self._gone: dict[tuple[str, str], int] = {}
         self._handlers: list[Handler] = []
         self.position = 0
+        self.skipped = 0  # events quarantined since the start
         self._synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -77,13 +87,20 @@ class Informer:
         while True:
             try:
                 async for record in self._store.follow(RESOURCE_EVENTS, self.position):
-                    ref = ref_of_subject(record.subject)
-                    kind, obj = object_of(record)
-                    self._put(ref, None if kind == "ObjectDeleted" else obj, record.seq)
+                    try:
+                        kind, obj = object_of(record)
+                    except Exception as exc:  # noqa: BLE001 - any event the cache cannot use is quarantined, not retried.
+                        self._skip(record, exc)
+                    else:
+                        # A live event wakes the controllers in the trace it was written in (the replay at start, in none).
+                        with continued(record.trace if self._synced.is_set() else ()):
+                            self._put(ref_of_subject(record.subject), None if kind == "ObjectDeleted" else obj, record.seq)
                     self.position = record.seq
                     caught_up = record.pending == 0 and not self._synced.is_set()
                     if caught_up and (record.seq >= target or await self._store.next_seq(RESOURCE_EVENTS, record.seq) is None):
                         self._synced.set()
+                        if self.skipped:
+                            log.warning("informer skipped %d quarantined events while replaying the log (vp:quarantine:objects has them)", self.skipped)
             except asyncio.CancelledError:
                 raise
             except (Unavailable, nats.errors.Error) as exc:
@@ -92,6 +109,25 @@ class Informer:
             except Exception:  # The cache must outlive one failure; it resumes.
                 log.exception("informer failed at %d; following the log again", self.position)
                 await asyncio.sleep(0.5)
+
+    def _skip(self, record: Record, exc: Exception) -> None:
+        """Quarantine an event no object can be made of: log it once, count it, move on.
+
+        The objects projection keeps the durable record of the same event; the cache is
+        rebuilt from the log on every start, so it only reports. The event still takes a
+        place on its object's subject, so an object the cache holds moves to that version
+        unchanged: a controller's next ``update`` writes after it instead of conflicting forever.
+        """
+        # Each start replays the whole log: what it met before, it says in one line once synced.
+        Quarantined.of(READER, record, exc).report(replayed=not self._synced.is_set())
+        self.skipped += 1
+        try:
+            ref = ref_of_subject(record.subject)
+        except Exception:  # noqa: BLE001 - a subject of no object: nothing to move
+            return
+        current = self.get(ref.kind, ref.key)
+        if current is not None:
+            self._put(ref, {**current, "metadata": {**current["metadata"], "resourceVersion": str(record.seq)}}, record.seq)
 
     def _put(self, ref: Ref, obj: dict[str, Any] | None, version: int) -> None:
         bucket = self._objects.setdefault(ref.kind.name, {})

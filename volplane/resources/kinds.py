@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from volplane.errors import InvalidArgument
+from volplane.quarantine import Undecodable
 
 __all__ = ["KINDS", "RECORDED_EVENTS", "RESOURCE_EVENTS", "Kind", "Ref", "key_of", "namespaced_key", "ref", "ref_of", "ref_of_subject", "resolve"]
 
@@ -130,6 +131,25 @@ def namespaced_key(namespace: str | None, name: str) -> str:
 
 
 def ref_of_subject(subject: str) -> Ref:
-    """``vp.ev.res.pvc.default.nfs-pvc`` → Ref; inverse of ``Ref.subject``."""
-    _, _, _, token, namespace, name = subject.split(".", 5)
-    return Ref(_BY_TOKEN[token], "" if namespace == _CLUSTER else namespace, name.replace("~", "."))
+    """``vp.ev.res.pvc.default.nfs-pvc`` → Ref; inverse of ``Ref.subject``.
+
+    The subject comes from the log, where anyone allowed to append may have written to a
+    kind that does not exist (``vp.ev.res.persistentvolume._.x``) or a name no object can
+    have: that is Undecodable, and its reader quarantines the event (``volplane.quarantine``).
+    """
+    parts = subject.split(".")
+    if len(parts) != 6 or parts[:3] != ["vp", "ev", "res"]:
+        raise Undecodable(f"{_shown(subject)} is not an object's subject (vp.ev.res.<kind>.<namespace>.<name>)")
+    token, namespace, name = parts[3], parts[4], parts[5].replace("~", ".")
+    kind = _BY_TOKEN.get(token)
+    if kind is None:
+        raise Undecodable(f"unknown kind {_shown(token)} in {_shown(subject)}")
+    if (namespace == _CLUSTER) == kind.namespaced:
+        raise Undecodable(f"{kind.name} is {'namespaced' if kind.namespaced else 'cluster-scoped'}, not so in {_shown(subject)}")
+    if len(name) > 253 or not _NAME.fullmatch(name) or (kind.namespaced and (len(namespace) > 63 or not _NAMESPACE.fullmatch(namespace))):
+        raise Undecodable(f"no {kind.name} can be named as in {_shown(subject)}")
+    return Ref(kind, "" if namespace == _CLUSTER else namespace, name)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:80] + "…")

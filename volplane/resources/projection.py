@@ -8,6 +8,11 @@ Keys (under ``vp:``, so ``make rebuild`` drops and replays them):
     runner = ProjectionRunner(redis, store, objects)
     items, position = await objects.list_of(PVC, lambda meta: meta.get("namespace") == "default")
     objects.note(ref_of(obj), obj)      # an object this process just wrote, listed at once
+    await objects.quarantined()         # the events no projection could use (volplane.quarantine)
+
+An event that is no valid object of its subject — a kind that does not exist
+(``vp.ev.res.persistentvolume._.x``), bytes that do not decode — is quarantined by the
+runner under ``vp:quarantine:objects`` and skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 from volplane import codec
 from volplane.eventstore import Record
 from volplane.projection import PREFIX, Op, ProjectionBase
+from volplane.quarantine import Quarantined
 from volplane.resources.kinds import RESOURCE_EVENTS, Kind, Ref, ref_of_subject
 from volplane.resources.store import object_of, version_of
 
@@ -45,6 +51,11 @@ class ObjectsProjection(ProjectionBase[Object]):
         kind, obj = object_of(record)
         return None if kind == "ObjectDeleted" else obj
 
+    def skipped(self, state: Object, record: Record) -> Object:
+        # An object's version is its resourceVersion: a quarantined event on its subject
+        # moves it there, as the informer and ObjectStore.read do, so all three agree.
+        return {**state, "metadata": {**state["metadata"], "resourceVersion": str(record.seq)}}
+
     def dump(self, state: Object) -> bytes:
         return codec.pack(state)
 
@@ -71,6 +82,11 @@ class ObjectsProjection(ProjectionBase[Object]):
         items = [o for o in objects if o is not None and where(o["metadata"])]
         items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         return items, position
+
+    async def quarantined(self) -> list[Quarantined]:
+        """Every event a projection in this Redis quarantined (``volplane.quarantine``), by
+        reader and sequence: the events no read model could decode or apply."""
+        return await self.runner.quarantined()
 
     def note(self, ref: Ref, obj: Object, *, deleted: bool = False) -> None:
         """An object this process just wrote (or deleted), so that its next list shows it."""

@@ -25,9 +25,10 @@ from volplane import codec
 from volplane.errors import AlreadyExists, ConcurrencyConflict, FailedPrecondition, InvalidArgument, NotFound
 from volplane.events import now_ns
 from volplane.eventstore import EventStore, Record
+from volplane.quarantine import Undecodable, reason_of
 from volplane.resources import patch as patches
 from volplane.resources.events import OBJECT_EVENTS, RECORDED, EventRecorded, ObjectChanged, ObjectCreated, ObjectDeleted
-from volplane.resources.kinds import BY_NAME, Ref, ref_of
+from volplane.resources.kinds import BY_NAME, Ref, ref_of, ref_of_subject
 from volplane.resources.schema import validate
 
 __all__ = ["ObjectStore", "object_of", "rfc3339", "version_of"]
@@ -52,11 +53,34 @@ def version_of(obj: dict[str, Any]) -> int:
 
 
 def object_of(record: Record) -> tuple[str, dict[str, Any]]:
-    """(event type, object with its resourceVersion) of one stored object event."""
+    """(event type, object with its resourceVersion) of one stored object event.
+
+    Raises (Undecodable, or the decoder's own error) for an event that is not one: a
+    subject of no known kind, bytes that are no object event, or an object that is not a
+    valid object of its subject's kind and name — what every write through this store
+    checks first, so only an append around it can put one in the log. Readers of the log
+    quarantine such an event (``volplane.quarantine``) instead of handing it to
+    controllers and lists that index ``metadata.name`` and read typed specs.
+    """
+    ref = ref_of_subject(record.subject)
     event = codec.decode(OBJECT_EVENTS, record.data)
     obj = event.object
-    obj["metadata"]["resourceVersion"] = str(record.seq)
+    try:
+        validate(obj)
+    except InvalidArgument as exc:
+        raise Undecodable(f"not a valid object: {exc.message}") from None
+    meta = obj["metadata"]
+    if not isinstance(obj.get("status", {}), dict):
+        raise Undecodable("not a valid object: status: not a mapping")
+    if obj["kind"] != ref.kind.name or meta["name"] != ref.name or (ref.kind.namespaced and meta.get("namespace") != ref.namespace):
+        raise Undecodable(f"the object {_named(obj)} does not belong on {record.subject}")
+    meta["resourceVersion"] = str(record.seq)
     return event.type, obj
+
+
+def _named(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{obj['kind']}/{meta.get('namespace') + '/' if meta.get('namespace') else ''}{meta['name']}"[:200]
 
 
 def _strip_none(value: Any) -> Any:
@@ -85,8 +109,28 @@ class ObjectStore:
         record = await self._store.last(ref.subject)
         if record is None:
             return None, 0
-        kind, obj = object_of(record)
+        try:
+            kind, obj = object_of(record)
+        except Exception:  # noqa: BLE001 - a quarantined event (volplane.quarantine): skipped, as every reader skips it
+            return self._before_poison(await self._store.read(ref.subject))
         return (None if kind == "ObjectDeleted" else obj), record.seq
+
+    @staticmethod
+    def _before_poison(records: list[Record]) -> tuple[dict[str, Any] | None, int]:
+        """The object as of its newest event that decodes, at the subject's newest sequence.
+
+        Quarantined events are skipped, but they still take a place on the subject, so the
+        next write names the newest sequence; the object carries it as its resourceVersion,
+        as the informer's copy does (a controller's ``update`` writes after it)."""
+        for record in reversed(records):
+            try:
+                kind, obj = object_of(record)
+            except Exception:  # noqa: BLE001 - quarantined, skipped
+                continue
+            if kind == "ObjectDeleted":
+                break
+            return _versioned(obj, records[-1].seq), records[-1].seq
+        return None, records[-1].seq if records else 0
 
     async def get(self, ref: Ref) -> dict[str, Any]:
         obj, _ = await self.read(ref)
@@ -218,8 +262,18 @@ class ObjectStore:
         out = []
         for record in sorted(records, key=lambda r: r.seq):
             # Two adapters, two calls: each keeps its own decoded type.
-            event = codec.decode(RECORDED, record.data) if record.type == "EventRecorded" else codec.decode(OBJECT_EVENTS, record.data)
-            out.append((record, event.model_dump()))
+            try:
+                event = codec.decode(RECORDED, record.data) if record.type == "EventRecorded" else codec.decode(OBJECT_EVENTS, record.data)
+            except Exception as exc:  # noqa: BLE001 - a quarantined event is shown as one, with why
+                out.append((record, {"quarantined": reason_of(exc)}))
+                continue
+            fields = event.model_dump()
+            if record.subject == ref.subject:
+                try:
+                    object_of(record)
+                except Exception as exc:  # noqa: BLE001 - it decodes, but readers quarantine it: say so beside it
+                    fields["quarantined"] = reason_of(exc)
+            out.append((record, fields))
         return out
 
     async def _append_created(self, ref: Ref, obj: dict[str, Any], version: int) -> dict[str, Any]:

@@ -375,3 +375,38 @@ class HostStorage:
                 raise
         if self.mount_point(path) is not None and self.device_number(path) in wanted:
             raise StorageError(("umount", _arg(path)), None, f"still mounted after {MAX_UNMOUNT_ATTEMPTS} attempts")
+
+    async def freeze(self, path: Path) -> None:
+        """Flush a mounted filesystem and hold every write to it: ``await storage.freeze(Path("/staging/pv-1"))``.
+
+        Writers block in the kernel (they do not fail) until ``thaw``; a group snapshot's cut."""
+        await self._run("fsfreeze", "--freeze", _arg(path))
+
+    async def thaw(self, path: Path) -> None:
+        """Let writes to a frozen filesystem go on; a filesystem that is not frozen is left as it is."""
+        try:
+            await self._run("fsfreeze", "--unfreeze", _arg(path))
+        except StorageError as exc:
+            # The kernel answers EINVAL for a filesystem that is not frozen: already thawed.
+            if "Invalid argument" not in exc.stderr:
+                raise
+
+    def mounts_of_images(self, directories: Sequence[str]) -> list[MountEntry]:
+        """Mounts whose source is a loop device backed by an image under one of ``directories``."""
+        backing = self.loop_backing_files()
+        mine = {dev for dev, image in backing.items() if any(image.startswith(d.rstrip("/") + "/") for d in directories)}
+        return [e for e in map(_parse_mountinfo_line, MOUNTINFO.read_bytes().splitlines()) if e.source in mine]
+
+    @staticmethod
+    def loop_backing_files() -> dict[str, str]:
+        """Every bound loop device and its backing file: ``{"/dev/loop0": "/pool/<id>.img"}``."""
+        found: dict[str, str] = {}
+        for name in os.listdir(SYS_BLOCK):
+            if not name.startswith("loop"):
+                continue
+            try:
+                with open(f"{SYS_BLOCK}/{name}/loop/backing_file", "rb") as f:
+                    found[f"/dev/{name}"] = os.fsdecode(f.read().rstrip(b"\n"))
+            except OSError:
+                continue  # Unbound, or detached since the listing.
+        return found

@@ -22,9 +22,11 @@ from pathlib import Path
 from volplane.aggregate import Repository
 from volplane.commands import (
     Done,
+    GetNodeLimits,
     GetVolumeStats,
     NodeExpand,
     NodeExpanded,
+    NodeLimits,
     PublishVolume,
     StageVolume,
     UnpublishVolume,
@@ -64,6 +66,7 @@ from ..domain.volume import (
     locate,
     stage_fs_type,
 )
+from .limits import VolumeLimit, max_volumes
 from .steps import HostSteps
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ class NodeApp:
         self._locks = volumes.locks
         self._own_dirs = [str(d) for d in (cfg.pool_dir, cfg.shared_pool_dir) if d is not None]
         self._pools = [(cfg.pool_name, cfg.pool_dir)]
+        self.limit = VolumeLimit(max_volumes(cfg.max_volumes_per_node, self._own_dirs), self._own_dirs)
         if cfg.shared_pool_dir is not None:
             self._pools.append((SHARED_POOL, cfg.shared_pool_dir))
 
@@ -128,9 +132,15 @@ class NodeApp:
                 await self._require_published(cmd.volume_id)
                 if not block:
                     self._steps.refuse_foreign_mount("staging_target_path", Path(staging), await self._host.loop_devices_for(image))
-            state = await self._append(state, intent)
-            await self._finish_stage(state)
+            # A volume new to this node needs a loop device: RESOURCE_EXHAUSTED at max_volumes_per_node (limits.py).
+            async with self.limit.admit(image):
+                state = await self._append(state, intent)
+                await self._finish_stage(state)
             return Done()
+
+    async def limits(self, cmd: GetNodeLimits) -> NodeLimits:
+        """NodeGetInfo's max_volumes_per_node, as this node decided it at start (limits.py)."""
+        return NodeLimits(max_volumes=self.limit.limit)
 
     async def unstage(self, cmd: UnstageVolume) -> Done:
         staging = check_path("staging_target_path", cmd.staging_path)

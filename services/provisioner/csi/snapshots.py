@@ -2,6 +2,11 @@
 
     app = SnapshotsApp(snapshots, snapshots_projection, volumes, pools)
     info = await app.create_snapshot(CreateSnapshot(name="snap-1", source_volume_id=vid))
+    same = await app.get_snapshot(GetSnapshot(snapshot_id=info.snapshot_id))
+
+A member of a volume group snapshot is an ordinary snapshot here too (listed, got, restored
+from), but its group takes and deletes it (``group_snapshots.py``): DeleteSnapshot refuses
+it and ``recover`` leaves its unfinished copy to the group's cut.
 
 ``snapshots`` and ``volumes`` are the aggregates' repositories (``volplane.aggregate``).
 """
@@ -11,8 +16,8 @@ from __future__ import annotations
 import logging
 
 from volplane.aggregate import Repository
-from volplane.commands import CreateSnapshot, DeleteSnapshot, Done, ListSnapshots, SnapshotInfo, SnapshotPage
-from volplane.errors import Aborted, InvalidArgument, VolplaneError
+from volplane.commands import CreateSnapshot, DeleteSnapshot, Done, GetSnapshot, ListSnapshots, SnapshotInfo, SnapshotPage
+from volplane.errors import Aborted, InvalidArgument, NotFound, VolplaneError
 from volplane.ids import is_volume_id
 
 from ..adapters.pool import Pools
@@ -74,6 +79,30 @@ class SnapshotsApp:
             await self._finish_delete(await self._snapshots.append(sid, state, intent))
             return Done()
 
+    async def get_snapshot(self, cmd: GetSnapshot) -> SnapshotInfo:
+        """GetSnapshot: the snapshot as the log has it, NOT_FOUND once it is gone."""
+        state = await self._snapshots.load(cmd.snapshot_id) if is_volume_id(cmd.snapshot_id) else None
+        if state is None or state.phase in ("deleted", "failed"):
+            raise NotFound(f"snapshot {cmd.snapshot_id[:128]!r} does not exist")
+        return _info(state)
+
+    async def delete_member(self, snapshot_id: str) -> None:
+        """Delete one member of a group snapshot, for its group (DeleteVolumeGroupSnapshot)."""
+        async with self._snapshots.locks.hold(snapshot_id):
+            state = await self._snapshots.load(snapshot_id)
+            if state is not None and state.phase == "creating":
+                # Its group never finished the cut (it failed or was not recovered): no copy counts.
+                await self._snapshots.append(snapshot_id, state, SnapshotCreateFailed(snapshot_id=snapshot_id, reason="group snapshot deleted"))
+                self._pools.get(state.pool).delete_snapshot(snapshot_id)
+                return
+            if state is not None and state.phase == "deleting":
+                await self._finish_delete(state)
+                return
+            intent = decide_delete_snapshot(state, by_group=True)
+            if intent is not None:
+                assert state is not None
+                await self._finish_delete(await self._snapshots.append(snapshot_id, state, intent))
+
     async def list_snapshots(self, cmd: ListSnapshots) -> SnapshotPage:
         if cmd.max_entries < 0:
             raise InvalidArgument("max_entries: must not be negative")
@@ -92,8 +121,12 @@ class SnapshotsApp:
 
     async def recover(self) -> int:
         """Finish every intent a crash left without its result; returns how many."""
-        finishers = {"creating": self._finish_create, "deleting": self._finish_delete}
+        finishers = {"creating": self._recover_create, "deleting": self._finish_delete}
         return await self._snapshots.recover(await self._read.in_flight(), finishers, phase=lambda s: s.phase)
+
+    async def _recover_create(self, state: SnapshotState) -> SnapshotState:
+        # A group's member is copied only inside its group's cut: GroupSnapshotsApp.recover finishes it.
+        return state if state.group_snapshot_id else await self._finish_create(state)
 
     async def _finish_create(self, state: SnapshotState) -> SnapshotState:
         sid = state.snapshot_id
@@ -112,6 +145,11 @@ class SnapshotsApp:
         await self._snapshots.append(state.snapshot_id, state, SnapshotDeleted(snapshot_id=state.snapshot_id))
 
 
+def info(state: SnapshotState) -> SnapshotInfo:
+    """The reply for one snapshot (also a group's member)."""
+    return _info(state)
+
+
 def _info(state: SnapshotState) -> SnapshotInfo:
     return SnapshotInfo(
         snapshot_id=state.snapshot_id,
@@ -120,4 +158,5 @@ def _info(state: SnapshotState) -> SnapshotInfo:
         size_bytes=state.size_bytes,
         creation_time_ns=state.created_at,
         ready_to_use=state.phase == "ready",
+        group_snapshot_id=state.group_snapshot_id,
     )

@@ -90,6 +90,20 @@ class SnapshotCreating(Event):
     parameters: dict[str, str] = Field(default_factory=dict)
 
 
+class MemberSnapshotCreating(Event):
+    """The intent of a snapshot that belongs to a volume group snapshot: its group takes it in
+    the group's cut, and deletes it. A type of its own rather than a field added to
+    SnapshotCreating, whose stored bytes stay those an older reader knows."""
+
+    type: Literal["MemberSnapshotCreating"] = "MemberSnapshotCreating"
+    snapshot_id: str
+    name: str
+    source_volume_id: str
+    pool: str
+    size_bytes: int
+    group_snapshot_id: str
+
+
 class SnapshotCreated(Event):
     type: Literal["SnapshotCreated"] = "SnapshotCreated"
     snapshot_id: str
@@ -112,7 +126,49 @@ class SnapshotDeleted(Event):
 
 
 SnapshotEvent = Annotated[
-    SnapshotCreating | SnapshotCreated | SnapshotCreateFailed | SnapshotDeleting | SnapshotDeleted,
+    SnapshotCreating | MemberSnapshotCreating | SnapshotCreated | SnapshotCreateFailed | SnapshotDeleting | SnapshotDeleted,
     Field(discriminator="type"),
 ]
 SNAPSHOT_EVENTS: TypeAdapter[SnapshotEvent] = TypeAdapter(SnapshotEvent)
+
+
+# Volume group snapshots: one aggregate per group, subject ``vp.ev.groupsnapshot.<id>``.
+# Its members are ordinary snapshots (above) carrying the group's id; the group's intent
+# names them all before any is created, so a crash mid-group is finished from the log.
+
+
+class GroupSnapshotCreating(Event):
+    type: Literal["GroupSnapshotCreating"] = "GroupSnapshotCreating"
+    group_snapshot_id: str
+    name: str
+    source_volume_ids: tuple[str, ...]
+    snapshot_ids: tuple[str, ...]  # one per source volume, in the same order
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class GroupSnapshotCreated(Event):
+    type: Literal["GroupSnapshotCreated"] = "GroupSnapshotCreated"
+    group_snapshot_id: str
+
+
+class GroupSnapshotCreateFailed(Event):
+    type: Literal["GroupSnapshotCreateFailed"] = "GroupSnapshotCreateFailed"
+    group_snapshot_id: str
+    reason: str
+
+
+class GroupSnapshotDeleting(Event):
+    type: Literal["GroupSnapshotDeleting"] = "GroupSnapshotDeleting"
+    group_snapshot_id: str
+
+
+class GroupSnapshotDeleted(Event):
+    type: Literal["GroupSnapshotDeleted"] = "GroupSnapshotDeleted"
+    group_snapshot_id: str
+
+
+GroupSnapshotEvent = Annotated[
+    GroupSnapshotCreating | GroupSnapshotCreated | GroupSnapshotCreateFailed | GroupSnapshotDeleting | GroupSnapshotDeleted,
+    Field(discriminator="type"),
+]
+GROUP_SNAPSHOT_EVENTS: TypeAdapter[GroupSnapshotEvent] = TypeAdapter(GroupSnapshotEvent)

@@ -17,7 +17,15 @@ from volplane.commands import CreateSnapshot
 from volplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OperationPending
 from volplane.events import Frozen
 
-from .events import SnapshotCreated, SnapshotCreateFailed, SnapshotCreating, SnapshotDeleted, SnapshotDeleting, SnapshotEvent
+from .events import (
+    MemberSnapshotCreating,
+    SnapshotCreated,
+    SnapshotCreateFailed,
+    SnapshotCreating,
+    SnapshotDeleted,
+    SnapshotDeleting,
+    SnapshotEvent,
+)
 from .volume import MAX_NAME, VolumeState
 
 SnapshotPhase = Literal["creating", "ready", "failed", "deleting", "deleted"]
@@ -33,6 +41,7 @@ class SnapshotState(Frozen):
     phase: SnapshotPhase
     version: int
     created_at: int
+    group_snapshot_id: str = ""  # a member of this volume group snapshot
 
 
 def snapshot_id_for(name: str) -> str:
@@ -63,9 +72,38 @@ def decide_create_snapshot(state: SnapshotState | None, cmd: CreateSnapshot, sou
     )
 
 
-def decide_delete_snapshot(state: SnapshotState | None) -> SnapshotDeleting | None:
+def decide_create_member(
+    state: SnapshotState | None, snapshot_id: str, name: str, group_snapshot_id: str, source: VolumeState | None, source_volume_id: str
+) -> MemberSnapshotCreating | None:
+    """The intent of one member of a group snapshot, or None when it is already taken.
+
+    A member's id is chosen by its group (``member_snapshot_id``), not derived from a name,
+    so no CreateSnapshot can collide with it."""
+    if state is not None and state.phase not in ("deleted", "failed"):
+        if state.group_snapshot_id != group_snapshot_id or state.source_volume_id != source_volume_id:
+            raise AlreadyExists(f"snapshot {snapshot_id} belongs to another group")
+        return None
+    if source is None or source.phase in ("deleted", "failed"):
+        raise NotFound(f"source volume {source_volume_id} does not exist")
+    if source.phase != "ready":
+        raise FailedPrecondition(f"source volume {source_volume_id} is {source.phase}")
+    return MemberSnapshotCreating(
+        snapshot_id=snapshot_id,
+        name=name,
+        source_volume_id=source_volume_id,
+        pool=source.pool,
+        size_bytes=source.capacity_bytes,
+        group_snapshot_id=group_snapshot_id,
+    )
+
+
+def decide_delete_snapshot(state: SnapshotState | None, *, by_group: bool = False) -> SnapshotDeleting | None:
+    """``by_group``: the member's own group deletes it; anyone else is refused a member."""
     if state is None or state.phase in ("deleted", "failed"):
         return None
+    if state.group_snapshot_id and not by_group:
+        # As csi-driver-host-path does: a member goes with its group (DeleteVolumeGroupSnapshot).
+        raise FailedPrecondition(f"snapshot {state.snapshot_id} is part of group snapshot {state.group_snapshot_id}")
     if state.phase == "creating":
         raise OperationPending(f"snapshot {state.snapshot_id} is still being created")
     return SnapshotDeleting(snapshot_id=state.snapshot_id)
@@ -84,6 +122,19 @@ def evolve_snapshot(state: SnapshotState | None, event: SnapshotEvent, seq: int)
                 phase="creating",
                 version=seq,
                 created_at=event.at,
+            )
+        case MemberSnapshotCreating():
+            return SnapshotState(
+                snapshot_id=event.snapshot_id,
+                name=event.name,
+                source_volume_id=event.source_volume_id,
+                pool=event.pool,
+                size_bytes=event.size_bytes,
+                parameters={},
+                phase="creating",
+                version=seq,
+                created_at=event.at,
+                group_snapshot_id=event.group_snapshot_id,
             )
         case SnapshotCreated():
             assert state is not None

@@ -1,0 +1,184 @@
+{{/* Names, labels and the pieces every pod template shares. */}}
+
+{{- define "volplane.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "volplane.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: volplane
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end -}}
+
+{{/* The selector of one component: (dict "ctx" $ "component" "controller"). */}}
+{{- define "volplane.selector" -}}
+app.kubernetes.io/name: volplane
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "volplane.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* A sidecar's image: (dict "ctx" $ "s" .Values.sidecars.provisioner). */}}
+{{- define "volplane.sidecarImage" -}}
+{{- printf "%s/%s:%s" .ctx.Values.sidecars.registry .s.image .s.tag -}}
+{{- end -}}
+
+{{- define "volplane.secretName" -}}
+{{- if .Values.credentials.create -}}
+{{- printf "%s-credentials" (include "volplane.fullname" .) -}}
+{{- else -}}
+{{- required "credentials.existingSecret is required when credentials.create is false" .Values.credentials.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "volplane.natsHost" -}}
+{{- printf "%s-nats" (include "volplane.fullname" .) -}}
+{{- end -}}
+
+{{- define "volplane.redisHost" -}}
+{{- printf "%s-redis" (include "volplane.fullname" .) -}}
+{{- end -}}
+
+{{- define "volplane.otlpEndpoint" -}}
+{{- if .Values.tracing.otlpEndpoint -}}
+{{- .Values.tracing.otlpEndpoint -}}
+{{- else if .Values.tracing.jaeger.enabled -}}
+{{- printf "http://%s-jaeger:4317" (include "volplane.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The environment every volplane service shares: its NATS user (named after the service)
+with the password from the credentials Secret, the probe user its liveness check asks
+with, tracing, logging, the run directory (an emptyDir: the root filesystem is
+read-only). (dict "ctx" $ "user" "provisioner" "redis" true "metricsPort" 9091)
+*/}}
+{{- define "volplane.env" -}}
+{{- $ctx := .ctx -}}
+- name: NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "volplane.secretName" $ctx }}
+      key: nats-{{ .user }}
+- name: NATS_URL
+  value: nats://{{ .user }}:$(NATS_PASSWORD)@{{ include "volplane.natsHost" $ctx }}:4222
+- name: NATS_PROBE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "volplane.secretName" $ctx }}
+      key: nats-probe
+- name: NATS_PROBE_URL
+  value: nats://probe:$(NATS_PROBE_PASSWORD)@{{ include "volplane.natsHost" $ctx }}:4222
+{{- if .redis }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "volplane.secretName" $ctx }}
+      key: redis-password
+- name: REDIS_URL
+  value: redis://volplane:$(REDIS_PASSWORD)@{{ include "volplane.redisHost" $ctx }}:6379/0
+{{- end }}
+- name: VOLPLANE_RUN_DIR
+  value: /run/volplane
+- name: VOLPLANE_LOG_LEVEL
+  value: {{ $ctx.Values.logLevel | quote }}
+{{- if $ctx.Values.metrics.enabled }}
+- name: VOLPLANE_METRICS_ADDR
+  value: "0.0.0.0:{{ .metricsPort }}"
+{{- end }}
+{{- with include "volplane.otlpEndpoint" $ctx }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: volplane-{{ .service }}
+{{- end -}}
+
+{{/*
+The liveness check of a service that answers on the bus: a health request to
+vp.health.<service>[.<node>] as the probe user, which may publish only there.
+(dict "service" "provisioner" "perNode" false)
+*/}}
+{{- define "volplane.busProbe" -}}
+livenessProbe:
+  exec:
+    command:
+      - python
+      - -c
+      - |
+        import asyncio, os, sys, msgpack, nats
+        subject = "vp.health.{{ .service }}"{{ if .perNode }} + "." + os.environ["VOLPLANE_NODE_ID"].replace(".", "~"){{ end }}
+        async def check():
+            nc = await nats.connect(os.environ["NATS_PROBE_URL"], connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0)
+            try:
+                msg = await nc.request(subject, b"\x80", timeout=3)
+            finally:
+                await nc.close()
+            return "ok" in msgpack.unpackb(msg.data)
+        sys.exit(0 if asyncio.run(check()) else 1)
+  initialDelaySeconds: 30
+  periodSeconds: 20
+  timeoutSeconds: 10
+  failureThreshold: 3
+{{- end -}}
+
+{{/* A container that needs no privilege: not root, nothing to escalate to, no capability, a read-only root. */}}
+{{- define "volplane.restricted" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 65532
+  runAsGroup: 65532
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: [ALL]
+{{- end -}}
+
+{{/*
+Root, but without a capability: for a container that must write a host directory owned
+by root (the CSI socket directory, the pools, the kubelet's plugin registry) and nothing more.
+*/}}
+{{- define "volplane.rootNoCaps" -}}
+securityContext:
+  runAsUser: 0
+  runAsNonRoot: false
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: [ALL]
+{{- end -}}
+
+{{/*
+The init container of every volplane pod: the services exit when NATS or Redis is not
+there yet, so wait for both rather than back off in CrashLoopBackOff.
+*/}}
+{{- define "volplane.waitForServers" -}}
+- name: wait-for-servers
+  image: {{ include "volplane.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command:
+    - python
+    - -c
+    - |
+      import socket, sys, time
+      for host, port in (("{{ include "volplane.natsHost" . }}", 4222), ("{{ include "volplane.redisHost" . }}", 6379)):
+          while True:
+              try:
+                  socket.create_connection((host, port), timeout=2).close()
+                  break
+              except OSError as exc:
+                  print(f"waiting for {host}:{port}: {exc}", flush=True)
+                  time.sleep(2)
+  {{- include "volplane.restricted" . | nindent 2 }}
+  resources:
+    requests: {cpu: 10m, memory: 32Mi}
+    limits: {memory: 128Mi}
+{{- end -}}
