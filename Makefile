@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GEN    := volplane/csi
 STUBS  := $(GEN)/csi_pb2.py $(GEN)/csi_pb2_grpc.py $(GEN)/resources_pb2.py $(GEN)/resources_pb2_grpc.py
 
-.PHONY: all install proto run test lint unit integration bench bench-controlplane chaos rebuild clean distclean
+.PHONY: all install proto run test lint unit integration bench bench-controlplane bench-qos chaos rebuild clean distclean
 
 all: install proto
 
@@ -49,6 +49,10 @@ integration: install proto
 
 bench: install proto
 	$(BIN)/python -m bench.csi_bench $(BENCH_ARGS)
+
+# A volume's I/O limit: measured IOPS at writeIOPS=N, after ControllerModifyVolume to 2N, and unlimited (root).
+bench-qos: install proto
+	$(BIN)/python -m bench.qos_bench $(BENCH_ARGS)
 
 # N claims + N pods through the standalone control plane until every volume is mounted (root).
 bench-controlplane: install proto

@@ -1,15 +1,23 @@
-"""Credentials of the embedded default: one NATS user per service, each allowed only the
-subjects it needs, and one Redis ACL user — generated once under ``run/`` (mode 0600)
-and reused by every later run.
+"""Credentials of the embedded default: one NATS user per process identity — each service,
+and each node's nodeagent and node plugin — allowed only the subjects of its role, and one
+Redis ACL user per service and node limited to its read models' keys and the commands
+they need; generated once under ``run/`` (mode 0600) and reused by every later run.
 
-    creds = Credentials.load_or_create(Path("run"))
-    creds.nats_config(port, store_dir)          # nats-server configuration text
-    creds.nats_url("provisioner", port)         # nats://provisioner:…@127.0.0.1:port
-    creds.redis_acl()                           # an ACL file for redis-server
+    creds = Credentials.load_or_create(Path("run"), nodes=("node-1", "node-2"))
+    creds.nats_config(port, store_dir)                # nats-server configuration text
+    creds.nats_url(user_of("nodeagent", "node-2", "node-1"), port)   # nats://nodeagent-node-2:…@127.0.0.1:port
+    creds.redis_url(port, "provisioner")              # redis://provisioner:…@127.0.0.1:port/0
+    creds.redis_acl()                                 # an ACL file for redis-server
 
 A deployment with its own servers (NATS_URL / REDIS_URL) brings its own credentials;
-deploy/ shows how. Users and their permissions come from the catalog of deployables
-(``services.catalog``): one user per entry, allowed the subjects the entry names.
+deploy/ shows how. Identities and their rights come from the catalog of deployables
+(``services.catalog``): a cluster-wide entry is one user, a per-node entry one user per
+node, allowed its own node's subjects only.
+
+What no service may do, whatever its role: create, update, purge or delete the stream
+(the launcher does that as ``admin``, an install job in Kubernetes), create durable
+consumers or delete any consumer, read another identity's inbox; in Redis, CONFIG, DEBUG,
+MODULE, SHUTDOWN, SAVE, FLUSHALL/FLUSHDB, KEYS, or any key outside its own patterns.
 """
 
 from __future__ import annotations
@@ -17,64 +25,162 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.catalog import CATALOG
+from services import catalog
+from services.catalog import CATALOG, Rights
+from volplane import subjects
 
-__all__ = ["PERMISSIONS", "USERS", "Credentials"]
+__all__ = ["ADMIN", "PERMISSIONS", "REBUILD", "REDIS_USER", "USERS", "Credentials", "identities", "inbox_prefix", "user_of"]
 
-# Every client needs the JetStream API, inboxes (replies, consumer deliveries) and flow control.
-_COMMON_PUB = ["$JS.API.>", "$JS.FC.>", "$JS.ACK.>", "_INBOX.>"]
-_COMMON_SUB = ["_INBOX.>"]
+ADMIN = "admin"  # NATS: the launcher, `make rebuild` and tests — everything, the stream's setup included
+REDIS_USER = "volplane"  # Redis: the operator's (the launcher's tests): every vp: key, no server configuration
+REBUILD = "rebuild"  # Redis: `make rebuild` — drops and rewrites every vp: key, nothing else
+DEFAULT_NODES = ("node-1",)
 
-# service → (may publish to, may subscribe to), from the catalog; replies go to inboxes, covered above.
-PERMISSIONS: dict[str, tuple[list[str], list[str]]] = {d.name: (list(d.publish), list(d.subscribe)) for d in CATALOG}
-# The launcher, `make rebuild` and tests: everything.
-ADMIN = "admin"
+_STREAM = subjects.STREAM
+# A reader of the log asks for the stream's state, reads single events (direct get: by
+# sequence in the body, or the last of a subject in the request subject), follows with
+# ordered consumers — ephemeral, created without a name — and answers their flow control.
+# Nothing else of the JetStream API: no STREAM.CREATE/UPDATE/PURGE/DELETE, no
+# STREAM.MSG.DELETE, no CONSUMER.DELETE, no durable consumers.
+_LOG_READER = [
+    f"$JS.API.STREAM.INFO.{_STREAM}",
+    f"$JS.API.DIRECT.GET.{_STREAM}",
+    f"$JS.API.DIRECT.GET.{_STREAM}.>",
+    f"$JS.API.CONSUMER.CREATE.{_STREAM}",
+    f"$JS.FC.{_STREAM}.>",
+]
+# Replies go to the requester's inbox; each identity receives on its own inbox prefix only,
+# so that none reads another's replies or consumer deliveries.
+_REPLIES = ["_INBOX.>"]
+
+# Redis: what every service's read models need (reads, writes, the projection runners'
+# script and transactions), and never what is dangerous (CONFIG, DEBUG, FLUSH*, KEYS, …).
+_REDIS_SERVICE = "-@all +@read +@write +@transaction +@connection +eval +evalsha +script|load -@dangerous"
+# Listing keys by pattern (SCAN) only for a user that reads another reader's keys by
+# pattern (the resource API's quarantined events) or drops them all (the rebuild tool).
+_REDIS_NO_SCAN = " -scan"
+_REDIS_REBUILD = "-@all +@read +@write +@keyspace +@transaction +@connection +eval +evalsha +script|load -@dangerous"
+# The operator's: everything on vp: keys (tests flush the database) except what would
+# reconfigure, stop or replicate the server, or write files as its user.
+_REDIS_ADMIN = "+@all -config -debug -module -shutdown -save -bgsave -bgrewriteaof -replicaof -slaveof -failover -migrate -acl -monitor -sync -psync -cluster"
+
+
+def inbox_prefix(user: str) -> str:
+    """Where ``user``'s replies and consumer deliveries arrive (``volplane.clients`` connects so)."""
+    return f"_INBOX.{user}"
+
+
+def user_of(service: str, node: str, first_node: str) -> str:
+    """The user of ``service``'s process on ``node``: the service's name for a cluster-wide
+    entry, and for apigw on the first node (its controller part and that node's plugin,
+    ``make run``'s "all" mode); ``<service>-<node>`` for every other per-node process."""
+    d = catalog.get(service)
+    if not d.per_node or (d.node_publish and node == first_node):
+        return d.name
+    return f"{d.name}-{subjects.node_token(node)}"
+
+
+def identities(nodes: Sequence[str] = DEFAULT_NODES) -> dict[str, Rights]:
+    """Every user of a system on ``nodes`` (the first serves apigw's controller part) → its rights."""
+    first = nodes[0]
+    out: dict[str, Rights] = {}
+    for d in CATALOG:
+        if not d.per_node:
+            out[d.name] = d.rights()
+            continue
+        for node in nodes:
+            out[user_of(d.name, node, first)] = d.rights(node, plugin_only=bool(d.node_publish) and node != first)
+    return out
+
+
+def shared_node_identities() -> dict[str, Rights]:
+    """The users of a deployment that cannot hand every node its own credentials up front
+    (the Helm chart: a DaemonSet's pods share one Secret): one user per service, its node
+    subjects open to every node (``*``). A node there could act for another node — the
+    per-node users of ``identities`` close that, and need credentials issued per node
+    (docs/security.md)."""
+    return {d.name: d.rights("*") if d.per_node else d.rights() for d in CATALOG}
+
+
+def nats_permissions(users: Mapping[str, Rights]) -> dict[str, tuple[list[str], list[str]]]:
+    """user → (may publish to, may subscribe to), everything included: the JetStream API a
+    log reader needs, replies, its own inbox, its role's subjects."""
+    return {user: _nats_permissions(user, rights) for user, rights in users.items()}
+
+
+def _nats_permissions(user: str, rights: Rights) -> tuple[list[str], list[str]]:
+    publish = [*(_LOG_READER if rights.reads_log else []), *_REPLIES, *rights.publish]
+    return publish, [f"{inbox_prefix(user)}.>", *rights.subscribe]
+
+
+# user → (may publish to, may subscribe to) of its role, for a one-node system (the chart's
+# and compose's users); replies, inboxes and the JetStream API come on top (``nats_config``).
+PERMISSIONS: dict[str, tuple[list[str], list[str]]] = {u: (list(r.publish), list(r.subscribe)) for u, r in identities().items()}
 USERS = (*PERMISSIONS, ADMIN)
-REDIS_USER = "volplane"
 
 
 def _quote(text: str) -> str:
     return json.dumps(text)
 
 
+def _redis_users(nodes: Sequence[str]) -> list[str]:
+    return [u for u, r in identities(nodes).items() if r.redis_keys] + [REBUILD]
+
+
 @dataclass(frozen=True)
 class Credentials:
     nats: dict[str, str]  # user → password
-    redis_password: str
+    redis_password: str  # the operator's Redis user (REDIS_USER)
+    redis: dict[str, str] = field(default_factory=dict)  # every other Redis user → password
+    nodes: tuple[str, ...] = DEFAULT_NODES
 
     @classmethod
-    def load_or_create(cls, run_dir: Path) -> Credentials:
+    def load_or_create(cls, run_dir: Path, nodes: Sequence[str] | None = None) -> Credentials:
+        """The credentials in ``run_dir``; with ``nodes``, made to cover exactly those nodes'
+        users (passwords of users that stay are kept, new users get new ones). Without
+        ``nodes``, whatever is there (a tool beside a running stack), else one node's."""
         path = run_dir / "credentials.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            if set(data.get("nats", {})) == set(USERS):
-                return cls(nats=data["nats"], redis_password=data["redis"])
-        creds = cls(nats={u: secrets.token_urlsafe(24) for u in USERS}, redis_password=secrets.token_urlsafe(24))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"nats": creds.nats, "redis": creds.redis_password}, f)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        old_redis = data.get("redis", {})
+        if isinstance(old_redis, str):  # the file of a version with one Redis user
+            old_redis = {REDIS_USER: old_redis}
+        want = tuple(nodes) if nodes is not None else tuple(data.get("nodes", DEFAULT_NODES))
+        users = [*identities(want), ADMIN]
+        redis_users = [*_redis_users(want), REDIS_USER]
+        old_nats = data.get("nats", {})
+        nats = {u: old_nats.get(u) or secrets.token_urlsafe(24) for u in users}
+        redis = {u: old_redis.get(u) or secrets.token_urlsafe(24) for u in redis_users}
+        stored = {"nats": nats, "redis": redis, "nodes": list(want)}
+        creds = cls(nats=nats, redis_password=redis[REDIS_USER], redis={u: pw for u, pw in redis.items() if u != REDIS_USER}, nodes=want)
+        if stored != data:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(stored, f)
         return creds
 
     def nats_url(self, user: str, port: int) -> str:
         return f"nats://{user}:{self.nats[user]}@127.0.0.1:{port}"
 
-    def redis_url(self, port: int) -> str:
-        return f"redis://{REDIS_USER}:{self.redis_password}@127.0.0.1:{port}/0"
+    def redis_url(self, port: int, user: str = REDIS_USER) -> str:
+        password = self.redis_password if user == REDIS_USER else self.redis[user]
+        return f"redis://{user}:{password}@127.0.0.1:{port}/0"
 
     def nats_config(self, port: int, store_dir: Path) -> str:
+        rights = identities(self.nodes)
         users = []
         for user, password in self.nats.items():
             if user == ADMIN:
                 users.append(f"    {{ user: {_quote(user)}, password: {_quote(password)} }}")
                 continue
-            pub, sub = PERMISSIONS[user]
+            pub, sub = _nats_permissions(user, rights[user])
             users.append(
                 f"    {{ user: {_quote(user)}, password: {_quote(password)}, permissions: {{ "
-                f"publish: {json.dumps(_COMMON_PUB + pub)}, subscribe: {json.dumps(_COMMON_SUB + sub)} }} }}"
+                f"publish: {json.dumps(pub)}, subscribe: {json.dumps(sub)} }} }}"
             )
         return (
             f"listen: 127.0.0.1:{port}\n"
@@ -83,5 +189,15 @@ class Credentials:
         )
 
     def redis_acl(self) -> str:
-        """An ACL file: the default user is off; ours may do anything, on volplane's keys only."""
-        return f"user default off\nuser {REDIS_USER} on >{self.redis_password} ~vp:* &* +@all\n"
+        """An ACL file: the default user is off; each service's user may touch its own
+        keys with the commands read models need; the rebuild tool every vp: key."""
+        rights = identities(self.nodes)
+        lines = ["user default off", f"user {REDIS_USER} on >{self.redis_password} resetchannels ~vp:* {_REDIS_ADMIN}"]
+        for user, password in self.redis.items():
+            if user == REBUILD:
+                lines.append(f"user {REBUILD} on >{password} resetchannels ~vp:* {_REDIS_REBUILD}")
+                continue
+            keys = rights[user].redis_keys
+            scan = "" if "vp:quarantine:*" in keys else _REDIS_NO_SCAN
+            lines.append(f"user {user} on >{password} resetchannels {' '.join('~' + k for k in keys)} {_REDIS_SERVICE}{scan}")
+        return "\n".join(lines) + "\n"

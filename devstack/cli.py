@@ -31,6 +31,7 @@ _EXAMPLES = """examples:
   volplane run --nodes 3            # three nodes: a nodeagent and a node plugin each
   volplane service apigw            # one service; NATS_URL, REDIS_URL, VOLPLANE_* configure it
   volplane rebuild --check          # rebuild Redis from the log, say whether anything changed
+  volplane install                  # create or upgrade the event log (NATS_URL: the administrator)
   volplane version
 """
 
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         "NATS_URL, REDIS_URL and the VOLPLANE_* variables configure it; SIGTERM stops it."))
     service.add_argument("name", choices=catalog.names(), metavar="NAME", help=f"one of: {', '.join(catalog.names())}")
     service.add_argument("--node", metavar="ID", help="the node id of a per-node service (sets VOLPLANE_NODE_ID)")
+
+    install = commands.add_parser("install", help="create or upgrade the event log, as NATS' administrator (a deployment's install step)", description=(
+        "Create the event log's JetStream stream, or bring the settings volplane relies on up to date on an existing one, "
+        "as the user of NATS_URL (the administrator: no service may). make run does it itself; Kubernetes runs it as a Job."))
+    install.add_argument("--replicas", type=_positive, default=os.environ.get("VOLPLANE_STREAM_REPLICAS", "1"), metavar="N",
+                         help="the stream's replicas when it is created: 1, or 3 on a NATS cluster (default: $VOLPLANE_STREAM_REPLICAS or 1)")
 
     # Its arguments are services.rebuild's own (`volplane rebuild --help` shows them).
     commands.add_parser("rebuild", add_help=False, help="drop every projection in Redis and replay the event log (make rebuild)")
@@ -112,6 +119,24 @@ def _service(name: str, node: str | None) -> int:
     return 0
 
 
+def _install(replicas: int) -> int:
+    import asyncio
+
+    from devstack.launcher import ensure_event_log
+
+    url = os.environ.get("NATS_URL")
+    if not url:
+        print("volplane install: set NATS_URL to the administrator's URL (nats://admin:<password>@host:4222)", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(ensure_event_log(url, replicas=replicas))
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback: the Job's log is what an operator reads
+        print(f"volplane install: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"volplane install: the event log is ready ({replicas} replica{'s' if replicas > 1 else ''} when created)")
+    return 0
+
+
 def _rebuild(args: list[str]) -> int:
     from services import rebuild
 
@@ -136,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         code = _run(args.nodes, args.run_dir)
     elif args.command == "service":
         code = _service(args.name, args.node)
+    elif args.command == "install":
+        code = _install(args.replicas)
     else:
         code = _rebuild(rest)
     sys.exit(code)

@@ -7,6 +7,10 @@ its health check; prints the CSI endpoint; and on Ctrl-C or SIGTERM stops the se
 in reverse order, then the servers. Data lives under ``run/`` (VOLPLANE_RUN_DIR), so
 the next run finds its volumes again. Tests use ``Stack`` the same way.
 
+It creates (or upgrades) the event log's stream itself, as the administrator, before any
+service starts: no service's credentials allow it. Each process connects as its own
+identity (``access.credentials``): a service, or a node's nodeagent or node plugin.
+
     stack = Stack(Path("run")); stack.start(); ...; stack.stop()
 """
 
@@ -24,14 +28,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from access.credentials import Credentials
+from access.credentials import REBUILD, Credentials, user_of
 from devstack.embedded import EmbeddedServer, free_port, with_parent
 from services import catalog
 from services.catalog import CATALOG, Deployable
 from volplane import discovery
-from volplane.clients import answers, redact
+from volplane.clients import answers, connect_once, redact
+from volplane.eventstore import EventStore
 
-__all__ = ["Stack", "main"]
+__all__ = ["Stack", "ensure_event_log", "main"]
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # process name → host:port of /metrics
     creds: Credentials | None = None
+    event_log_ready: bool = False  # the stream exists, made or upgraded by us as admin
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir.absolute()
@@ -115,9 +121,9 @@ class Stack:
     def start_servers(self) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         # Our own servers get our own credentials (run/credentials.json, 0600): a user per
-        # service with only the subjects it needs, and a Redis ACL user.
+        # service and per node with only the subjects and keys it needs.
         embedded = "NATS_URL" not in self.env or "REDIS_URL" not in self.env
-        self.creds = Credentials.load_or_create(self.run_dir) if embedded else None
+        self.creds = Credentials.load_or_create(self.run_dir, nodes=self.node_ids) if embedded else None
         if "NATS_URL" not in self.env:
             self.nats = EmbeddedServer.nats(self.run_dir / "nats", creds=self.creds)
         if "REDIS_URL" not in self.env:
@@ -130,18 +136,39 @@ class Stack:
         if self.redis:
             self.env["REDIS_URL"] = self.redis.url
 
+    @property
+    def tool_redis_url(self) -> str:
+        """The Redis URL for tools started beside the stack (``make rebuild``): the rebuild
+        tool's own user on our own server, which may drop and rewrite vp: keys only."""
+        if self.redis is not None and self.creds is not None:
+            return self.creds.redis_url(self.redis.port, REBUILD)
+        return self.env["REDIS_URL"]
+
     def start(self, timeout: float = 60.0) -> None:
         self.start_servers()
         for name in self.services:
             self.start_service(name)
         self.wait_healthy(self.services, timeout)
 
+    def ensure_event_log(self) -> None:
+        """Create or upgrade the event log's stream as the administrator: done once,
+        before the first service starts (no service may do it)."""
+        if not self.event_log_ready:
+            asyncio.run(ensure_event_log(self.env["NATS_URL"]))
+            self.event_log_ready = True
+
     def start_service(self, name: str) -> None:
+        self.ensure_event_log()
         service, node = self._process(name)
         self.metrics.setdefault(name, f"127.0.0.1:{free_port()}")
         env = dict(self.env, VOLPLANE_NODE_ID=node, VOLPLANE_METRICS_ADDR=self.metrics[name])
+        user = user_of(service.name, node, self.node_id)
         if self.nats is not None and self.creds is not None:
-            env["NATS_URL"] = self.creds.nats_url(service.name, self.nats.port)  # this service's own user
+            env["NATS_URL"] = self.creds.nats_url(user, self.nats.port)  # this process's own identity
+        if self.redis is not None and self.creds is not None:
+            # Its own Redis user; a process that keeps no read model (a node plugin) gets none.
+            own = user in self.creds.redis
+            env["REDIS_URL"] = self.creds.redis_url(self.redis.port, user) if own else f"redis://127.0.0.1:{self.redis.port}/0"
         if "#" in name:
             env["VOLPLANE_CSI_ENDPOINT"] = self.replica_endpoint(name)
             env["VOLPLANE_API_ENDPOINT"] = self.replica_endpoint(name, api=True)
@@ -215,6 +242,19 @@ class Stack:
         return asyncio.run(answers(self.env["NATS_URL"], service.health_subject(node)))
 
 
+async def ensure_event_log(url: str, *, replicas: int = 1) -> None:
+    """Create or upgrade the event log's stream, as the administrator (``url``'s user):
+    the install step — ``make run`` runs it before any service, a deployment as a job:
+
+        python -c 'import asyncio, os; from devstack.launcher import ensure_event_log; asyncio.run(ensure_event_log(os.environ["NATS_URL"]))'
+    """
+    nc = await connect_once(url)
+    try:
+        await EventStore(nc.jetstream(timeout=10)).ensure_stream(replicas=replicas)
+    finally:
+        await nc.close()
+
+
 def main() -> None:
     stack = Stack(Path(os.environ.get("VOLPLANE_RUN_DIR", "run")), nodes=int(os.environ.get("NODES", "1")))
     stopping = False
@@ -229,7 +269,7 @@ def main() -> None:
         stack.start()
         # Tools started by hand beside us (make rebuild, benches) find our servers here.
         discovery.publish(stack.run_dir, discovery.RunningStack(
-            nats_url=stack.env["NATS_URL"], redis_url=stack.env["REDIS_URL"], pid=os.getpid(),
+            nats_url=stack.env["NATS_URL"], redis_url=stack.tool_redis_url, pid=os.getpid(),
             csi_endpoint=stack.csi_endpoint, api_endpoint=stack.api_endpoint, metrics=dict(stack.metrics)))
         print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  resource API: {stack.api_endpoint} (volctl)\n  node id:      {stack.node_id}")
         for node in stack.node_ids[1:]:

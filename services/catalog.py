@@ -10,6 +10,11 @@ its ``publish`` and ``subscribe`` subjects — the contract of who talks to whom
 that publishes where it should not gets a permissions violation. A new service is one
 entry here plus its ``services/<name>/__main__.py``, whose ``main()`` calls
 ``volplane.service.run_service`` with the same name.
+
+A per-node entry's subjects and keys say ``{node}`` where its own node goes: each node's
+process gets its own user, allowed its own node's subjects only (``Deployable.rights``):
+
+    catalog.get("nodeagent").rights("node-2").publish[0]   # "vp.ev.node.node-2.>"
 """
 
 from __future__ import annotations
@@ -19,13 +24,40 @@ from dataclasses import dataclass
 from typing import Literal
 
 from volplane import subjects
-from volplane.resources.kinds import RECORDED_EVENTS, RESOURCE_EVENTS
+from volplane.resources.authz import role_subjects
 
-__all__ = ["CATALOG", "Deployable", "get", "names"]
+__all__ = ["CATALOG", "NODE", "Deployable", "Rights", "get", "names"]
 
-# The standalone control plane's objects and their timelines: every service's controllers
-# (and apigw's resource API) write them.
-_OBJECTS = (RESOURCE_EVENTS, RECORDED_EVENTS)
+# Where a per-node entry's subjects and Redis keys name its own node.
+NODE = "{node}"
+
+# The standalone control plane's objects and their timelines: each controller only the
+# kinds of its role (volplane.resources.authz.ROLES, as Kubernetes' RBAC roles), apigw's
+# resource API all of them (it authorizes its callers itself). A node appends none: its
+# writes go through apigw's NodeRestriction check (subjects.node_object_write).
+_OBJECTS = {role: role_subjects(role) for role in ("provisioner", "attacher", "apigw")}
+
+
+@dataclass(frozen=True)
+class Rights:
+    """One process's rights: NATS subjects, Redis keys, and whether it reads the log."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    redis_keys: tuple[str, ...]
+    reads_log: bool
+
+
+def _read_models(*names: str) -> tuple[str, ...]:
+    """The keys every projection runner keeps beside its read model: its position in the
+    log and its quarantined events (``volplane.projection``, ``volplane.quarantine``)."""
+    return tuple(key for name in names for key in (f"vp:pos:{name}", f"vp:quarantine:{name}"))
+
+
+# The node registry and the attachments, which the provisioner follows as the attacher
+# does (a projection is the same bytes whoever writes it).
+_NODES_KEYS = ("vp:nodes", "vp:nodeinfo:*", *_read_models("nodes"))
+_ATTACHMENTS_KEYS = ("vp:attach:*", *_read_models("attachments"))
 
 
 @dataclass(frozen=True)
@@ -42,6 +74,37 @@ class Deployable:
     health: Literal["bus", "grpc"]
     publish: tuple[str, ...]  # subjects it may publish to, besides inboxes and the JetStream API
     subscribe: tuple[str, ...]  # subjects it may subscribe to, besides inboxes
+    # Redis keys (glob patterns) of the read models it keeps or reads, its projections'
+    # positions and quarantine records included; () for none: it gets no Redis user.
+    redis_keys: tuple[str, ...] = ()
+    # Whether it reads the event log (stream info, direct gets, ordered consumers); a
+    # service that only sends commands needs none of the JetStream API.
+    reads_log: bool = True
+    # An entry with a node plugin beside its cluster-wide part (apigw): what the plugin
+    # publishes, "{node}" its node. A node-mode process gets only these rights; the
+    # first node's process, which serves both, gets both.
+    node_publish: tuple[str, ...] = ()
+
+    def rights(self, node: str | None = None, *, plugin_only: bool = False) -> Rights:
+        """What this entry may do, as the process on ``node`` (per-node entries): its
+        subjects and keys with ``{node}`` filled in. ``plugin_only``: a node-mode process
+        of an entry with a node plugin (apigw on a node other than the first)."""
+        if node is None and self.per_node:
+            raise ValueError(f"{self.name} runs on every node: say which node's rights")
+        token = subjects.node_token(node) if node is not None else ""
+
+        def fill(patterns: tuple[str, ...], value: str) -> tuple[str, ...]:
+            return tuple(p.replace(NODE, value) for p in patterns)
+
+        if plugin_only:
+            return Rights(publish=fill(self.node_publish, token), subscribe=(), redis_keys=(), reads_log=False)
+        return Rights(
+            publish=fill(self.publish + self.node_publish, token),
+            subscribe=fill(self.subscribe, token),
+            # Keys carry the node id as it is (volplane's read models name nodes so).
+            redis_keys=fill(self.redis_keys, node or ""),
+            reads_log=self.reads_log,
+        )
 
     def argv(self, python: str = sys.executable) -> list[str]:
         return [python, "-m", self.module]
@@ -63,9 +126,13 @@ CATALOG: tuple[Deployable, ...] = (
         publish=(
             subjects.VOLUME_EVENTS, subjects.SNAPSHOT_EVENTS, subjects.GROUP_SNAPSHOT_EVENTS, f"{subjects.ATTACHER}.>",
             # A group snapshot's cut: the nodes holding its volumes freeze and thaw them.
-            subjects.NODE_FREEZE_ALL, subjects.NODE_THAW_ALL, *_OBJECTS,
+            subjects.NODE_FREEZE_ALL, subjects.NODE_THAW_ALL, subjects.NODE_IO_LIMITS_ALL, *_OBJECTS["provisioner"],
         ),
         subscribe=(f"{subjects.PROVISIONER}.>", subjects.health("provisioner")),
+        redis_keys=(
+            "vp:vol:*", "vp:vols", "vp:vols:*", "vp:snap:*", "vp:snaps", "vp:snaps:*", "vp:pools:*", "vp:gsnap:*", "vp:gsnaps:*",
+            *_read_models("volumes", "snapshots", "group_snapshots"), *_NODES_KEYS, *_ATTACHMENTS_KEYS,
+        ),
     ),
     Deployable(
         name="attacher",
@@ -73,8 +140,9 @@ CATALOG: tuple[Deployable, ...] = (
         per_node=False,
         replicas=True,
         health="bus",
-        publish=(subjects.ATTACHMENT_EVENTS, subjects.GET_VOLUME, *_OBJECTS),
+        publish=(subjects.ATTACHMENT_EVENTS, subjects.GET_VOLUME, *_OBJECTS["attacher"]),
         subscribe=(f"{subjects.ATTACHER}.>", subjects.health("attacher")),
+        redis_keys=(*_NODES_KEYS, *_ATTACHMENTS_KEYS),
     ),
     Deployable(
         name="nodeagent",
@@ -82,8 +150,10 @@ CATALOG: tuple[Deployable, ...] = (
         per_node=True,
         replicas=False,
         health="bus",
-        publish=("vp.ev.node.>", subjects.NODE_INFO_EVENTS, subjects.GET_ATTACHMENTS, *_OBJECTS),
-        subscribe=("vp.cmd.node.>", subjects.health("nodeagent", ">")),
+        # Its own node's volumes and registration, and its own node's commands only.
+        publish=(f"vp.ev.node.{NODE}.>", f"vp.ev.nodeinfo.{NODE}", subjects.GET_ATTACHMENTS, subjects.GET_VOLUME, subjects.node_object_write(NODE)),
+        subscribe=(f"vp.cmd.node.{NODE}.>", f"vp.health.nodeagent.{NODE}"),
+        redis_keys=(f"vp:node:{NODE}:*", *_read_models(f"node:{NODE}")),
     ),
     Deployable(
         name="apigw",
@@ -91,9 +161,17 @@ CATALOG: tuple[Deployable, ...] = (
         per_node=True,
         replicas=True,
         health="grpc",
-        # Commands to every service, their health checks; objects through the resource API.
-        publish=("vp.cmd.>", "vp.health.>", *_OBJECTS),
-        subscribe=(),
+        # Its controller part: commands to the provisioner and the attacher; objects
+        # through the resource API, listed from their projection.
+        publish=(f"{subjects.PROVISIONER}.>", f"{subjects.ATTACHER}.>", *_OBJECTS["apigw"]),
+        # Nodes' object writes, which it checks (NodeRestriction) and appends.
+        subscribe=(subjects.NODE_OBJECT_WRITES,),
+        redis_keys=("vp:obj:*", "vp:objs:*", *_read_models("objects"),
+                    # The resource API lists every reader's quarantined events (read-only in intent;
+                    # Redis 6's ACLs cannot tell reads from writes on a key).
+                    "vp:quarantine:*"),
+        # Its node plugin (the Node service): commands to its own node's nodeagent.
+        node_publish=(f"vp.cmd.node.{NODE}.>",),
     ),
 )
 

@@ -11,6 +11,7 @@ the name of their ``volplane.errors`` class.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -63,7 +64,23 @@ class Bus:
         """Answer ``subject`` in queue group ``queue``, each request in its own task."""
 
         async def on_msg(msg: Msg) -> None:
+            if not _from_inbox(msg):
+                return
             task = asyncio.create_task(self._handle(msg, model, handler))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        await self.nc.subscribe(subject, queue=queue, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
+
+    async def serve_as_sender(self, subject: str, queue: str, model: type[C], handler: Callable[[str, C], Awaitable[Any]]) -> None:
+        """Like ``serve``, the handler also given the request's subject: when only one
+        identity may publish to each subject (``vp.cmd.objects.node.<node>.append``), the
+        subject names the sender, and the handler authorizes by it."""
+
+        async def on_msg(msg: Msg) -> None:
+            if not _from_inbox(msg):
+                return
+            task = asyncio.create_task(self._handle(msg, model, functools.partial(handler, msg.subject)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -116,3 +133,18 @@ def _first_error(exc: Exception) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "request"
         return f"{where}: {err['msg']}"
     return str(exc)
+
+
+def _from_inbox(msg: Msg) -> bool:
+    """Whether ``msg`` is a request from a client: its reply goes to an inbox.
+
+    Every command is a request, and a client's replies come to ``_INBOX.<user>.…``. A
+    message without one is dropped, not served: JetStream delivers a consumer's messages
+    to whatever deliver subject its creator names — nats-server does not check it against
+    the creator's publish rights — so a node could otherwise have the log push its own
+    events into a controller's command subject (its deliveries' reply is ``$JS.ACK.…``).
+    """
+    if msg.reply.startswith("_INBOX."):
+        return True
+    log.warning("dropped a message on %s that is not a request from a client (reply %r)", msg.subject, msg.reply[:64])
+    return False

@@ -3,12 +3,14 @@
     nc = await connect_nats(cfg, name="volplane-provisioner")   # raises Unavailable with the URL in the message
     r = connect_redis(cfg)
     await answers(url, "vp.health.attacher")                     # a one-shot probe (the launcher's health check)
+    nc = await connect_once(url)                                 # one job, no reconnects (the launcher's stream setup)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import unquote, urlsplit
 
 import nats
 import redis.asyncio as aioredis
@@ -20,7 +22,7 @@ from redis.backoff import ExponentialBackoff
 from volplane.config import Config
 from volplane.errors import Unavailable
 
-__all__ = ["answers", "check_redis", "connect_nats", "connect_redis", "redact"]
+__all__ = ["answers", "check_redis", "connect_nats", "connect_once", "connect_redis", "inbox_prefix", "redact"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ async def connect_nats(cfg: Config, name: str) -> NATS:
         reconnect_time_wait=0.5,
         allow_reconnect=True,
         pending_size=64 * 2**20,
+        inbox_prefix=inbox_prefix(cfg.nats_url),
     )
     try:
         # Reconnects are unlimited once connected; the first connection is not, so that
@@ -68,11 +71,32 @@ async def connect_nats(cfg: Config, name: str) -> NATS:
         raise Unavailable(f"cannot connect to NATS at {url}: {exc}") from exc
 
 
+def inbox_prefix(url: str) -> str:
+    """Where this client's replies and consumer deliveries arrive: ``_INBOX.<user>`` when
+    the URL names a user, so that a server can let each user subscribe to its own inbox
+    only (``access.credentials``) and none reads another's replies; ``_INBOX`` otherwise.
+
+        inbox_prefix("nats://attacher:secret@nats:4222")   # "_INBOX.attacher"
+    """
+    parts = urlsplit(url.split(",")[0])
+    user = unquote(parts.username or "")
+    # A URL without a password carries a token in the user's place: never put it in a subject.
+    if not user or parts.password is None or any(c in user for c in ".*> \t"):
+        return "_INBOX"
+    return f"_INBOX.{user}"
+
+
+async def connect_once(url: str, timeout: float = 5.0) -> NATS:
+    """A connection for one job (a probe, the launcher's stream setup): it does not
+    reconnect, and a refusal raises at once."""
+    return await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0, allow_reconnect=False, inbox_prefix=inbox_prefix(url))
+
+
 async def answers(url: str, subject: str, timeout: float = 1.0) -> bool:
     """Whether something answers a request on ``subject`` at ``url`` within ``timeout``:
     one connection, no reconnects, closed again — for a probe from outside the services."""
     try:
-        nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0, allow_reconnect=False)
+        nc = await connect_once(url, timeout)
     except Exception:  # noqa: BLE001 - the server is not up (yet): no answer.
         return False
     try:

@@ -45,13 +45,16 @@ __all__ = [
     "GetVolume",
     "GetVolumeStats",
     "GroupSnapshotInfo",
+    "IoLimitsApplied",
     "ListSnapshots",
     "ListVolumes",
+    "ModifyVolume",
     "NodeExpand",
     "NodeExpanded",
     "NodeLimits",
     "PublishContext",
     "PublishVolume",
+    "SetIoLimits",
     "SnapshotInfo",
     "SnapshotPage",
     "StageVolume",
@@ -108,6 +111,15 @@ class CreateVolume(Frozen):
     # CSI TopologyRequirement: requisite segments (any of), preferred ones in order.
     requisite: tuple[Topology, ...] = ()
     preferred: tuple[Topology, ...] = ()
+    # The I/O limits the volume starts with (volplane.volumes.io_limits).
+    mutable_parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class ModifyVolume(Frozen):
+    """ControllerModifyVolume: change only the limits named; "0" takes a limit off."""
+
+    volume_id: str
+    mutable_parameters: dict[str, str]
 
 
 class DeleteVolume(Frozen):
@@ -141,6 +153,8 @@ class VolumeInfo(Frozen):
     # A volume whose image is gone is reported abnormal (ControllerGetVolume, VOLUME_CONDITION).
     abnormal: bool = False
     condition: str = ""
+    # The volume's current I/O limits, as parameters (volplane.volumes.format_io_limits).
+    mutable_parameters: dict[str, str] = Field(default_factory=dict)
 
 
 class VolumePage(Frozen):
@@ -274,6 +288,20 @@ class FrozenVolumes(Frozen):
 
 class ThawVolumes(Frozen):
     volume_ids: tuple[str, ...]
+
+
+class SetIoLimits(Frozen):
+    """The I/O limits a volume has now, for the node it is staged on to apply to its device
+    (every key of volplane.volumes.IO_LIMIT_KEYS: a missing one or 0 is no limit)."""
+
+    volume_id: str
+    limits: dict[str, int]
+
+
+class IoLimitsApplied(Frozen):
+    """The reply to SetIoLimits: whether the volume is staged on that node (and so limited there)."""
+
+    staged: bool
 
 
 class GetNodeLimits(Frozen):

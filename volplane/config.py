@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 import re
 import socket
 import sys
@@ -136,6 +137,38 @@ def _path_roots(value: Any) -> tuple[Path, ...]:
     raise _problem("path_roots", "is not a list of absolute paths separated by ':' (e.g. /var/lib/kubelet:/srv)")
 
 
+def _api_admins(value: Any) -> tuple[str, ...]:
+    """Users (names or uids) and ``group:<name>`` entries, comma-separated; each must exist here."""
+    if isinstance(value, tuple):
+        return value
+    entries = tuple(e.strip() for e in str(value).split(",") if e.strip())
+    for entry in entries:
+        kind, _, name = entry.rpartition(":")
+        try:
+            if kind == "group":
+                grp.getgrnam(name)
+            elif kind == "" and not name.isdigit():
+                pwd.getpwnam(name)
+            elif kind != "":
+                raise KeyError(entry)
+        except KeyError:
+            raise _problem("api_admins", f"{entry!r} is not a user, uid or group:<name> on this host") from None
+    return entries
+
+
+def _api_others(value: Any) -> str:
+    if value in ("view", "none"):
+        return str(value)
+    raise _problem("api_others", "is not a role for other users (expected view or none)")
+
+
+def _io_cgroup(value: Any) -> str:
+    text = str(value).strip("/")
+    if not text or ".." in text.split("/"):
+        raise _problem("io_cgroup", "is not a cgroup below the root (e.g. volplane or kubepods/burstable)")
+    return text
+
+
 def _host_port(text: str) -> bool:
     host, sep, port = text.rpartition(":")
     return bool(sep) and port.isdigit() and 0 < int(port) < 65536 and "/" not in host and " " not in host
@@ -230,10 +263,13 @@ class _Settings(BaseSettings):
     hostpath_dir: OptionalPath = Field(None, validation_alias="VOLPLANE_HOSTPATH_DIR")
     api_endpoint: Annotated[str | None, BeforeValidator(_endpoint)] = Field(None, validation_alias="VOLPLANE_API_ENDPOINT")
     csi_socket_group: Annotated[str, BeforeValidator(_group)] = Field("", validation_alias="VOLPLANE_CSI_SOCKET_GROUP")
+    api_admins: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_api_admins)] = Field((), validation_alias="VOLPLANE_API_ADMINS")
+    api_others: Annotated[str, BeforeValidator(_api_others)] = Field("view", validation_alias="VOLPLANE_API_OTHERS")
     log_level: Annotated[str, BeforeValidator(_log_level)] = Field("INFO", validation_alias="VOLPLANE_LOG_LEVEL")
     path_roots: Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_path_roots)] = Field((Path("/"),), validation_alias="VOLPLANE_PATH_ROOTS")
     # Read by volplane.telemetry (the /metrics endpoint); checked here with the rest.
     metrics_addr: Annotated[str, BeforeValidator(_listen_addr)] = Field("", validation_alias="VOLPLANE_METRICS_ADDR")
+    io_cgroup: Annotated[str, BeforeValidator(_io_cgroup)] = Field("volplane", validation_alias="VOLPLANE_IO_CGROUP")
 
     @classmethod
     def settings_customise_sources(
@@ -287,11 +323,19 @@ class Config:
     # The resource API (volctl's server), served by apigw in "all" mode.
     api_endpoint: str = "unix://run/api.sock"
     csi_socket_group: str = ""  # group allowed on the CSI socket (0660); empty: root only (0600)
+    # Who may write through the resource API besides root and apigw's own user (user
+    # names, uids, group:<name>), and what every other local user may do: "view" (get,
+    # list, watch, history) or "none" (services.apigw.access).
+    api_admins: tuple[str, ...] = ()
+    api_others: str = "view"
     log_level: str = "INFO"
     # Staging and target paths must lie below one of these (Kubernetes: /var/lib/kubelet).
     path_roots: tuple[Path, ...] = (Path("/"),)
     # host:port of the Prometheus /metrics endpoint; "" for none.
     metrics_addr: str = ""
+    # The cgroup (below the root of the block I/O hierarchy) a node writes volumes' I/O limits
+    # into; the processes using volumes run in it or below it (services.nodeagent.adapters.iolimits).
+    io_cgroup: str = "volplane"
 
     @property
     def apigw_controller(self) -> bool:
@@ -328,9 +372,12 @@ class Config:
             hostpath_dir=(s.hostpath_dir or run_dir / "hostpath").absolute(),
             api_endpoint=s.api_endpoint or f"unix://{run_dir / 'api.sock'}",
             csi_socket_group=s.csi_socket_group,
+            api_admins=s.api_admins,
+            api_others=s.api_others,
             log_level=s.log_level,
             path_roots=s.path_roots,
             metrics_addr=s.metrics_addr,
+            io_cgroup=s.io_cgroup,
         )
 
     @classmethod

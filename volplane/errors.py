@@ -18,6 +18,7 @@ __all__ = [
     "NotFound",
     "OperationPending",
     "OutOfRange",
+    "PermissionDenied",
     "ResourceExhausted",
     "Unavailable",
     "VolplaneError",
@@ -70,6 +71,11 @@ class ConcurrencyConflict(VolplaneError):
     """An append lost an optimistic-concurrency race; the caller reloads and retries."""
 
 
+class PermissionDenied(VolplaneError):
+    """The caller's identity may not do this (a node writing another node's object, a
+    read-only user applying); asking again will not help."""
+
+
 class Unavailable(VolplaneError):
     """A dependency (NATS, Redis, a service) did not answer."""
 
@@ -90,6 +96,7 @@ _BY_NAME: dict[str, type[VolplaneError]] = {
         Aborted,
         OperationPending,
         ConcurrencyConflict,
+        PermissionDenied,
         Unavailable,
         Internal,
     )
@@ -108,6 +115,7 @@ GRPC_CODES: dict[type[VolplaneError], str] = {
     Aborted: "ABORTED",
     OperationPending: "ABORTED",
     ConcurrencyConflict: "ABORTED",
+    PermissionDenied: "PERMISSION_DENIED",
     Unavailable: "UNAVAILABLE",
     Internal: "INTERNAL",
 }

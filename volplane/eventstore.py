@@ -28,6 +28,8 @@ from volplane.telemetry import SpanKind, carried, inject, span
 
 __all__ = ["EventStore", "Record"]
 
+# Seconds within which a retried append (same Nats-Msg-Id) is stored once.
+_DUPLICATE_WINDOW = 120.0
 # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence check.
 _WRONG_LAST_SEQUENCE = 10071
 
@@ -52,19 +54,35 @@ class EventStore:
         self._stream = stream
 
     async def ensure_stream(self, *, replicas: int = 1) -> None:
-        """Create the stream if it is missing; an existing one is left as it is."""
+        """Create the stream if it is missing, or bring the settings volplane relies on
+        (its subjects, direct gets, the duplicate window) up to date on an existing one —
+        other settings and the events are left as they are.
+
+        An administrator's step (the launcher as ``admin``; an install job in
+        Kubernetes): no service's credentials allow creating or changing the stream, so
+        that no compromised service can reconfigure, purge or delete the log.
+        """
         try:
-            await self._js.stream_info(self._stream)
+            info = await self._js.stream_info(self._stream)
         except nats.js.errors.NotFoundError:
             await self._js.add_stream(
                 name=self._stream,
                 subjects=[subjects.EVENTS],
                 storage=api.StorageType.FILE,
                 retention=api.RetentionPolicy.LIMITS,
-                duplicate_window=120.0,
+                duplicate_window=_DUPLICATE_WINDOW,
                 num_replicas=replicas,
                 allow_direct=True,
             )
+            return
+        config = info.config
+        if config.subjects != [subjects.EVENTS] or not config.allow_direct or config.duplicate_window != _DUPLICATE_WINDOW:
+            await self._js.update_stream(config.evolve(subjects=[subjects.EVENTS], allow_direct=True, duplicate_window=_DUPLICATE_WINDOW))
+
+    async def require_stream(self) -> None:
+        """Raise NotFoundError (nats.js.errors) unless the stream exists: a service's check,
+        with nothing but the right to read the stream's state."""
+        await self._js.stream_info(self._stream)
 
     async def append(self, subject: str, event: Event, *, expected: int | None) -> int:
         """Append one event after the aggregate's event number ``expected`` (0: none yet).

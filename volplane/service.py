@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.js.errors
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ConfigDict
@@ -45,6 +46,7 @@ __all__ = ["HealthCheck", "Runtime", "run_service", "shutdown"]
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 2.0
+STREAM_WAIT = 120.0  # seconds a service waits for the event log's stream to be created
 PROJECTION_LAG = gauge("volplane_projection_lag_events", "Events a projection has not applied yet.", ("service", "projection"))
 
 
@@ -134,7 +136,7 @@ async def _serve(name: str, cfg: Config, setup: Setup, *, per_node: bool, statef
     if stateful:
         redis = connect_redis(cfg)
         await check_redis(redis, cfg)
-        await store.ensure_stream()
+        await _await_stream(store)
     rt = Runtime(name=name, cfg=cfg, nc=nc, store=store, bus=Bus(nc, name), node=node, redis_client=redis)
     await setup(rt)
 
@@ -169,6 +171,24 @@ async def _serve(name: str, cfg: Config, setup: Setup, *, per_node: bool, statef
     if redis is not None:
         await redis.aclose()
     shutdown_telemetry()
+
+
+async def _await_stream(store: EventStore) -> None:
+    """Wait for the event log's stream. Creating it is an administrator's step (the
+    launcher; an install job in Kubernetes) that no service's credentials allow; a service
+    started alongside waits for it, and stops with the reason if it never comes."""
+    deadline = asyncio.get_running_loop().time() + STREAM_WAIT
+    for attempt in range(1_000_000):
+        try:
+            await store.require_stream()
+            return
+        except nats.js.errors.NotFoundError:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            if attempt == 0:
+                log.warning("waiting for the event log (stream %s) to be created by the install step", subjects.STREAM)
+            await asyncio.sleep(1.0)
+    raise Unavailable(f"no event log (stream {subjects.STREAM}) after {STREAM_WAIT:.0f}s: the install step creates it, as admin")
 
 
 async def shutdown(nc: NATS, bus: Bus | None = None, grace: float = 5.0) -> None:

@@ -41,6 +41,7 @@ GET_VOLUME = f"{PROVISIONER}.get_volume"
 LIST_VOLUMES = f"{PROVISIONER}.list_volumes"
 GET_CAPACITY = f"{PROVISIONER}.get_capacity"
 EXPAND_VOLUME = f"{PROVISIONER}.expand_volume"
+MODIFY_VOLUME = f"{PROVISIONER}.modify_volume"
 CREATE_SNAPSHOT = f"{PROVISIONER}.create_snapshot"
 DELETE_SNAPSHOT = f"{PROVISIONER}.delete_snapshot"
 LIST_SNAPSHOTS = f"{PROVISIONER}.list_snapshots"
@@ -103,9 +104,28 @@ NODE_FREEZE = "freeze"
 NODE_THAW = "thaw"
 # What the node can hold (NodeGetInfo's max_volumes_per_node), as its nodeagent decided.
 NODE_LIMITS = "limits"
+# A volume's I/O limits (ControllerModifyVolume), applied by the node it is staged on.
+NODE_IO_LIMITS = "iolimits"
+NODE_IO_LIMITS_ALL = f"vp.cmd.node.*.{NODE_IO_LIMITS}"
 # Every node's freeze and thaw commands: whom the provisioner may ask for a cut.
 NODE_FREEZE_ALL = f"vp.cmd.node.*.{NODE_FREEZE}"
 NODE_THAW_ALL = f"vp.cmd.node.*.{NODE_THAW}"
+
+
+# A node's object writes (its Node, its pods' status, their timelines): apigw checks each
+# against NodeRestriction before it reaches the log, the node being the subject's token —
+# a node's NATS user may publish to its own node's subject only.
+OBJECT_WRITES = "vp.cmd.objects"
+NODE_OBJECT_WRITES = f"{OBJECT_WRITES}.node.*.append"
+
+
+def node_object_write(node: str) -> str:
+    return f"{OBJECT_WRITES}.node.{node_token(node)}.append"
+
+
+def node_of_object_write(subject: str) -> str:
+    """The node a write came from: the inverse of ``node_object_write`` (its token)."""
+    return subject.split(".")[4]
 
 
 def health(service: str, node: str | None = None) -> str:

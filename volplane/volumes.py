@@ -12,6 +12,11 @@ Changing a stored type changes the schema of every event that holds it: add a fi
 a default, or bump the event's ``schema_version`` and give it an upcaster
 (``volplane.events``).
 
+Mutable parameters (CreateVolume's ``mutable_parameters``, ControllerModifyVolume) are
+per-volume I/O limits, the one place their names and values are checked::
+
+    io_limits({"writeIOPS": "50", "readBytesPerSecond": "10Mi"}) == {"writeIOPS": 50, "readBytesPerSecond": 10 * 2**20}
+
 Rules. The filesystems volplane formats, the default one and which of the two places a
 request may name it wins, the CSI access modes a volume serves, and the smallest volume
 of each filesystem. The provisioner, the nodeagent and apigw import them from here.
@@ -39,17 +44,22 @@ __all__ = [
     "DEFAULT_SIZE",
     "FS_TYPES",
     "FS_TYPE_KEY",
+    "IO_LIMIT_KEYS",
     "MIN_SIZE",
     "MIN_SIZES",
     "MULTI_NODE_MULTI_WRITER",
     "MULTI_NODE_READER_ONLY",
     "MULTI_NODE_SINGLE_WRITER",
     "READER_ONLY_MODES",
+    "READ_BPS",
+    "READ_IOPS",
     "SINGLE_NODE_MODES",
     "SINGLE_NODE_MULTI_WRITER",
     "SINGLE_NODE_READER_ONLY",
     "SINGLE_NODE_SINGLE_WRITER",
     "SINGLE_NODE_WRITER",
+    "WRITE_BPS",
+    "WRITE_IOPS",
     "AccessType",
     "GiB",
     "MiB",
@@ -58,7 +68,9 @@ __all__ = [
     "Topology",
     "check_access_mode",
     "check_fs_type",
+    "format_io_limits",
     "fs_type_of",
+    "io_limits",
     "minimum_size",
     "resolve_size",
 ]
@@ -190,3 +202,56 @@ def resolve_size(required: int, limit: int, minimum: int = MIN_SIZE) -> int:
 
 def _round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
+
+
+# -- mutable parameters: I/O limits ------------------------------------------------
+
+# The mutable parameters volplane knows, each an I/O limit of the volume's device
+# (docs/decisions.md, "I/O limits"). "0" means no limit.
+READ_IOPS = "readIOPS"
+WRITE_IOPS = "writeIOPS"
+READ_BPS = "readBytesPerSecond"
+WRITE_BPS = "writeBytesPerSecond"
+IO_LIMIT_KEYS = (READ_IOPS, WRITE_IOPS, READ_BPS, WRITE_BPS)
+_BYTE_KEYS = frozenset({READ_BPS, WRITE_BPS})
+# The kernel keeps a throttle as a u64 (bytes) or u32 (IOPS); beyond that a value is refused.
+_MAX = {READ_IOPS: 2**32 - 1, WRITE_IOPS: 2**32 - 1, READ_BPS: 2**63 - 1, WRITE_BPS: 2**63 - 1}
+_BINARY = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def io_limits(parameters: Mapping[str, str], field: str = "mutable_parameters") -> dict[str, int]:
+    """The limits ``parameters`` set, as whole numbers; InvalidArgument for an unknown key or a
+    value that is not a non-negative whole number (bytes may carry a suffix: 10Mi, 5M).
+
+    >>> io_limits({"writeIOPS": "50", "writeBytesPerSecond": "1Mi"})
+    {'writeIOPS': 50, 'writeBytesPerSecond': 1048576}
+    >>> io_limits({})
+    {}
+    """
+    limits: dict[str, int] = {}
+    for key, text in parameters.items():
+        if key not in IO_LIMIT_KEYS:
+            raise InvalidArgument(f"{field}: unknown key {key[:64]!r} (known: {', '.join(IO_LIMIT_KEYS)})")
+        limits[key] = _limit(f"{field}.{key}", key, text)
+    return limits
+
+
+def format_io_limits(limits: Mapping[str, int]) -> dict[str, str]:
+    """The parameters of ``limits`` as a CO sent them (whole numbers, no suffix); zeros left out."""
+    return {k: str(v) for k, v in limits.items() if v}
+
+
+def _limit(field: str, key: str, text: str) -> int:
+    value = text.strip()
+    number, unit = value, ""
+    if key in _BYTE_KEYS:
+        for suffix in sorted(_BINARY, key=len, reverse=True):
+            if suffix and value.endswith(suffix):
+                number, unit = value[: -len(suffix)], suffix
+                break
+    if not number.isascii() or not number.isdigit():
+        raise InvalidArgument(f"{field}: {text[:64]!r} is not a non-negative whole number")
+    limit = int(number) * _BINARY[unit]
+    if limit > _MAX[key]:
+        raise InvalidArgument(f"{field}: {text[:64]!r} is larger than the kernel can hold")
+    return limit

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from access.credentials import USERS, Credentials  # noqa: E402
+from access.credentials import nats_permissions, shared_node_identities  # noqa: E402
 
 CHART = ROOT / "charts" / "volplane"
 PERMISSIONS = CHART / "files" / "nats-permissions.json"
@@ -48,13 +48,11 @@ CHART_USERS = ("admin", "probe")
 
 
 def permissions() -> dict[str, Any]:
-    """Each service's NATS publish and subscribe subjects, exactly as ``make run`` configures
-    its nats-server (read from the configuration ``access.credentials`` writes)."""
-    creds = Credentials(nats={u: "x" for u in USERS}, redis_password="x")
-    users: dict[str, dict[str, list[str]]] = {}
-    for m in re.finditer(r'user: "([^"]+)", password: "x", permissions: \{ publish: (\[.*?\]), subscribe: (\[.*?\]) \}', creds.nats_config(4222, Path("/data"))):
-        users[m[1]] = {"publish": json.loads(m[2]), "subscribe": json.loads(m[3])}
-    assert set(users) == set(USERS) - {"admin"}, f"could not read every user's permissions: {sorted(users)}"
+    """Each service's NATS publish and subscribe subjects, as ``make run`` gives them
+    (``access.credentials``), with one user per service: a DaemonSet's pods share one
+    Secret, so the node agents share one identity whose node subjects are open to every
+    node (``shared_node_identities``; docs/security.md)."""
+    users = {u: {"publish": pub, "subscribe": sub} for u, (pub, sub) in nats_permissions(shared_node_identities()).items()}
     return {"users": users}
 
 

@@ -19,24 +19,32 @@ import os
 # docs/performance.md); a deployment can still choose by setting the variable itself.
 os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
 
+from volplane import subjects
 from volplane.config import Config
+from volplane.resources.authz import AppendObjectEvent
 from volplane.resources.projection import ObjectsProjection
 from volplane.service import Runtime, run_service
 
+from .access import Access
+from .object_writes import NodeObjectWrites
 from .resources import Resources
-from .server import serve
+from .server import serve, serve_api
 
 GRACE = 5.0  # seconds a gRPC call in flight may take to finish on stop
 
 
 async def setup(rt: Runtime) -> None:
-    resources = None
     if rt.cfg.apigw_controller:
         # The resource API: objects in the log, lists from their Redis projection.
         objects = ObjectsProjection()
         await rt.follow(objects)
-        resources = Resources(rt.store, objects)
-    server = await serve(rt.cfg, rt.bus, resources)
+        resources = Resources(rt.store, objects, Access.of(rt.cfg))
+        api = await serve_api(rt.cfg, resources)
+        rt.servers.append(lambda: api.stop(grace=GRACE))
+        # Nodes' object writes, authorized (NodeRestriction) before they reach the log.
+        writes = NodeObjectWrites(rt.store)
+        await rt.bus.serve_as_sender(subjects.NODE_OBJECT_WRITES, "apigw", AppendObjectEvent, writes.append)
+    server = await serve(rt.cfg, rt.bus)
     rt.servers.append(lambda: server.stop(grace=GRACE))
 
 

@@ -3,6 +3,7 @@ provisioner (volumes, snapshots, capacity) or the attacher (publish, unpublish).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -30,6 +31,7 @@ from volplane.commands import (
     GetVolume,
     ListSnapshots,
     ListVolumes,
+    ModifyVolume,
     PublishContext,
     SnapshotInfo,
     SnapshotPage,
@@ -39,7 +41,7 @@ from volplane.commands import (
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc
 from volplane.errors import InvalidArgument
-from volplane.volumes import DEFAULT_FS_TYPE, FS_TYPE_KEY, SINGLE_NODE_MODES
+from volplane.volumes import DEFAULT_FS_TYPE, FS_TYPE_KEY, SINGLE_NODE_MODES, io_limits
 
 from . import convert
 from .errors import grpc_errors
@@ -60,6 +62,7 @@ CAPABILITIES = (
     RPC.VOLUME_CONDITION,
     RPC.SINGLE_NODE_MULTI_WRITER,
     RPC.GET_SNAPSHOT,
+    RPC.MODIFY_VOLUME,
 )
 
 
@@ -83,6 +86,7 @@ class Controller(csi_pb2_grpc.ControllerServicer):
                 content_source=_content_source(request),
                 requisite=tuple(dict(t.segments) for t in request.accessibility_requirements.requisite),
                 preferred=tuple(dict(t.segments) for t in request.accessibility_requirements.preferred),
+                mutable_parameters=dict(request.mutable_parameters),
             )
             info = VolumeInfo.model_validate(await self._ask(subjects.CREATE_VOLUME, cmd, context))
             return csi.CreateVolumeResponse(volume=_volume(info))
@@ -121,7 +125,7 @@ class Controller(csi_pb2_grpc.ControllerServicer):
             vid = convert.identifier("volume_id", request.volume_id)
             caps = convert.capabilities(request.volume_capabilities, "volume_capabilities")
             info = VolumeInfo.model_validate(await self._ask(subjects.GET_VOLUME, GetVolume(volume_id=vid), context))
-            unsupported = _unsupported(info, caps)
+            unsupported = _unsupported(info, caps) or _unsupported_mutable(request.mutable_parameters)
             if unsupported:
                 return csi.ValidateVolumeCapabilitiesResponse(message=unsupported)
             return csi.ValidateVolumeCapabilitiesResponse(
@@ -185,6 +189,18 @@ class Controller(csi_pb2_grpc.ControllerServicer):
             cmd = ExpandVolume(volume_id=vid, required_bytes=request.capacity_range.required_bytes, limit_bytes=request.capacity_range.limit_bytes)
             result = ExpandResult.model_validate(await self._ask(subjects.EXPAND_VOLUME, cmd, context))
             return csi.ControllerExpandVolumeResponse(capacity_bytes=result.capacity_bytes, node_expansion_required=result.node_expansion_required)
+
+    async def ControllerModifyVolume(
+        self, request: csi.ControllerModifyVolumeRequest, context: grpc.aio.ServicerContext
+    ) -> csi.ControllerModifyVolumeResponse:
+        """New I/O limits for a volume (volplane.volumes.io_limits), applied where it is staged."""
+        async with grpc_errors(context):
+            vid = convert.identifier("volume_id", request.volume_id)
+            # No parameters change nothing, and are OK: csi-sanity sends its configured
+            # mutable parameters, none unless --csi.testvolumemutableparameters is given.
+            cmd = ModifyVolume(volume_id=vid, mutable_parameters=dict(request.mutable_parameters))
+            await self._ask(subjects.MODIFY_VOLUME, cmd, context)
+            return csi.ControllerModifyVolumeResponse()
 
     async def CreateSnapshot(self, request: csi.CreateSnapshotRequest, context: grpc.aio.ServicerContext) -> csi.CreateSnapshotResponse:
         async with grpc_errors(context):
@@ -276,6 +292,15 @@ def _snapshot(info: SnapshotInfo) -> csi.Snapshot:
         ready_to_use=info.ready_to_use,
         group_snapshot_id=info.group_snapshot_id,
     )
+
+
+def _unsupported_mutable(parameters: Mapping[str, str]) -> str:
+    """Why volplane cannot confirm these mutable parameters (volplane.volumes.io_limits), or ''."""
+    try:
+        io_limits(parameters)
+    except InvalidArgument as exc:
+        return exc.message
+    return ""
 
 
 def _unsupported(info: VolumeInfo, caps: tuple[Capability, ...]) -> str:

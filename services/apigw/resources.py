@@ -3,7 +3,8 @@ control plane's objects, as JSON over gRPC (proto/resources.proto).
 
 Writes and single reads go to the event log (an object's newest event is the object);
 lists read the Redis projection after it has applied this process's own writes;
-watches follow the log.
+watches follow the log. Every call is authorized by its caller's identity first
+(``services.apigw.access``): writes need the admin role, reads the view role.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from volplane.resources.projection import ObjectsProjection
 from volplane.resources.selectors import LabelSelector, parse_selector
 from volplane.resources.store import ObjectStore, object_of
 
+from .access import Access
 from .errors import grpc_errors
 
 __all__ = ["Resources"]
@@ -94,9 +96,10 @@ def _ref(req: pb.ObjectRef) -> Ref:
 
 
 class Resources(resources_pb2_grpc.ResourcesServicer):
-    def __init__(self, store: EventStore, objects: ObjectsProjection) -> None:
+    def __init__(self, store: EventStore, objects: ObjectsProjection, access: Access) -> None:
         self._store = store
         self._read = objects
+        self._access = access
 
     def _objects(self, manager: str = "") -> ObjectStore:
         return ObjectStore(self._store, manager or "volctl")
@@ -107,6 +110,7 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
 
     async def Apply(self, request: pb.ApplyRequest, context: grpc.aio.ServicerContext) -> pb.ApplyResponse:
         async with grpc_errors(context):
+            self._access.check(context, write=True, what="apply objects")
             doc = _document(request.json)
             obj, action = await self._objects(request.field_manager).apply(doc)
             self._noted(obj, ref_of(obj))
@@ -114,10 +118,12 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
 
     async def Get(self, request: pb.ObjectRef, context: grpc.aio.ServicerContext) -> pb.Object:
         async with grpc_errors(context):
+            self._access.check(context, write=False, what="get objects")
             return pb.Object(json=_json(await self._objects().get(_ref(request))))
 
     async def Delete(self, request: pb.ObjectRef, context: grpc.aio.ServicerContext) -> pb.Object:
         async with grpc_errors(context):
+            self._access.check(context, write=True, what="delete objects")
             r = _ref(request)
             obj = await self._objects().delete(r)
             if obj is None:
@@ -127,6 +133,7 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
 
     async def List(self, request: pb.ListRequest, context: grpc.aio.ServicerContext) -> pb.ListResponse:
         async with grpc_errors(context):
+            self._access.check(context, write=False, what="list objects")
             if request.kind.strip().lower() in QUARANTINED_KINDS:
                 return pb.ListResponse(items=[pb.Object(json=_json(_quarantined(q))) for q in await self._read.quarantined()])
             kind = resolve(request.kind)
@@ -143,6 +150,7 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
 
     async def Watch(self, request: pb.WatchRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEvent]:
         async with grpc_errors(context):
+            self._access.check(context, write=False, what="watch objects")
             kind = resolve(request.kind)
             selector = parse_selector(request.label_selector)
             ns = None if request.all_namespaces or not kind.namespaced else (request.namespace or "default")
@@ -169,6 +177,7 @@ class Resources(resources_pb2_grpc.ResourcesServicer):
 
     async def History(self, request: pb.ObjectRef, context: grpc.aio.ServicerContext) -> pb.HistoryResponse:
         async with grpc_errors(context):
+            self._access.check(context, write=False, what="read the history of objects")
             entries = []
             for record, event in await self._objects().history(_ref(request)):
                 at = event.pop("at", 0)

@@ -1,8 +1,9 @@
-"""apigw's gRPC server: the CSI services plus grpc.health.v1, on a unix socket and
-optionally TCP, and the resource API on its own socket when given one.
+"""apigw's gRPC servers: the CSI services plus grpc.health.v1, on a unix socket and
+optionally TCP; and the resource API, a server of its own behind its caller check.
 
-    server = await serve(cfg, bus, resources)      # listening and SERVING when it returns
-    await server.stop(grace=5)
+    api = await serve_api(cfg, resources)          # the resource API (services.apigw.access)
+    server = await serve(cfg, bus)                 # listening and SERVING when it returns
+    await server.stop(grace=5); await api.stop(5)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from volplane.config import Config
 from volplane.csi import csi_pb2_grpc, resources_pb2_grpc
 from volplane.telemetry import grpc_server_interceptors
 
+from .access import PeerFront
 from .controller import Controller
 from .group_controller import GroupController
 from .identity import Identity
@@ -30,7 +32,7 @@ from .telemetry import MetricsInterceptor
 log = logging.getLogger(__name__)
 
 
-async def serve(cfg: Config, bus: Bus, resources: Resources | None = None) -> grpc.aio.Server:
+async def serve(cfg: Config, bus: Bus) -> grpc.aio.Server:
     # The span interceptor first (outermost): the metrics one runs inside the call's span.
     interceptors = [*grpc_server_interceptors(), MetricsInterceptor()]
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
@@ -40,12 +42,10 @@ async def serve(cfg: Config, bus: Bus, resources: Resources | None = None) -> gr
         csi_pb2_grpc.add_ControllerServicer_to_server(Controller(bus), server)
         csi_pb2_grpc.add_GroupControllerServicer_to_server(GroupController(bus), server)
     csi_pb2_grpc.add_NodeServicer_to_server(Node(bus, cfg.node_id, cfg.max_volumes_per_node), server)
-    if resources is not None:
-        resources_pb2_grpc.add_ResourcesServicer_to_server(resources, server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
 
-    endpoints = [cfg.csi_endpoint] + ([cfg.api_endpoint] if resources is not None else [])
+    endpoints = [cfg.csi_endpoint]
     sockets = [p for p in map(_unix_path, endpoints) if p is not None]
     for path in sockets:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,9 +73,49 @@ async def serve(cfg: Config, bus: Bus, resources: Resources | None = None) -> gr
         await checker.set("csi.v1.Controller", health_pb2.HealthCheckResponse.SERVING)
     await checker.set("csi.v1.Node", health_pb2.HealthCheckResponse.SERVING)
     log.info("CSI endpoint %s ready", cfg.csi_endpoint, extra={"node": cfg.node_id})
-    if resources is not None:
-        log.info("resource API %s ready", cfg.api_endpoint)
     return server
+
+
+class ApiServer:
+    """The resource API's gRPC server and, on a unix endpoint, the front that names callers."""
+
+    def __init__(self, server: grpc.aio.Server, front: PeerFront | None) -> None:
+        self.server = server
+        self.front = front
+
+    async def stop(self, grace: float) -> None:
+        if self.front is not None:
+            await self.front.stop()
+        await self.server.stop(grace)
+
+
+async def serve_api(cfg: Config, resources: Resources) -> ApiServer:
+    """The resource API on ``cfg.api_endpoint``: on a unix socket, through ``PeerFront``
+    (its callers' uids decide what they may do); on TCP, directly (no peer credentials:
+    every caller has the role of other users)."""
+    server = grpc.aio.server(interceptors=[*grpc_server_interceptors(), MetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
+    resources_pb2_grpc.add_ResourcesServicer_to_server(resources, server)
+    public = _unix_path(cfg.api_endpoint)
+    if public is None:
+        server.add_insecure_port(cfg.api_endpoint)
+        await server.start()
+        log.info("resource API %s ready (TCP: no peer credentials, callers get the role of other users)", cfg.api_endpoint)
+        return ApiServer(server, None)
+    public.parent.mkdir(parents=True, exist_ok=True)
+    # grpc's own socket, for apigw's user only: 0600 from birth (umask), in the same
+    # directory, hidden; every caller comes through the front.
+    private = public.with_name(f".{public.name}.authz")
+    private.unlink(missing_ok=True)
+    old = os.umask(0o177)
+    try:
+        server.add_insecure_port(f"unix://{private}")
+        await server.start()
+    finally:
+        os.umask(old)
+    os.chmod(private, 0o600)
+    front = await PeerFront.start(public, private)
+    log.info("resource API %s ready", cfg.api_endpoint)
+    return ApiServer(server, front)
 
 
 def _unix_path(endpoint: str) -> Path | None:

@@ -4,11 +4,14 @@ On start it creates its local pool directory, announces itself (id, topology, po
 node registry, finishes what a crash left undone, and then serves its node commands; then
 it registers the Node object and starts the volume manager (``volumemanager.py``).
 
-``VOLPLANE_REQUIRE_ATTACHMENT=0`` stages volumes without asking the attacher whether they
+``VOLPLANE_IO_CGROUP`` (default ``volplane``) is the cgroup it writes volumes' I/O limits into
+(csi/iolimits.py). ``VOLPLANE_REQUIRE_ATTACHMENT=0`` stages volumes without asking the attacher whether they
 are published to this node (default 1: ask).
 """
 
 from __future__ import annotations
+
+import logging
 
 from volplane import subjects
 from volplane.aggregate import Repository
@@ -18,6 +21,7 @@ from volplane.commands import (
     GetVolumeStats,
     NodeExpand,
     PublishVolume,
+    SetIoLimits,
     StageVolume,
     ThawVolumes,
     UnpublishVolume,
@@ -25,16 +29,21 @@ from volplane.commands import (
 )
 from volplane.config import Config
 from volplane.nodes import SHARED_POOL, TOPOLOGY_KEY, NodeRegistered, PoolSpec, register
+from volplane.resources.authz import NodeWrites, kubelet
 from volplane.resources.informer import Informer
 from volplane.resources.store import ObjectStore
 from volplane.service import Runtime, run_service
 
 from .adapters.attacher import attacher_check
+from .adapters.iolimits import IoCgroup, IoLimitError, provisioner_limits
 from .adapters.projection import NodeProjection, node_volumes
 from .adapters.storage import HostStorage
 from .controllers.volumemanager import VolumeManager
 from .csi.freeze import Freezer
+from .csi.iolimits import IoLimiter
 from .csi.volumes import NodeApp
+
+log = logging.getLogger(__name__)
 
 
 def registration(cfg: Config) -> NodeRegistered:
@@ -52,12 +61,15 @@ async def setup(rt: Runtime) -> None:
     projection = NodeProjection(node)
     volumes = Repository(rt.store, await rt.follow(projection), node_volumes(projection))
     host = HostStorage()
-    app = NodeApp(cfg, volumes, projection, host, is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None)
+    io = IoLimiter(volumes, io_cgroup(cfg), provisioner_limits(rt.bus))
+    app = NodeApp(cfg, volumes, projection, host, is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None, io=io)
     # The registry holds what the node can really hold (csi/limits.py), as NodeGetInfo reports it.
     await register(rt.store, registration(cfg).model_copy(update={"max_volumes": app.limit.limit}))
     freezer = Freezer(volumes, host, [str(d) for d in (cfg.pool_dir, cfg.shared_pool_dir) if d is not None])
     await freezer.thaw_all()  # A group snapshot's freeze outlives a crash of this process: undo it first.
     await app.recover()
+    # A reboot or a cleared cgroup loses the kernel's rules; the log keeps them (csi/iolimits.py).
+    await io.reapply(host.loop_backing_files())
     q = subjects.queue("nodeagent", node)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_STAGE), q, StageVolume, app.stage)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_UNSTAGE), q, UnstageVolume, app.unstage)
@@ -68,7 +80,18 @@ async def setup(rt: Runtime) -> None:
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_FREEZE), q, FreezeVolumes, freezer.freeze)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_THAW), q, ThawVolumes, freezer.thaw)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_LIMITS), q, GetNodeLimits, app.limits)
+    await rt.bus.serve(subjects.node_command(node, subjects.NODE_IO_LIMITS), q, SetIoLimits, io.set_limits)
     await start_volume_manager(rt)
+
+
+def io_cgroup(cfg: Config) -> IoCgroup | None:
+    """Where this node writes volumes' I/O limits (``VOLPLANE_IO_CGROUP``); None on a host
+    without a block I/O controller, where a volume with limits is refused."""
+    try:
+        return IoCgroup.detect(cfg.io_cgroup)
+    except (IoLimitError, OSError) as exc:
+        log.warning("volumes' I/O limits cannot be enforced on this node: %s", exc)
+        return None
 
 
 async def start_volume_manager(rt: Runtime) -> VolumeManager:
@@ -77,7 +100,10 @@ async def start_volume_manager(rt: Runtime) -> VolumeManager:
     handlers above through apigw."""
     cfg = rt.cfg
     informer = Informer(rt.store)
-    objects = ObjectStore(rt.store, manager=f"kubelet/{cfg.node_id}")
+    # Its Node and its pods' status are written through apigw, which checks each write
+    # against NodeRestriction (volplane.resources.authz): a node's NATS user may not
+    # append to object subjects itself.
+    objects = ObjectStore(rt.store, manager=kubelet(cfg.node_id), append=NodeWrites(rt.bus, cfg.node_id).append)
     manager = VolumeManager(informer, objects, cfg.kubelet_dir, node=cfg.node_id, csi_endpoint=cfg.csi_endpoint)
     informer.on_change(manager.on_change)
     await informer.start()

@@ -22,6 +22,7 @@ from volplane.commands import (
     GetVolume,
     ListSnapshots,
     ListVolumes,
+    ModifyVolume,
 )
 from volplane.nodes import SHARED_POOL, NodesProjection
 from volplane.resources.informer import Informer
@@ -38,7 +39,7 @@ from .controllers.pv_controller import MANAGER, PVController
 from .csi.capacity import Capacity
 from .csi.group_snapshots import GroupSnapshotsApp, NodeCut
 from .csi.snapshots import SnapshotsApp
-from .csi.volumes import ProvisionerApp
+from .csi.volumes import NodeIoLimits, ProvisionerApp
 
 
 async def setup(rt: Runtime) -> None:
@@ -63,7 +64,7 @@ async def setup(rt: Runtime) -> None:
         return state.nodes if state is not None else ()
 
     capacity = Capacity(pools, volumes_read, snapshots_read)
-    app = ProvisionerApp(volumes, volumes_read, capacity, snapshots, published_on)
+    app = ProvisionerApp(volumes, volumes_read, capacity, snapshots, published_on, NodeIoLimits(rt.bus))
     rt.samplers.append(lambda: sample_pools(capacity, volumes_read))
     snaps = SnapshotsApp(snapshots, snapshots_read, volumes, pools)
     group_snaps = GroupSnapshotsApp(groups, groups_read, snaps, snapshots, volumes, pools, published_on, NodeCut(rt.bus))
@@ -74,6 +75,7 @@ async def setup(rt: Runtime) -> None:
     await rt.bus.serve(subjects.CREATE_VOLUME, q, CreateVolume, app.create_volume)
     await rt.bus.serve(subjects.DELETE_VOLUME, q, DeleteVolume, app.delete_volume)
     await rt.bus.serve(subjects.EXPAND_VOLUME, q, ExpandVolume, app.expand_volume)
+    await rt.bus.serve(subjects.MODIFY_VOLUME, q, ModifyVolume, app.modify_volume)
     await rt.bus.serve(subjects.GET_VOLUME, q, GetVolume, app.get_volume)
     await rt.bus.serve(subjects.LIST_VOLUMES, q, ListVolumes, app.list_volumes)
     await rt.bus.serve(subjects.GET_CAPACITY, q, GetCapacity, app.get_capacity)

@@ -168,7 +168,18 @@ class World:
                 delete(self.cp, "va", va)
             self.csi.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=handle, node_id=node))
         for handle in self.handles:
-            self.csi.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=handle))
+            # An attachment the AD controller made goes when its detach has run, after the
+            # pod's teardown; until then DeleteVolume says FAILED_PRECONDITION, and a CO
+            # (external-provisioner) retries, as this does.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    self.csi.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=handle))
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
         self.csi.close()
 
 

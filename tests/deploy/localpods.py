@@ -62,7 +62,7 @@ __all__ = ["LocalCluster", "PodError"]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NAMESPACE_SUFFIXES = ("", ".{ns}", ".{ns}.svc", ".{ns}.svc.cluster.local")
-WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Pod"}
+WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Job", "Pod"}
 VOLPLANE_IMAGE = re.compile(r"^(?:[\w.-]+/)*volplane(?::[\w.-]+)?$")
 
 
@@ -346,11 +346,14 @@ class LocalCluster:
     # --- running ------------------------------------------------------------------------
 
     def start(self, timeout: float = 90.0) -> None:
-        """Servers first (StatefulSets of nats/redis images), then every other pod: init
-        containers to completion, then its containers until each is ready."""
+        """Servers first (StatefulSets of nats/redis images), then Jobs (the install step,
+        each container to completion, as a cluster runs them before the services it serves
+        are up for good), then every other pod: init containers to completion, then its
+        containers until each is ready."""
         servers = [p for p in self.pods if any(self._prepare_kind(c) in ("nats", "redis") for c in p.spec["containers"])]
-        others = [p for p in self.pods if p not in servers]
-        for group in (servers, others):
+        jobs = [p for p in self.pods if p.owner.startswith("Job/") and p not in servers]
+        others = [p for p in self.pods if p not in servers and p not in jobs]
+        for group in (servers, jobs, others):
             started: list[Container] = []
             for pod in group:
                 for spec in pod.spec.get("initContainers", []):
@@ -359,8 +362,11 @@ class LocalCluster:
                     if self.select(c.name) and c.kind != "skipped":
                         self._run_to_completion(c, timeout=60)
                 for spec in pod.spec["containers"]:
-                    c = self._prepare(pod, spec, init=False)
+                    c = self._prepare(pod, spec, init=pod in jobs)
                     self.containers.append(c)
+                    if pod in jobs and c.kind != "skipped":
+                        self._run_to_completion(c, timeout=60)
+                        continue
                     if c.kind == "skipped" or not self.select(c.name):
                         if c.kind != "skipped":
                             c.status = "not selected"
@@ -402,6 +408,7 @@ class LocalCluster:
         return cwd
 
     def _spawn(self, c: Container) -> None:
+        c.pod.root.mkdir(parents=True, exist_ok=True)
         c.log = c.pod.root / f"{c.spec['name']}.log"
         with open(c.log, "ab") as log:
             c.proc = subprocess.Popen(

@@ -111,15 +111,20 @@ def test_kustomize_base_is_the_chart_rendered_with_its_defaults() -> None:
 
 
 def test_nats_permissions_are_the_catalogs() -> None:
-    """One user per service with exactly the subjects `make run` gives it."""
-    from access.credentials import PERMISSIONS
+    """One user per service with the subjects `make run` gives it; the node agents share one
+    user whose node subjects are open to every node (a DaemonSet's pods share one Secret)."""
+    from access.credentials import nats_permissions, shared_node_identities
+    from services.catalog import CATALOG
 
+    expected = nats_permissions(shared_node_identities())
     shipped = json.loads((CHART / "files" / "nats-permissions.json").read_text())["users"]
-    assert set(shipped) == set(PERMISSIONS)
-    for user, (publish, subscribe) in PERMISSIONS.items():
-        assert set(publish) <= set(shipped[user]["publish"]) and set(subscribe) <= set(shipped[user]["subscribe"]), user
+    assert set(shipped) == set(expected) == {d.name for d in CATALOG}
+    for user, (publish, subscribe) in expected.items():
+        assert (shipped[user]["publish"], shipped[user]["subscribe"]) == (publish, subscribe), user
+    # The node agents' user reaches node subjects through a wildcard, never another service's.
+    assert "vp.cmd.node.*.>" in shipped["nodeagent"]["subscribe"] and not any(p.startswith("vp.ev.volume") for p in shipped["nodeagent"]["publish"])
     config = find(render({}), "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
-    for user in [*PERMISSIONS, "admin", "probe"]:
+    for user in [*expected, "admin", "probe"]:
         assert f"user: {user}, password: $NATS_PASSWORD_{user.upper()}" in config, user
 
 

@@ -140,7 +140,7 @@ def test_a_volume_is_created_and_deleted_through_the_deployment(cluster: LocalCl
     socket = apigw.env["VOLPLANE_CSI_ENDPOINT"]
     with grpc.insecure_channel(socket) as channel:
         controller = rpc.ControllerStub(channel)
-        cap = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(), access_mode=csi.VolumeCapability.AccessMode(mode=1))  # type: ignore[arg-type]
+        cap = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(), access_mode=csi.VolumeCapability.AccessMode(mode=1))  # type: ignore[arg-type]  # the stub wants its Mode enum type; 1 is SINGLE_NODE_WRITER
         created = controller.CreateVolume(
             csi.CreateVolumeRequest(name="pvc-deploy-test", capacity_range=csi.CapacityRange(required_bytes=1 << 20), volume_capabilities=[cap], parameters={"pool": "shared"}),
             timeout=30,

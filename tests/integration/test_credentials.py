@@ -1,5 +1,6 @@
-"""The embedded default runs with credentials: a NATS user per service limited to its
-subjects, a Redis ACL user limited to volplane's keys, secrets kept in files only root can
+"""The embedded default runs with credentials: a NATS user per service and per node limited
+to its subjects, a Redis ACL user per service limited to its keys (tests/integration/
+test_least_privilege.py tries what each must not do), secrets kept in files only root can
 read, a service with wrong credentials stops at once with a readable message, and a node
 plugin needs no Redis at all."""
 
@@ -19,7 +20,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from access.credentials import Credentials
+from access.credentials import Credentials, inbox_prefix
 from devstack.launcher import Stack
 from services import catalog
 from tests.conftest import Csi
@@ -39,7 +40,7 @@ def test_a_service_user_may_not_write_another_services_events(stack: Stack) -> N
     port = stack.nats.port
 
     async def publish_as(user: str, subject: str) -> bool:
-        nc = await nats.connect(creds.nats_url(user, port))
+        nc = await nats.connect(creds.nats_url(user, port), inbox_prefix=inbox_prefix(user))
         try:
             await nc.jetstream(timeout=2).publish(subject, b"\x80")
             return True
@@ -48,10 +49,12 @@ def test_a_service_user_may_not_write_another_services_events(stack: Stack) -> N
         finally:
             await nc.close()
 
-    # The gateway only sends commands; a nodeagent owns node events, not volumes.
+    # The gateway only sends commands; a nodeagent owns its own node's events, not volumes
+    # nor another node's registration.
     assert asyncio.run(publish_as("apigw", "vp.ev.volume.ffffffffffffffffffffffffffffffff")) is False
-    assert asyncio.run(publish_as("nodeagent", "vp.ev.volume.ffffffffffffffffffffffffffffffff")) is False
-    assert asyncio.run(publish_as("nodeagent", "vp.ev.nodeinfo.probe-node")) is True
+    assert asyncio.run(publish_as("nodeagent-node-1", "vp.ev.volume.ffffffffffffffffffffffffffffffff")) is False
+    assert asyncio.run(publish_as("nodeagent-node-1", "vp.ev.nodeinfo.probe-node")) is False
+    assert asyncio.run(publish_as("nodeagent-node-1", "vp.ev.node.node-1.ffffffffffffffffffffffffffffffff")) is True
 
 
 def test_redis_refuses_strangers_and_keys_outside_volplanes(stack: Stack) -> None:
@@ -82,12 +85,13 @@ def test_credentials_survive_a_restart_of_the_stack(tmp_path: Path) -> None:
 def test_a_node_plugin_serves_without_redis_and_stops_cleanly(stack: Stack, tmp_path: Path) -> None:
     # apigw in node mode (Identity and Node) follows no projection: a Redis nobody listens
     # on must not keep it from serving, and it must not take the resource API's socket.
+    # It runs as node-1's plugin (its NATS user may ask only node-1's nodeagent).
     assert stack.nats is not None
     creds = Credentials.load_or_create(stack.run_dir)
     endpoint = f"unix://{tmp_path / 'csi.sock'}"
     env = dict(
         stack.env, NATS_URL=creds.nats_url("apigw", stack.nats.port), REDIS_URL="redis://127.0.0.1:1/0",
-        VOLPLANE_APIGW_MODE="node", VOLPLANE_NODE_ID="plugin-only", VOLPLANE_CSI_ENDPOINT=endpoint, VOLPLANE_METRICS_ADDR="",
+        VOLPLANE_APIGW_MODE="node", VOLPLANE_NODE_ID=stack.node_id, VOLPLANE_CSI_ENDPOINT=endpoint, VOLPLANE_METRICS_ADDR="",
     )
     proc = subprocess.Popen(catalog.get("apigw").argv(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     c = Csi(endpoint)
@@ -105,7 +109,7 @@ def test_a_node_plugin_serves_without_redis_and_stops_cleanly(stack: Stack, tmp_
             time.sleep(0.1)
         caps = c.identity.GetPluginCapabilities(csi.GetPluginCapabilitiesRequest(), timeout=5).capabilities
         assert csi.PluginCapability.Service.CONTROLLER_SERVICE not in [cap.service.type for cap in caps]
-        assert c.node.NodeGetInfo(csi.NodeGetInfoRequest(), timeout=5).node_id == "plugin-only"
+        assert c.node.NodeGetInfo(csi.NodeGetInfoRequest(), timeout=5).node_id == stack.node_id
     finally:
         c.close()
         proc.send_signal(signal.SIGTERM)

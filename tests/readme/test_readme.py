@@ -46,7 +46,9 @@ NOT_RUN: dict[str, str] = {
     "pip install '.[embedded]'": "installs into the reader's environment; tests/integration/test_packaging.py installs the wheel into a fresh venv",
     "volplane run": "the launcher make run starts, which this test runs",
     # Docker Engine and a Kubernetes cluster are not here.
-    "docker compose -f deploy/compose/docker-compose.yaml up --build --wait": (
+    "deploy/compose/init-env.sh": "writes deploy/compose/.env for the compose stack; make e2e (tests/deploy/test_image_compose.py) runs it",
+    "make image": "builds the container image (a minute or more); make e2e (tests/deploy/test_image_compose.py) runs it with podman",
+    "docker compose -f deploy/compose/docker-compose.yaml up --wait": (
         "needs Docker Engine with the compose plugin; make e2e (tests/deploy/test_image_compose.py) runs this compose file with podman-compose"
     ),
     "docker build -t volplane:0.1.0 .": "needs Docker Engine; make image / make e2e build the same Dockerfile with podman",

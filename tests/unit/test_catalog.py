@@ -1,30 +1,18 @@
 """The catalog of deployables: every entry starts, and the credentials derived from it
-grant what each service was granted before the catalog existed."""
+give each service and each node its own identity, limited to its own subjects."""
 
 from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from unittest import mock
 
 import pytest
 
-from access.credentials import ADMIN, PERMISSIONS, USERS
+from access.credentials import ADMIN, PERMISSIONS, USERS, Credentials, identities
 from services import catalog
 from services.catalog import CATALOG
-
-# The permissions access/credentials.py spelled out by hand before they came from the catalog.
-_OBJECTS = ["vp.ev.res.>", "vp.ev.rec.>"]
-_BEFORE: dict[str, tuple[list[str], list[str]]] = {
-    "apigw": (["vp.cmd.>", "vp.health.>", *_OBJECTS], []),
-    # Since group snapshots (issue 16): their events, and the freeze and thaw of a cut on the nodes.
-    "provisioner": (
-        ["vp.ev.volume.>", "vp.ev.snapshot.>", "vp.ev.groupsnapshot.>", "vp.cmd.attacher.>", "vp.cmd.node.*.freeze", "vp.cmd.node.*.thaw", *_OBJECTS],
-        ["vp.cmd.provisioner.>", "vp.health.provisioner"],
-    ),
-    "attacher": (["vp.ev.attachment.>", "vp.cmd.provisioner.get_volume", *_OBJECTS], ["vp.cmd.attacher.>", "vp.health.attacher"]),
-    "nodeagent": (["vp.ev.node.>", "vp.ev.nodeinfo.>", "vp.cmd.attacher.attachments", *_OBJECTS], ["vp.cmd.node.>", "vp.health.nodeagent.>"]),
-}
 
 
 @pytest.mark.parametrize("entry", CATALOG, ids=lambda d: d.name)
@@ -43,9 +31,26 @@ def test_names_are_unique_and_single_tokens() -> None:
     assert all(n.isalnum() for n in names)
 
 
-def test_credentials_grant_each_service_what_it_was_granted_before() -> None:
-    assert PERMISSIONS == _BEFORE
-    assert set(USERS) == {*_BEFORE, ADMIN}
+def test_credentials_give_each_node_its_own_identity_limited_to_its_node() -> None:
+    ids = identities(("node-1", "node-2"))
+    assert set(ids) == {"provisioner", "attacher", "nodeagent-node-1", "nodeagent-node-2", "apigw", "apigw-node-2"}
+    agent = ids["nodeagent-node-2"]
+    assert "vp.ev.node.node-2.>" in agent.publish and "vp.ev.nodeinfo.node-2" in agent.publish
+    assert "vp.cmd.node.node-2.>" in agent.subscribe and "vp.health.nodeagent.node-2" in agent.subscribe
+    assert not [s for s in (*agent.publish, *agent.subscribe) if "node-1" in s or s.startswith(("vp.ev.node.*", "vp.cmd.node.*"))]
+    assert not [s for s in (*agent.publish, *agent.subscribe) if s in ("vp.ev.node.>", "vp.cmd.node.>", "vp.ev.>", "vp.cmd.>", ">")]
+    assert agent.redis_keys[0] == "vp:node:node-2:*"
+    # Node 2's plugin: its own node's commands, no log, no Redis.
+    plugin = ids["apigw-node-2"]
+    assert plugin.publish == ("vp.cmd.node.node-2.>",) and not plugin.reads_log and not plugin.redis_keys
+    # The one-node users the chart and compose read.
+    assert set(USERS) == {*PERMISSIONS, ADMIN} and set(PERMISSIONS) == {"provisioner", "attacher", "nodeagent-node-1", "apigw"}
+
+
+def test_no_service_may_administer_the_stream() -> None:
+    config = Credentials(nats={u: "x" for u in identities(("node-1", "node-2"))}, redis_password="x", nodes=("node-1", "node-2")).nats_config(4222, Path("/data"))
+    for forbidden in ("$JS.API.>", "$JS.API.STREAM.>", "PURGE", "DELETE", "UPDATE", "STREAM.CREATE", "DURABLE", '"_INBOX.>"]'):
+        assert forbidden not in config, forbidden
 
 
 def test_per_node_health_subjects_carry_the_node() -> None:

@@ -46,6 +46,8 @@ VOLUME_EXAMPLES: list[BaseModel] = [
         volume_id=VID, name="clone", pool="shared", capacity_bytes=2**30, capabilities=(StoredCapability(),),
         content_source=StoredContentSource(kind="snapshot", id=VID),
     ),
+    volume_events.VolumeModifying(volume_id=VID, limits={"writeIOPS": 50, "readBytesPerSecond": 10 * 2**20}),
+    volume_events.VolumeModified(volume_id=VID),
 ]
 
 SNAPSHOT_EXAMPLES: list[BaseModel] = [
@@ -79,6 +81,7 @@ NODE_EXAMPLES: list[BaseModel] = [
     node_events.VolumeExpandingOnNode(volume_id=VID, capacity_bytes=3 * 2**40),
     node_events.VolumeExpandedOnNode(volume_id=VID, capacity_bytes=3 * 2**40),
     node_events.VolumeExpandOnNodeFailed(volume_id=VID, reason="resize2fs failed"),
+    node_events.VolumeIoLimitsApplied(volume_id=VID, device="/dev/loop3", limits={"writeIOPS": 50}),
 ]
 
 CASES = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.provisioner.controllers.binding import bind_steps, find_best_match, introduced_by, should_delay_binding
+from services.provisioner.controllers.binding import bind_steps, find_best_match, introduced_by, satisfies, should_delay_binding
 
 Obj = dict[str, Any]
 
@@ -53,6 +53,24 @@ def test_volume_bound_to_another_claim_is_skipped() -> None:
 def test_only_available_volumes_are_candidates() -> None:
     vols = [pv("released", "5Gi", phase="Released"), pv("failed", "5Gi", phase="Failed"), pv("new", "50Gi", phase="")]
     assert find_best_match(claim(), vols, delay=False, node=None) is None
+
+
+def test_volume_marked_for_deletion_is_never_matched_even_when_pre_bound() -> None:
+    mine = {"namespace": "default", "name": "data"}
+    going = pv("going", "5Gi", claim_ref=mine)
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert find_best_match(claim(), [going], delay=False, node=None) is None
+
+
+def test_satisfies_says_why_in_kubernetes_order() -> None:
+    assert satisfies(pv("v", "3Gi"), claim("2Gi")) is None
+    going = pv("v", "3Gi")
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert satisfies(going, claim("9Gi")) == 'the volume is marked for deletion "v"'
+    assert satisfies(pv("v", "1Gi", cls="gold", mode="Block"), claim("2Gi")) == "requested PV is too small"
+    assert satisfies(pv("v", "3Gi", cls="gold", mode="Block"), claim()) == "storageClassName does not match"
+    assert satisfies(pv("v", "3Gi", mode="Block"), claim(modes=("ReadWriteMany",))) == "incompatible volumeMode"
+    assert satisfies(pv("v", "3Gi"), claim(modes=("ReadWriteMany",))) == "incompatible accessMode"
 
 
 def test_label_selector_filters() -> None:

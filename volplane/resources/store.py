@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from volplane import codec
 from volplane.errors import AlreadyExists, ConcurrencyConflict, FailedPrecondition, InvalidArgument, NotFound
-from volplane.events import now_ns
+from volplane.events import Event, now_ns
 from volplane.eventstore import EventStore, Record
 from volplane.quarantine import Undecodable, reason_of
 from volplane.resources import patch as patches
@@ -98,11 +99,17 @@ def _dig(obj: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+# Where a store's writes go: the event log itself (``EventStore.append``), or a writer
+# that authorizes them first (a node's, ``volplane.resources.authz.NodeWrites``).
+Append = Callable[[str, Event, int | None], Awaitable[int]]
+
+
 class ObjectStore:
-    def __init__(self, store: EventStore, manager: str) -> None:
+    def __init__(self, store: EventStore, manager: str, *, append: Append | None = None) -> None:
         self._store = store
         self.manager = manager
         self._recent: dict[tuple[str, str, str, str], float] = {}
+        self._write: Append = append or (lambda subject, event, expected: store.append(subject, event, expected=expected))
 
     async def read(self, ref: Ref) -> tuple[dict[str, Any] | None, int]:
         """(the object or None, its subject's newest sequence — the version to write after)."""
@@ -254,7 +261,7 @@ class ObjectStore:
             self._recent = {k: t for k, t in self._recent.items() if now - t < _REPEAT}
         self._recent[said] = now
         event = EventRecorded(event_type=event_type, reason=reason, message=message, source=self.manager)
-        await self._store.append(ref.recorded, event, expected=None)
+        await self._write(ref.recorded, event, None)
 
     async def history(self, ref: Ref) -> list[tuple[Record, dict[str, Any]]]:
         """Every event of the object and every event recorded about it, oldest first."""
@@ -300,7 +307,7 @@ class ObjectStore:
         return _versioned(new, seq)
 
     async def _append(self, ref: Ref, event: Any, version: int) -> int:
-        return await self._store.append(ref.subject, event, expected=version)
+        return await self._write(ref.subject, event, version)
 
 
 def _bare(obj: dict[str, Any]) -> dict[str, Any]:

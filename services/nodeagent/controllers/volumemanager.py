@@ -27,6 +27,7 @@ second looks again at what the first left.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -80,13 +81,32 @@ class VolumeManager:
         self._pods_by_claim: dict[str, set[str]] = {}  # claim key → keys ("pod:ns/name") of pods here using it
         self._claims_by_pv: dict[str, set[str]] = {}  # PV name → claim keys naming it
         self.loop = Loop(f"volume-manager/{node}", self.sync, workers=workers, resync=resync, keys=self.keys)
+        self._starting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # Whatever the disk says may be staged stays in use until UnmountDevice is done.
-        await self.node_object.register([d.unique_name for d in self.paths.devices() if d.unique_name])
+        """Begin in the background, as a kubelet does: the node agent serves its CSI calls
+        at once, and the volume manager starts once the API server (apigw, which writes the
+        Node object for it) has taken the Node's registration."""
+        self._starting = asyncio.create_task(self._register_then_run(), name=f"volume-manager/{self.node}:start")
+
+    async def _register_then_run(self) -> None:
+        # Whatever the disk says may be staged stays in use until UnmountDevice is done:
+        # nothing is reconciled (and so nothing unstaged) before that is on the Node.
+        pause = 0.5
+        while True:
+            try:
+                await self.node_object.register([d.unique_name for d in self.paths.devices() if d.unique_name])
+                break
+            except Exception as exc:  # noqa: BLE001 - the API server away or refusing: ask again, never give up
+                log.warning("volume manager on %s: the Node object could not be registered (%s); again in %.0fs", self.node, exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
         await self.loop.start()
 
     async def stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
         await self.loop.stop()
 
     # -- keys ---------------------------------------------------------------------------

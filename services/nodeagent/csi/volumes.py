@@ -66,6 +66,7 @@ from ..domain.volume import (
     locate,
     stage_fs_type,
 )
+from .iolimits import IoLimiter
 from .limits import VolumeLimit, max_volumes
 from .steps import HostSteps
 
@@ -84,8 +85,11 @@ class NodeApp:
         host: HostStorage,
         *,
         is_published: PublishedCheck | None = None,
+        io: IoLimiter | None = None,
     ) -> None:
-        """``is_published`` None: stage without asking the attacher (a node without a controller in front)."""
+        """``is_published`` None: stage without asking the attacher (a node without a controller in front).
+        ``io`` None: no I/O limits on this node (csi/iolimits.py)."""
+        self._io = io
         self._cfg = cfg
         self._node = cfg.node_id
         self._volumes = volumes
@@ -112,7 +116,7 @@ class NodeApp:
         async with self._locks.hold(cmd.volume_id):
             state = await self._load_settled(cmd.volume_id)
             if state is not None and state.stage_phase == "staging":
-                await self._finish_stage(state)
+                await self._limit(await self._finish_stage(state))
                 return Done()
             # Only a volume staged anew is looked up in the pools; a staged one keeps its image.
             image = self._resolve_image(cmd.volume_id) if state is None or state.stage_phase == "none" else self._image_of(state)
@@ -120,6 +124,7 @@ class NodeApp:
             if intent is None:
                 assert state is not None
                 if await self._steps.stage_intact(state, image):
+                    await self._limit(state)  # A retried stage also brings the limits up to date.
                     return Done()
                 if not image.exists():
                     raise NotFound(f"volume {state.volume_id} has no image at {image}")
@@ -135,7 +140,8 @@ class NodeApp:
             # A volume new to this node needs a loop device: RESOURCE_EXHAUSTED at max_volumes_per_node (limits.py).
             async with self.limit.admit(image):
                 state = await self._append(state, intent)
-                await self._finish_stage(state)
+                state = await self._finish_stage(state)
+            await self._limit(state)
             return Done()
 
     async def limits(self, cmd: GetNodeLimits) -> NodeLimits:
@@ -276,7 +282,13 @@ class NodeApp:
             raise Internal(f"staging volume {state.volume_id} failed: {_reason(exc)}") from exc
         return await self._append(state, VolumeStaged(volume_id=state.volume_id, device=device, formatted=formatted, capacity_bytes=capacity))
 
+    async def _limit(self, state: NodeVolumeState) -> NodeVolumeState:
+        """The volume's current I/O limits on the device it is staged on now."""
+        return state if self._io is None else await self._io.ensure(state)
+
     async def _finish_unstage(self, state: NodeVolumeState) -> None:
+        if self._io is not None:
+            self._io.clear(state)
         try:
             await self._steps.undo_stage(state, self._image_of(state))
         except (StorageError, OSError) as exc:

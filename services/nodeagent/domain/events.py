@@ -109,6 +109,17 @@ class VolumeExpandOnNodeFailed(Event):
     reason: str
 
 
+class VolumeIoLimitsApplied(Event):
+    """The volume's I/O limits, as the provisioner has them, were written for ``device`` in this
+    node's cgroup (``services.nodeagent.csi.iolimits``). One event, no intent: writing the rules
+    is idempotent, and on start every staged volume's limits are written again."""
+
+    type: Literal["VolumeIoLimitsApplied"] = "VolumeIoLimitsApplied"
+    volume_id: str
+    device: str
+    limits: dict[str, int] = Field(default_factory=dict)
+
+
 NodeVolumeEvent = Annotated[
     VolumeStaging
     | VolumeStaged
@@ -122,7 +133,8 @@ NodeVolumeEvent = Annotated[
     | VolumeUnpublished
     | VolumeExpandingOnNode
     | VolumeExpandedOnNode
-    | VolumeExpandOnNodeFailed,
+    | VolumeExpandOnNodeFailed
+    | VolumeIoLimitsApplied,
     Field(discriminator="type"),
 ]
 NODE_VOLUME_EVENTS: TypeAdapter[NodeVolumeEvent] = TypeAdapter(NodeVolumeEvent)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import posixpath
 from typing import Literal
 
+from pydantic import Field
+
 from volplane import volumes
 from volplane.commands import Capability, PublishVolume, StageVolume
 from volplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OperationPending, OutOfRange
@@ -24,6 +26,7 @@ from .events import (
     VolumeExpandedOnNode,
     VolumeExpandingOnNode,
     VolumeExpandOnNodeFailed,
+    VolumeIoLimitsApplied,
     VolumePublished,
     VolumePublishFailed,
     VolumePublishing,
@@ -89,6 +92,9 @@ class NodeVolumeState(Frozen):
     expanding: bool = False
     # The size the device and filesystem were last grown to on this node; 0: not since staging.
     capacity_bytes: int = 0
+    # The I/O limits last written for ``device`` (VolumeIoLimitsApplied); cleared with the stage.
+    io_limits: dict[str, int] = Field(default_factory=dict)
+    io_device: str = ""  # the device they were written for: a device of another stage needs them again
     version: int = 0
 
     def publication(self, target: str) -> Publication | None:
@@ -252,6 +258,7 @@ def evolve(state: NodeVolumeState | None, event: NodeVolumeEvent, seq: int) -> N
             s = s.model_copy(update={
                 "stage_phase": "none", "staging_path": "", "device": "", "fs_type": "", "mount_flags": (),
                 "image": "", "access_type": "mount", "capacity_bytes": 0, "expanding": False,
+                "io_limits": {}, "io_device": "",
             })
         case VolumeUnstaging():
             s = s.model_copy(update={"stage_phase": "unstaging"})
@@ -270,6 +277,8 @@ def evolve(state: NodeVolumeState | None, event: NodeVolumeEvent, seq: int) -> N
             s = s.model_copy(update={"expanding": False, "capacity_bytes": event.capacity_bytes})
         case VolumeExpandOnNodeFailed():
             s = s.model_copy(update={"expanding": False})
+        case VolumeIoLimitsApplied():
+            s = s.model_copy(update={"io_limits": dict(event.limits), "io_device": event.device})
         case _:
             raise TypeError(f"unknown event {event!r}")
     s = s.model_copy(update={"version": seq})

@@ -72,6 +72,9 @@ def find_best_match(claim: Obj, volumes: list[Obj], *, delay: bool, node: Obj | 
             continue
         if node is not None and not node_affinity_allows(obj, node):
             continue
+        # A volume marked for deletion is never handed out (Kubernetes' FindMatchingVolume).
+        if pv.deleting:
+            continue
         ref = pv.claim_ref
         if ref is not None and ref.matches(pvc):
             return obj  # a pre-bound pair is honoured whatever else is on offer
@@ -94,16 +97,19 @@ def find_best_match(claim: Obj, volumes: list[Obj], *, delay: bool, node: Obj | 
 
 
 def satisfies(pv: Obj, claim: Obj) -> str | None:
-    """Why a PV named by a claim's volumeName cannot serve it, or None if it can."""
+    """Why a PV named by a claim's volumeName cannot serve it, or None if it can
+    (Kubernetes' checkVolumeSatisfyClaim, in its order and words)."""
     volume, pvc = PersistentVolume(pv), PersistentVolumeClaim(claim)
-    if volume.volume_mode != pvc.volume_mode:
-        return "volumeMode does not match"
+    if volume.deleting:
+        return f'the volume is marked for deletion "{volume.name}"'
     if volume.capacity < pvc.request:
         return "requested PV is too small"
     if volume.storage_class != pvc.storage_class:
         return "storageClassName does not match"
+    if volume.volume_mode != pvc.volume_mode:
+        return "incompatible volumeMode"
     if not _modes_satisfied(volume, pvc):
-        return "access modes do not match"
+        return "incompatible accessMode"
     return None
 
 

@@ -1,21 +1,31 @@
 """The provisioner's volumes: load → decide → append intent → act on the pool → append result.
 
-    app = ProvisionerApp(volumes, volumes_projection, capacity, snapshots, published_on)
+    app = ProvisionerApp(volumes, volumes_projection, capacity, snapshots, published_on, NodeIoLimits(bus))
     info = await app.create_volume(CreateVolume(name="pvc-1", capabilities=(Capability(),)))
+    await app.modify_volume(ModifyVolume(volume_id=info.volume_id, mutable_parameters={"writeIOPS": "100"}))
 
 ``volumes`` and ``snapshots`` are the aggregates' repositories (``volplane.aggregate``):
 they load, append with the expected version, note the new state and, when another
 writer wins a race, reload and run the handler's step again.
+
+I/O limits (docs/decisions.md, "I/O limits"): ModifyVolume records the volume's new limits
+(VolumeModifying), asks every node the volume may be staged on to apply them to its loop
+device, and records that they did (VolumeModified). A node that stages the volume later asks
+for the limits then, so the log is the one truth. A node that cannot be reached fails the
+call with the intent left in the log: the CO retries ControllerModifyVolume (the
+external-resizer does, with backoff), and the retry carries the same limits again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from volplane import volumes
+from volplane import subjects, volumes
 from volplane.aggregate import Repository
+from volplane.bus import Bus
 from volplane.commands import (
     Capability,
     CapacityInfo,
@@ -27,22 +37,36 @@ from volplane.commands import (
     ExpandVolume,
     GetCapacity,
     GetVolume,
+    IoLimitsApplied,
     ListVolumes,
+    ModifyVolume,
+    SetIoLimits,
     VolumeInfo,
     VolumePage,
 )
 from volplane.errors import (
     Aborted,
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     OutOfRange,
     ResourceExhausted,
+    Unavailable,
     VolplaneError,
 )
 
 from ..adapters.projection import VolumesProjection
-from ..domain.events import SnapshotEvent, VolumeCreated, VolumeCreateFailed, VolumeDeleted, VolumeEvent, VolumeExpanded, VolumeExpandFailed
+from ..domain.events import (
+    SnapshotEvent,
+    VolumeCreated,
+    VolumeCreateFailed,
+    VolumeDeleted,
+    VolumeEvent,
+    VolumeExpanded,
+    VolumeExpandFailed,
+    VolumeModified,
+)
 from ..domain.placement import candidates, choose_pool
 from ..domain.snapshot import SnapshotState
 from ..domain.volume import (
@@ -52,6 +76,7 @@ from ..domain.volume import (
     decide_create,
     decide_delete,
     decide_expand,
+    decide_modify,
     effective_fs_type,
     fs_type_of,
     is_volume_id,
@@ -66,6 +91,22 @@ log = logging.getLogger(__name__)
 # Which nodes a volume is published to (the attacher knows); deleting those is refused.
 PublishedOn = Callable[[str], Awaitable[tuple[str, ...]]]
 
+# How long a node may take to write a volume's limits into its cgroup.
+IO_LIMITS_TIMEOUT_S = 30.0
+
+
+class NodeIoLimits:
+    """Carries a volume's I/O limits to a node over the bus: ``await carry.apply(node, SetIoLimits(...))``."""
+
+    def __init__(self, bus: Bus, timeout: float = IO_LIMITS_TIMEOUT_S) -> None:
+        self._bus = bus
+        self._timeout = timeout
+
+    async def apply(self, node: str, cmd: SetIoLimits) -> bool:
+        """Whether the volume is staged on ``node`` (and now limited there)."""
+        reply = await self._bus.request(subjects.node_command(node, subjects.NODE_IO_LIMITS), cmd, self._timeout)
+        return IoLimitsApplied.model_validate(reply).staged
+
 
 class ProvisionerApp:
     def __init__(
@@ -75,7 +116,10 @@ class ProvisionerApp:
         capacity: Capacity,
         snapshots: Repository[SnapshotState, SnapshotEvent],
         published_on: PublishedOn,
+        io_limits: NodeIoLimits | None = None,
     ) -> None:
+        """``io_limits`` None: limits are recorded and applied only by the nodes that stage later."""
+        self._io_limits = io_limits
         self._volumes = volumes
         self._read = read
         self._published_on = published_on
@@ -87,6 +131,7 @@ class ProvisionerApp:
 
     async def create_volume(self, cmd: CreateVolume) -> VolumeInfo:
         size = _requested_size(cmd)
+        volumes.io_limits(cmd.mutable_parameters)  # InvalidArgument before anything is recorded
         vid = volume_id_for(cmd.name)
         async with self._volumes.locks.hold(vid):
             # Load. A name the runner has not seen is most likely new: it is assumed new,
@@ -112,7 +157,14 @@ class ProvisionerApp:
                     assert intent is not None
                     creating = await self._volumes.append(vid, state, intent)
                     held.confirm(creating.version)
-                return self._info(await self._finish_create(creating))
+                # The limits follow the intent as their own events (VolumeModifying): a crash
+                # between the two leaves a volume without them, which the CO's retry of
+                # CreateVolume completes (``_existing``).
+                creating = await self._record_initial_limits(creating, cmd)
+                done = await self._finish_create(creating)
+                if done.modifying:  # No node can have staged a volume this new: nothing to carry.
+                    done = await self._volumes.append(vid, done, VolumeModified(volume_id=vid))
+                return self._info(done)
 
             return await self._volumes.retry(vid, state, create, what=f"volume {cmd.name!r}")
 
@@ -160,6 +212,24 @@ class ProvisionerApp:
             # Loop devices and filesystems on the node must follow the grown image.
             return ExpandResult(capacity_bytes=done.capacity_bytes, node_expansion_required=True)
 
+    async def modify_volume(self, cmd: ModifyVolume) -> Done:
+        """Record the new limits, have every node the volume is staged on apply them, record that."""
+        if not is_volume_id(cmd.volume_id):
+            volumes.io_limits(cmd.mutable_parameters)  # a bad parameter is InvalidArgument even so
+            raise NotFound(f"volume {cmd.volume_id[:128]!r} does not exist")
+        vid = cmd.volume_id
+
+        async def modify(state: VolumeState | None) -> Done:
+            intent = decide_modify(state, vid, cmd.mutable_parameters)
+            if intent is None:
+                return Done()
+            assert state is not None
+            await self._carry_limits(await self._volumes.append(vid, state, intent))
+            return Done()
+
+        async with self._volumes.locks.hold(vid):
+            return await self._volumes.retry(vid, await self._volumes.load(vid), modify, what=f"volume {vid}")
+
     async def get_volume(self, cmd: GetVolume) -> VolumeInfo:
         state = await self._volumes.load(cmd.volume_id) if is_volume_id(cmd.volume_id) else None
         # A volume being deleted is gone for every new use (publishing it, validating it).
@@ -206,7 +276,21 @@ class ProvisionerApp:
             state = await self._finish_create(state)
         if state.name != cmd.name:
             raise Aborted(f"volume id collision between {cmd.name!r} and {state.name!r}")
+        wanted = {k: v for k, v in volumes.io_limits(cmd.mutable_parameters).items() if v}
+        if wanted != state.limits:
+            if state.modified:
+                raise AlreadyExists(f"volume {cmd.name!r} exists with other mutable parameters")
+            state = await self._record_initial_limits(state, cmd)
+        if state.modifying:
+            state = await self._carry_limits(state)
         return self._info(state)
+
+    async def _record_initial_limits(self, state: VolumeState, cmd: CreateVolume) -> VolumeState:
+        """CreateVolume's mutable parameters as the volume's first limits (nothing when there are none)."""
+        intent = decide_modify(state, state.volume_id, cmd.mutable_parameters) if cmd.mutable_parameters else None
+        if intent is None:
+            return state
+        return await self._volumes.append(state.volume_id, state, intent)
 
     async def _reserve(self, vid: str, cmd: CreateVolume, size: int) -> Reservation:
         """Where a new volume goes, at what size (at least its content source's), with
@@ -243,6 +327,24 @@ class ProvisionerApp:
             await self._volumes.append(vid, state, back)
             raise
         return await self._volumes.append(vid, state, VolumeExpanded(volume_id=vid, capacity_bytes=state.capacity_bytes))
+
+    async def _carry_limits(self, state: VolumeState) -> VolumeState:
+        """Apply the recorded limits on every node the volume may be staged on (those it is
+        published to, and a local pool's own node), then record VolumeModified."""
+        if self._io_limits is not None and state.phase != "creating":
+            pool = self._pools.get(state.pool)
+            nodes = set(await self._published_on(state.volume_id)) | ({pool.node} if pool.kind == "local" and pool.node else set())
+            cmd = SetIoLimits(volume_id=state.volume_id, limits=state.limits)
+            carry = self._io_limits
+            results = await asyncio.gather(*(carry.apply(node, cmd) for node in sorted(nodes)), return_exceptions=True)
+            failed = [(node, r) for node, r in zip(sorted(nodes), results, strict=True) if isinstance(r, BaseException)]
+            if failed:
+                node, exc = failed[0]
+                if not isinstance(exc, Exception):
+                    raise exc
+                # The intent stays in the log without its result: the CO's retry carries it again.
+                raise Unavailable(f"volume {state.volume_id}: node {node} did not apply the new I/O limits: {getattr(exc, 'message', exc)}") from exc
+        return await self._volumes.append(state.volume_id, state, VolumeModified(volume_id=state.volume_id))
 
     async def _finish_delete(self, state: VolumeState) -> None:
         self._pools.get(state.pool).delete(state.volume_id)
@@ -306,6 +408,7 @@ class ProvisionerApp:
             content_source=ContentSource.of(state.content_source),
             abnormal=bool(condition),
             condition=condition,
+            mutable_parameters=volumes.format_io_limits(state.limits),
         )
 
 

@@ -1,6 +1,6 @@
 """Events of the volume aggregate (subject ``vp.ev.volume.<volume_id>``).
 
-An intent (``VolumeCreating``, ``VolumeDeleting``) is recorded before the image file
+An intent (``VolumeCreating``, ``VolumeDeleting``, ``VolumeModifying``) is recorded before the image file
 is touched and a result after, so that on restart an intent without its result is
 finished (see ``services.provisioner.csi.volumes.ProvisionerApp.recover``).
 
@@ -70,8 +70,35 @@ class VolumeDeleted(Event):
     volume_id: str
 
 
+class VolumeModifying(Event):
+    """The intent of new I/O limits (ControllerModifyVolume, or CreateVolume's mutable
+    parameters): ``limits`` is the whole set the volume has from now on, zeros left out.
+    Types of their own, rather than a field on VolumeCreating, so that the stored bytes of
+    the events before them stay what an older reader knows."""
+
+    type: Literal["VolumeModifying"] = "VolumeModifying"
+    volume_id: str
+    limits: dict[str, int] = Field(default_factory=dict)
+
+
+class VolumeModified(Event):
+    """Every node the volume was staged on applied the limits of the last VolumeModifying."""
+
+    type: Literal["VolumeModified"] = "VolumeModified"
+    volume_id: str
+
+
 VolumeEvent = Annotated[
-    VolumeCreating | VolumeCreated | VolumeCreateFailed | VolumeExpanding | VolumeExpanded | VolumeExpandFailed | VolumeDeleting | VolumeDeleted,
+    VolumeCreating
+    | VolumeCreated
+    | VolumeCreateFailed
+    | VolumeExpanding
+    | VolumeExpanded
+    | VolumeExpandFailed
+    | VolumeDeleting
+    | VolumeDeleted
+    | VolumeModifying
+    | VolumeModified,
     Field(discriminator="type"),
 ]
 VOLUME_EVENTS: TypeAdapter[VolumeEvent] = TypeAdapter(VolumeEvent)

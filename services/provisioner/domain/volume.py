@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from volplane import volumes
 from volplane.commands import Capability, CreateVolume
 from volplane.errors import AlreadyExists, InvalidArgument, NotFound, OperationPending
@@ -43,6 +45,8 @@ from .events import (
     VolumeExpanded,
     VolumeExpandFailed,
     VolumeExpanding,
+    VolumeModified,
+    VolumeModifying,
 )
 
 # The volume rules live in volplane.volumes; their names stay importable from here too.
@@ -61,6 +65,7 @@ __all__ = [
     "decide_create",
     "decide_delete",
     "decide_expand",
+    "decide_modify",
     "effective_fs_type",
     "evolve",
     "fs_type_of",
@@ -88,6 +93,13 @@ class VolumeState(Frozen):
     created_at: int
     content_source: StoredContentSource | None = None
     expand_from: int = 0  # the size an expansion in flight started from
+    # The volume's I/O limits (volplane.volumes.io_limits), zeros left out.
+    limits: dict[str, int] = Field(default_factory=dict)
+    # Limits were decided (VolumeModifying) and not yet applied on every node (VolumeModified).
+    modifying: bool = False
+    # Whether limits were ever decided for this incarnation: a retried CreateVolume may
+    # still set its mutable parameters only while this is False.
+    modified: bool = False
 
 
 def minimum_size(cmd: CreateVolume) -> int:
@@ -177,6 +189,19 @@ def decide_expand(state: VolumeState | None, volume_id: str, size: int) -> Volum
     return VolumeExpanding(volume_id=volume_id, capacity_bytes=size, previous_bytes=state.capacity_bytes)
 
 
+def decide_modify(state: VolumeState | None, volume_id: str, parameters: dict[str, str]) -> VolumeModifying | None:
+    """The intent of the limits ``parameters`` lead to, or None when the volume has them
+    already and no modify is pending. Keys not named keep their limits (the CSI spec: no
+    change for an absent key); "0" takes a limit off."""
+    changes = volumes.io_limits(parameters)
+    if state is None or state.phase in ("deleted", "failed", "deleting"):
+        raise NotFound(f"volume {volume_id[:128]!r} does not exist")
+    limits = {k: v for k, v in (state.limits | changes).items() if v}
+    if limits == state.limits and not state.modifying:
+        return None
+    return VolumeModifying(volume_id=state.volume_id, limits=limits)
+
+
 def evolve(state: VolumeState | None, event: VolumeEvent, seq: int) -> VolumeState | None:
     match event:
         case VolumeCreating():
@@ -210,4 +235,10 @@ def evolve(state: VolumeState | None, event: VolumeEvent, seq: int) -> VolumeSta
         case VolumeDeleted():
             assert state is not None
             return state.model_copy(update={"phase": "deleted", "version": seq})
+        case VolumeModifying():
+            assert state is not None
+            return state.model_copy(update={"limits": dict(event.limits), "modifying": True, "modified": True, "version": seq})
+        case VolumeModified():
+            assert state is not None
+            return state.model_copy(update={"modifying": False, "version": seq})
     raise TypeError(f"unknown event {event!r}")
