@@ -171,10 +171,13 @@ def test_a_watch_of_the_resource_api_is_a_server_span_in_the_callers_trace(trace
     with grpc.insecure_channel(traced.api_endpoint) as channel:
         stub = resources_pb2_grpc.ResourcesStub(channel)
         _apply(stub, {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name}, "provisioner": "csi.volplane.io"})
-        stream = stub.Watch(pb.WatchRequest(kind="StorageClass", name=name), metadata=metadata, timeout=TIMEOUT)
+        # A short deadline ends the stream on the server's side, and the span with it.
+        stream = stub.Watch(pb.WatchRequest(kind="StorageClass", name=name), metadata=metadata, timeout=3)
         first = next(stream)
         assert first.type == "ADDED" and json.loads(first.object.json)["metadata"]["name"] == name
-        stream.cancel()  # the span ends with the stream
+        with pytest.raises(grpc.RpcError) as ended:
+            next(stream)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     spans = _wait_for(receiver[0], trace_id, {"volplane-apigw"}, {"volplane.v1.Resources/Watch"})
     _connected(spans, root)
     watch = next(s for _, s in spans if s.name == "volplane.v1.Resources/Watch")
