@@ -207,14 +207,20 @@ def test_a_claim_applied_is_one_trace_through_the_control_loops_to_create_volume
                 {"volplane.v1.Resources/Apply", "pv-controller-claims sync", "external-provisioner-claims sync", "csi.v1.Controller/CreateVolume",
                  "vp.cmd.provisioner.create_volume process"},
             )
-            # One client span (the external provisioner, through csiclient) and apigw's server span under it;
-            # the client's ends (and is exported) after the server's.
+            # A client span (the external provisioner, through csiclient) and apigw's server span under it.
+            # Each service exports in its own batches, on its own schedule: either may arrive first.
             def create(svc: str, kind: int) -> list[trace_pb2.Span]:
                 return [x for v, x in receiver[0].trace(trace_id) if x.name == "csi.v1.Controller/CreateVolume" and v == svc and x.kind == kind]
 
-            _until(lambda: create("volplane-provisioner", trace_pb2.Span.SPAN_KIND_CLIENT), "the provisioner's CreateVolume client span", timeout=20)
-            client, server = create("volplane-provisioner", trace_pb2.Span.SPAN_KIND_CLIENT)[0], create("volplane-apigw", trace_pb2.Span.SPAN_KIND_SERVER)[0]
-            assert server.parent_span_id == client.span_id
+            def pair() -> tuple[trace_pb2.Span, trace_pb2.Span] | None:
+                clients = {c.span_id: c for c in create("volplane-provisioner", trace_pb2.Span.SPAN_KIND_CLIENT)}
+                return next(((clients[s.parent_span_id], s) for s in create("volplane-apigw", trace_pb2.Span.SPAN_KIND_SERVER)
+                             if s.parent_span_id in clients), None)
+
+            _until(lambda: pair() is not None, "the provisioner's CreateVolume client span and apigw's server span under it", timeout=20)
+            found = pair()
+            assert found is not None
+            client, _server = found
             assert _attributes(client)["rpc.method"] == "CreateVolume" and _attributes(client)["rpc.grpc.status_code"] == 0
             _wait_for(
                 receiver[0], trace_id, {"volplane-apigw", "volplane-provisioner", "volplane-attacher", "volplane-nodeagent"},
