@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GEN    := volplane/csi
 STUBS  := $(GEN)/csi_pb2.py $(GEN)/csi_pb2_grpc.py $(GEN)/resources_pb2.py $(GEN)/resources_pb2_grpc.py
 
-.PHONY: all install proto run test lint unit integration bench bench-controlplane bench-qos chaos rebuild clean distclean
+.PHONY: all install proto run test lint unit integration bench bench-controlplane bench-qos bench-restart chaos rebuild clean distclean
 
 all: install proto
 
@@ -57,6 +57,10 @@ bench-qos: install proto
 # N claims + N pods through the standalone control plane until every volume is mounted (root).
 bench-controlplane: install proto
 	$(BIN)/python -m bench.controlplane_bench $(BENCH_ARGS)
+
+# Each service's restart until healthy, on an empty log and on one with 1,000,000 object events.
+bench-restart: install proto
+	$(BIN)/python -m bench.restart_bench $(BENCH_ARGS)
 
 # kill -9 at randomized points of every step (CSI calls, then the control plane's loops), per
 # victim (the step's service, apigw, nats-server, redis-server); root. CHAOS_ARGS="--suite cp --trials 1"

@@ -8,6 +8,8 @@ they need; generated once under ``run/`` (mode 0600) and reused by every later r
     creds.nats_url(user_of("nodeagent", "node-2", "node-1"), port)   # nats://nodeagent-node-2:…@127.0.0.1:port
     creds.redis_url(port, "provisioner")              # redis://provisioner:…@127.0.0.1:port/0
     creds.redis_acl()                                 # an ACL file for redis-server
+    redis_rules(shared_node_identities())["nodeagent"]   # ["resetchannels", "~vp:node:*:*", …, "-@all", "+@read", …]: a user's ACL rules
+    creds.nats_config(port, store_dir, tls=certs.server(), cluster=NatsCluster("vp", 6222, routes))   # with TLS
 
 A deployment with its own servers (NATS_URL / REDIS_URL) brings its own credentials;
 deploy/ shows how. Identities and their rights come from the catalog of deployables
@@ -29,11 +31,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from access.tls import ServerTls
 from services import catalog
 from services.catalog import CATALOG, Rights
 from volplane import subjects
 
-__all__ = ["ADMIN", "PERMISSIONS", "REBUILD", "REDIS_USER", "USERS", "Credentials", "identities", "inbox_prefix", "user_of"]
+__all__ = ["ADMIN", "PERMISSIONS", "REBUILD", "REDIS_USER", "USERS", "Credentials", "NatsCluster", "identities", "inbox_prefix", "redis_acl_file", "redis_rules", "user_of"]
 
 ADMIN = "admin"  # NATS: the launcher, `make rebuild` and tests — everything, the stream's setup included
 REDIS_USER = "volplane"  # Redis: the operator's (the launcher's tests): every vp: key, no server configuration
@@ -100,10 +103,16 @@ def identities(nodes: Sequence[str] = DEFAULT_NODES) -> dict[str, Rights]:
 def shared_node_identities() -> dict[str, Rights]:
     """The users of a deployment that cannot hand every node its own credentials up front
     (the Helm chart: a DaemonSet's pods share one Secret): one user per service, its node
-    subjects open to every node (``*``). A node there could act for another node — the
-    per-node users of ``identities`` close that, and need credentials issued per node
-    (docs/security.md)."""
-    return {d.name: d.rights("*") if d.per_node else d.rights() for d in CATALOG}
+    subjects open to every node (``*``), and for an entry with a node plugin (apigw) a
+    ``<name>-node`` user with only the plugin's rights, so that a node's plugin cannot act
+    as the controller. A node there could act for another node — the per-node users of
+    ``identities`` close that, and need credentials issued per node (docs/security.md)."""
+    out: dict[str, Rights] = {}
+    for d in CATALOG:
+        out[d.name] = d.rights("*") if d.per_node else d.rights()
+        if d.per_node and d.node_publish:
+            out[f"{d.name}-node"] = d.rights("*", plugin_only=True)
+    return out
 
 
 def nats_permissions(users: Mapping[str, Rights]) -> dict[str, tuple[list[str], list[str]]]:
@@ -127,8 +136,51 @@ def _quote(text: str) -> str:
     return json.dumps(text)
 
 
+@dataclass(frozen=True)
+class NatsCluster:
+    """This nats-server's part in a cluster: its name, the port its routes listen on, and
+    the other members' route URLs (``nats-route://host:port``). With ``tls`` given to
+    ``nats_config``, routes use it too: both ends present the servers' certificate and
+    check the other's against the CA, so only the CA's servers join."""
+
+    name: str
+    port: int
+    routes: tuple[str, ...] = ()
+    server_name: str = ""  # JetStream's name for this member; unique in the cluster
+    host: str = "127.0.0.1"
+
+
 def _redis_users(nodes: Sequence[str]) -> list[str]:
     return [u for u, r in identities(nodes).items() if r.redis_keys] + [REBUILD]
+
+
+def redis_rules(users: Mapping[str, Rights]) -> dict[str, list[str]]:
+    """user → its Redis ACL rules, the password left out: each user of ``users`` that keeps
+    read models (its own key patterns, the commands read models need, never a server
+    command), and the rebuild tool (every vp: key, SCAN to drop them). ``make run``'s ACL
+    file, compose's and the chart's users (charts/volplane/files/redis-acl.json) are these."""
+    out: dict[str, list[str]] = {}
+    for user, rights in users.items():
+        if not rights.redis_keys:
+            continue
+        scan = "" if "vp:quarantine:*" in rights.redis_keys else _REDIS_NO_SCAN
+        out[user] = ["resetchannels", *("~" + k for k in rights.redis_keys), *(_REDIS_SERVICE + scan).split()]
+    out[REBUILD] = ["resetchannels", "~vp:*", *_REDIS_REBUILD.split()]
+    return out
+
+
+def redis_acl_file(passwords: Mapping[str, str], rules: Mapping[str, Sequence[str]]) -> str:
+    """An ACL file for redis-server: the default user off, each user of ``passwords`` on,
+    with that password and its ``rules``.
+
+        redis_acl_file({"attacher": pw}, redis_rules(identities()))   # "user default off\nuser attacher on >… ~vp:nodes …"
+    """
+    for user, password in passwords.items():
+        # One token each in the file: a space would end the password, and an empty one is no password.
+        if not password or any(c.isspace() for c in password):
+            raise ValueError(f"Redis user {user!r}: a password must be non-empty and without whitespace")
+    lines = ["user default off", *(f"user {user} on >{password} {' '.join(rules[user])}" for user, password in passwords.items())]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -163,14 +215,19 @@ class Credentials:
                 json.dump(stored, f)
         return creds
 
-    def nats_url(self, user: str, port: int) -> str:
-        return f"nats://{user}:{self.nats[user]}@127.0.0.1:{port}"
+    def nats_url(self, user: str, port: int, tls: bool = False) -> str:
+        """``user``'s URL; ``tls``: ``tls://``, which connects with TLS only."""
+        return f"{'tls' if tls else 'nats'}://{user}:{self.nats[user]}@127.0.0.1:{port}"
 
-    def redis_url(self, port: int, user: str = REDIS_USER) -> str:
+    def redis_url(self, port: int | Path, user: str = REDIS_USER, tls: bool = False) -> str:
+        """``user``'s URL for a server on a loopback ``port`` (``tls``: ``rediss://``), or on a
+        unix socket at a path."""
         password = self.redis_password if user == REDIS_USER else self.redis[user]
-        return f"redis://{user}:{password}@127.0.0.1:{port}/0"
+        if isinstance(port, Path):
+            return f"unix://{user}:{password}@{port}?db=0"
+        return f"{'rediss' if tls else 'redis'}://{user}:{password}@127.0.0.1:{port}/0"
 
-    def nats_config(self, port: int, store_dir: Path) -> str:
+    def nats_config(self, port: int, store_dir: Path, tls: ServerTls | None = None, cluster: NatsCluster | None = None) -> str:
         rights = identities(self.nodes)
         users = []
         for user, password in self.nats.items():
@@ -182,22 +239,26 @@ class Credentials:
                 f"    {{ user: {_quote(user)}, password: {_quote(password)}, permissions: {{ "
                 f"publish: {json.dumps(pub)}, subscribe: {json.dumps(sub)} }} }}"
             )
-        return (
-            f"listen: 127.0.0.1:{port}\n"
-            f"jetstream {{ store_dir: {_quote(str(store_dir))} }}\n"
-            "authorization {\n  users: [\n" + ",\n".join(users) + "\n  ]\n}\n"
-        )
+        text = f"listen: 127.0.0.1:{port}\n"
+        if tls is not None:
+            # Client connections: TLS only, and (verify) a client certificate of the CA.
+            text += tls.nats_block() + "\n"
+        text += f"jetstream {{ store_dir: {_quote(str(store_dir))} }}\n"
+        if cluster is not None:
+            text += _cluster_block(cluster, tls)
+        return text + "authorization {\n  users: [\n" + ",\n".join(users) + "\n  ]\n}\n"
 
     def redis_acl(self) -> str:
         """An ACL file: the default user is off; each service's user may touch its own
         keys with the commands read models need; the rebuild tool every vp: key."""
-        rights = identities(self.nodes)
-        lines = ["user default off", f"user {REDIS_USER} on >{self.redis_password} resetchannels ~vp:* {_REDIS_ADMIN}"]
-        for user, password in self.redis.items():
-            if user == REBUILD:
-                lines.append(f"user {REBUILD} on >{password} resetchannels ~vp:* {_REDIS_REBUILD}")
-                continue
-            keys = rights[user].redis_keys
-            scan = "" if "vp:quarantine:*" in keys else _REDIS_NO_SCAN
-            lines.append(f"user {user} on >{password} resetchannels {' '.join('~' + k for k in keys)} {_REDIS_SERVICE}{scan}")
-        return "\n".join(lines) + "\n"
+        rules = {REDIS_USER: ["resetchannels", "~vp:*", *_REDIS_ADMIN.split()], **redis_rules(identities(self.nodes))}
+        return redis_acl_file({REDIS_USER: self.redis_password, **self.redis}, rules)
+
+
+def _cluster_block(cluster: NatsCluster, tls: ServerTls | None) -> str:
+    head = f"server_name: {_quote(cluster.server_name)}\n" if cluster.server_name else ""
+    routes = ", ".join(_quote(r) for r in cluster.routes)
+    body = f"  name: {_quote(cluster.name)}\n  listen: {cluster.host}:{cluster.port}\n  routes: [{routes}]\n"
+    if tls is not None:
+        body += "  " + tls.nats_block() + "\n"
+    return head + "cluster {\n" + body + "}\n"

@@ -5,13 +5,15 @@ Starts its own stack (own nats-server and redis-server, temporary directory), th
 - controller: CreateVolume+DeleteVolume pairs, 1 and 16 concurrent clients, at least 300
   pairs each, first with no other volumes and then with 10,000 existing ones;
 - node (root only): NodeStage+NodePublish+NodeUnpublish+NodeUnstage cycles on real loop
-  devices and mounts, for filesystem and block volumes, 1 and 16 clients;
+  devices and mounts, for filesystem and block volumes, 1 and 16 clients, with the CPU the
+  node agent spent per cycle and its resident memory after the case;
 - snapshot: CreateSnapshot+DeleteSnapshot pairs, 1 and 16 clients;
 
 and prints operations/s and p50/p99 latency for each case.
 
     make bench                                        # everything
     make bench BENCH_ARGS="--suite node --cycles 100"
+    VOLPLANE_TLS=off make bench BENCH_ARGS="--suite controller --existing 0"   # NATS without TLS, to compare
 """
 
 from __future__ import annotations
@@ -84,11 +86,14 @@ def _row(label: str, clients: int, elapsed: float, lat: list[float]) -> str:
     return f"{label:<18}{clients:>8}{len(lat):>8}{len(lat) / elapsed:>10.0f}{q[49] * 1000:>10.2f}{q[98] * 1000:>10.2f}"
 
 
-async def _parallel(clients: int, total: int, make_worker_state, step) -> tuple[float, list[float]]:
-    """Run ``total`` steps over ``clients`` workers, each with its own state; time each step."""
+async def _parallel(clients: int, total: int, make_worker_state, step, started=None) -> tuple[float, list[float]]:
+    """Run ``total`` steps over ``clients`` workers, each with its own state; time each step.
+    ``started`` is called when the timing starts (after the workers are made and warm)."""
     states = [await make_worker_state(i) for i in range(clients)]
     for st in states:  # Warm each worker outside the timing.
         await step(st, -1)
+    if started is not None:
+        started()
     remaining = iter(range(total))
     latencies: list[float] = []
 
@@ -105,7 +110,8 @@ async def _parallel(clients: int, total: int, make_worker_state, step) -> tuple[
 
 async def node_suite(stack: Stack, args: argparse.Namespace, root: Path) -> None:
     """Stage/publish/unpublish/unstage cycles on volumes published to the stack's node."""
-    print(f"\n{'node cycles':<18}{'clients':>8}{'cycles':>8}{'cycles/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"\n{'node cycles':<18}{'clients':>8}{'cycles':>8}{'cycles/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'agent CPU ms':>14}{'agent RSS MiB':>15}")
+    agent = stack.procs["nodeagent"].pid
     async with grpc.aio.insecure_channel(stack.csi_endpoint) as ch:
         ctl, node = rpc.ControllerStub(ch), rpc.NodeStub(ch)
         node_id = (await node.NodeGetInfo(csi.NodeGetInfoRequest())).node_id
@@ -132,11 +138,28 @@ async def node_suite(stack: Stack, args: argparse.Namespace, root: Path) -> None
                     await node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(volume_id=vid, target_path=target))
                     await node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vid, staging_target_path=staging))
 
-                elapsed, lat = await _parallel(clients, args.cycles, prepare, cycle)
-                print(_row(kind, clients, elapsed, lat), flush=True)
+                cpu_at_start: list[float] = []
+                elapsed, lat = await _parallel(clients, args.cycles, prepare, cycle, lambda at=cpu_at_start: at.append(_cpu_seconds(agent)))
+                cpu_ms = (_cpu_seconds(agent) - cpu_at_start[0]) * 1000 / len(lat)
+                print(f"{_row(kind, clients, elapsed, lat)}{cpu_ms:>14.1f}{_rss_bytes(agent) / 2**20:>15.0f}", flush=True)
                 for vid in made:
                     await ctl.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(volume_id=vid, node_id=node_id))
                     await ctl.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vid))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, its children's included (mkfs,
+    blkid): ``/proc/<pid>/stat`` fields 14–17."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of a process now (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 async def snapshot_suite(stack: Stack, args: argparse.Namespace) -> None:

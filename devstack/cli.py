@@ -128,8 +128,13 @@ def _install(replicas: int) -> int:
     if not url:
         print("volplane install: set NATS_URL to the administrator's URL (nats://admin:<password>@host:4222)", file=sys.stderr)
         return 2
+    from volplane.clients import nats_tls
+    from volplane.config import Config
+
+    # NATS_URL and the TLS settings (VOLPLANE_TLS_CA, …) read and checked as a service reads them.
+    tls = nats_tls(Config.from_env_or_exit("volplane install"))
     try:
-        asyncio.run(ensure_event_log(url, replicas=replicas))
+        asyncio.run(ensure_event_log(url, replicas=replicas, tls=tls))
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback: the Job's log is what an operator reads
         print(f"volplane install: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,14 @@ It creates (or upgrades) the event log's stream itself, as the administrator, be
 service starts: no service's credentials allow it. Each process connects as its own
 identity (``access.credentials``): a service, or a node's nodeagent or node plugin.
 
+On the wire (``access.tls``, docs/security.md): its nats-server speaks TLS only, with the
+certificates of a CA of its own under ``run/tls`` (made once, 0600), and requires each
+client's certificate; every process gets ``tls://`` and ``VOLPLANE_TLS_CA`` /
+``VOLPLANE_TLS_CERT`` / ``VOLPLANE_TLS_KEY``. Its redis-server — the pip package's, built
+without TLS — listens on a unix socket only, in ``run/redis`` (0700). ``VOLPLANE_REDIS_SERVER``
+names a redis-server built with TLS to serve TLS on loopback instead; ``VOLPLANE_TLS=off``
+turns TLS off (to compare, ``make bench``).
+
     stack = Stack(Path("run")); stack.start(); ...; stack.stop()
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,12 +37,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from access.credentials import REBUILD, Credentials, user_of
+from access.credentials import ADMIN, REBUILD, Credentials, user_of
+from access.tls import Certificates
 from devstack.embedded import EmbeddedServer, free_port, with_parent
 from services import catalog
 from services.catalog import CATALOG, Deployable
 from volplane import discovery
-from volplane.clients import answers, connect_once, redact
+from volplane.clients import answers, client_tls, connect_once, redact
+from volplane.config import Config, ConfigError
 from volplane.eventstore import EventStore
 
 __all__ = ["Stack", "ensure_event_log", "main"]
@@ -55,6 +66,7 @@ class Stack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # process name → host:port of /metrics
     creds: Credentials | None = None
+    certs: Certificates | None = None  # our servers' CA and certificates (run/tls), when they speak TLS
     event_log_ready: bool = False  # the stream exists, made or upgraded by us as admin
 
     def __post_init__(self) -> None:
@@ -67,6 +79,10 @@ class Stack:
         base.setdefault("VOLPLANE_NODE_ID", "node-1")
         base.setdefault("VOLPLANE_SHARED_POOL_DIR", str(self.run_dir / "pools" / "shared"))
         self.env = base
+        # The launcher's own two settings, checked as every process checks its variables.
+        own = Config.from_env({k: base[k] for k in ("VOLPLANE_TLS", "VOLPLANE_REDIS_SERVER") if k in base})
+        self.tls_wanted, self.redis_server = own.embedded_tls, own.embedded_redis_server
+        self._tls_context: ssl.SSLContext | None = None
         first = self.node_id
         self.node_ids = [first] + [f"node-{i}" for i in range(2, self.nodes + 1) if f"node-{i}" != first]
         self.services: list[str] = [d.name for d in CATALOG if not d.per_node]
@@ -124,10 +140,19 @@ class Stack:
         # service and per node with only the subjects and keys it needs.
         embedded = "NATS_URL" not in self.env or "REDIS_URL" not in self.env
         self.creds = Credentials.load_or_create(self.run_dir, nodes=self.node_ids) if embedded else None
+        # TLS with a CA of our own when the nats-server is ours: a server of yours comes with
+        # your CA (VOLPLANE_TLS_CA), which ours would replace.
+        if self.tls_wanted and "NATS_URL" not in self.env:
+            self.certs = Certificates.load_or_create(self.run_dir / "tls")
+        server_tls = self.certs.server() if self.certs is not None else None
         if "NATS_URL" not in self.env:
-            self.nats = EmbeddedServer.nats(self.run_dir / "nats", creds=self.creds)
+            self.nats = EmbeddedServer.nats(self.run_dir / "nats", creds=self.creds, tls=server_tls)
         if "REDIS_URL" not in self.env:
-            self.redis = EmbeddedServer.redis(self.run_dir / "redis", creds=self.creds)
+            # The pip package's redis-server has no TLS: a unix socket only, unless told of one with TLS.
+            self.redis = EmbeddedServer.redis(self.run_dir / "redis", creds=self.creds, unix=self.redis_server is None,
+                                              tls=server_tls if self.redis_server is not None else None, binary=self.redis_server)
+        if self.certs is not None:
+            self.env.update(self.certs.client_env())
         for server in (self.nats, self.redis):
             if server is not None:
                 server.start()
@@ -136,13 +161,40 @@ class Stack:
         if self.redis:
             self.env["REDIS_URL"] = self.redis.url
 
+    def client_tls(self) -> ssl.SSLContext | None:
+        """The TLS context a client of our servers needs (our CA, our client certificate),
+        or None when they speak plaintext: ``nats.connect(url, tls=stack.client_tls())``."""
+        if self.certs is None:
+            return None
+        if self._tls_context is None:
+            self._tls_context = client_tls(self.certs.ca, self.certs.client_cert, self.certs.client_key)
+        return self._tls_context
+
+    def nats_url_of(self, user: str = ADMIN) -> str:
+        """``user``'s URL for our nats-server (``tls://`` when it speaks TLS)."""
+        if self.nats is None or self.creds is None:
+            return self.env["NATS_URL"]
+        return self.creds.nats_url(user, self.nats.port, tls=self.certs is not None)
+
+    def redis_url_of(self, user: str) -> str:
+        """``user``'s URL for our redis-server (a unix socket, or ``rediss://`` with TLS)."""
+        if self.redis is None or self.creds is None:
+            return self.env["REDIS_URL"]
+        return self.redis.url_of(self.creds, user)
+
     @property
     def tool_redis_url(self) -> str:
         """The Redis URL for tools started beside the stack (``make rebuild``): the rebuild
         tool's own user on our own server, which may drop and rewrite vp: keys only."""
-        if self.redis is not None and self.creds is not None:
-            return self.creds.redis_url(self.redis.port, REBUILD)
-        return self.env["REDIS_URL"]
+        return self.redis_url_of(REBUILD)
+
+    def running_stack(self) -> discovery.RunningStack:
+        """What tools started beside us (``make rebuild``) need to find our servers, for
+        ``discovery.publish``: the admin's NATS URL, the rebuild tool's Redis URL, our TLS files."""
+        return discovery.RunningStack(
+            nats_url=self.env["NATS_URL"], redis_url=self.tool_redis_url, pid=os.getpid(),
+            csi_endpoint=self.csi_endpoint, api_endpoint=self.api_endpoint, metrics=dict(self.metrics),
+            tls=self.certs.client_env() if self.certs is not None else {})
 
     def start(self, timeout: float = 60.0) -> None:
         self.start_servers()
@@ -154,7 +206,7 @@ class Stack:
         """Create or upgrade the event log's stream as the administrator: done once,
         before the first service starts (no service may do it)."""
         if not self.event_log_ready:
-            asyncio.run(ensure_event_log(self.env["NATS_URL"]))
+            asyncio.run(ensure_event_log(self.env["NATS_URL"], tls=self.client_tls()))
             self.event_log_ready = True
 
     def start_service(self, name: str) -> None:
@@ -164,11 +216,10 @@ class Stack:
         env = dict(self.env, VOLPLANE_NODE_ID=node, VOLPLANE_METRICS_ADDR=self.metrics[name])
         user = user_of(service.name, node, self.node_id)
         if self.nats is not None and self.creds is not None:
-            env["NATS_URL"] = self.creds.nats_url(user, self.nats.port)  # this process's own identity
+            env["NATS_URL"] = self.nats_url_of(user)  # this process's own identity
         if self.redis is not None and self.creds is not None:
             # Its own Redis user; a process that keeps no read model (a node plugin) gets none.
-            own = user in self.creds.redis
-            env["REDIS_URL"] = self.creds.redis_url(self.redis.port, user) if own else f"redis://127.0.0.1:{self.redis.port}/0"
+            env["REDIS_URL"] = self.redis_url_of(user) if user in self.creds.redis else _without_user(self.redis.url)
         if "#" in name:
             env["VOLPLANE_CSI_ENDPOINT"] = self.replica_endpoint(name)
             env["VOLPLANE_API_ENDPOINT"] = self.replica_endpoint(name, api=True)
@@ -239,16 +290,23 @@ class Stack:
                     return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
             except grpc.RpcError:
                 return False
-        return asyncio.run(answers(self.env["NATS_URL"], service.health_subject(node)))
+        return asyncio.run(answers(self.env["NATS_URL"], service.health_subject(node), tls=self.client_tls()))
 
 
-async def ensure_event_log(url: str, *, replicas: int = 1) -> None:
+def _without_user(url: str) -> str:
+    """``url`` with no user or password in it."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('@', 1)[1]}" if "@" in rest else url
+
+
+async def ensure_event_log(url: str, *, replicas: int = 1, tls: ssl.SSLContext | None = None) -> None:
     """Create or upgrade the event log's stream, as the administrator (``url``'s user):
-    the install step — ``make run`` runs it before any service, a deployment as a job:
+    the install step — ``make run`` runs it before any service, a deployment as a job
+    (``volplane install``, which reads the TLS settings as a service does):
 
         python -c 'import asyncio, os; from devstack.launcher import ensure_event_log; asyncio.run(ensure_event_log(os.environ["NATS_URL"]))'
     """
-    nc = await connect_once(url)
+    nc = await connect_once(url, tls=tls)
     try:
         await EventStore(nc.jetstream(timeout=10)).ensure_stream(replicas=replicas)
     finally:
@@ -256,7 +314,11 @@ async def ensure_event_log(url: str, *, replicas: int = 1) -> None:
 
 
 def main() -> None:
-    stack = Stack(Path(os.environ.get("VOLPLANE_RUN_DIR", "run")), nodes=int(os.environ.get("NODES", "1")))
+    try:
+        stack = Stack(Path(os.environ.get("VOLPLANE_RUN_DIR", "run")), nodes=int(os.environ.get("NODES", "1")))
+    except ConfigError as exc:
+        print(f"volplane failed to start: {exc}", file=sys.stderr)
+        sys.exit(2)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -268,14 +330,14 @@ def main() -> None:
     try:
         stack.start()
         # Tools started by hand beside us (make rebuild, benches) find our servers here.
-        discovery.publish(stack.run_dir, discovery.RunningStack(
-            nats_url=stack.env["NATS_URL"], redis_url=stack.tool_redis_url, pid=os.getpid(),
-            csi_endpoint=stack.csi_endpoint, api_endpoint=stack.api_endpoint, metrics=dict(stack.metrics)))
+        discovery.publish(stack.run_dir, stack.running_stack())
         print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  resource API: {stack.api_endpoint} (volctl)\n  node id:      {stack.node_id}")
         for node in stack.node_ids[1:]:
             print(f"  node {node}: {stack.endpoint_of(node)} (Identity and Node services)")
         secret = " (credentials in run/credentials.json)" if stack.creds else ""
         print(f"  NATS:         {redact(stack.env['NATS_URL'])}{secret}\n  Redis:        {redact(stack.env['REDIS_URL'])}")
+        if stack.certs is not None:
+            print(f"  TLS:          CA and certificates in {stack.certs.dir} (VOLPLANE_TLS=off to turn off)")
         print(f"  logs:         {stack.run_dir / 'logs'}")
         print("  metrics:      " + ", ".join(f"{n} http://{a}/metrics" for n, a in stack.metrics.items()))
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):

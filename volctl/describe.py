@@ -86,11 +86,24 @@ def _source(spec: Obj) -> Lines:
     return lines
 
 
+def _conditions(obj: Obj) -> Lines:
+    """kubectl's Conditions table of a claim: type, status, times, reason, message."""
+    conditions = dig(obj, "status", "conditions", default=[])
+    if not conditions:
+        return []
+    lines = ["Conditions:", "  Type\tStatus\tLastProbeTime\tLastTransitionTime\tReason\tMessage",
+             "  ----\t------\t-----------------\t------------------\t------\t-------"]
+    for c in conditions:
+        lines.append("  " + "\t".join(cell(str(c.get(k) or "")) for k in ("type", "status", "lastProbeTime", "lastTransitionTime", "reason", "message")))
+    return lines
+
+
 def _pv(pv: Obj, pods: list[Obj]) -> Lines:
     spec = pv.get("spec") or {}
     ref = spec.get("claimRef")
     return [
         f"StorageClass:\t{spec.get('storageClassName', '')}",
+        *([f"VolumeAttributesClass:\t{spec['volumeAttributesClassName']}"] if spec.get("volumeAttributesClassName") else []),
         f"Status:\t{phase_of(pv)}",
         f"Claim:\t{ref.get('namespace', '')}/{ref.get('name', '')}" if ref else "Claim:\t",
         f"Reclaim Policy:\t{spec.get('persistentVolumeReclaimPolicy', '')}",
@@ -109,13 +122,21 @@ def _pvc(pvc: Obj, pods: list[Obj]) -> Lines:
     users = [p["metadata"]["name"] for p in pods if any(claim == name for _, claim in pod_claims(p))]
     return [
         f"StorageClass:\t{claim_class(pvc)}",
+        *_attributes_class(pvc),
         f"Status:\t{phase_of(pvc)}",
         f"Volume:\t{spec.get('volumeName', '')}",
         f"Capacity:\t{dig(pvc, 'status', 'capacity', 'storage', default='')}",
         f"Access Modes:\t{modes(dig(pvc, 'status', 'accessModes'))}",
         f"VolumeMode:\t{spec.get('volumeMode', '')}",
         *_multiline("Used By", sorted(users)),
+        *_conditions(pvc),
     ]
+
+
+def _attributes_class(pvc: Obj) -> Lines:
+    """kubectl's line for the class a claim asks for (none when it names none)."""
+    asked = dig(pvc, "spec", "volumeAttributesClassName")
+    return [f"VolumeAttributesClass:\t{asked}"] if asked else []
 
 
 def _sc(sc: Obj, pods: list[Obj]) -> Lines:
@@ -131,6 +152,11 @@ def _sc(sc: Obj, pods: list[Obj]) -> Lines:
     lines += ["MountOptions:", *(f"  {o}" for o in options)] if options else ["MountOptions:\t<none>"]
     lines += [f"ReclaimPolicy:\t{sc.get('reclaimPolicy', 'Delete')}", f"VolumeBindingMode:\t{sc.get('volumeBindingMode', 'Immediate')}"]
     return lines
+
+
+def _vac(vac: Obj, pods: list[Obj]) -> Lines:
+    params = ",".join(f"{k}={v}" for k, v in sorted((vac.get("parameters") or {}).items()))
+    return [f"DriverName:\t{vac.get('driverName', '')}", f"Parameters:\t{params or '<none>'}"]
 
 
 def _pod(pod: Obj, pods: list[Obj]) -> Lines:
@@ -161,8 +187,15 @@ def _yaml(value: Any) -> str:
 
 
 def _generic(obj: Obj, pods: list[Obj]) -> Lines:
-    """The kinds without a describer of their own: spec and status as indented YAML."""
+    """The kinds without a describer of their own: top-level fields (a snapshot class's
+    driver, deletionPolicy, parameters), then spec and status as indented YAML."""
     lines: Lines = []
+    for key in sorted(k for k in obj if k not in ("apiVersion", "kind", "metadata", "spec", "status")):
+        value = obj[key]
+        if isinstance(value, dict | list):
+            lines += [f"{key}:", *(f"  {line}" for line in _yaml(value).splitlines())] if value else [f"{key}:\t<none>"]
+        else:
+            lines.append(f"{key}:\t{cell(str(value))}")
     for part in ("spec", "status"):
         if obj.get(part):
             lines += [f"{part.capitalize()}:", *(f"  {line}" for line in _yaml(obj[part]).splitlines())]
@@ -173,6 +206,7 @@ _BODY: dict[str, Callable[[Obj, list[Obj]], Lines]] = {
     "PersistentVolume": _pv,
     "PersistentVolumeClaim": _pvc,
     "StorageClass": _sc,
+    "VolumeAttributesClass": _vac,
     "Pod": _pod,
 }
 

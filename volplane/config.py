@@ -128,6 +128,14 @@ def _path(value: Any) -> Path:
     raise _problem("path", "is not a path")
 
 
+def _file(value: Any) -> Path:
+    """A file that is there to read when the process starts (a certificate, a key)."""
+    path = _path(value)
+    if not path.is_file():
+        raise _problem("file", "is not a file (a PEM certificate or key is expected there)")
+    return path
+
+
 def _path_roots(value: Any) -> tuple[Path, ...]:
     if isinstance(value, tuple):
         return value
@@ -226,6 +234,7 @@ def _group(value: Any) -> str:
 
 Quantity = Annotated[int, BeforeValidator(_quantity)]
 OptionalPath = Annotated[Path | None, BeforeValidator(lambda v: None if v is None else _path(v))]
+OptionalFile = Annotated[Path | None, BeforeValidator(lambda v: None if v is None else _file(v))]
 
 
 class _Environment(EnvSettingsSource):
@@ -270,6 +279,12 @@ class _Settings(BaseSettings):
     # Read by volplane.telemetry (the /metrics endpoint); checked here with the rest.
     metrics_addr: Annotated[str, BeforeValidator(_listen_addr)] = Field("", validation_alias="VOLPLANE_METRICS_ADDR")
     io_cgroup: Annotated[str, BeforeValidator(_io_cgroup)] = Field("volplane", validation_alias="VOLPLANE_IO_CGROUP")
+    tls_ca: OptionalFile = Field(None, validation_alias="VOLPLANE_TLS_CA")
+    tls_cert: OptionalFile = Field(None, validation_alias="VOLPLANE_TLS_CERT")
+    tls_key: OptionalFile = Field(None, validation_alias="VOLPLANE_TLS_KEY")
+    # Read by the launcher only (devstack.launcher): its own servers with TLS or without.
+    embedded_tls: Annotated[bool, BeforeValidator(_flag)] = Field(True, validation_alias="VOLPLANE_TLS")
+    embedded_redis_server: OptionalFile = Field(None, validation_alias="VOLPLANE_REDIS_SERVER")
 
     @classmethod
     def settings_customise_sources(
@@ -336,6 +351,17 @@ class Config:
     # The cgroup (below the root of the block I/O hierarchy) a node writes volumes' I/O limits
     # into; the processes using volumes run in it or below it (services.nodeagent.adapters.iolimits).
     io_cgroup: str = "volplane"
+    # TLS to NATS (tls://) and Redis (rediss://): the CA bundle the servers' certificates
+    # are checked against (None: the system's), and the client certificate and key to
+    # present to servers that require one (volplane.clients; docs/security.md).
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # The launcher's own servers (make run) with TLS; off only to compare (bench).
+    embedded_tls: bool = True
+    # A redis-server built with TLS for the launcher to run (on loopback, TLS only) instead
+    # of the pip package's, which has no TLS and listens on a unix socket only.
+    embedded_redis_server: Path | None = None
 
     @property
     def apigw_controller(self) -> bool:
@@ -352,6 +378,9 @@ class Config:
         """The Config of ``env`` (default: this process's environment); ConfigError (a
         ValueError) names the first variable whose value is unusable."""
         s = _Settings.read(os.environ if env is None else env)
+        if (s.tls_cert is None) != (s.tls_key is None):
+            given, missing = ("VOLPLANE_TLS_CERT", "VOLPLANE_TLS_KEY") if s.tls_key is None else ("VOLPLANE_TLS_KEY", "VOLPLANE_TLS_CERT")
+            raise ConfigError(given, str(s.tls_cert or s.tls_key), f"is set without {missing}: a client certificate needs its key, and the key its certificate")
         run_dir = s.run_dir.absolute()
         node_id = s.node_id or _default_node()
         return cls(
@@ -378,6 +407,11 @@ class Config:
             path_roots=s.path_roots,
             metrics_addr=s.metrics_addr,
             io_cgroup=s.io_cgroup,
+            tls_ca=s.tls_ca.absolute() if s.tls_ca else None,
+            tls_cert=s.tls_cert.absolute() if s.tls_cert else None,
+            tls_key=s.tls_key.absolute() if s.tls_key else None,
+            embedded_tls=s.embedded_tls,
+            embedded_redis_server=s.embedded_redis_server.absolute() if s.embedded_redis_server else None,
         )
 
     @classmethod

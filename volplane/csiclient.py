@@ -53,6 +53,15 @@ def capability(access_mode: str, *, block: bool = False, fs_type: str = "", moun
     return csi.VolumeCapability(mount=mount, access_mode=mode)
 
 
+def _content_source(source: tuple[str, str] | None) -> csi.VolumeContentSource | None:
+    if source is None:
+        return None
+    kind, ident = source
+    if kind == "snapshot":
+        return csi.VolumeContentSource(snapshot=csi.VolumeContentSource.SnapshotSource(snapshot_id=ident))
+    return csi.VolumeContentSource(volume=csi.VolumeContentSource.VolumeSource(volume_id=ident))
+
+
 class CsiClient:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -60,6 +69,7 @@ class CsiClient:
         self.identity = csi_pb2_grpc.IdentityStub(self._channel)
         self.controller = csi_pb2_grpc.ControllerStub(self._channel)
         self.node = csi_pb2_grpc.NodeStub(self._channel)
+        self.group = csi_pb2_grpc.GroupControllerStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -82,6 +92,12 @@ class CsiClient:
         stage = csi.NodeServiceCapability.RPC.STAGE_UNSTAGE_VOLUME
         return any(c.rpc.type == stage for c in reply.capabilities)
 
+    async def node_expands(self) -> bool:
+        """Whether the node plugin has EXPAND_VOLUME (NodeGetCapabilities)."""
+        reply = await self._call("NodeGetCapabilities", self.node.NodeGetCapabilities, csi.NodeGetCapabilitiesRequest(), 10.0)
+        expand = csi.NodeServiceCapability.RPC.EXPAND_VOLUME
+        return any(c.rpc.type == expand for c in reply.capabilities)
+
     async def create_volume(
         self,
         name: str,
@@ -93,7 +109,10 @@ class CsiClient:
         mount_flags: list[str] | None = None,
         parameters: dict[str, str] | None = None,
         node_topology: dict[str, str] | None = None,
+        mutable_parameters: dict[str, str] | None = None,
+        content_source: tuple[str, str] | None = None,
     ) -> csi.Volume:
+        """``content_source``: ("snapshot", snapshot id) to restore, ("volume", volume id) to clone."""
         topology = None
         if node_topology:
             seg = csi.Topology(segments=node_topology)
@@ -104,6 +123,8 @@ class CsiClient:
             volume_capabilities=[capability(access_mode, block=block, fs_type=fs_type, mount_flags=mount_flags)],
             parameters=parameters or {},
             accessibility_requirements=topology,
+            mutable_parameters=mutable_parameters or {},
+            volume_content_source=_content_source(content_source),
         )
         volume: csi.Volume = (await self._call("CreateVolume", self.controller.CreateVolume, request)).volume
         return volume
@@ -155,3 +176,57 @@ class CsiClient:
     async def node_unpublish(self, handle: str, target_path: str) -> None:
         request = csi.NodeUnpublishVolumeRequest(volume_id=handle, target_path=target_path)
         await self._call("NodeUnpublishVolume", self.node.NodeUnpublishVolume, request)
+
+    async def controller_expand(self, handle: str, required_bytes: int, capability: csi.VolumeCapability) -> tuple[int, bool]:
+        """(capacity in bytes, whether NodeExpandVolume is required) of ControllerExpandVolume."""
+        request = csi.ControllerExpandVolumeRequest(
+            volume_id=handle, capacity_range=csi.CapacityRange(required_bytes=required_bytes), volume_capability=capability,
+        )
+        reply = await self._call("ControllerExpandVolume", self.controller.ControllerExpandVolume, request)
+        return int(reply.capacity_bytes), bool(reply.node_expansion_required)
+
+    async def controller_modify(self, handle: str, mutable_parameters: dict[str, str]) -> None:
+        request = csi.ControllerModifyVolumeRequest(volume_id=handle, mutable_parameters=mutable_parameters)
+        await self._call("ControllerModifyVolume", self.controller.ControllerModifyVolume, request)
+
+    async def node_expand(self, handle: str, volume_path: str, staging_path: str, required_bytes: int, capability: csi.VolumeCapability) -> int:
+        """The capacity NodeExpandVolume reports (0: the driver did not say)."""
+        request = csi.NodeExpandVolumeRequest(
+            volume_id=handle, volume_path=volume_path, staging_target_path=staging_path,
+            capacity_range=csi.CapacityRange(required_bytes=required_bytes), volume_capability=capability,
+        )
+        reply = await self._call("NodeExpandVolume", self.node.NodeExpandVolume, request)
+        return int(reply.capacity_bytes)
+
+    async def create_snapshot(self, name: str, source_volume_id: str, parameters: dict[str, str] | None = None) -> csi.Snapshot:
+        """CreateSnapshot; the same name gives the same snapshot back (CSI's idempotency)."""
+        request = csi.CreateSnapshotRequest(name=name, source_volume_id=source_volume_id, parameters=parameters or {})
+        snapshot: csi.Snapshot = (await self._call("CreateSnapshot", self.controller.CreateSnapshot, request)).snapshot
+        return snapshot
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self._call("DeleteSnapshot", self.controller.DeleteSnapshot, csi.DeleteSnapshotRequest(snapshot_id=snapshot_id))
+
+    async def find_snapshot(self, snapshot_id: str) -> csi.Snapshot | None:
+        """The snapshot of this id as ListSnapshots reports it (how external-snapshotter checks
+        one), or None when the driver knows no such snapshot."""
+        request = csi.ListSnapshotsRequest(snapshot_id=snapshot_id)
+        reply = await self._call("ListSnapshots", self.controller.ListSnapshots, request)
+        found = [e.snapshot for e in reply.entries if e.snapshot.snapshot_id == snapshot_id]
+        return found[0] if found else None
+
+    async def create_group_snapshot(self, name: str, volume_ids: list[str], parameters: dict[str, str] | None = None) -> csi.VolumeGroupSnapshot:
+        request = csi.CreateVolumeGroupSnapshotRequest(name=name, source_volume_ids=volume_ids, parameters=parameters or {})
+        reply = await self._call("CreateVolumeGroupSnapshot", self.group.CreateVolumeGroupSnapshot, request)
+        group: csi.VolumeGroupSnapshot = reply.group_snapshot
+        return group
+
+    async def delete_group_snapshot(self, group_snapshot_id: str, snapshot_ids: list[str]) -> None:
+        request = csi.DeleteVolumeGroupSnapshotRequest(group_snapshot_id=group_snapshot_id, snapshot_ids=snapshot_ids)
+        await self._call("DeleteVolumeGroupSnapshot", self.group.DeleteVolumeGroupSnapshot, request)
+
+    async def get_group_snapshot(self, group_snapshot_id: str, snapshot_ids: list[str]) -> csi.VolumeGroupSnapshot:
+        request = csi.GetVolumeGroupSnapshotRequest(group_snapshot_id=group_snapshot_id, snapshot_ids=snapshot_ids)
+        reply = await self._call("GetVolumeGroupSnapshot", self.group.GetVolumeGroupSnapshot, request)
+        group: csi.VolumeGroupSnapshot = reply.group_snapshot
+        return group

@@ -41,6 +41,8 @@ class RunningStack:
     csi_endpoint: str = ""
     api_endpoint: str = ""
     metrics: dict[str, str] = field(default_factory=dict)  # process name → host:port of /metrics
+    # VOLPLANE_TLS_CA / _CERT / _KEY of a client of its servers (empty: they speak plaintext).
+    tls: dict[str, str] = field(default_factory=dict)
 
 
 def _run_dir(env: Mapping[str, str]) -> Path:
@@ -85,6 +87,7 @@ def _read(path: Path) -> RunningStack | None:
             csi_endpoint=str(data.get("csi_endpoint", "")),
             api_endpoint=str(data.get("api_endpoint", "")),
             metrics={str(k): str(v) for k, v in dict(data.get("metrics", {})).items()},
+            tls={str(k): str(v) for k, v in dict(data.get("tls", {})).items()},
         )
     except FileNotFoundError:
         return None
@@ -102,7 +105,8 @@ def with_running_stack(env: Mapping[str, str]) -> dict[str, str]:
     """``env`` with ``NATS_URL`` / ``REDIS_URL`` taken from the running stack where unset.
 
     Both set: ``env`` as it is (servers of your own). Otherwise the stack of
-    ``$VOLPLANE_RUN_DIR`` (default ``./run``) fills in what is missing, or ``NoStack``.
+    ``$VOLPLANE_RUN_DIR`` (default ``./run``) fills in what is missing, or ``NoStack`` —
+    and, when its NATS URL is taken, the TLS files its servers want of a client.
     """
     out = dict(env)
     if out.get("NATS_URL") and out.get("REDIS_URL"):
@@ -114,6 +118,8 @@ def with_running_stack(env: Mapping[str, str]) -> dict[str, str]:
             f"no running volplane stack: {run_dir / STACK_FILE} is missing or stale — start `make run` (or `volplane run`) "
             "in another terminal, from the same directory, and try again; or set NATS_URL and REDIS_URL to servers of your own"
         )
+    if not out.get("NATS_URL"):
+        out.update(stack.tls)  # its servers' CA and client certificate go with its URLs
     for key, value in (("NATS_URL", stack.nats_url), ("REDIS_URL", stack.redis_url)):
         if not out.get(key):
             out[key] = value

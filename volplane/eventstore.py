@@ -160,20 +160,31 @@ class EventStore:
         info = await self._js.stream_info(self._stream, subjects_filter=filter_subject)
         return list((info.state.subjects or {}).keys())
 
+    @property
+    def closing(self) -> bool:
+        """Whether this process is closing its connection (shutting down): a feed that
+        ends then is no loss worth a warning."""
+        nc = self._js._nc  # nats-py keeps the connection there
+        return bool(nc.is_draining or nc.is_closed)
+
     async def last_seq(self) -> int:
         info = await self._js.stream_info(self._stream)
         return info.state.last_seq
 
-    async def follow(self, filter_subject: str, after: int) -> AsyncIterator[Record]:
+    async def follow(self, filter_subject: str, after: int, *, newest_only: bool = False) -> AsyncIterator[Record]:
         """Every event on ``filter_subject`` after stream sequence ``after``, then live ones.
+
+        With ``newest_only`` (and ``after`` 0) the history is skipped: only the newest event
+        of each subject, in stream order, then live ones — a start that costs the number of
+        aggregates, not the length of the log.
 
         An ordered consumer: gaps and redeliveries are handled by the client, which
         recreates the consumer from the last sequence it delivered.
         """
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after else api.DeliverPolicy.ALL,
-            opt_start_seq=after + 1 if after else None,
-        )
+        if after:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+        else:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT if newest_only else api.DeliverPolicy.ALL)
         sub = await self._js.subscribe(
             filter_subject,
             stream=self._stream,

@@ -333,12 +333,17 @@ class ProjectionRunner(Generic[S]):
 
         The runner only sees its own subjects, so the stream's last sequence may never
         be reached exactly; the stream is asked how many of ours are still pending.
+        ``timeout`` bounds a stall, not the whole wait: a projection that is still moving
+        through a long backlog (a service down while a million events were written) is
+        waited for; one that does not move for ``timeout`` seconds is an error.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        moved, at = loop.time(), self.position
         while self.position < target and not await self._nothing_pending(target):
-            if loop.time() > deadline:
-                raise Unavailable(f"projection {self.projection.name} did not catch up to {target}")
+            if self.position != at:
+                moved, at = loop.time(), self.position
+            elif loop.time() - moved > timeout:
+                raise Unavailable(f"projection {self.projection.name} did not catch up to {target} (stuck at {at} for {timeout:.0f}s)")
             await asyncio.sleep(0.02)
 
     async def _nothing_pending(self, target: int) -> bool:
@@ -362,7 +367,8 @@ class ProjectionRunner(Generic[S]):
                 await self._retry(self._load_position)
             except (Unavailable, nats.errors.Error) as exc:
                 # The log went away (a restart, or this process shutting down): no bug here.
-                log.warning("projection %s lost the log at %d (%s); following it again", self.projection.name, self.position, exc)
+                if not self._store.closing:
+                    log.warning("projection %s lost the log at %d (%s); following it again", self.projection.name, self.position, exc)
                 await asyncio.sleep(0.5)
             except Exception:  # A projection must outlive any one failure.
                 log.exception("projection %s failed at %d; following the log again", self.projection.name, self.position)

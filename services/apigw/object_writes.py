@@ -1,6 +1,6 @@
 """The authorizing writer of nodes' objects: NodeRestriction in front of the log.
 
-    writes = NodeObjectWrites(rt.store)
+    writes = NodeObjectWrites(rt.store, pods=pods_in)   # pods_in(namespace) -> that namespace's pods
     await rt.bus.serve_as_sender(subjects.NODE_OBJECT_WRITES, "apigw", AppendObjectEvent, writes.append)
 
 A node asks on ``vp.cmd.objects.node.<node>.append`` (``volplane.resources.authz.NodeWrites``);
@@ -9,11 +9,16 @@ append is checked against the object as the log has it at the very version the a
 conditioned on (``admit_node_write``), then appended with that condition: the pod the
 check saw bound to the node is the pod the write changes, or the append loses the race
 and the node reloads, as it would writing directly.
+
+A claim's status (the kubelet's node expansion) is the node's to write only while a pod
+bound to it uses the claim: ``pods`` lists a namespace's pods for that check.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from volplane import codec, subjects
 from volplane.errors import ConcurrencyConflict, InvalidArgument, PermissionDenied
@@ -22,6 +27,7 @@ from volplane.eventstore import EventStore
 from volplane.resources.authz import AppendObjectEvent, admit_node_write
 from volplane.resources.events import OBJECT_EVENTS, RECORDED
 from volplane.resources.kinds import Ref, ref_of_subject
+from volplane.resources.objects import Pod
 from volplane.resources.store import ObjectStore
 
 __all__ = ["NodeObjectWrites"]
@@ -29,11 +35,15 @@ __all__ = ["NodeObjectWrites"]
 log = logging.getLogger(__name__)
 _RES, _REC = "vp.ev.res.", "vp.ev.rec."
 
+# The pods of a namespace, as the caller's read model has them.
+PodsIn = Callable[[str], Awaitable[list[dict[str, Any]]]]
+
 
 class NodeObjectWrites:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, *, pods: PodsIn | None = None) -> None:
         self._store = store
         self._objects = ObjectStore(store, manager="node-authorizer")
+        self._pods = pods
 
     async def append(self, subject: str, command: AppendObjectEvent) -> int:
         node = subjects.node_of_object_write(subject).replace("~", ".")
@@ -59,8 +69,16 @@ class NodeObjectWrites:
             # Checked against an older object than the one the node saw, or a newer one:
             # either way the node reloads, as when its append loses a race.
             raise ConcurrencyConflict(f"{ref.subject} moved past {command.expected}")
-        admitted = admit_node_write(node, ref, event, current, recorded=recorded)
+        claim_used = ref.kind.name == "PersistentVolumeClaim" and await self._claim_used(node, ref)
+        admitted = admit_node_write(node, ref, event, current, recorded=recorded, claim_used=claim_used)
         return await self._store.append(command.subject, admitted, expected=command.expected)
+
+    async def _claim_used(self, node: str, ref: Ref) -> bool:
+        """Whether a pod bound to ``node`` uses the claim ``ref`` (Kubernetes' node authorizer
+        follows the same edge, pod → claim, from the pods the node runs)."""
+        if self._pods is None:
+            return False
+        return any(p.node_name == node and ref.name in {claim for _, claim in p.claims} for p in map(Pod, await self._pods(ref.namespace)))
 
 
 def _ref(subject: str, recorded: bool) -> Ref:

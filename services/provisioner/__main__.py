@@ -33,9 +33,17 @@ from volplane.telemetry import gauge
 from .adapters.groups import GROUP_SNAPSHOTS, GroupSnapshotsProjection
 from .adapters.pool import ImagePool, Pools
 from .adapters.projection import SNAPSHOTS, VOLUMES, SnapshotsProjection, VolumesProjection
+from .controllers.csi_snapshotter import MANAGER as SNAPSHOTTER
+from .controllers.csi_snapshotter import CsiSnapshotter
 from .controllers.external_provisioner import ExternalProvisioner
+from .controllers.external_resizer import MANAGER as RESIZER
+from .controllers.external_resizer import ExternalResizer
+from .controllers.group_snapshot_controller import GroupSnapshotController
 from .controllers.intree import HostPathPlugin
+from .controllers.modify_controller import ModifyController
 from .controllers.pv_controller import MANAGER, PVController
+from .controllers.snapshot_controller import MANAGER as SNAPSHOT_CONTROLLER
+from .controllers.snapshot_controller import SnapshotController
 from .csi.capacity import Capacity
 from .csi.group_snapshots import GroupSnapshotsApp, NodeCut
 from .csi.snapshots import SnapshotsApp
@@ -92,14 +100,20 @@ async def setup(rt: Runtime) -> None:
 
 async def start_control_loops(rt: Runtime) -> None:
     """The standalone control plane's loops that live here: the PV controller, the
-    external-provisioner role and the minimal scheduler, over one informer."""
+    external-provisioner and external-resizer roles, the minimal scheduler, and the
+    snapshot controller and CSI snapshotter roles, over one informer."""
     informer = Informer(rt.store)
     pv_controller = PVController(informer, ObjectStore(rt.store, MANAGER), HostPathPlugin(rt.cfg.hostpath_dir))
     external = ExternalProvisioner(informer, ObjectStore(rt.store, "external-provisioner"), own_endpoint=rt.cfg.csi_endpoint)
     scheduler = Scheduler(informer, ObjectStore(rt.store, "scheduler"))
+    resizer = ExternalResizer(informer, ObjectStore(rt.store, RESIZER), own_endpoint=rt.cfg.csi_endpoint)
+    modifier = ModifyController(informer, ObjectStore(rt.store, RESIZER), own_endpoint=rt.cfg.csi_endpoint)
+    snapshots = SnapshotController(informer, ObjectStore(rt.store, SNAPSHOT_CONTROLLER))
+    group_snapshots = GroupSnapshotController(informer, ObjectStore(rt.store, SNAPSHOT_CONTROLLER))
+    snapshotter = CsiSnapshotter(informer, ObjectStore(rt.store, SNAPSHOTTER), own_endpoint=rt.cfg.csi_endpoint)
     await informer.start()
     rt.controllers.append(informer.stop)  # stopped last: controllers stop in reverse order
-    for loop in (pv_controller, external, scheduler):
+    for loop in (pv_controller, external, scheduler, resizer, modifier, snapshots, group_snapshots, snapshotter):
         await loop.start()
         rt.controllers.append(loop.stop)
 

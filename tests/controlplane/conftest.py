@@ -43,6 +43,18 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def until(check: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
+    """Poll ``check`` until it returns something true (and return it); fail naming ``what``.
+    For what ``Api.wait`` does not cover: events, lists, the storage itself."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 class Api:
     """The resource API over gRPC, as volctl uses it."""
 

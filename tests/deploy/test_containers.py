@@ -7,14 +7,20 @@ and the socket each dials must be the one the driver serves.
 
 Each deployment starts its own nats-server and redis-server (the StatefulSets, with the
 chart's own configuration and credentials) on free loopback ports, never the machine's.
+With the Redis users the StatefulSet's command creates, each service's own credentials
+(its pod's REDIS_URL) are refused server commands and other services' keys, and the
+rebuild tool runs, as docs/deploy.md says to run it, with its own user.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ import grpc
 import pytest
 import yaml
 
-from tests.deploy.localpods import LocalCluster, PodError
+from tests.deploy.localpods import Container, LocalCluster, PodError
 from tests.deploy.sidecars import check_args, parse_image
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
@@ -53,6 +59,7 @@ def kustomized(tmp: Path) -> list[dict[str, Any]]:
     base = tmp / "kubernetes"
     subprocess.run(["cp", "-r", str(ROOT / "deploy" / "kubernetes"), str(base)], check=True)
     (base / "credentials.env").write_text(generate.credentials_env())
+    generate.tls_files(base)
     out = subprocess.run([str(kubectl), "kustomize", str(base)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -147,6 +154,105 @@ def test_a_volume_is_created_and_deleted_through_the_deployment(cluster: LocalCl
         )
         assert created.volume.volume_id
         controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=created.volume.volume_id), timeout=30)
+
+
+def _redis_acl(cluster: LocalCluster) -> tuple[Container, dict[str, tuple[str, list[str]]]]:
+    """The Redis container and the users its command (as started, passwords expanded)
+    creates: user → (password, key patterns)."""
+    redis = next(c for c in cluster.containers if c.kind == "redis")
+    users: dict[str, tuple[str, list[str]]] = {}
+    for i, arg in enumerate(redis.argv):
+        if arg == "--user":
+            rest = redis.argv[i + 1 :]
+            rules = rest[1 : next((j for j, a in enumerate(rest) if a.startswith("--")), len(rest))]
+            password = next((r[1:] for r in rules if r.startswith(">")), "")
+            users[rest[0]] = (password, [r[1:] for r in rules if r.startswith("~")])
+    return redis, users
+
+
+# Run inside the cluster's network namespace: each command of argv[2] as the user of the URL
+# argv[1] (TLS files from the environment, as a service's), one outcome per line.
+_TRY_AS = """
+import json, os, sys, redis
+url, tries = sys.argv[1], json.loads(sys.argv[2])
+env = os.environ.get
+tls = {"ssl_ca_certs": env("VOLPLANE_TLS_CA"), "ssl_certfile": env("VOLPLANE_TLS_CERT"), "ssl_keyfile": env("VOLPLANE_TLS_KEY")} if url.startswith("rediss://") else {}
+r = redis.Redis.from_url(url, socket_timeout=10, **tls)
+for args in tries:
+    try:
+        r.execute_command(*args)
+        print("ok")
+    except redis.exceptions.ResponseError as e:
+        # The ACL's refusals (a script's key too); Redis 7 refuses DEBUG and MODULE before its ACL
+        # unless enable-debug-command / enable-module-command allow them (test_chart checks the rules).
+        refused = ("NOPERM", "no permissions", "can't access", "command not allowed")
+        print("refused" if any(m in str(e) for m in refused) else f"error: {e}")
+"""
+# What no user may do: reconfigure (CONFIG SET dir is a file write as the server's user),
+# flush, debug, list every key, save, load modules, read the ACL; SHUTDOWN last.
+DANGEROUS = (
+    ("CONFIG", "SET", "dir", "/tmp"), ("CONFIG", "GET", "*"), ("FLUSHALL",), ("FLUSHDB",), ("DEBUG", "SLEEP", "0"), ("KEYS", "*"),
+    ("SAVE",), ("BGSAVE",), ("MODULE", "LIST"), ("ACL", "LIST"), ("SHUTDOWN", "NOSAVE"),
+)
+
+
+def _try_as(cluster: LocalCluster, c: Container, url: str, tries: list[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    out = cluster.exec(c, ["python", "-c", _TRY_AS, url, json.dumps(tries)])
+    assert out.returncode == 0, out.stderr[-2000:]
+    return dict(zip(tries, out.stdout.splitlines(), strict=True))
+
+
+def test_every_volplane_pod_is_its_own_redis_user(cluster: LocalCluster) -> None:
+    _, users = _redis_acl(cluster)
+    seen = {}
+    for c in cluster.volplane():
+        if "REDIS_URL" not in c.env:
+            continue
+        service = c.spec["command"][-1].removeprefix("services.")
+        m = re.match(r"^rediss://([^:]+):([^@]+)@127\.0\.0\.1:\d+/0$", c.env["REDIS_URL"])
+        assert m and m[1] == service and users[service][0] == m[2], (c.name, service)
+        seen[service] = c.name
+    assert set(seen) == {"apigw", "attacher", "nodeagent", "provisioner"}
+    assert set(users) == {"default", "probe", "rebuild", *seen}
+
+
+def test_each_redis_user_is_refused_server_commands_and_other_services_keys(cluster: LocalCluster) -> None:
+    redis, users = _redis_acl(cluster)
+    owned = {u: patterns for u, (_, patterns) in users.items() if u not in ("default", "rebuild", "probe")}
+    for c in cluster.volplane():
+        if "REDIS_URL" not in c.env:
+            continue
+        user = c.spec["command"][-1].removeprefix("services.")
+        mine = owned[user]
+        # A concrete key of each other service's patterns that none of this user's matches.
+        theirs = sorted({k for other, patterns in owned.items() if other != user for k in (p.replace("*", "acl-probe") for p in patterns) if not any(fnmatchcase(k, q) for q in mine)})
+        assert theirs, user
+        tries = [("PING",), ("EXISTS", mine[0].replace("*", "acl-probe")), ("GET", "outside"), *(("GET", k) for k in theirs), *(("SET", k, "x") for k in theirs),
+                 *(("EVAL", "return redis.call('SET', ARGV[1], 'x')", "0", k) for k in theirs), *DANGEROUS]
+        # Its own pod's credentials, as the service uses them.
+        outcome = _try_as(cluster, c, c.env["REDIS_URL"], tries)
+        assert outcome.pop(("PING",)) == outcome.pop(("EXISTS", mine[0].replace("*", "acl-probe"))) == "ok", (user, outcome)
+        assert set(outcome.values()) == {"refused"}, (user, {t: o for t, o in outcome.items() if o != "refused"})
+    # The probes' user may PING, nothing else; the rebuild tool's every vp: key, no server command.
+    apigw = next(c for c in cluster.volplane() if c.name.endswith("-controller/apigw"))
+    base = apigw.env["REDIS_URL"].split("@", 1)[1]
+    probe = _try_as(cluster, apigw, f"rediss://probe:{users['probe'][0]}@{base}", [("PING",), ("GET", "vp:vol:x"), ("SET", "vp:obj:x", "x"), *DANGEROUS])
+    assert probe.pop(("PING",)) == "ok" and set(probe.values()) == {"refused"}, probe
+    rebuild = _try_as(cluster, apigw, f"rediss://rebuild:{users['rebuild'][0]}@{base}", [("SCAN", "0", "MATCH", "vp:*"), ("GET", "outside"), *DANGEROUS])
+    assert rebuild.pop(("SCAN", "0", "MATCH", "vp:*")) == "ok" and set(rebuild.values()) == {"refused"}, rebuild
+    assert redis.proc is not None and redis.proc.poll() is None, "the Redis server is still up"
+
+
+def test_the_rebuild_tool_runs_as_its_own_redis_user(cluster: LocalCluster) -> None:
+    """docs/deploy.md's rebuild: in the controller's apigw container, the rebuild user's
+    password on stdin (from the Secret); then the services still carry a volume's life."""
+    apigw = next(c for c in cluster.volplane() if c.name.endswith("-controller/apigw"))
+    host = re.search(r"@([^/]+)/0$", next(e["value"] for e in apigw.spec["env"] if e["name"] == "REDIS_URL"))
+    assert host, apigw.spec["env"]
+    secret = next(e["valueFrom"]["secretKeyRef"]["name"] for e in apigw.spec["env"] if e["name"] == "REDIS_PASSWORD")
+    out = cluster.exec(apigw, ["sh", "-c", f'read -r pw; REDIS_URL="rediss://rebuild:$pw@{host[1]}/0" exec volplane rebuild --check'], input=cluster.secrets[secret]["redis-rebuild"])
+    assert out.returncode == 0 and "dropped" in out.stdout, out.stdout + out.stderr
+    test_a_volume_is_created_and_deleted_through_the_deployment(cluster)
 
 
 def test_a_missing_redis_url_is_a_crash_loop(tmp_path: Path) -> None:

@@ -178,9 +178,17 @@ def test_compose_servers() -> None:
 
     redis = services["redis"]
     assert default_image(redis["image"]).startswith("redis:7")
-    assert "--requirepass" in redis["command"]
-    assert "${REDIS_PASSWORD" in redis["command"][redis["command"].index("--requirepass") + 1]
-    assert re.search(r"redis-cli -a .* ping", " ".join(redis["healthcheck"]["test"]))
+    # Its users from the ACL file init writes (access.credentials: one per service, as `make run`'s),
+    # the health check as "probe", which may only PING; no password for the default user.
+    assert redis["command"][redis["command"].index("--aclfile") + 1] == "/config/users.acl" and "--requirepass" not in redis["command"]
+    assert "redis-config:/config:ro" in redis["volumes"] and "redis-config:/redis-config" in services["init"]["volumes"]
+    assert 'write("/redis-config/users.acl", acl)' in services["init"]["command"][2] and "redis_rules(identities((\"node-1\",)))" in services["init"]["command"][2]
+    assert re.search(r"redis-cli --tls .* --user probe --pass \"\$\$REDIS_PASSWORD_PROBE\" .*ping", " ".join(redis["healthcheck"]["test"]))
+    assert set(redis["environment"]) == {"REDIS_PASSWORD_PROBE"}
+    # TLS only: no plaintext port, a client certificate of the stack's CA (volume "tls", made by init).
+    assert redis["command"][redis["command"].index("--port") + 1] == "0" and "--tls-port" in redis["command"]
+    assert redis["command"][redis["command"].index("--tls-auth-clients") + 1] == "yes"
+    assert "access.tls import Certificates" in services["init"]["command"][2] and "tls=certs.server()" in services["init"]["command"][2]
 
     # Jaeger v2 (OTLP), optional: only with the "tracing" profile.
     jaeger = services["jaeger"]
@@ -194,7 +202,7 @@ def test_compose_password_is_generated_never_committed() -> None:
     # init-env.sh draws every password the compose file asks for (${NAME:?…}).
     script = (COMPOSE_DIR / "init-env.sh").read_text()
     required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
-    assert {"REDIS_PASSWORD", "NATS_PASSWORD_PROBE"} <= required
+    assert {"REDIS_PASSWORD_PROVISIONER", "REDIS_PASSWORD_PROBE", "NATS_PASSWORD_PROBE"} <= required
     assert all(name in script for name in required), required
 
 
@@ -206,8 +214,9 @@ def test_compose_volplane_services() -> None:
         assert svc["command"] == ["python", "-m", f"services.{name}"]
         env = svc["environment"]
         user = user_of(name, "node-1", "node-1")  # the identity access.credentials gives it (nodeagent-node-1)
-        assert env["NATS_URL"] == f"nats://{user}:${{NATS_PASSWORD_{name.upper()}:?run deploy/compose/init-env.sh to set NATS_PASSWORD_{name.upper()}}}@nats:4222"
-        assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD") and env["REDIS_URL"].endswith("@redis:6379/0")
+        assert env["NATS_URL"] == f"tls://{user}:${{NATS_PASSWORD_{name.upper()}:?run deploy/compose/init-env.sh to set NATS_PASSWORD_{name.upper()}}}@nats:4222"
+        # Its own Redis user too, named as its NATS user (nodeagent-node-1), allowed only its keys.
+        assert env["REDIS_URL"] == f"rediss://{user}:${{REDIS_PASSWORD_{name.upper()}:?run deploy/compose/init-env.sh to set REDIS_PASSWORD_{name.upper()}}}@redis:6379/0"
         assert env["VOLPLANE_NODE_ID"] == "node-1"
         assert env["VOLPLANE_POOL_DIR"].startswith("/var/lib/volplane/")
         assert env["VOLPLANE_SHARED_POOL_DIR"].startswith("/var/lib/volplane/")
@@ -294,6 +303,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     base = tmp_path_factory.mktemp("kustomize") / "kubernetes"
     shutil.copytree(KUBE, base)
     (base / "credentials.env").write_text(generate.credentials_env())
+    generate.tls_files(base)
     out = run(str(kubectl), "kustomize", str(base))
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -325,11 +335,16 @@ def test_kustomization_renders(rendered: list[dict[str, Any]], tmp_path: Path) -
         ns = d["metadata"].get("namespace")
         assert ns == (None if d["kind"] in cluster_scoped else "volplane"), (d["kind"], d["metadata"]["name"], ns)
 
-    # The generated Secret's hashed name replaces every reference to "volplane-credentials".
-    secrets = [d["metadata"]["name"] for d in rendered if d["kind"] == "Secret"]
-    assert len(secrets) == 1 and secrets[0].startswith("volplane-credentials-")
+    # The generated Secrets' hashed names replace every reference to "volplane-credentials"
+    # and to the TLS Secrets (drawn from tls/ by generate.py --credentials).
+    secrets = {d["metadata"]["name"].rsplit("-", 1)[0]: d for d in rendered if d["kind"] == "Secret"}
+    assert set(secrets) == {"volplane-credentials", "volplane-tls-server", "volplane-tls-client"}
+    assert {k for s in ("volplane-tls-server", "volplane-tls-client") for k in secrets[s]["data"]} == {"ca.crt", "tls.crt", "tls.key"}
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for _, c in containers(rendered) for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
-    assert refs == {secrets[0]}
+    assert refs == {secrets["volplane-credentials"]["metadata"]["name"]}
+    mounted = {v["secret"]["secretName"] for d in rendered if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job")
+               for v in d["spec"]["template"]["spec"].get("volumes", []) if "secret" in v}
+    assert mounted == {secrets[s]["metadata"]["name"] for s in ("volplane-tls-server", "volplane-tls-client")}
 
     # The rendered stream validates as the separate files do.
     stream = tmp_path / "rendered.yaml"
@@ -364,7 +379,7 @@ def test_controller_deployment() -> None:
     assert env_of(apigw)["VOLPLANE_APIGW_MODE"] == "all"
     assert env_of(apigw)["VOLPLANE_CSI_ENDPOINT"] == "unix:///csi/csi.sock"
     # In "all" mode apigw follows the objects' projection: without Redis it exits 2.
-    assert env_of(apigw)["REDIS_URL"].startswith("redis://")
+    assert env_of(apigw)["REDIS_URL"].startswith("rediss://")
     for sidecar in ("csi-provisioner", "csi-attacher", "csi-resizer", "csi-snapshotter"):
         args = args_of(container(docs, "volplane-controller", sidecar))
         assert "--leader-election" in args and "--csi-address=/csi/csi.sock" in args, sidecar
@@ -455,26 +470,35 @@ def test_rbac_binds_every_sidecar_role_to_the_controller() -> None:
 def test_passwords_come_from_the_credentials_secret() -> None:
     docs = manifests()
     secret = {"name": "volplane-credentials"}
-    users = set()
+    users, redis_users = set(), set()
     for owner, c in containers(docs):
         env = env_of(c)
         if "REDIS_URL" in env:
-            assert env["REDIS_URL"] == "redis://volplane:$(REDIS_PASSWORD)@volplane-redis:6379/0", owner
-            assert env["REDIS_PASSWORD"] == {"secretKeyRef": {**secret, "key": "redis-password"}}, owner
+            # Each service as its own Redis user too, allowed only its keys (charts/volplane/files/redis-acl.json).
+            service = c["command"][-1].removeprefix("services.")
+            assert env["REDIS_URL"] == f"rediss://{service}:$(REDIS_PASSWORD)@volplane-redis:6379/0", owner
+            assert env["REDIS_PASSWORD"] == {"secretKeyRef": {**secret, "key": f"redis-{service}"}}, owner
+            redis_users.add(service)
         if owner.startswith("volplane-install") and "NATS_URL" in env:
             # The install step (the stream's creation) is the administrator's, and only it.
-            assert env["NATS_URL"] == "nats://admin:$(NATS_ADMIN_PASSWORD)@volplane-nats:4222", owner
+            assert env["NATS_URL"] == "tls://admin:$(NATS_ADMIN_PASSWORD)@volplane-nats:4222", owner
             assert env["NATS_ADMIN_PASSWORD"] == {"secretKeyRef": {**secret, "key": "nats-admin"}}, owner
             continue
         if "NATS_URL" in env:
             # Each service as its own NATS user, allowed only its subjects.
-            m = re.match(r"^nats://([a-z]+):\$\(NATS_PASSWORD\)@volplane-nats:4222$", env["NATS_URL"])
+            m = re.match(r"^tls://([a-z-]+):\$\(NATS_PASSWORD\)@volplane-nats:4222$", env["NATS_URL"])
             assert m, (owner, env["NATS_URL"])
             assert env["NATS_PASSWORD"] == {"secretKeyRef": {**secret, "key": f"nats-{m[1]}"}}, owner
             users.add(m[1])
-    assert users == SERVICES
+    # The node plugins (apigw in node mode) have a user of their own: node commands only.
+    assert users == SERVICES | {"apigw-node"}
+    assert redis_users == SERVICES
     redis = container(docs, "volplane-redis", "redis")
-    assert ">$(REDIS_PASSWORD)" in args_of(redis) and args_of(redis)[args_of(redis).index("default") + 1] == "off"
+    args = args_of(redis)
+    assert args[args.index("default") + 1] == "off"
+    for user in (*SERVICES, "rebuild", "probe"):
+        assert args[args.index(user) - 1 : args.index(user) + 3] == ["--user", user, "on", f">$(REDIS_PASSWORD_{user.upper()})"], user
+        assert {"name": f"REDIS_PASSWORD_{user.upper()}", "valueFrom": {"secretKeyRef": {**secret, "key": f"redis-{user}"}}} in redis["env"], user
     nats = container(docs, "volplane-nats", "nats")
     assert {e["name"] for e in nats["env"]} >= {f"NATS_PASSWORD_{u.upper()}" for u in SERVICES}
 

@@ -314,7 +314,7 @@ def test_image_builds_and_the_compose_stack_serves_a_volume_life() -> None:
         env_file = compose.dir / ".env"
         assert env_file.stat().st_mode & 0o077 == 0
         passwords = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
-        assert {"REDIS_PASSWORD", "NATS_PASSWORD_PROVISIONER", "NATS_PASSWORD_PROBE"} <= set(passwords)
+        assert {"REDIS_PASSWORD_PROVISIONER", "REDIS_PASSWORD_REBUILD", "REDIS_PASSWORD_PROBE", "NATS_PASSWORD_PROVISIONER", "NATS_PASSWORD_PROBE"} <= set(passwords)
         assert len(set(passwords.values())) == len(passwords) and all(len(v) >= 32 for v in passwords.values())
         compose.shared.mkdir(parents=True)
         share(compose.shared)
@@ -340,13 +340,39 @@ def test_image_builds_and_the_compose_stack_serves_a_volume_life() -> None:
             else:
                 assert user == "65532:65532" and read_only == "true", (service, user, read_only)
 
-        # NATS wants a user: a client without one is refused.
+        # NATS wants a user: a client without one is refused, even with the stack's CA and client certificate.
         anonymous = standins.podman(
             "exec", names["attacher"], "python", "-c",
-            "import asyncio, nats; asyncio.run(nats.connect('nats://nats:4222', connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0))",
+            "import asyncio, nats; from volplane.clients import client_tls; "
+            "asyncio.run(nats.connect('tls://nats:4222', tls=client_tls('/tls/ca.pem', '/tls/client.pem', '/tls/client.key'), "
+            "connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0))",
             check=False,
         )
         assert anonymous.returncode != 0 and "authorization" in anonymous.stderr.lower(), anonymous.stderr[-2000:]
+        # And TLS only, against the stack's CA: a client that does not know the CA does not get in.
+        stranger = standins.podman(
+            "exec", names["attacher"], "python", "-c",
+            "import asyncio, nats; asyncio.run(nats.connect('tls://nats:4222', connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0))",
+            check=False,
+        )
+        assert stranger.returncode != 0 and "certificate verify failed" in stranger.stderr.lower(), stranger.stderr[-2000:]
+        # Redis: each service is a user of its own (init's ACL file); the attacher's may read its own
+        # keys, and is refused server commands and the provisioner's keys.
+        tried = standins.podman(
+            "exec", names["attacher"], "python", "-c",
+            "import os, redis\n"
+            "r = redis.Redis.from_url(os.environ['REDIS_URL'], decode_responses=True, ssl_ca_certs='/tls/ca.pem', ssl_certfile='/tls/client.pem', ssl_keyfile='/tls/client.key')\n"
+            "print(os.environ['REDIS_URL'].split('//')[1].split(':')[0], r.exists('vp:nodes') in (0, 1))\n"
+            "for args in (('CONFIG', 'SET', 'dir', '/tmp'), ('FLUSHALL',), ('KEYS', '*'), ('GET', 'vp:vol:x'), ('SET', 'vp:vol:x', 'x')):\n"
+            "    try:\n"
+            "        r.execute_command(*args)\n"
+            "        print('allowed', args[0])\n"
+            "    except redis.exceptions.NoPermissionError:\n"
+            "        print('refused', args[0])\n",
+            check=False,
+        )
+        expected = ["attacher True", "refused CONFIG", "refused FLUSHALL", "refused KEYS", "refused GET", "refused SET"]
+        assert tried.returncode == 0 and tried.stdout.splitlines() == expected, tried.stdout + tried.stderr[-2000:]
 
         with timer.phase("/metrics of every service"):
             for service in VOLPLANE_SERVICES:

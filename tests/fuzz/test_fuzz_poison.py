@@ -72,7 +72,7 @@ class World:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.loop = asyncio.new_event_loop()
-        self.nc = self.loop.run_until_complete(nats.connect(stack.env["NATS_URL"]))
+        self.nc = self.loop.run_until_complete(nats.connect(stack.env["NATS_URL"], tls=stack.client_tls()))
         self.js = self.nc.jetstream(timeout=10)
         self.published = 0
 

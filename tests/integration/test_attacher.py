@@ -66,11 +66,11 @@ class Attacher:
     """The attacher over the bus, for one test: ``at.run(lambda bus, store: ...)``."""
 
     def __init__(self, stack: Stack) -> None:
-        self.url = stack.env["NATS_URL"]
+        self.url, self.tls = stack.env["NATS_URL"], stack.client_tls()
 
     def run(self, scenario: Callable[[Bus, EventStore], Awaitable[T]]) -> T:
         async def go() -> T:
-            nc = await nats.connect(self.url)
+            nc = await nats.connect(self.url, tls=self.tls)
             try:
                 return await scenario(Bus(nc), EventStore(nc.jetstream()))
             finally:

@@ -40,7 +40,7 @@ def test_a_service_user_may_not_write_another_services_events(stack: Stack) -> N
     port = stack.nats.port
 
     async def publish_as(user: str, subject: str) -> bool:
-        nc = await nats.connect(creds.nats_url(user, port), inbox_prefix=inbox_prefix(user))
+        nc = await nats.connect(creds.nats_url(user, port), inbox_prefix=inbox_prefix(user), tls=stack.client_tls())
         try:
             await nc.jetstream(timeout=2).publish(subject, b"\x80")
             return True
@@ -58,9 +58,9 @@ def test_a_service_user_may_not_write_another_services_events(stack: Stack) -> N
 
 
 def test_redis_refuses_strangers_and_keys_outside_volplanes(stack: Stack) -> None:
-    assert stack.redis is not None
+    assert stack.redis is not None and stack.redis.socket is not None
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=stack.redis.port).ping()
+        redis.Redis(unix_socket_path=str(stack.redis.socket)).ping()
     ours = redis.Redis.from_url(stack.env["REDIS_URL"])
     assert ours.ping()
     with pytest.raises(redis.exceptions.NoPermissionError):

@@ -364,7 +364,7 @@ def test_node_at_its_max_volumes_refuses_another_stage_and_publish(limited: tupl
 
 def _append(stack: Stack, subject: str, event: Event) -> None:
     async def go() -> None:
-        nc = await nats.connect(stack.env["NATS_URL"])
+        nc = await nats.connect(stack.env["NATS_URL"], tls=stack.client_tls())
         try:
             await EventStore(nc.jetstream()).append(subject, event, expected=0)
         finally:
@@ -451,7 +451,7 @@ def test_a_freeze_nobody_thaws_ends_with_its_lease(own_stack: tuple[Stack, Csi],
     vid, staging = staged[0]
 
     async def freeze() -> FrozenVolumes:
-        nc = await nats.connect(stack.env["NATS_URL"])
+        nc = await nats.connect(stack.env["NATS_URL"], tls=stack.client_tls())
         try:
             # As a provisioner that dies right after its freeze would leave it: never thawed.
             reply = await Bus(nc, "test").request(subjects.node_command("node-g", subjects.NODE_FREEZE), FreezeVolumes(volume_ids=(vid,), lease_s=1.0), 30)

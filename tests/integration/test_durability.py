@@ -50,7 +50,7 @@ def _running(run_dir: Path) -> Iterator[tuple[Stack, Csi]]:
 
 def _append(stack: Stack, subject: str, event: object) -> None:
     async def go() -> None:
-        nc = await nats.connect(stack.env["NATS_URL"])
+        nc = await nats.connect(stack.env["NATS_URL"], tls=stack.client_tls())
         try:
             await EventStore(nc.jetstream()).append(subject, event, expected=0)
         finally:
@@ -250,7 +250,7 @@ def test_a_feed_ends_when_nats_server_restarts_so_its_reader_follows_again(tmp_p
     assert s.nats is not None
 
     async def go() -> None:
-        nc = await nats.connect(s.env["NATS_URL"], max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        nc = await nats.connect(s.env["NATS_URL"], max_reconnect_attempts=-1, reconnect_time_wait=0.2, tls=s.client_tls())
         try:
             store = EventStore(nc.jetstream())
             await store.ensure_stream()

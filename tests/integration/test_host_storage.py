@@ -208,13 +208,21 @@ def test_refresh_shows_a_grown_image(image: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_failed_command_raises_storage_error_with_details(image: Path, tmp_path: Path) -> None:
+def test_failed_mount_raises_storage_error_with_the_errno(image: Path, tmp_path: Path) -> None:
     target = _mkdir(tmp_path / "target")
     with pytest.raises(StorageError) as caught:
         asyncio.run(HostStorage().mount(str(tmp_path / "no-such-device"), target, "ext4", []))
-    assert caught.value.exit_code not in (0, None)
-    assert caught.value.command[0] == "mount" and caught.value.stderr
-    assert "mount -t ext4" in str(caught.value)
+    assert caught.value.errno == errno.ENOENT and caught.value.exit_code is None
+    assert caught.value.command[0] == "mount" and caught.value.stderr == "No such file or directory (ENOENT)"
+    assert str(caught.value).startswith(f"mount({tmp_path / 'no-such-device'}, {target}, ext4) failed")
+
+
+def test_failed_command_raises_storage_error_with_details() -> None:
+    with pytest.raises(StorageError) as caught:
+        asyncio.run(HostStorage()._run("losetup", "--detach", "/dev/no-such-loop"))
+    assert caught.value.exit_code not in (0, None) and caught.value.errno is None
+    assert caught.value.command[0] == "losetup" and caught.value.stderr
+    assert "`losetup --detach /dev/no-such-loop` failed (exit code" in str(caught.value)
 
 
 def test_slow_command_is_killed_after_the_timeout() -> None:
@@ -222,3 +230,194 @@ def test_slow_command_is_killed_after_the_timeout() -> None:
     with pytest.raises(StorageError, match=r"killed after 0\.2 s") as caught:
         asyncio.run(HostStorage(timeout=0.2)._run("sleep", "30"))
     assert caught.value.exit_code is None
+
+
+def test_attaches_racing_from_two_processes_share_one_device(image: Path) -> None:
+    # Two HostStorage objects share no lock in memory, as two nodeagents on one kernel do not:
+    # the image's own lock is what keeps them to one device (losetup --nooverlap's job).
+    async def scenario() -> list[str]:
+        return list(await asyncio.gather(*(HostStorage().attach(image) for _ in range(4))))
+
+    devices = asyncio.run(scenario())
+    assert len(set(devices)) == 1
+    assert _loop_devices_for(image) == devices[:1]
+    asyncio.run(HostStorage().detach(image))
+
+
+def test_a_device_mapping_part_of_the_image_is_not_reused(image: Path) -> None:
+    partial = subprocess.run(["losetup", "--find", "--show", "--offset", "1048576", str(image)], capture_output=True, text=True, check=True).stdout.strip()
+    with pytest.raises(StorageError, match="overlapping") as caught:
+        asyncio.run(HostStorage().attach(image))
+    assert caught.value.errno == errno.EBUSY
+    assert _loop_devices_for(image) == [partial]
+
+
+def test_read_only_attach_is_a_second_device_the_kernel_refuses_to_write(image: Path) -> None:
+    async def scenario() -> None:
+        storage = HostStorage()
+        writable = await storage.attach(image)
+        readonly = await storage.attach(image, readonly=True)
+        assert readonly != writable and await storage.attach(image, readonly=True) == readonly
+        assert (storage.is_readonly(writable), storage.is_readonly(readonly)) == (False, True)
+        fd = os.open(readonly, os.O_WRONLY)
+        try:
+            with pytest.raises(OSError) as caught:
+                os.write(fd, b"x" * 4096)
+            assert caught.value.errno == errno.EPERM
+        finally:
+            os.close(fd)
+        await storage.detach(image, readonly_only=True)
+        assert await storage.loop_devices_for(image) == [writable]
+        await storage.detach(image)
+
+    asyncio.run(scenario())
+
+
+def test_detach_leaves_a_device_rebound_to_another_file_alone(image: Path, tmp_path: Path) -> None:
+    from services.nodeagent.adapters import syscalls
+
+    other = tmp_path / "other.img"
+    other.touch()
+    os.truncate(other, IMAGE_SIZE)
+    device = asyncio.run(HostStorage().attach(other))
+    try:
+        assert syscalls.detach_loop(device, {str(image)}) is False
+        assert _loop_devices_for(other) == [device]
+        assert Path(device).name in syscalls.bound_loops()
+    finally:
+        asyncio.run(HostStorage().detach(other))
+    assert Path(device).name not in syscalls.bound_loops()
+
+
+@pytest.mark.parametrize("fs_type", ["ext4", "xfs"])
+def test_the_superblock_names_the_filesystem_and_its_size_without_blkid(image: Path, fs_type: str) -> None:
+    if fs_type == "xfs":
+        os.truncate(image, 320 << 20)  # mkfs.xfs's smallest filesystem is 300 MiB.
+
+    async def scenario() -> None:
+        storage = HostStorage()
+        device = await storage.attach(image)
+        await storage.format(device, fs_type)
+        runs: list[tuple[str, ...]] = []
+        real_run = storage._run
+
+        async def counted(*command: str) -> str:
+            runs.append(command)
+            return await real_run(*command)
+
+        storage._run = counted  # type: ignore[method-assign]  # counts the commands the probe starts
+        assert await storage.filesystem_of(device) == fs_type
+        assert runs == []
+        assert storage.filesystem_bytes(device, fs_type) == image.stat().st_size
+        assert storage.filesystem_bytes(device, "xfs" if fs_type == "ext4" else "ext4") == 0
+        await storage.detach(image)
+
+    asyncio.run(scenario())
+
+
+def test_an_ext2_filesystem_is_named_ext2_not_ext4(image: Path) -> None:
+    async def scenario() -> None:
+        storage = HostStorage()
+        device = await storage.attach(image)
+        await real_command("mkfs.ext2", "-q", "-F", device)
+        assert await storage.filesystem_of(device) == "ext2"
+        await storage.detach(image)
+
+    asyncio.run(scenario())
+
+
+def test_a_device_neither_ext_nor_xfs_is_left_to_blkid(image: Path) -> None:
+    async def scenario() -> None:
+        storage = HostStorage()
+        device = await storage.attach(image)
+        assert await storage.filesystem_of(device) is None  # blank: blkid finds no signature
+        await real_command("mkswap", device)
+        assert await storage.filesystem_of(device) == "swap"
+        await storage.detach(image)
+
+    asyncio.run(scenario())
+
+
+def test_read_only_bind_keeps_the_source_mounts_flags(image: Path, tmp_path: Path) -> None:
+    staging, publish = _mkdir(tmp_path / "staging"), _mkdir(tmp_path / "publish")
+
+    async def scenario() -> None:
+        storage = HostStorage()
+        device = await storage.attach(image)
+        await storage.format(device, "ext4")
+        await storage.mount(device, staging, "ext4", ["nosuid", "nodev", "noexec", "noatime", "discard"])
+        entry = storage.mount_point(staging)
+        assert entry is not None and "discard" in entry.super_options
+        await storage.bind(staging, publish, readonly=True)
+        bound = storage.mount_point(publish)
+        assert bound is not None and {"ro", "nosuid", "nodev", "noexec", "noatime"} <= set(bound.options)
+        await storage.unmount(publish)
+        await storage.unmount(staging)
+        await storage.detach(image)
+
+    asyncio.run(scenario())
+
+
+def test_mount_options_are_read_as_mount_does_and_later_ones_win(image: Path, tmp_path: Path) -> None:
+    staging = _mkdir(tmp_path / "staging")
+
+    async def scenario() -> None:
+        storage = HostStorage()
+        device = await storage.attach(image)
+        await storage.format(device, "ext4")
+        await storage.mount(device, staging, "ext4", ["ro", "sync", "rw", "lazytime", "nolazytime"])
+        entry = storage.mount_point(staging)
+        assert entry is not None and "rw" in entry.options
+        assert "sync" in entry.super_options and "lazytime" not in entry.super_options
+        await storage.unmount(staging)
+        await storage.detach(image)
+
+    asyncio.run(scenario())
+
+
+def test_thaw_of_a_filesystem_not_frozen_is_a_no_op_and_freeze_holds_writes_until_thawed(image: Path, tmp_path: Path) -> None:
+    staging = _mkdir(tmp_path / "staging")
+
+    async def scenario() -> None:
+        storage = HostStorage()
+        device = await storage.attach(image)
+        await storage.format(device, "ext4")
+        await storage.mount(device, staging, "ext4", [])
+        await storage.thaw(staging)
+        await storage.freeze(staging)
+        with pytest.raises(StorageError) as twice:
+            await storage.freeze(staging)
+        assert twice.value.errno == errno.EBUSY  # frozen already
+        await storage.thaw(staging)
+        (staging / "after.txt").write_text("x")
+        await storage.unmount(staging)
+        await storage.detach(image)
+
+    asyncio.run(scenario())
+
+
+async def real_command(*command: str) -> None:
+    await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True)
+
+
+def test_mount_point_sees_binds_on_the_same_filesystem_and_nothing_elsewhere(tmp_path: Path) -> None:
+    # statx's mount-root bit answers the common "nothing mounted here" without mountinfo;
+    # a bind of a directory or a file of the same filesystem is a mount all the same.
+    host = HostStorage()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file-src").touch()
+    (tmp_path / "file").touch()
+    assert host.mount_point(tmp_path / "dir") is None
+    assert host.mount_point(tmp_path / "missing") is None
+    subprocess.run(["mount", "--bind", str(tmp_path / "src"), str(tmp_path / "dir")], check=True)
+    subprocess.run(["mount", "--bind", str(tmp_path / "file-src"), str(tmp_path / "file")], check=True)
+    try:
+        for path in (tmp_path / "dir", tmp_path / "file"):
+            top = host.mount_point(path)
+            assert top is not None and top.mount_point == path
+        assert host.mount_point(tmp_path / "src") is None
+    finally:
+        subprocess.run(["umount", str(tmp_path / "dir")], check=True)
+        subprocess.run(["umount", str(tmp_path / "file")], check=True)
+    assert host.mount_point(tmp_path / "dir") is None

@@ -97,7 +97,7 @@ async def _violations(stack: Stack, user: str, password: str, publish: tuple[str
     log = stack.nats.log_path
     offset = log.stat().st_size
     url = f"nats://{user}:{password}@127.0.0.1:{stack.nats.port}"
-    nc = await nats.connect(url, inbox_prefix=inbox_prefix(user), error_cb=_ignore, max_reconnect_attempts=0, allow_reconnect=False)
+    nc = await nats.connect(url, inbox_prefix=inbox_prefix(user), error_cb=_ignore, max_reconnect_attempts=0, allow_reconnect=False, tls=stack.client_tls())
     try:
         for subject in subscribe:
             await nc.subscribe(subject)
@@ -133,7 +133,7 @@ def test_what_each_node_needs_is_still_allowed(stack: Stack, creds: Credentials)
 
     async def limits(user: str) -> bool:
         # Node 2's plugin asks node 2's nodeagent, as NodeGetInfo does, and gets the answer.
-        nc = await nats.connect(url(user, port), inbox_prefix=inbox_prefix(user))
+        nc = await nats.connect(url(user, port), inbox_prefix=inbox_prefix(user), tls=stack.client_tls())
         try:
             await nc.request(subjects.node_command("node-2", subjects.NODE_LIMITS), b"\x80", timeout=5)
             return True
@@ -147,13 +147,13 @@ def test_the_log_survives_every_identitys_attempts(stack: Stack, creds: Credenti
     port = _port(stack)
 
     async def go() -> None:
-        admin = await nats.connect(creds.nats_url(ADMIN, port))
+        admin = await nats.connect(creds.nats_url(ADMIN, port), tls=stack.client_tls())
         try:
             jsm = admin.jetstream()
             await jsm.add_consumer(subjects.STREAM, durable_name="probe", deliver_policy=api.DeliverPolicy.LAST)
             before = (await jsm.stream_info(subjects.STREAM)).state
             for user in REFUSED_PUBLISH:
-                nc = await nats.connect(creds.nats_url(user, port), inbox_prefix=inbox_prefix(user), error_cb=_ignore)
+                nc = await nats.connect(creds.nats_url(user, port), inbox_prefix=inbox_prefix(user), error_cb=_ignore, tls=stack.client_tls())
                 js = nc.jetstream(timeout=1)
                 try:
                     for attempt in (
@@ -196,15 +196,16 @@ def test_an_unknown_client_is_not_let_in(stack: Stack, creds: Credentials) -> No
     port = _port(stack)
 
     async def connect(url: str) -> None:
-        nc = await nats.connect(url, max_reconnect_attempts=0, allow_reconnect=False, connect_timeout=2, error_cb=_ignore)
+        # With the CA and a client certificate: what keeps it out is its login, not TLS.
+        nc = await nats.connect(url, max_reconnect_attempts=0, allow_reconnect=False, connect_timeout=2, error_cb=_ignore, tls=stack.client_tls())
         await nc.close()
 
     for url in (f"nats://127.0.0.1:{port}", f"nats://nodeagent-node-3:guess@127.0.0.1:{port}", f"nats://nodeagent-node-2:{creds.nats['nodeagent-node-1']}@127.0.0.1:{port}"):
         with pytest.raises(Exception):  # noqa: B017 - nats-py raises several types for a refused login
             asyncio.run(connect(url))
-    assert stack.redis is not None
+    assert stack.redis is not None and stack.redis.socket is not None
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=stack.redis.port).ping()
+        redis.Redis(unix_socket_path=str(stack.redis.socket)).ping()
 
 
 # Redis: commands no identity may run, and keys that are another's.
@@ -223,8 +224,7 @@ OTHERS_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def _redis_as(stack: Stack, creds: Credentials, user: str) -> redis.Redis:
-    assert stack.redis is not None
-    return redis.Redis.from_url(creds.redis_url(stack.redis.port, user))
+    return redis.Redis.from_url(stack.redis_url_of(user))
 
 
 @pytest.mark.parametrize("user", [*sorted(OTHERS_KEYS), REDIS_USER])
@@ -305,7 +305,7 @@ def test_a_node_may_not_have_the_log_deliver_its_events_to_a_controllers_command
     before = _operations(stack, "provisioner", "deliver-probe")
 
     async def attack() -> None:
-        nc = await nats.connect(creds.nats_url(user, _port(stack)), inbox_prefix=inbox_prefix(user), error_cb=_ignore)
+        nc = await nats.connect(creds.nats_url(user, _port(stack)), inbox_prefix=inbox_prefix(user), error_cb=_ignore, tls=stack.client_tls())
         try:
             js = nc.jetstream(timeout=2)
             evil = "vp.ev.node.node-2.deliver-probe"
@@ -331,11 +331,11 @@ def test_the_stream_is_created_and_upgraded_by_the_administrator_only(tmp_path: 
         assert s.creds is not None and s.nats is not None
         for user in ("provisioner", "nodeagent-node-2"):
             with pytest.raises((nats.errors.Error, TimeoutError)):
-                asyncio.run(ensure_event_log(s.creds.nats_url(user, s.nats.port)))
+                asyncio.run(ensure_event_log(s.creds.nats_url(user, s.nats.port), tls=s.client_tls()))
         s.ensure_event_log()
 
         async def settings(change: bool) -> tuple[bool, float]:
-            nc = await nats.connect(s.env["NATS_URL"])
+            nc = await nats.connect(s.env["NATS_URL"], tls=s.client_tls())
             try:
                 js = nc.jetstream()
                 config = (await js.stream_info(subjects.STREAM)).config
@@ -347,7 +347,7 @@ def test_the_stream_is_created_and_upgraded_by_the_administrator_only(tmp_path: 
                 await nc.close()
 
         assert asyncio.run(settings(change=True)) == (False, 10.0)
-        asyncio.run(ensure_event_log(s.env["NATS_URL"]))  # the install step, run again on upgrade
+        asyncio.run(ensure_event_log(s.env["NATS_URL"], tls=s.client_tls()))  # the install step, run again on upgrade
         assert asyncio.run(settings(change=False)) == (True, 120.0)
     finally:
         s.stop()

@@ -113,7 +113,7 @@ class NodeStack:
         self.shared_pool.mkdir(parents=True, exist_ok=True)
         self.stack.start_service("nodeagent")
         self.stack.wait_healthy(["nodeagent"])
-        self.nc = self.run(nats.connect(self.stack.env["NATS_URL"]))
+        self.nc = self.run(nats.connect(self.stack.env["NATS_URL"], tls=self.stack.client_tls()))
 
     def stop(self) -> None:
         if self.nc is not None:

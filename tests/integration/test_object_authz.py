@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,7 @@ def nats_url_of(cp: Stack, process: str) -> str:
     return next(v.partition(b"=")[2].decode() for v in environ if v.startswith(b"NATS_URL="))
 
 
-def as_identity(url: str, body: Callable[[nats.NATS, list[str]], Awaitable[T]]) -> T:
+def as_identity(url: str, body: Callable[[nats.NATS, list[str]], Awaitable[T]], tls: ssl.SSLContext | None = None) -> T:
     """Run ``body(connection, permission errors)`` connected as ``url``'s user."""
 
     async def go() -> T:
@@ -76,7 +77,7 @@ def as_identity(url: str, body: Callable[[nats.NATS, list[str]], Awaitable[T]]) 
             violations.append(str(exc))
 
         # Its own inbox prefix, as its service has: replies come only to an identity's own inboxes.
-        nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, inbox_prefix=inbox_prefix(url))
+        nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, inbox_prefix=inbox_prefix(url), tls=tls)
         try:
             return await body(nc, violations)
         finally:
@@ -93,7 +94,7 @@ def as_node(cp: Stack, node: str, process: str, body: Callable[[ObjectStore], Aw
         store = EventStore(nc.jetstream())
         return await body(ObjectStore(store, manager or kubelet(node), append=NodeWrites(Bus(nc), node).append))
 
-    return as_identity(nats_url_of(cp, process), run)
+    return as_identity(nats_url_of(cp, process), run, cp.client_tls())
 
 
 def denied(cp: Stack, node: str, process: str, write: Callable[[ObjectStore], Awaitable[Any]], manager: str | None = None) -> str:
@@ -119,7 +120,7 @@ def refused_append(cp: Stack, process: str, subject: str) -> bool:
             return violations
         raise AssertionError(f"{process} appended to {subject}")
 
-    violations = as_identity(nats_url_of(cp, process), attempt)
+    violations = as_identity(nats_url_of(cp, process), attempt, cp.client_tls())
     return any("permissions violation" in v.lower() and subject in v for v in violations)
 
 
@@ -215,7 +216,7 @@ def test_a_node_may_not_send_its_writes_as_another_node(cp: Stack) -> None:
         await asyncio.sleep(0.2)
         return violations
 
-    violations = as_identity(url, attempt)
+    violations = as_identity(url, attempt, cp.client_tls())
     assert any("permissions violation" in v.lower() for v in violations), violations
 
 

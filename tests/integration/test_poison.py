@@ -64,7 +64,7 @@ def publish(stack: Stack, subject: str, data: bytes, event_type: str = "") -> in
     """Append raw bytes to the log as the admin can; returns the stream sequence."""
 
     async def go() -> int:
-        nc = await nats.connect(stack.env["NATS_URL"])
+        nc = await nats.connect(stack.env["NATS_URL"], tls=stack.client_tls())
         try:
             headers = {subjects.EVENT_TYPE: event_type} if event_type else None
             ack = await nc.jetstream().publish(subject, data, headers=headers, stream=subjects.STREAM)
@@ -268,7 +268,7 @@ def test_rebuild_reproduces_the_read_models_and_the_quarantine_records(stack: St
         wait_record(stack, reader, publish(stack, subject, data, event_type))
 
     async def go() -> tuple[dict[str, Any], dict[str, Any], list[Quarantined]]:
-        nc = await nats.connect(stack.env["NATS_URL"])
+        nc = await nats.connect(stack.env["NATS_URL"], tls=stack.client_tls())
         r = redis.asyncio.Redis.from_url(stack.env["REDIS_URL"])
         models = ReadModels(r)
         try:
@@ -286,3 +286,20 @@ def test_rebuild_reproduces_the_read_models_and_the_quarantine_records(stack: St
     for name in ("provisioner", "attacher", "apigw", "nodeagent"):
         stack.restart_service(name, timeout=30)
     all_healthy(stack)
+
+
+def test_an_informer_that_starts_on_poison_reads_the_object_from_its_history(stack: Stack, api: Api) -> None:
+    # Informers start from each object's newest event: when that one is poison, the object
+    # is its newest event that decodes.
+    cls, volume, claim = unique("newest"), unique("pv"), unique("c")
+    api.apply(storage_class(cls))
+    api.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": cls, "hostPath": {"path": f"/tmp/{volume}"}}})
+    api.wait("pv", volume, lambda o: phase(o) == "Available")
+    seq = publish(stack, f"vp.ev.res.pv._.{volume}", codec.pack({"type": "ObjectChanged", "object": {"kind": "PersistentVolume", "spec": 7}, "patch": {}, "manager": "x"}), "ObjectChanged")
+    wait_record(stack, "objects", seq)
+    stack.restart_service("provisioner", timeout=30)
+    api.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": cls}})
+    bound = api.wait("pvc", claim, lambda o: phase(o) == "Bound")
+    assert bound is not None and bound["spec"]["volumeName"] == volume

@@ -28,7 +28,7 @@ def published(tmp_path: Path) -> Iterator[tuple[Stack, Csi]]:
     """A whole stack whose servers are announced in run/stack.json, as ``make run`` does."""
     s = Stack(tmp_path / "run", env={"VOLPLANE_POOL_CAPACITY": "16Gi"})
     s.start()
-    discovery.publish(s.run_dir, discovery.RunningStack(nats_url=s.env["NATS_URL"], redis_url=s.env["REDIS_URL"], pid=os.getpid()))
+    discovery.publish(s.run_dir, s.running_stack())
     c = Csi(s.csi_endpoint)
     try:
         yield s, c
@@ -111,7 +111,7 @@ def test_rebuild_says_in_one_line_when_the_log_is_missing(tmp_path: Path) -> Non
     s = Stack(tmp_path / "run")
     s.start_servers()  # servers, no services: nothing has made the stream yet
     try:
-        discovery.publish(s.run_dir, discovery.RunningStack(nats_url=s.env["NATS_URL"], redis_url=s.env["REDIS_URL"], pid=os.getpid()))
+        discovery.publish(s.run_dir, s.running_stack())
         out = _rebuild(s.run_dir)
         assert out.returncode == 2, out.stdout + out.stderr
         assert out.stderr.count("\n") == 1 and "no event log" in out.stderr, out.stderr

@@ -145,7 +145,7 @@ def test_create_attach_stage_publish_is_one_connected_trace_down_to_the_mount(tr
         )
         spans = _wait_for(
             receiver[0], trace_id, {"volplane-apigw", "volplane-provisioner", "volplane-attacher", "volplane-nodeagent"},
-            {"csi.v1.Node/NodeStageVolume", "csi.v1.Node/NodePublishVolume", "vp.ev.node publish", "exec losetup", "exec mount"},
+            {"csi.v1.Node/NodeStageVolume", "csi.v1.Node/NodePublishVolume", "vp.ev.node publish", "syscall loop-attach", "exec mkfs.ext4", "syscall mount"},
         )
         _connected(spans, root)
     finally:
@@ -224,7 +224,7 @@ def test_a_claim_applied_is_one_trace_through_the_control_loops_to_create_volume
             assert _attributes(client)["rpc.method"] == "CreateVolume" and _attributes(client)["rpc.grpc.status_code"] == 0
             _wait_for(
                 receiver[0], trace_id, {"volplane-apigw", "volplane-provisioner", "volplane-attacher", "volplane-nodeagent"},
-                {"csi.v1.Controller/ControllerPublishVolume", "csi.v1.Node/NodeStageVolume", "csi.v1.Node/NodePublishVolume", "exec mount"},
+                {"csi.v1.Controller/ControllerPublishVolume", "csi.v1.Node/NodeStageVolume", "csi.v1.Node/NodePublishVolume", "syscall mount"},
             )
             # A sync's span ends after the calls it made: wait for the enclosing spans too.
             _until(lambda: _orphans(receiver[0].trace(trace_id), root) == [], "every span's parent in the trace", timeout=20)

@@ -41,13 +41,19 @@ _RESTRICTED_LABELS = "node-restriction.kubernetes.io/"
 # services/scheduler), as Kubernetes' system:controller:* roles list them:
 #   provisioner: the PV controller and external-provisioner (PVs: create, bind, release,
 #     delete; claims: status, spec.volumeName, annotations), the scheduler (a pod's
-#     spec.nodeName, a claim's selected-node annotation).
+#     spec.nodeName, a claim's selected-node annotation), the snapshot controller and CSI
+#     snapshotter (VolumeSnapshots, VolumeSnapshotContents and their group kinds: create,
+#     bind, status, finalizers, delete; a claim's snapshot and clone protection).
 #   attacher: the attach/detach controller and external-attacher (VolumeAttachments,
 #     a Node's status.volumesAttached, the PV finalizer while attached).
 #   apigw: the resource API, whose callers it authorizes itself (services.apigw.access).
 # A node (the kubelet's part) has no kind here: its writes go through NodeWrites.
+_SNAPSHOT_KINDS = ("VolumeSnapshot", "VolumeSnapshotContent", "VolumeGroupSnapshot", "VolumeGroupSnapshotContent")
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "provisioner": (("PersistentVolume", "PersistentVolumeClaim", "Pod"), ("PersistentVolume", "PersistentVolumeClaim", "Pod")),
+    "provisioner": (
+        ("PersistentVolume", "PersistentVolumeClaim", "Pod", *_SNAPSHOT_KINDS),
+        ("PersistentVolume", "PersistentVolumeClaim", "Pod", *_SNAPSHOT_KINDS),
+    ),
     "attacher": (("VolumeAttachment", "Node", "PersistentVolume"), ("VolumeAttachment", "Pod")),
     "apigw": (("*",), ("*",)),
 }
@@ -107,7 +113,10 @@ class NodeWrites:
 
 
 def _denied(node: str, what: str) -> PermissionDenied:
-    return PermissionDenied(f'node "{node}" may not {what} (NodeRestriction: a node changes only its own Node and the status of pods bound to it)')
+    return PermissionDenied(
+        f'node "{node}" may not {what} (NodeRestriction: a node changes only its own Node, the status of pods bound to it '
+        "and the resize status of the claims they use)"
+    )
 
 
 def _bound_to(obj: dict[str, Any] | None, node: str) -> bool:
@@ -119,21 +128,38 @@ def _restricted_labels(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in labels.items() if isinstance(k, str) and k.startswith(_RESTRICTED_LABELS)}
 
 
+# What a node may change of a claim its pods use: the fields the kubelet's node expansion
+# writes (Kubernetes' NodeRestriction admitPVCStatus lets through these and nothing else).
+CLAIM_STATUS_BY_NODE = ("capacity", "conditions", "allocatedResourceStatuses", "allocatedResources")
+
+
+def _without_claim_status(obj: dict[str, Any]) -> dict[str, Any]:
+    """The claim without the status fields a node may write (nor its resourceVersion)."""
+    bare = _without(obj, "status")
+    status = {k: v for k, v in (obj.get("status") or {}).items() if k not in CLAIM_STATUS_BY_NODE}
+    return {**bare, "status": status}
+
+
 def _without(obj: dict[str, Any], field: str) -> dict[str, Any]:
     """The object without ``field`` ("" for none) nor its resourceVersion (a position)."""
     meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
     return {**{k: v for k, v in obj.items() if k != field}, "metadata": meta}
 
 
-def admit_node_write(node: str, ref: Ref, event: Event, current: dict[str, Any] | None, *, recorded: bool) -> Event:
+def admit_node_write(
+    node: str, ref: Ref, event: Event, current: dict[str, Any] | None, *, recorded: bool, claim_used: bool = False
+) -> Event:
     """NodeRestriction: the event ``node`` may append about ``ref``, whose newest object is
     ``current`` — or PermissionDenied saying what it tried.
 
     Allowed: creating and changing its own Node (not its uid); changing only the status
-    of a pod bound to it (``spec.nodeName``), which it may not unbind; timeline lines
-    about its Node and its pods. Every write carries the node's own manager name. A
-    change's merge patch is recomputed from the objects, so its history is the truth.
-    Nodes delete nothing here."""
+    of a pod bound to it (``spec.nodeName``), which it may not unbind; changing only
+    ``status.capacity``, ``conditions`` and ``allocatedResource[Statuse]s`` of a claim
+    that a pod bound to it uses (``claim_used``, which the caller looks up: the node
+    authorizer's pod → claim edge in Kubernetes), as the kubelet does when it finishes
+    an expansion; timeline lines about its Node, its pods and those claims. Every write
+    carries the node's own manager name. A change's merge patch is recomputed from the
+    objects, so its history is the truth. Nodes delete nothing here."""
     own = kubelet(node)
     is_node = ref.kind.name == "Node" and ref.name == node
     if recorded:
@@ -141,7 +167,8 @@ def admit_node_write(node: str, ref: Ref, event: Event, current: dict[str, Any] 
             raise InvalidArgument(f"{ref.recorded}: not a timeline line")
         if event.source != own:
             raise _denied(node, f'record a line as "{event.source[:64]}"')
-        if not (is_node or (ref.kind.name == "Pod" and _bound_to(current, node))):
+        used_claim = ref.kind.name == "PersistentVolumeClaim" and claim_used
+        if not (is_node or used_claim or (ref.kind.name == "Pod" and _bound_to(current, node))):
             raise _denied(node, f"record events about {ref}")
         return event
     if not isinstance(event, ObjectCreated | ObjectChanged | ObjectDeleted):
@@ -167,6 +194,11 @@ def admit_node_write(node: str, ref: Ref, event: Event, current: dict[str, Any] 
         before, after = (_restricted_labels(o) for o in (current, new))
         if before != after:
             raise _denied(node, f"change the {_RESTRICTED_LABELS}* labels of {ref}")
+    elif ref.kind.name == "PersistentVolumeClaim":
+        if not claim_used:
+            raise _denied(node, f"change {ref} (no pod bound to it uses the claim)")
+        if _without_claim_status(new) != _without_claim_status(current):
+            raise _denied(node, f"change anything but status.{', status.'.join(CLAIM_STATUS_BY_NODE)} of {ref}")
     else:
         if ref.kind.name != "Pod" or not _bound_to(current, node):
             raise _denied(node, f"change {ref}" + (" (bound to another node)" if ref.kind.name == "Pod" else ""))

@@ -6,11 +6,12 @@
     informer.get(PV, "nfs-pv"); informer.list(PVC)
     informer.observe(written_obj)               # a controller's own write, seen at once
 
-It follows every object event from the start of the log (``vp.ev.res.>``) and keeps
-the newest version of each object; an event at or below the version it already holds
-(a write the controller observed itself) is skipped, so the cache only moves forward.
-Replaying the log at start is the shortcut taken here: a start costs time in proportion
-to the log's length (docs/decisions.md).
+It starts from the newest event of every object subject (``vp.ev.res.>``, JetStream's
+last-per-subject delivery: each event carries the whole object, so the newest one is the
+object), then follows live events and keeps the newest version of each object; an event
+at or below the version it already holds (a write the controller observed itself) is
+skipped, so the cache only moves forward. A start costs the number of objects, not the
+length of the log's history (docs/performance.md, "Restarts").
 
 An event that is no valid object of its subject (an unknown kind, bytes that do not
 decode, an object that does not validate) is quarantined (``volplane.quarantine``): logged,
@@ -30,7 +31,7 @@ from volplane.errors import Unavailable
 from volplane.eventstore import EventStore, Record
 from volplane.quarantine import Quarantined
 from volplane.resources.kinds import RESOURCE_EVENTS, Kind, Ref, ref_of, ref_of_subject
-from volplane.resources.store import object_of, version_of
+from volplane.resources.store import ObjectStore, object_of, version_of
 from volplane.telemetry import continued
 
 __all__ = ["Informer"]
@@ -86,11 +87,13 @@ class Informer:
     async def _run(self, target: int) -> None:
         while True:
             try:
-                async for record in self._store.follow(RESOURCE_EVENTS, self.position):
+                async for record in self._store.follow(RESOURCE_EVENTS, self.position, newest_only=True):
                     try:
                         kind, obj = object_of(record)
                     except Exception as exc:  # noqa: BLE001 - any event the cache cannot use is quarantined, not retried.
                         self._skip(record, exc)
+                        if not self._synced.is_set():
+                            await self._before_poison(record)
                     else:
                         # A live event wakes the controllers in the trace it was written in (the replay at start, in none).
                         with continued(record.trace if self._synced.is_set() else ()):
@@ -128,6 +131,18 @@ class Informer:
         current = self.get(ref.kind, ref.key)
         if current is not None:
             self._put(ref, {**current, "metadata": {**current["metadata"], "resourceVersion": str(record.seq)}}, record.seq)
+
+    async def _before_poison(self, record: Record) -> None:
+        """At start only an object's newest event is read: when that one is poison, the
+        object is its newest event that decodes, read back from its subject's history."""
+        try:
+            ref = ref_of_subject(record.subject)
+        except Exception:  # noqa: BLE001 - a subject of no object: nothing to load
+            return
+        if self.get(ref.kind, ref.key) is None:
+            obj, version = ObjectStore.before_poison(await self._store.read(ref.subject))
+            if obj is not None:
+                self._put(ref, obj, version)
 
     def _put(self, ref: Ref, obj: dict[str, Any] | None, version: int) -> None:
         bucket = self._objects.setdefault(ref.kind.name, {})

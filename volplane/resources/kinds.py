@@ -34,12 +34,16 @@ class Kind:
     namespaced: bool
     api_version: str
     token: str
+    # Older apiVersions of the same shape a document may still be written in; it is
+    # stored under ``api_version`` (the API server's conversion, for kinds that need none).
+    also: tuple[str, ...] = ()
 
     @property
     def events(self) -> str:
         return f"vp.ev.res.{self.token}.>"
 
 
+_GROUP_BETAS = ("groupsnapshot.storage.k8s.io/v1beta2", "groupsnapshot.storage.k8s.io/v1beta1")
 KINDS: tuple[Kind, ...] = (
     Kind("StorageClass", "storageclasses", ("sc",), False, "storage.k8s.io/v1", "sc"),
     Kind("PersistentVolume", "persistentvolumes", ("pv",), False, "v1", "pv"),
@@ -48,6 +52,16 @@ KINDS: tuple[Kind, ...] = (
     Kind("Node", "nodes", ("no",), False, "v1", "node"),
     Kind("VolumeAttachment", "volumeattachments", ("va",), False, "storage.k8s.io/v1", "va"),
     Kind("CSIDriver", "csidrivers", (), False, "storage.k8s.io/v1", "csidriver"),
+    Kind("VolumeAttributesClass", "volumeattributesclasses", ("vac",), False, "storage.k8s.io/v1", "vac"),
+    # kubernetes-csi/external-snapshotter's kinds; the group snapshot ones in their newest
+    # version (groupsnapshot.storage.k8s.io/v1, the shape of v1beta2), whose v1beta2 and
+    # v1beta1 documents are accepted too.
+    Kind("VolumeSnapshotClass", "volumesnapshotclasses", ("vsclass", "vsclasses"), False, "snapshot.storage.k8s.io/v1", "vsclass"),
+    Kind("VolumeSnapshot", "volumesnapshots", ("vs",), True, "snapshot.storage.k8s.io/v1", "vs"),
+    Kind("VolumeSnapshotContent", "volumesnapshotcontents", ("vsc", "vscs"), False, "snapshot.storage.k8s.io/v1", "vsc"),
+    Kind("VolumeGroupSnapshotClass", "volumegroupsnapshotclasses", ("vgsclass", "vgsclasses"), False, "groupsnapshot.storage.k8s.io/v1", "vgsclass", _GROUP_BETAS),
+    Kind("VolumeGroupSnapshot", "volumegroupsnapshots", ("vgs",), True, "groupsnapshot.storage.k8s.io/v1", "vgs", _GROUP_BETAS),
+    Kind("VolumeGroupSnapshotContent", "volumegroupsnapshotcontents", ("vgsc", "vgscs"), False, "groupsnapshot.storage.k8s.io/v1", "vgsc", _GROUP_BETAS),
 )
 _BY_SPELLING = {
     spelling: kind

@@ -16,13 +16,29 @@ __all__ = [
     "ANN_BOUND_BY_CONTROLLER",
     "ANN_CONTROLLER_ENDPOINT",
     "ANN_CSI_NODE_IDS",
+    "ANN_DEFAULT_GROUP_SNAPSHOT_CLASS",
+    "ANN_DEFAULT_SNAPSHOT_CLASS",
+    "ANN_GROUP_SNAPSHOT_BEING_CREATED",
+    "ANN_GROUP_SNAPSHOT_BEING_DELETED",
     "ANN_NODE_ENDPOINT",
     "ANN_PROVISIONED_BY",
     "ANN_SELECTED_NODE",
+    "ANN_SNAPSHOT_BEING_CREATED",
+    "ANN_SNAPSHOT_BEING_DELETED",
     "ANN_STORAGE_PROVISIONER",
+    "FINALIZER_CLONE_SOURCE",
+    "FINALIZER_CONTENT_BOUND",
+    "FINALIZER_GROUP_CONTENT_BOUND",
+    "FINALIZER_GROUP_SNAPSHOT_BOUND",
+    "FINALIZER_PVC_AS_SOURCE",
+    "FINALIZER_SNAPSHOT_AS_SOURCE",
+    "FINALIZER_SNAPSHOT_BOUND",
+    "FINALIZER_SNAPSHOT_IN_GROUP",
+    "GROUP_SNAPSHOT_GROUP",
     "LABEL_HOSTNAME",
     "LABEL_KEEP_TERMINATED",
     "OWN_DRIVER",
+    "SNAPSHOT_GROUP",
     "attacher_finalizer",
     "claim_class",
     "csi_node_id",
@@ -50,6 +66,24 @@ LABEL_KEEP_TERMINATED = "volumes.kubernetes.io/keep-terminated-pod-volumes"
 LABEL_HOSTNAME = "kubernetes.io/hostname"
 
 OWN_DRIVER = "csi.volplane.io"
+
+# Snapshots (kubernetes-csi/external-snapshotter, pkg/utils; external-provisioner).
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+GROUP_SNAPSHOT_GROUP = "groupsnapshot.storage.k8s.io"
+ANN_DEFAULT_SNAPSHOT_CLASS = "snapshot.storage.kubernetes.io/is-default-class"
+ANN_DEFAULT_GROUP_SNAPSHOT_CLASS = "groupsnapshot.storage.kubernetes.io/is-default-class"
+ANN_SNAPSHOT_BEING_CREATED = "snapshot.storage.kubernetes.io/volumesnapshot-being-created"
+ANN_SNAPSHOT_BEING_DELETED = "snapshot.storage.kubernetes.io/volumesnapshot-being-deleted"
+ANN_GROUP_SNAPSHOT_BEING_CREATED = "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-being-created"
+ANN_GROUP_SNAPSHOT_BEING_DELETED = "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-being-deleted"
+FINALIZER_SNAPSHOT_AS_SOURCE = "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection"
+FINALIZER_SNAPSHOT_BOUND = "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection"
+FINALIZER_SNAPSHOT_IN_GROUP = "snapshot.storage.kubernetes.io/volumesnapshot-in-group-protection"
+FINALIZER_CONTENT_BOUND = "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection"
+FINALIZER_PVC_AS_SOURCE = "snapshot.storage.kubernetes.io/pvc-as-source-protection"
+FINALIZER_GROUP_SNAPSHOT_BOUND = "groupsnapshot.storage.kubernetes.io/volumegroupsnapshot-bound-protection"
+FINALIZER_GROUP_CONTENT_BOUND = "groupsnapshot.storage.kubernetes.io/volumegroupsnapshotcontent-bound-protection"
+FINALIZER_CLONE_SOURCE = "provisioner.storage.kubernetes.io/cloning-protection"
 
 
 def claim_class(pvc: dict[str, Any]) -> str:

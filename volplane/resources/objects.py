@@ -41,6 +41,7 @@ __all__ = [
     "Pod",
     "StorageClass",
     "VolumeAttachment",
+    "VolumeAttributesClass",
 ]
 
 Obj = dict[str, Any]
@@ -142,12 +143,13 @@ class ClaimRef:
     def key(self) -> str:
         return namespaced_key(self.namespace, self.name)
 
-    def matches(self, claim: PersistentVolumeClaim) -> bool:
-        """Whether this names ``claim``: namespace and name, and its uid when the ref carries one
-        (Kubernetes' IsVolumeBoundToClaim)."""
-        if self.name != claim.name or self.namespace != claim.namespace:
+    def matches(self, obj: Object) -> bool:
+        """Whether this names ``obj`` (a claim, or any object a reference of this shape points
+        at): namespace and name, and its uid when the ref carries one (Kubernetes'
+        IsVolumeBoundToClaim)."""
+        if self.name != obj.name or self.namespace != obj.namespace:
             return False
-        return not self.uid or self.uid == claim.uid
+        return not self.uid or self.uid == obj.uid
 
 
 class _Storage(Object):
@@ -214,6 +216,11 @@ class PersistentVolume(_Storage):
         """What Node ``status.volumesInUse`` lists: ``kubernetes.io/csi/<driver>^<handle>`` for CSI."""
         return names.unique_volume_name(self.raw)
 
+    @property
+    def attributes_class(self) -> str:
+        """``spec.volumeAttributesClassName``: the VolumeAttributesClass the volume has now ("" for none)."""
+        return str(self.spec.get("volumeAttributesClassName") or "")
+
 
 class PersistentVolumeClaim(_Storage):
     __slots__ = ()
@@ -237,6 +244,11 @@ class PersistentVolumeClaim(_Storage):
     def selector(self) -> Obj | None:
         selector: Obj | None = self.spec.get("selector")
         return selector
+
+    @property
+    def attributes_class(self) -> str:
+        """``spec.volumeAttributesClassName``: the VolumeAttributesClass the claim asks for ("" for none)."""
+        return str(self.spec.get("volumeAttributesClassName") or "")
 
     @property
     def selected_node(self) -> str:
@@ -375,3 +387,18 @@ class CSIDriver(Object):
     def attach_required(self) -> bool:
         """A driver attaches unless its CSIDriver says ``attachRequired: false``."""
         return self.spec.get("attachRequired", True) is not False
+
+
+class VolumeAttributesClass(Object):
+    """Like a StorageClass, its fields sit at the top level: ``driverName``, ``parameters``."""
+
+    __slots__ = ()
+    KIND = BY_NAME["VolumeAttributesClass"]
+
+    @property
+    def driver(self) -> str:
+        return str(self.raw.get("driverName") or "")
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (self.raw.get("parameters") or {}).items()}

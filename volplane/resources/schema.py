@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
 
 from volplane.config import parse_quantity
 from volplane.errors import InvalidArgument
@@ -65,6 +65,13 @@ class _Strict(BaseModel):
 def _absolute_path(v: str) -> str:
     if not v.startswith("/") or "\x00" in v:
         raise ValueError("must be an absolute path")
+    return v
+
+
+def _class_name(v: str | None) -> str | None:
+    # A VolumeAttributesClass's name; "" is allowed and means none (Kubernetes' rule).
+    if v and (len(v) > 253 or not _DNS_SUBDOMAIN.fullmatch(v)):
+        raise ValueError(f"{v[:64]!r} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')")
     return v
 
 
@@ -194,6 +201,12 @@ class PVSpec(_Strict):
     hostPath: HostPathSource | None = None
     local: LocalSource | None = None
     csi: CSISource | None = None
+    volumeAttributesClassName: str | None = None
+
+    @field_validator("volumeAttributesClassName")
+    @classmethod
+    def _attributes_class(cls, v: str | None) -> str | None:
+        return _class_name(v)
 
     @field_validator("capacity")
     @classmethod
@@ -216,6 +229,20 @@ class ResourceRequirements(_Strict):
         return v
 
 
+class TypedLocalReference(_Strict):
+    """A claim's ``dataSource``: an object in the claim's namespace (``apiGroup`` unset for core kinds)."""
+
+    apiGroup: str | None = None
+    kind: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+
+class TypedReference(TypedLocalReference):
+    """A claim's ``dataSourceRef``, which may name another namespace."""
+
+    namespace: str | None = None
+
+
 class PVCSpec(_Strict):
     accessModes: list[AccessMode] = Field(min_length=1)
     resources: ResourceRequirements
@@ -223,7 +250,14 @@ class PVCSpec(_Strict):
     volumeMode: VolumeMode = "Filesystem"
     volumeName: str = ""
     selector: LabelSelectorSpec | None = None
-    dataSource: dict[str, Any] | None = None
+    dataSource: TypedLocalReference | None = None
+    dataSourceRef: TypedReference | None = None
+    volumeAttributesClassName: str | None = None
+
+    @field_validator("volumeAttributesClassName")
+    @classmethod
+    def _attributes_class(cls, v: str | None) -> str | None:
+        return _class_name(v)
 
     @field_validator("resources")
     @classmethod
@@ -274,6 +308,31 @@ class StorageClassBody(_Open):
     allowedTopologies: list[NodeSelectorTerm] = []
 
 
+class VolumeAttributesClassBody(_Open):
+    """storage.k8s.io/v1 VolumeAttributesClass: the mutable attributes a CSI driver's
+    ControllerModifyVolume (and CreateVolume's mutable_parameters) get; both fields are
+    immutable once created (store.py), as in Kubernetes."""
+
+    driverName: str = Field(min_length=1, max_length=63)
+    parameters: dict[str, str] = Field(min_length=1, max_length=512)
+
+    @field_validator("driverName")
+    @classmethod
+    def _driver(cls, v: str) -> str:
+        if not _CSI_DRIVER.fullmatch(v):
+            raise ValueError(f"{v!r} is not a CSI driver name")
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, v: dict[str, str]) -> dict[str, str]:
+        if any(not k for k in v):
+            raise ValueError("a parameter's key may not be empty")
+        if sum(len(k) + len(x) for k, x in v.items()) > 256 * 1024:
+            raise ValueError("must have a total size of at most 256 KiB")
+        return v
+
+
 class VASource(_Strict):
     persistentVolumeName: str = Field(min_length=1)
 
@@ -290,6 +349,130 @@ class CSIDriverSpec(_Open):
     volumeLifecycleModes: list[str] = ["Persistent"]
 
 
+# --- kubernetes-csi/external-snapshotter's kinds (snapshot.storage.k8s.io/v1,
+# groupsnapshot.storage.k8s.io/v1), with the messages of their CRDs' validation rules.
+
+DeletionPolicy = Literal["Delete", "Retain"]
+
+
+def _object_name(v: str | None) -> str | None:
+    if v is not None and (len(v) > 253 or not _DNS_SUBDOMAIN.fullmatch(v)):
+        raise ValueError(f"{v[:64]!r} is not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')")
+    return v
+
+
+def _class_when_set(v: str | None, info: ValidationInfo) -> str | None:
+    if v == "":
+        raise ValueError(f"{info.field_name} must not be the empty string when set")
+    return _object_name(v)
+
+
+def _csi_driver(v: str) -> str:
+    if not _CSI_DRIVER.fullmatch(v):
+        raise ValueError(f"{v!r} is not a CSI driver name")
+    return v
+
+
+# The fields the snapshot kinds share: an object's name, a class's name (absent, never
+# ""), a CSI driver's name.
+ObjectName = Annotated[str | None, AfterValidator(_object_name)]
+ClassName = Annotated[str | None, AfterValidator(_class_when_set)]
+DriverName = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_csi_driver)]
+
+
+def _one_of(model: BaseModel, *fields: str) -> None:
+    given = [f for f in fields if getattr(model, f) is not None]
+    if len(given) != 1:
+        raise ValueError(f"exactly one of {' and '.join(fields)} must be set")
+
+
+class SnapshotClassBody(_Open):
+    """A VolumeSnapshotClass's or VolumeGroupSnapshotClass's top-level fields."""
+
+    driver: DriverName
+    deletionPolicy: DeletionPolicy
+    parameters: dict[str, str] = {}
+
+
+class BoundObjectReference(_Open):
+    """A content's reference to its (group) snapshot: both name and namespace."""
+
+    name: str = Field(min_length=1)
+    namespace: str = Field(min_length=1)
+
+
+class VolumeSnapshotSource(_Strict):
+    persistentVolumeClaimName: ObjectName = None
+    volumeSnapshotContentName: ObjectName = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VolumeSnapshotSource:
+        _one_of(self, "persistentVolumeClaimName", "volumeSnapshotContentName")
+        return self
+
+
+class VolumeSnapshotSpec(_Strict):
+    source: VolumeSnapshotSource
+    volumeSnapshotClassName: ClassName = None
+
+
+class VolumeSnapshotContentSource(_Strict):
+    volumeHandle: str | None = Field(default=None, min_length=1)
+    snapshotHandle: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VolumeSnapshotContentSource:
+        _one_of(self, "volumeHandle", "snapshotHandle")
+        return self
+
+
+class VolumeSnapshotContentSpec(_Strict):
+    volumeSnapshotRef: BoundObjectReference
+    deletionPolicy: DeletionPolicy
+    driver: DriverName
+    volumeSnapshotClassName: str | None = None
+    source: VolumeSnapshotContentSource
+    sourceVolumeMode: VolumeMode | None = None
+
+
+class VolumeGroupSnapshotSource(_Strict):
+    selector: LabelSelectorSpec | None = None
+    volumeGroupSnapshotContentName: ObjectName = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VolumeGroupSnapshotSource:
+        _one_of(self, "selector", "volumeGroupSnapshotContentName")
+        return self
+
+
+class VolumeGroupSnapshotSpec(_Strict):
+    source: VolumeGroupSnapshotSource
+    volumeGroupSnapshotClassName: ClassName = None
+
+
+class GroupSnapshotHandles(_Strict):
+    volumeGroupSnapshotHandle: str = Field(min_length=1)
+    volumeSnapshotHandles: list[str] = Field(min_length=1)
+
+
+class VolumeGroupSnapshotContentSource(_Strict):
+    volumeHandles: list[str] | None = Field(default=None, min_length=1)
+    groupSnapshotHandles: GroupSnapshotHandles | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VolumeGroupSnapshotContentSource:
+        _one_of(self, "volumeHandles", "groupSnapshotHandles")
+        return self
+
+
+class VolumeGroupSnapshotContentSpec(_Strict):
+    volumeGroupSnapshotRef: BoundObjectReference
+    deletionPolicy: DeletionPolicy
+    driver: DriverName
+    volumeGroupSnapshotClassName: str | None = None
+    source: VolumeGroupSnapshotContentSource
+
+
 _SPEC: dict[str, type[BaseModel]] = {
     "PersistentVolume": PVSpec,
     "PersistentVolumeClaim": PVCSpec,
@@ -297,8 +480,15 @@ _SPEC: dict[str, type[BaseModel]] = {
     "Node": NodeSpec,
     "VolumeAttachment": VASpec,
     "CSIDriver": CSIDriverSpec,
+    "VolumeSnapshot": VolumeSnapshotSpec,
+    "VolumeSnapshotContent": VolumeSnapshotContentSpec,
+    "VolumeGroupSnapshot": VolumeGroupSnapshotSpec,
+    "VolumeGroupSnapshotContent": VolumeGroupSnapshotContentSpec,
 }
 _SOURCES = ("nfs", "hostPath", "local", "csi")
+# Kinds whose fields sit at the top level, beside metadata, rather than under spec.
+_TOP_LEVEL: dict[str, type[BaseModel]] = {"StorageClass": StorageClassBody, "VolumeAttributesClass": VolumeAttributesClassBody}
+_TOP_LEVEL.update({"VolumeSnapshotClass": SnapshotClassBody, "VolumeGroupSnapshotClass": SnapshotClassBody})
 
 
 def validate(obj: Any) -> dict[str, Any]:
@@ -315,13 +505,13 @@ def validate(obj: Any) -> dict[str, Any]:
     plain = isinstance(name, str) and name.isprintable() and len(name) <= 253
     label = (f'{kind_name} "{name}"' if plain else f"{kind_name} {_show(name)}") if name else kind_name
     api_version = obj.get("apiVersion")
-    accepted = {kind.api_version, *(("storage.k8s.io/v1beta1",) if kind.api_version.startswith("storage") else ())}
+    accepted = {kind.api_version, *kind.also, *(("storage.k8s.io/v1beta1",) if kind.api_version.startswith("storage") else ())}
     if not isinstance(api_version, str) or api_version not in accepted:
         raise InvalidArgument(f"{label}: apiVersion: {_show(api_version)} is not {kind.api_version!r}")
     out["apiVersion"] = kind.api_version
     meta = _check(Metadata, obj.get("metadata") or {}, "metadata", label)
-    if kind_name == "StorageClass":
-        body = _check(StorageClassBody, {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, "", label)
+    if kind_name in _TOP_LEVEL:
+        body = _check(_TOP_LEVEL[kind_name], {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}, "", label)
         out.update(body.model_dump(exclude_none=True))
     else:
         spec = _check(_SPEC[kind_name], obj.get("spec") if obj.get("spec") is not None else {}, "spec", label)
@@ -335,7 +525,7 @@ def validate(obj: Any) -> dict[str, Any]:
             md.pop(field, None)
         else:
             md[field] = {str(k): str(v) for k, v in md[field].items()}
-    if kind_name == "StorageClass":
+    if kind_name in _TOP_LEVEL:
         return out
     spec_out = out.setdefault("spec", {})
     # The spec's model says which kind it is (one model per kind), and types its fields.
@@ -347,8 +537,9 @@ def validate(obj: Any) -> dict[str, Any]:
             raise InvalidArgument(f"{label}: spec.nodeAffinity: a local volume requires node affinity")
         spec_out.setdefault("persistentVolumeReclaimPolicy", "Retain")
         spec_out.setdefault("volumeMode", "Filesystem")
-    elif kind_name == "PersistentVolumeClaim":
+    elif isinstance(spec, PVCSpec):
         spec_out.setdefault("volumeMode", "Filesystem")
+        _data_sources(spec, spec_out, label)
     elif isinstance(spec, PodSpec):
         names = [v.name for v in spec.volumes]
         if len(set(names)) != len(names):
@@ -360,6 +551,24 @@ def validate(obj: Any) -> dict[str, Any]:
     elif kind_name == "CSIDriver":
         spec_out.setdefault("attachRequired", True)
     return out
+
+
+def _data_sources(spec: PVCSpec, out: dict[str, Any], label: str) -> None:
+    """Kubernetes' rules for a claim's data source: ``dataSource`` names a claim (the core
+    group) or an object of another API group; given alone, either of ``dataSource`` and
+    ``dataSourceRef`` is copied to the other (a ref into another namespace is not), and
+    given both, they must name the same object."""
+    src, ref = spec.dataSource, spec.dataSourceRef
+    if src is not None and not src.apiGroup and src.kind != "PersistentVolumeClaim":
+        raise InvalidArgument(f"{label}: spec.dataSource.kind: {_show(src.kind)}: must be 'PersistentVolumeClaim' when referencing the default apiGroup")
+    local_ref = ref is not None and not ref.namespace
+    if src is not None and ref is not None:
+        if local_ref and src.model_dump(exclude_none=True) != ref.model_dump(exclude_none=True, exclude={"namespace"}):
+            raise InvalidArgument(f"{label}: spec.dataSource: must match dataSourceRef")
+    elif src is not None:
+        out["dataSourceRef"] = src.model_dump(exclude_none=True)
+    elif ref is not None and local_ref and (ref.apiGroup or ref.kind == "PersistentVolumeClaim"):
+        out["dataSource"] = ref.model_dump(exclude_none=True, exclude={"namespace"})
 
 
 def _check(model: type[M], data: Any, prefix: str, label: str) -> M:

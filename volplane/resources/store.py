@@ -28,6 +28,7 @@ from volplane.events import Event, now_ns
 from volplane.eventstore import EventStore, Record
 from volplane.quarantine import Undecodable, reason_of
 from volplane.resources import patch as patches
+from volplane.resources.admission import admit_update
 from volplane.resources.events import OBJECT_EVENTS, RECORDED, EventRecorded, ObjectChanged, ObjectCreated, ObjectDeleted
 from volplane.resources.kinds import BY_NAME, Ref, ref_of, ref_of_subject
 from volplane.resources.schema import validate
@@ -38,10 +39,20 @@ _RETRIES = 20
 _REPEAT = 60.0  # seconds within which one line about one object is recorded once
 # Fields a user's apply may not change once the object exists: Kubernetes' rules.
 _IMMUTABLE: dict[str, tuple[tuple[str, ...], ...]] = {
-    "PersistentVolumeClaim": (("spec", "accessModes"), ("spec", "storageClassName"), ("spec", "volumeMode"), ("spec", "selector")),
+    "PersistentVolumeClaim": (
+        ("spec", "accessModes"), ("spec", "storageClassName"), ("spec", "volumeMode"), ("spec", "selector"),
+        ("spec", "dataSource"), ("spec", "dataSourceRef"),
+    ),
     "PersistentVolume": (("spec", "nfs"), ("spec", "hostPath"), ("spec", "local"), ("spec", "csi"), ("spec", "volumeMode")),
     "StorageClass": (("provisioner",), ("parameters",), ("reclaimPolicy",), ("volumeBindingMode",)),
     "VolumeAttachment": (("spec",),),
+    "VolumeAttributesClass": (("driverName",), ("parameters",)),
+    # external-snapshotter's CRD rules: sources never change; group classes not at all.
+    "VolumeSnapshot": (("spec", "source"),),
+    "VolumeSnapshotContent": (("spec", "source"), ("spec", "driver"), ("spec", "sourceVolumeMode")),
+    "VolumeGroupSnapshotClass": (("driver",), ("parameters",), ("deletionPolicy",)),
+    "VolumeGroupSnapshot": (("spec", "source"),),
+    "VolumeGroupSnapshotContent": (("spec", "source"), ("spec", "driver")),
 }
 
 
@@ -119,11 +130,11 @@ class ObjectStore:
         try:
             kind, obj = object_of(record)
         except Exception:  # noqa: BLE001 - a quarantined event (volplane.quarantine): skipped, as every reader skips it
-            return self._before_poison(await self._store.read(ref.subject))
+            return self.before_poison(await self._store.read(ref.subject))
         return (None if kind == "ObjectDeleted" else obj), record.seq
 
     @staticmethod
-    def _before_poison(records: list[Record]) -> tuple[dict[str, Any] | None, int]:
+    def before_poison(records: list[Record]) -> tuple[dict[str, Any] | None, int]:
         """The object as of its newest event that decodes, at the subject's newest sequence.
 
         Quarantined events are skipped, but they still take a place on the subject, so the
@@ -187,6 +198,7 @@ class ObjectStore:
                 new = self._applied(current, given)
                 if not patches.diff(_bare(current), _bare(new)):
                     return current, "unchanged"
+                await admit_update(current, new, self.read)  # the API server's update rules (expansion, classes)
                 return await self._append_changed(ref, current, new, version, reason="apply"), "configured"
             except ConcurrencyConflict:
                 continue

@@ -47,6 +47,56 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-redis" (include "volplane.fullname" .) -}}
 {{- end -}}
 
+{{/* TLS (values: tls): the Secrets with the servers' and the clients' certificates. */}}
+{{- define "volplane.tlsServerSecret" -}}
+{{- if eq .Values.tls.source "existing" -}}
+{{- required "tls.existingSecrets.server is required when tls.source is existing" .Values.tls.existingSecrets.server -}}
+{{- else -}}
+{{- printf "%s-tls-server" (include "volplane.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "volplane.tlsClientSecret" -}}
+{{- if eq .Values.tls.source "existing" -}}
+{{- required "tls.existingSecrets.client is required when tls.source is existing" .Values.tls.existingSecrets.client -}}
+{{- else -}}
+{{- printf "%s-tls-client" (include "volplane.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The names the servers' certificate must carry: the Services (short, namespaced, FQDN),
+each NATS server behind the headless Service (the cluster's routes dial those), and
+loopback for the probes inside the servers' own pods.
+*/}}
+{{- define "volplane.tlsDnsNames" -}}
+{{- $ns := .Release.Namespace -}}
+{{- $names := list "localhost" -}}
+{{- range $host := list (include "volplane.natsHost" .) (include "volplane.redisHost" .) (printf "*.%s-headless" (include "volplane.natsHost" .)) -}}
+{{- $names = concat $names (list $host (printf "%s.%s" $host $ns) (printf "%s.%s.svc" $host $ns) (printf "%s.%s.svc.cluster.local" $host $ns)) -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* A volplane container's client certificate and CA, from the client Secret. */}}
+{{- define "volplane.tlsMount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/volplane/tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "volplane.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+# The client certificate: readable by the pod's fsGroup (or root), nobody else.
+- name: tls
+  secret:
+    secretName: {{ include "volplane.tlsClientSecret" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
 {{- define "volplane.otlpEndpoint" -}}
 {{- if .Values.tracing.otlpEndpoint -}}
 {{- .Values.tracing.otlpEndpoint -}}
@@ -58,33 +108,48 @@ app.kubernetes.io/component: {{ .component }}
 {{/*
 The environment every volplane service shares: its NATS user (named after the service)
 with the password from the credentials Secret, the probe user its liveness check asks
-with, tracing, logging, the run directory (an emptyDir: the root filesystem is
+with, with "redis" its own Redis user (the same name: files/redis-acl.json, its own keys
+only), tracing, logging, the run directory (an emptyDir: the root filesystem is
 read-only). (dict "ctx" $ "user" "provisioner" "redis" true "metricsPort" 9091)
 */}}
 {{- define "volplane.env" -}}
 {{- $ctx := .ctx -}}
+{{- $tls := $ctx.Values.tls.enabled -}}
 - name: NATS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "volplane.secretName" $ctx }}
       key: nats-{{ .user }}
 - name: NATS_URL
-  value: nats://{{ .user }}:$(NATS_PASSWORD)@{{ include "volplane.natsHost" $ctx }}:4222
+  value: {{ ternary "tls" "nats" $tls }}://{{ .user }}:$(NATS_PASSWORD)@{{ include "volplane.natsHost" $ctx }}:4222
 - name: NATS_PROBE_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "volplane.secretName" $ctx }}
       key: nats-probe
 - name: NATS_PROBE_URL
-  value: nats://probe:$(NATS_PROBE_PASSWORD)@{{ include "volplane.natsHost" $ctx }}:4222
+  value: {{ ternary "tls" "nats" $tls }}://probe:$(NATS_PROBE_PASSWORD)@{{ include "volplane.natsHost" $ctx }}:4222
 {{- if .redis }}
+{{- $acl := $ctx.Files.Get "files/redis-acl.json" | fromJson }}
+{{- if not (hasKey $acl.users .user) }}
+{{- fail (printf "no Redis user %q in files/redis-acl.json (run deploy/kubernetes/generate.py)" .user) }}
+{{- end }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "volplane.secretName" $ctx }}
-      key: redis-password
+      key: redis-{{ .user }}
 - name: REDIS_URL
-  value: redis://volplane:$(REDIS_PASSWORD)@{{ include "volplane.redisHost" $ctx }}:6379/0
+  value: {{ ternary "rediss" "redis" $tls }}://{{ .user }}:$(REDIS_PASSWORD)@{{ include "volplane.redisHost" $ctx }}:6379/0
+{{- end }}
+{{- if $tls }}
+# The servers are checked against the release's CA; the client certificate is presented.
+- name: VOLPLANE_TLS_CA
+  value: /etc/volplane/tls/ca.crt
+- name: VOLPLANE_TLS_CERT
+  value: /etc/volplane/tls/tls.crt
+- name: VOLPLANE_TLS_KEY
+  value: /etc/volplane/tls/tls.key
 {{- end }}
 - name: VOLPLANE_RUN_DIR
   value: /run/volplane
@@ -114,10 +179,13 @@ livenessProbe:
       - python
       - -c
       - |
-        import asyncio, os, sys, msgpack, nats
+        import asyncio, os, sys, msgpack
+        from volplane.clients import client_tls, connect_once
         subject = "vp.health.{{ .service }}"{{ if .perNode }} + "." + os.environ["VOLPLANE_NODE_ID"].replace(".", "~"){{ end }}
+        env = os.environ.get
+        tls = client_tls(env("VOLPLANE_TLS_CA"), env("VOLPLANE_TLS_CERT"), env("VOLPLANE_TLS_KEY")) if env("VOLPLANE_TLS_CA") else None
         async def check():
-            nc = await nats.connect(os.environ["NATS_PROBE_URL"], connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0)
+            nc = await connect_once(os.environ["NATS_PROBE_URL"], timeout=2, tls=tls)
             try:
                 msg = await nc.request(subject, b"\x80", timeout=3)
             finally:

@@ -1,7 +1,13 @@
 """Host storage adapter: loop devices, filesystems and mounts on a node.
 
-Commands run without a shell, so a path is always one argument and can inject nothing; state is read from
-/proc/self/mountinfo and /sys/block/loop*/{loop/backing_file,ro,size}, the kernel's own view, which cannot go stale.
+Loop devices, mounts of block-device filesystems, bind mounts, unmounts, freezes and the
+recognition of ext4 and xfs are system calls (``syscalls.py``), each in a worker thread;
+what needs a program — mkfs, resize2fs, e2fsck, xfs_growfs, blkid for a device that
+holds neither ext nor xfs (a blank one included), and any filesystem mount(8) or umount(8)
+hands to a helper such as mount.nfs — runs as a command, without a shell, so a path is always one
+argument and can inject nothing. State is read from /proc/self/mountinfo,
+/proc/partitions and /sys/block/loop*/{loop/backing_file,ro,size}, the kernel's own view,
+which cannot go stale.
 
     storage = HostStorage()
     device = await storage.attach(Path("/var/lib/volplane/images/pv-1.img"))
@@ -11,16 +17,21 @@ Commands run without a shell, so a path is always one argument and can inject no
 from __future__ import annotations
 
 import asyncio
+import errno as errnos
 import os
 import re
 import shlex
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from volplane.locks import KeyedLocks
 from volplane.telemetry import span
+
+from . import syscalls
 
 MOUNTINFO = Path("/proc/self/mountinfo")
 PROC_STATUS = Path("/proc/self/status")
@@ -39,14 +50,31 @@ _FORMAT_COMMANDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class StorageError(Exception):
-    """A failed command, ``StorageError(["umount", "/m"], 32, "not mounted")``; exit_code None: never ran or killed."""
+T = TypeVar("T")
 
-    def __init__(self, command: Sequence[str], exit_code: int | None, stderr: str) -> None:
+
+class StorageError(Exception):
+    """A failed host operation: a command, ``StorageError(["umount", "/m"], 32, "not mounted")``
+    (exit_code None: it never ran or was killed), or a system call, ``StorageError.of("umount",
+    ["/m"], OSError(errno.EINVAL, "Invalid argument"))`` (``errno`` set, exit_code None,
+    ``stderr`` the error's text)."""
+
+    def __init__(self, command: Sequence[str], exit_code: int | None, stderr: str, *, errno: int | None = None) -> None:
         self.command = tuple(command)
         self.exit_code = exit_code
         self.stderr = stderr.strip()
-        super().__init__(f"`{shlex.join(self.command)}` failed (exit code {exit_code}): {self.stderr}")
+        self.errno = errno
+        if errno is None:
+            super().__init__(f"`{shlex.join(self.command)}` failed (exit code {exit_code}): {self.stderr}")
+        else:
+            super().__init__(f"{self.command[0]}({', '.join(self.command[1:])}) failed: {self.stderr}")
+
+    @classmethod
+    def of(cls, call: str, args: Sequence[str], exc: OSError) -> StorageError:
+        """The error of a system call, its errno named: ``... failed: Device or resource busy (EBUSY)``."""
+        code = exc.errno or 0
+        text = exc.strerror or os.strerror(code)
+        return cls((call, *args), None, f"{text} ({errnos.errorcode.get(code, code)})", errno=code)
 
 
 @dataclass(frozen=True)
@@ -103,8 +131,21 @@ class HostStorage:
 
     def __init__(self, timeout: float = COMMAND_TIMEOUT_S) -> None:
         self._timeout = timeout
-        # Attach and detach check then act, so two requests in this process must not interleave.
-        self._loop_lock = asyncio.Lock()
+        # Attach and detach check then act, so two requests for one image must not interleave;
+        # different images go in parallel (across processes, attach also locks the image itself).
+        self._images = KeyedLocks("image")
+
+    async def _call(self, call: str, args: Sequence[str], fn: Callable[..., T], *fn_args: object) -> T:
+        """Run a blocking system call in a worker thread: ``await self._call("umount", [p], syscalls.umount, p)``.
+
+        A worker thread because mount(2) of a filesystem and umount(2) of a dirty one do I/O;
+        the event loop serves every other volume meanwhile. OSError becomes StorageError.
+        """
+        with span(f"syscall {call}", attributes={"syscall.args": list(args)}):
+            try:
+                return await asyncio.to_thread(fn, *fn_args)
+            except OSError as exc:
+                raise StorageError.of(call, args, exc) from exc
 
     async def _run(self, *command: str) -> str:
         """Run a command without a shell and return its stdout: ``await self._run("losetup", "-a")``."""
@@ -135,65 +176,50 @@ class HostStorage:
         only with ``deleted_too`` — which ``detach`` uses, so that nothing leaks when an
         image was deleted while still attached.
         """
-        wanted = str(image.resolve())
-        accepted = {wanted, f"{wanted} (deleted)"} if deleted_too else {wanted}
-        found: list[tuple[int, str]] = []
-        # Plain os calls: with a thousand loop devices, pathlib's glob was the cost.
-        for name in os.listdir(SYS_BLOCK):
-            if not name.startswith("loop"):
-                continue
-            try:
-                with open(f"{SYS_BLOCK}/{name}/loop/backing_file", "rb") as f:  # noqa: ASYNC230 - sysfs reads never block
-                    current = os.fsdecode(f.read()).rstrip("\n")
-            except OSError:
-                # Not attached, or detached between listing and reading: it backs nothing.
-                continue
-            if current in accepted:
-                found.append((int(name.removeprefix("loop")), f"/dev/{name}"))
-        return [device for _, device in sorted(found)]
+        accepted = _accepted(image, deleted_too)
+        # Only bound devices are read (/proc/partitions names them): a node collects unbound
+        # ones, and reading each of 400 cost 1.6 ms a scan. sysfs and procfs reads never block.
+        return [f"/dev/{name}" for name in syscalls.bound_loops() if syscalls.loop_backing(name) in accepted]
+
+    @staticmethod
+    def backs(device: str, image: Path, *, deleted_too: bool = False) -> bool:
+        """Whether ``device`` is bound to ``image`` now: ``storage.backs("/dev/loop0", img)``; one sysfs read."""
+        return syscalls.loop_backing(Path(device).name) in _accepted(image, deleted_too)
 
     async def attach(self, image: Path, *, readonly: bool = False) -> str:
         """Attach ``image``, reusing a device that backs it: ``await storage.attach(img) == "/dev/loop0"``.
 
-        With ``readonly`` the device is a read-only one (``losetup --read-only``), a second device
+        With ``readonly`` the device is a read-only one (as ``losetup --read-only``), a second device
         beside the writable one: a read-only bind of a device node still lets writes through, so a
-        read-only block publication needs a device the kernel itself refuses to write.
+        read-only block publication needs a device the kernel itself refuses to write. A device
+        is reused only if it maps the whole image (no offset), as ``losetup --nooverlap`` does.
         """
-        async with self._loop_lock:
-            existing = await self.loop_devices_for(image)
-            matching = [d for d in existing if self.is_readonly(d) is readonly]
-            if matching:
-                return matching[0]
-            command = ["losetup", "--find", "--show"]
-            if readonly:
-                command.append("--read-only")
-            elif not existing:
-                # --nooverlap makes losetup itself reuse a device that another process attached after the
-                # scan. It refuses outright when a read-only device backs the image, so it is left out then.
-                command.append("--nooverlap")
-            out = await self._run(*command, str(image.resolve()))
-            return out.strip()
+        path = str(image.resolve())
+        async with self._images.acquire(path):
+            # One worker-thread trip: scan, and bind a free device only if none fits (syscalls.attach_loop).
+            return await self._call("loop-attach", [path, "ro" if readonly else "rw"], syscalls.attach_loop, path, readonly)
 
     async def detach(self, image: Path, *, readonly_only: bool = False) -> None:
         """Detach every loop device backing ``image`` (only read-only ones with ``readonly_only``).
 
         A device still open (mounted) is only marked to auto-detach on its last close; that counts as success.
         """
-        async with self._loop_lock:
+        accepted = _accepted(image, True)
+        async with self._images.acquire(str(image.resolve())):
             for device in await self.loop_devices_for(image, deleted_too=True):
                 if readonly_only and not self.is_readonly(device):
                     continue
                 try:
-                    await self._run("losetup", "--detach", device)
+                    await self._call("loop-detach", [device], syscalls.detach_loop, device, accepted)
                 except StorageError:
                     # Someone else may have detached it after the scan; only a device still backing the image
                     # is a failure.
-                    if device in await self.loop_devices_for(image, deleted_too=True):
+                    if self.backs(device, image, deleted_too=True):
                         raise
 
     async def refresh(self, device: str) -> None:
         """Make the device see a grown image: ``os.truncate(img, 2 << 30); await storage.refresh("/dev/loop0")``."""
-        await self._run("losetup", "--set-capacity", device)
+        await self._call("loop-set-capacity", [device], syscalls.set_capacity, device)
 
     def is_readonly(self, device: str) -> bool | None:
         """Whether a block device refuses writes; None once it is gone: ``storage.is_readonly("/dev/loop1")``."""
@@ -261,23 +287,22 @@ class HostStorage:
 
         ``storage.filesystem_bytes("/dev/loop0", "ext4") == 64 << 20``; 0 for another type.
         """
-        with open(device, "rb") as dev:
-            if fs_type == "ext4":
-                dev.seek(1024)
-                sb = dev.read(1024)
-                blocks = int.from_bytes(sb[0x04:0x08], "little")
-                if int.from_bytes(sb[0x60:0x64], "little") & 0x80:  # INCOMPAT_64BIT
-                    blocks |= int.from_bytes(sb[0x150:0x154], "little") << 32
-                return blocks * (1024 << int.from_bytes(sb[0x18:0x1C], "little"))
-            if fs_type == "xfs":
-                sb = dev.read(16)
-                if sb[:4] != b"XFSB":
-                    return 0
-                return int.from_bytes(sb[4:8], "big") * int.from_bytes(sb[8:16], "big")
-        return 0
+        sb = syscalls.Superblock.read(device)
+        return sb.fs_bytes if sb.fs_type == fs_type else 0
 
     async def filesystem_of(self, device: str) -> str | None:
-        """The filesystem on ``device``, None if blank: ``await storage.filesystem_of("/dev/loop0") == "ext4"``."""
+        """The filesystem on ``device``, None if blank: ``await storage.filesystem_of("/dev/loop0") == "ext4"``.
+
+        An ext2/3/4 or xfs superblock is recognised by reading it; anything else — a blank
+        device included — is left to ``blkid -p``, which knows every other signature, so
+        that nothing it would name is ever taken for blank and formatted over.
+        """
+        try:
+            found = await self._call("read-superblock", [device], syscalls.probe_superblock, device)
+        except StorageError:
+            found = None  # blkid says what it makes of a device that cannot be read.
+        if found is not None and found.fs_type is not None:
+            return found.fs_type
         try:
             out = await self._run("blkid", "-p", "-o", "value", "-s", "TYPE", device)
         except StorageError as err:
@@ -298,6 +323,10 @@ class HostStorage:
     def mount_point(self, path: Path) -> MountEntry | None:
         """The topmost mount at ``path`` or None: ``storage.mount_point(Path("/mnt/pv-1")).fs_type == "ext4"``."""
         wanted = Path(_arg(path))
+        # Most paths asked about are not mounted: statx says so in one call, where
+        # mountinfo costs a line per mount on the host (a node with a thousand volumes).
+        if syscalls.is_mount_root(str(wanted)) is False:
+            return None
         # Only lines that contain the path, escaped as the kernel writes it, are parsed: a
         # node with a thousand mounts answers in a byte search, not a thousand parses.
         needle = b" " + _escape(str(wanted)) + b" "
@@ -312,11 +341,21 @@ class HostStorage:
         return top
 
     async def mount(self, device: str, path: Path, fs_type: str, options: list[str]) -> None:
-        """Mount a device: ``await storage.mount("/dev/loop0", Path("/mnt/pv-1"), "ext4", ["noatime"])``."""
+        """Mount a device: ``await storage.mount("/dev/loop0", Path("/mnt/pv-1"), "ext4", ["noatime"])``.
+
+        mount(2) itself, with the options translated as mount(8) does, unless mount(8)
+        would hand the type to a helper (mount.nfs) or an option is not one it translates.
+        """
+        target = _arg(path)
+        translated = _translate(options)
+        if translated is not None and device.startswith("/") and not syscalls.has_helper("mount", fs_type):
+            flags, data = translated
+            await self._call("mount", [device, target, fs_type, *options], syscalls.mount, device, target, fs_type, flags, data)
+            return
         command = ["mount", "-t", fs_type]
         if options:
             command += ["-o", ",".join(options)]
-        await self._run(*command, device, _arg(path))
+        await self._run(*command, device, target)
 
     async def bind(self, source: Path, target: Path, readonly: bool) -> None:
         """Bind-mount a directory, or a device node onto a file: ``await storage.bind(Path("/staging/v"), Path("/pods/x/v"), True)``.
@@ -324,16 +363,10 @@ class HostStorage:
         Read-only is a per-mount flag: for a device node it does not stop writes through it (the
         kernel skips the check for special files), so a read-only block volume binds a read-only device.
         """
-        await self._run("mount", "--bind", _arg(source), _arg(target))
-        if not readonly:
-            return
-        try:
-            # A bind inherits the source's flags; read-only needs a second, per-mount remount.
-            await self._run("mount", "-o", "remount,bind,ro", _arg(target))
-        except StorageError:
-            # A bind left writable would hand a read-only volume to the workload as writable, so it is undone.
-            await self._run("umount", _arg(target))
-            raise
+        # A bind inherits the source's flags; read-only needs a second, per-mount remount, and a
+        # bind left writable when that fails is undone (syscalls.bind).
+        args = [_arg(source), _arg(target), "ro" if readonly else "rw"]
+        await self._call("bind", args, syscalls.bind, _arg(source), _arg(target), readonly)
 
     async def unmount(self, path: Path, source: str | None = None) -> None:
         """Remove the mounts stacked at ``path``; a no-op if none: ``await storage.unmount(Path("/mnt/pv-1"))``.
@@ -346,7 +379,7 @@ class HostStorage:
             if top is None or (source is not None and top.source != source):
                 return
             try:
-                await self._run("umount", _arg(path))
+                await self._umount(path, top)
             except StorageError:
                 # A concurrent unmount may have won the race; only a mount that is still there is a failure.
                 if self.mount_point(path) != top:
@@ -368,7 +401,7 @@ class HostStorage:
             if top is None or self.device_number(path) not in wanted:
                 return
             try:
-                await self._run("umount", _arg(path))
+                await self._umount(path, top)
             except StorageError:
                 if self.mount_point(path) != top:
                     continue
@@ -376,19 +409,27 @@ class HostStorage:
         if self.mount_point(path) is not None and self.device_number(path) in wanted:
             raise StorageError(("umount", _arg(path)), None, f"still mounted after {MAX_UNMOUNT_ATTEMPTS} attempts")
 
+    async def _umount(self, path: Path, top: MountEntry) -> None:
+        """Take the top mount off ``path``: umount2(2), or umount(8) where it would run a helper (umount.nfs)."""
+        if syscalls.has_helper("umount", top.fs_type):
+            await self._run("umount", _arg(path))
+        else:
+            await self._call("umount", [_arg(path)], syscalls.umount, _arg(path))
+
     async def freeze(self, path: Path) -> None:
         """Flush a mounted filesystem and hold every write to it: ``await storage.freeze(Path("/staging/pv-1"))``.
 
-        Writers block in the kernel (they do not fail) until ``thaw``; a group snapshot's cut."""
-        await self._run("fsfreeze", "--freeze", _arg(path))
+        Writers block in the kernel (they do not fail) until ``thaw``; a group snapshot's cut.
+        FIFREEZE, as ``fsfreeze --freeze``."""
+        await self._call("FIFREEZE", [_arg(path)], syscalls.freeze, _arg(path))
 
     async def thaw(self, path: Path) -> None:
         """Let writes to a frozen filesystem go on; a filesystem that is not frozen is left as it is."""
         try:
-            await self._run("fsfreeze", "--unfreeze", _arg(path))
+            await self._call("FITHAW", [_arg(path)], syscalls.thaw, _arg(path))
         except StorageError as exc:
             # The kernel answers EINVAL for a filesystem that is not frozen: already thawed.
-            if "Invalid argument" not in exc.stderr:
+            if exc.errno != errnos.EINVAL:
                 raise
 
     def mounts_of_images(self, directories: Sequence[str]) -> list[MountEntry]:
@@ -401,12 +442,27 @@ class HostStorage:
     def loop_backing_files() -> dict[str, str]:
         """Every bound loop device and its backing file: ``{"/dev/loop0": "/pool/<id>.img"}``."""
         found: dict[str, str] = {}
-        for name in os.listdir(SYS_BLOCK):
-            if not name.startswith("loop"):
-                continue
-            try:
-                with open(f"{SYS_BLOCK}/{name}/loop/backing_file", "rb") as f:
-                    found[f"/dev/{name}"] = os.fsdecode(f.read().rstrip(b"\n"))
-            except OSError:
-                continue  # Unbound, or detached since the listing.
+        for name in syscalls.bound_loops():
+            backing = syscalls.loop_backing(name)
+            if backing is not None:  # None: detached since the listing.
+                found[f"/dev/{name}"] = backing
         return found
+
+    @staticmethod
+    def bound_loop_count() -> int:
+        """How many loop devices are bound now, any file's (one read of /proc/partitions)."""
+        return len(syscalls.bound_loops())
+
+
+def _translate(options: Sequence[str]) -> tuple[int, str] | None:
+    """mount(2)'s flags and data for mount(8)'s options; None when one is not translated."""
+    try:
+        return syscalls.mount_options(options)
+    except ValueError:
+        return None
+
+
+def _accepted(image: Path, deleted_too: bool) -> set[str]:
+    """The backing_file texts that mean ``image``: the kernel appends " (deleted)" once it is unlinked."""
+    wanted = str(image.resolve())
+    return {wanted, f"{wanted} (deleted)"} if deleted_too else {wanted}

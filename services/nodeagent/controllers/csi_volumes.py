@@ -6,6 +6,7 @@ through a CSI driver's Node service, as the kubelet's csi plugin does.
     staging, staged_now = await csi.mount_device(volume, context)
     mounted_now = await csi.set_up(pod, volume, staging, context)
     await csi.tear_down(pod_volume_on_disk); await csi.unmount_device(device_on_disk)
+    await csi.node_expand(volume, target, 2 * 2**30)         # NodeExpandVolume where it is published
 
 Each step writes its record (``vol_data.json``) before it calls the driver, so whatever is
 mounted can be unmounted after a crash even when its pod and PV objects are gone. Every
@@ -18,7 +19,7 @@ import logging
 from pathlib import Path
 
 from volplane.csi import csi_pb2 as csi
-from volplane.csiclient import CsiClient, client_for
+from volplane.csiclient import CsiClient, capability, client_for
 from volplane.errors import FailedPrecondition, Internal
 from volplane.resources import names
 from volplane.resources.drivers import attach_required, node_endpoint
@@ -51,6 +52,7 @@ class CsiVolumes:
         self._node = node
         self._own_endpoint = own_endpoint
         self._stages: dict[str, bool] = {}
+        self._expands: dict[str, bool] = {}
 
     # -- which driver, where --------------------------------------------------------
 
@@ -143,6 +145,24 @@ class CsiVolumes:
             volume_context=self._context(volume),
         )
         return True
+
+    # -- expand -----------------------------------------------------------------------
+
+    async def expands(self, driver: str) -> bool:
+        """Whether the driver's node plugin has EXPAND_VOLUME (asked once per endpoint)."""
+        client = client_for(self.endpoint(driver))
+        if client.endpoint not in self._expands:
+            self._expands[client.endpoint] = await client.node_expands()
+        return self._expands[client.endpoint]
+
+    async def node_expand(self, volume: DesiredVolume, target: Path, size: int) -> int:
+        """NodeExpandVolume for the volume published at ``target`` (and staged at its global
+        mount, for a driver that stages), to ``size`` bytes: the kubelet's csi plugin's
+        NodeExpand. Returns the capacity the driver reports (0: it did not say)."""
+        client = client_for(self.endpoint(volume.driver))
+        staging = str(self.global_mount_of(volume)) if await self.stages(client) else ""
+        cap = capability(volume.access_mode, block=volume.block, fs_type=self._fs_type(volume), mount_flags=list(volume.mount_options))
+        return await client.node_expand(volume.handle, str(target), staging, size, cap)
 
     # -- unmount ----------------------------------------------------------------------
 

@@ -84,6 +84,8 @@ class KubeletDir:
         self.root = root
         self.pods = root / "pods"
         self.csi_plugins = root / "plugins" / "kubernetes.io" / "csi"
+        # A pod uid's directory belongs to one pod for ever: which one, once a record said so.
+        self._owners: dict[str, str] = {}
 
     # -- layout (docs/control-plane.md, "Node paths") ------------------------------
 
@@ -126,10 +128,16 @@ class KubeletDir:
 
     # -- the actual state of world, read from the disk ----------------------------
 
-    def pod_volumes(self) -> list[PodVolumeOnDisk]:
-        """Every pod volume directory, block file or record under ``pods/*/{volumes,volumeDevices}/*/``."""
+    def pod_volumes(self, pod_key: str | None = None) -> list[PodVolumeOnDisk]:
+        """Every pod volume directory, block file or record under ``pods/*/{volumes,volumeDevices}/*/``;
+        with ``pod_key``, only those recorded for that pod (``namespace/name``) — the
+        directories of uids known to be another pod's are not read, so a pod's sync does not
+        cost every other pod's volumes on the node."""
         out: list[PodVolumeOnDisk] = []
+        owners: dict[str, str] = {}
         for pod in _children(self.pods):
+            if pod_key is not None and self._owners.get(pod.name, pod_key) != pod_key:
+                continue
             for kind in (VOLUMES, VOLUME_DEVICES):
                 for plugin in _children(pod / kind):
                     names: set[str] = set()
@@ -139,11 +147,18 @@ class KubeletDir:
                         names.add(name.removesuffix(DATA_SUFFIX))
                     for name in sorted(names):
                         path = plugin / name
-                        out.append(PodVolumeOnDisk(
+                        volume = PodVolumeOnDisk(
                             pod_uid=pod.name, plugin=plugin.name.replace("~", "/"), spec_name=name, path=path,
                             block=kind == VOLUME_DEVICES, data=_read_json(self.data_of(path)),
-                        ))
-        return out
+                        )
+                        if volume.pod_key:
+                            owners[pod.name] = volume.pod_key
+                        out.append(volume)
+        if pod_key is None:
+            self._owners = owners  # a whole scan: uids gone from the disk are forgotten
+            return out
+        self._owners.update(owners)
+        return [v for v in out if v.pod_key == pod_key]
 
     def devices(self) -> list[DeviceOnDisk]:
         """Every CSI volume's global directory under ``plugins/kubernetes.io/csi/<driver>/<sha256>/``."""

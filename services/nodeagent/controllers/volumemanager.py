@@ -9,7 +9,9 @@ objects in memory, actual state of world from the disk, and a level-based reconc
 Keys, as in docs/control-plane.md:
 
 - ``pod:<ns>/<name>`` — MountAttachVolumes for the pod if it is desired here (waits for
-  attach, MountDevice, SetUp; writes status.volumes and the VolumesReady condition), and
+  attach, MountDevice, SetUp; writes status.volumes and the VolumesReady condition; then
+  NodeExpandVolume for a mounted volume whose claim's expansion is the node's turn,
+  ``node_expansion.py``), and
   UnmountVolumes for what the disk holds of another incarnation of that name (or of the
   pod itself once it is deleted, terminated or moved).
 - ``node:<node>`` — UnmountVolumes for every pod directory no desired pod owns (pods
@@ -44,6 +46,7 @@ from ..adapters.storage import HostStorage
 from .csi_volumes import CSIDRIVER, VA, CsiVolumes, WaitingForAttach
 from .desired_state import CSI, POD, PV, PVC, DesiredVolume, Unresolved, is_desired, resolve
 from .kubelet_paths import KubeletDir, PodVolumeOnDisk
+from .node_expansion import NodeExpansion
 from .node_object import NODE, NodeObject
 from .pod_status import PodStatus, volume_entry
 from .volume_plugins import InTreePlugins
@@ -76,6 +79,7 @@ class VolumeManager:
         self._csi = CsiVolumes(self.paths, informer, storage, node=node, own_endpoint=csi_endpoint)
         self._in_tree = InTreePlugins(storage)
         self._status = PodStatus(objects, informer)
+        self._expansion = NodeExpansion(objects, informer, self._csi, node=node)
         self._locks = KeyedLocks("volume")
         self.node_key = f"node:{node}"
         self._pods_by_claim: dict[str, set[str]] = {}  # claim key → keys ("pod:ns/name") of pods here using it
@@ -188,7 +192,7 @@ class VolumeManager:
         pod = self._informer.get(POD, pod_key)
         desired = pod if self._desired(pod) else None
         uid = Pod(desired).uid if desired is not None else None
-        stale = [v for v in self.paths.pod_volumes() if v.pod_key == pod_key and v.pod_uid != uid]
+        stale = [v for v in self.paths.pod_volumes(pod_key) if v.pod_uid != uid]
         if stale:
             await self._tear_down_all(stale, lambda v: not self._uid_desired(v.pod_uid))
             self.loop.add(self.node_key)
@@ -219,6 +223,7 @@ class VolumeManager:
                     continue
                 self.paths.remove_device(device)
                 if device.unique_name:
+                    self._expansion.forget(device.unique_name)
                     await self.node_object.remove_in_use(device.unique_name)
                 log.info("unmounted device %s from %s", device.unique_name or "?", device.path)
         await self._heal_in_use()
@@ -253,6 +258,7 @@ class VolumeManager:
         statuses: list[Obj] = []
         failed: list[str] = []
         waiting: list[str] = []
+        mounted: list[tuple[DesiredVolume, Path]] = []
         for volume in Pod(pod).volumes:
             r = resolve(pod, volume, self._informer.get)
             if isinstance(r, Unresolved):
@@ -274,11 +280,28 @@ class VolumeManager:
                 await self._objects.record(pod, "Warning", "FailedMount", message)
             else:
                 statuses.append(volume_entry(r.name, True, str(path), ""))
+                mounted.append((r, path))
         await self._status.write(pod, statuses)
+        await self._expand(pod, mounted)
         if failed:
             raise Internal(f"pod {Pod(pod).key}: " + "; ".join(failed))
         if waiting:
             raise Retry(_ATTACH_POLL_S, waiting[0])
+
+    async def _expand(self, pod: Obj, mounted: list[tuple[DesiredVolume, Path]]) -> None:
+        """NodeExpandVolume for each mounted volume whose claim waits for the node (after the
+        pod's status: an expansion never holds a pod's volumes back from being ready)."""
+        errors: list[BaseException] = []
+        for volume, path in mounted:
+            if self._expansion.due(volume) is None:
+                continue
+            async with self._locks.acquire(volume.unique_name):
+                try:
+                    await self._expansion.expand(pod, volume, path)
+                except Exception as exc:  # noqa: BLE001 - one volume must not hold back the others; raised below.
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _target_of(self, pod: Obj, volume: DesiredVolume) -> Path:
         return self.paths.pod_volume(Pod(pod).uid, volume.plugin, volume.spec_name, block=volume.block)

@@ -75,9 +75,12 @@ class VolumeLimit:
     async def admit(self, image: Path) -> AsyncIterator[None]:
         key = str(image)
         async with self._lock:
-            held = self.held() | self._admitting
-            if self.limit > 0 and key not in held and len(held) >= self.limit:
-                raise ResourceExhausted(f"node holds {len(held)} volumes, its maximum (max_volumes_per_node {self.limit})")
+            # The devices bound now (one read) bound what this node holds from above: only a
+            # node that may be full reads whose each one is.
+            if self.limit > 0 and HostStorage.bound_loop_count() + len(self._admitting) >= self.limit:
+                held = self.held() | self._admitting
+                if key not in held and len(held) >= self.limit:
+                    raise ResourceExhausted(f"node holds {len(held)} volumes, its maximum (max_volumes_per_node {self.limit})")
             self._admitting.add(key)
         try:
             yield

@@ -27,7 +27,7 @@ from pathlib import Path
 from volplane.commands import VolumeStats
 from volplane.errors import FailedPrecondition, NotFound
 
-from ..adapters.storage import HostStorage
+from ..adapters.storage import MAX_UNMOUNT_ATTEMPTS, HostStorage
 from ..domain.volume import NodeVolumeState, Publication
 
 log = logging.getLogger(__name__)
@@ -73,24 +73,30 @@ class HostSteps:
         return device, formatted, size
 
     async def undo_stage(self, state: NodeVolumeState, image: Path) -> None:
-        # Only our own device's mounts are taken off the staging path; then every device of the
-        # image is detached (a loop device still mounted would only detach at its last unmount).
+        # Only mounts of the image's own devices are taken off the staging path (whatever else
+        # is mounted there, over or under ours, stays); then every device of the image is
+        # detached (a loop device still mounted would only detach at its last unmount).
         if state.access_type == "mount":
-            for device in await self.storage.loop_devices_for(image, deleted_too=True):
-                await self.storage.unmount(Path(state.staging_path), source=device)
+            staging = Path(state.staging_path)
+            for _ in range(MAX_UNMOUNT_ATTEMPTS):
+                top = self.storage.mount_point(staging)
+                if top is None or not self.storage.backs(top.source, image, deleted_too=True):
+                    break
+                await self.storage.unmount(staging, source=top.source)
         await self.storage.detach(image)
 
     async def stage_intact(self, state: NodeVolumeState, image: Path) -> bool:
-        if state.device not in await self.storage.loop_devices_for(image) or self.storage.is_readonly(state.device):
+        if not self.storage.backs(state.device, image) or self.storage.is_readonly(state.device):
             return False
         if state.access_type == "block":
             return True
         top = self.storage.mount_point(Path(state.staging_path))
         return top is not None and top.source == state.device
 
-    def refuse_foreign_mount(self, field: str, path: Path, ours: list[str]) -> None:
+    def refuse_foreign_mount(self, field: str, path: Path, image: Path | None = None) -> None:
+        """FailedPrecondition if something is mounted at ``path``, unless a device of ``image`` is."""
         top = self.storage.mount_point(path)
-        if top is not None and top.source not in ours:
+        if top is not None and (image is None or not self.storage.backs(top.source, image)):
             raise FailedPrecondition(f"{field}: {str(path)[:256]} is already a mount point (of {top.source[:128]})")
 
     async def _mount_staging(self, state: NodeVolumeState, device: str) -> None:
@@ -104,13 +110,13 @@ class HostSteps:
     def check_new_target(self, state: NodeVolumeState, target: Path) -> None:
         """Refuse a target that holds something of someone else, before any intent is recorded."""
         if state.access_type == "block":
-            self.refuse_foreign_mount("target_path", target, [])
+            self.refuse_foreign_mount("target_path", target)
             if target.exists() and not target.is_file():
                 raise FailedPrecondition(f"target_path: {str(target)[:256]} exists and is not a regular file")
             return
         if target.exists() and not target.is_dir():
             raise FailedPrecondition(f"target_path: {str(target)[:256]} exists and is not a directory")
-        self.refuse_foreign_mount("target_path", target, [])
+        self.refuse_foreign_mount("target_path", target)
 
     async def publish(self, state: NodeVolumeState, pub: Publication, image: Path) -> None:
         target = Path(pub.target_path)
@@ -189,7 +195,7 @@ class HostSteps:
         problems: list[str] = []
         if not image.exists():
             problems.append(f"image {image} is gone")
-        elif state.device not in await self.storage.loop_devices_for(image):
+        elif not self.storage.backs(state.device, image):
             problems.append(f"{state.device} no longer backs image {image}")
         if state.access_type == "block":
             if path != state.staging_path and not await self._bound_here(state, Path(path), image):

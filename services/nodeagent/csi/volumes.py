@@ -136,7 +136,7 @@ class NodeApp:
             else:
                 await self._require_published(cmd.volume_id)
                 if not block:
-                    self._steps.refuse_foreign_mount("staging_target_path", Path(staging), await self._host.loop_devices_for(image))
+                    self._steps.refuse_foreign_mount("staging_target_path", Path(staging), image)
             # A volume new to this node needs a loop device: RESOURCE_EXHAUSTED at max_volumes_per_node (limits.py).
             async with self.limit.admit(image):
                 state = await self._append(state, intent)

@@ -132,7 +132,14 @@ def bind_steps(pv: Obj, claim: Obj, *, pv_by_controller: bool, claim_by_controll
         steps.append(("pv", {"metadata": {"annotations": {ANN_BOUND_BY_CONTROLLER: "yes"}}}))  # 3. pv annotation
     if pvc.spec.get("volumeName") != volume.name:
         steps.append(("pvc", {"spec": {"volumeName": volume.name}}))  # 4. pvc.spec.volumeName
-    bound_status = {"phase": "Bound", "accessModes": volume.spec["accessModes"], "capacity": dict(volume.spec["capacity"])}
+    bound_status: Obj = {"phase": "Bound", "accessModes": volume.spec["accessModes"]}
+    if pvc.phase != "Bound":
+        # Only as the claim becomes Bound (Kubernetes' updateClaimStatus): afterwards its
+        # capacity is what the filesystem offers, which an expansion moves after the PV's
+        # (docs/control-plane.md, "Expansion"); so is the class of attributes it has.
+        bound_status["capacity"] = dict(volume.spec["capacity"])
+        if volume.attributes_class:
+            bound_status["currentVolumeAttributesClassName"] = volume.attributes_class
     if any(pvc.status.get(k) != v for k, v in bound_status.items()):
         steps.append(("pvc", {"status": bound_status}))  # 5. pvc phase Bound
     want = {ANN_BIND_COMPLETED: "yes"}

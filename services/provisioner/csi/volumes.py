@@ -204,7 +204,11 @@ class ProvisionerApp:
             if intent is None:
                 if cmd.limit_bytes and state.capacity_bytes > cmd.limit_bytes:
                     raise OutOfRange(f"volume {vid} already has {state.capacity_bytes} bytes, more than limit {cmd.limit_bytes}")
-                return ExpandResult(capacity_bytes=state.capacity_bytes, node_expansion_required=False)
+                # Exactly this size: most likely a retry of the expansion that made it (the
+                # CO crashed before it wrote the answer down), whose nodes may not have
+                # followed yet — the same answer again, so they do. NodeExpandVolume of a
+                # node that has followed changes nothing.
+                return ExpandResult(capacity_bytes=state.capacity_bytes, node_expansion_required=size == state.capacity_bytes)
             with self._capacity.reserve(f"expand:{vid}", state.pool, size - state.capacity_bytes) as held:
                 expanding = await self._volumes.append(vid, state, intent)
                 held.confirm(expanding.version)
