@@ -79,7 +79,8 @@ def test_seed_static_example_binds_with_the_seeds_writes_in_order(seed_stack: An
     _stack, api = seed_stack
     api.apply((SEED / "static-pv.yaml").read_text())
     api.apply((SEED / "static-pvc.yaml").read_text())
-    claim = api.wait("pvc", "nfs-pvc", bound)
+    # Bound is the fifth write; the claim's annotations are the sixth and last.
+    claim = api.wait("pvc", "nfs-pvc", lambda o: bound(o) and "pv.kubernetes.io/bind-completed" in annotations(o))
     volume = api.wait("pv", "nfs-pv", bound)
     assert claim["spec"]["volumeName"] == "nfs-pv"
     assert claim["status"]["capacity"] == {"storage": "10Gi"} and claim["status"]["accessModes"] == ["ReadWriteOnce"]
