@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GEN    := volplane/csi
 STUBS  := $(GEN)/csi_pb2.py $(GEN)/csi_pb2_grpc.py $(GEN)/resources_pb2.py $(GEN)/resources_pb2_grpc.py
 
-.PHONY: all install proto run test lint unit integration bench bench-controlplane bench-qos bench-restart chaos rebuild clean distclean
+.PHONY: all install proto run test lint unit integration bench bench-csi bench-controlplane bench-qos bench-restart chaos rebuild clean distclean
 
 all: install proto
 
@@ -29,9 +29,13 @@ proto: $(STUBS)
 
 # make run NODES=3: every service of services/catalog.py, the per-node ones (nodeagent, apigw
 # as node plugin) once per node (docs/architecture.md). Ctrl-C stops them in reverse order.
+# make run HOSTS=3 (root): three machines simulated on this one, each a network and mount
+# namespace with its own nats-server cluster member, node agent and node plugin (devstack/hosts.py);
+# Ctrl-C removes every namespace, link, mount and loop device it made.
 NODES ?= 1
+HOSTS ?=
 run: install proto
-	NODES=$(NODES) $(BIN)/python -m devstack.launcher
+	NODES=$(NODES) HOSTS=$(HOSTS) $(BIN)/python -m devstack.launcher
 
 test: install proto
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -48,6 +52,10 @@ integration: install proto
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: install proto
+	$(BIN)/python -m bench.all $(BENCH_ARGS)
+
+# The CSI bench alone (controller pairs, node cycles, snapshots), as `make bench` ran it before.
+bench-csi: install proto
 	$(BIN)/python -m bench.csi_bench $(BENCH_ARGS)
 
 # A volume's I/O limit: measured IOPS at writeIOPS=N, after ControllerModifyVolume to 2N, and unlimited (root).
@@ -61,6 +69,12 @@ bench-controlplane: install proto
 # Each service's restart until healthy, on an empty log and on one with 1,000,000 object events.
 bench-restart: install proto
 	$(BIN)/python -m bench.restart_bench $(BENCH_ARGS)
+
+# Memory under a steady load: CreateVolume+DeleteVolume pairs and claims+pods for 30 minutes,
+# every process's RSS sampled; prints first/last/max and the slope. BENCH_ARGS="--minutes 5"
+.PHONY: bench-soak
+bench-soak: install proto
+	$(BIN)/python -m bench.soak_bench $(BENCH_ARGS)
 
 # kill -9 at randomized points of every step (CSI calls, then the control plane's loops), per
 # victim (the step's service, apigw, nats-server, redis-server); root. CHAOS_ARGS="--suite cp --trials 1"

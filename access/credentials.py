@@ -215,9 +215,10 @@ class Credentials:
                 json.dump(stored, f)
         return creds
 
-    def nats_url(self, user: str, port: int, tls: bool = False) -> str:
-        """``user``'s URL; ``tls``: ``tls://``, which connects with TLS only."""
-        return f"{'tls' if tls else 'nats'}://{user}:{self.nats[user]}@127.0.0.1:{port}"
+    def nats_url(self, user: str, port: int, tls: bool = False, host: str = "127.0.0.1") -> str:
+        """``user``'s URL; ``tls``: ``tls://``, which connects with TLS only; ``host``: a
+        cluster member's own address (``make run HOSTS=3``, devstack.hosts)."""
+        return f"{'tls' if tls else 'nats'}://{user}:{self.nats[user]}@{host}:{port}"
 
     def redis_url(self, port: int | Path, user: str = REDIS_USER, tls: bool = False) -> str:
         """``user``'s URL for a server on a loopback ``port`` (``tls``: ``rediss://``), or on a
@@ -227,7 +228,9 @@ class Credentials:
             return f"unix://{user}:{password}@{port}?db=0"
         return f"{'rediss' if tls else 'redis'}://{user}:{password}@127.0.0.1:{port}/0"
 
-    def nats_config(self, port: int, store_dir: Path, tls: ServerTls | None = None, cluster: NatsCluster | None = None) -> str:
+    def nats_config(self, port: int, store_dir: Path, tls: ServerTls | None = None, cluster: NatsCluster | None = None, host: str = "127.0.0.1") -> str:
+        """The configuration text; ``host``: the address clients connect to (a cluster
+        member's own, in ``make run HOSTS=3``; loopback otherwise)."""
         rights = identities(self.nodes)
         users = []
         for user, password in self.nats.items():
@@ -239,7 +242,7 @@ class Credentials:
                 f"    {{ user: {_quote(user)}, password: {_quote(password)}, permissions: {{ "
                 f"publish: {json.dumps(pub)}, subscribe: {json.dumps(sub)} }} }}"
             )
-        text = f"listen: 127.0.0.1:{port}\n"
+        text = f"listen: {host}:{port}\n"
         if tls is not None:
             # Client connections: TLS only, and (verify) a client certificate of the CA.
             text += tls.nats_block() + "\n"

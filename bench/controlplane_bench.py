@@ -7,7 +7,9 @@ mounted (condition VolumesReady): the PV controller, the external provisioner
 (CreateVolume: a sparse image), the scheduler, the AD controller and the external
 attacher (ControllerPublish), and the volume manager (NodeStage: loop device, mkfs.ext4,
 mount; NodePublish: bind mount). Prints throughput and p50/p99 claim-to-mounted, then
-the time to tear everything down (pods, claims: unmount, detach, DeleteVolume).
+the time to tear everything down (pods, claims: unmount, detach, DeleteVolume), the CPU
+seconds each process spent on the round, and each process's resident memory (VmRSS) with
+every pod mounted and after the teardown.
 
     make bench-controlplane                                   # N = 100 and 1000
     make bench-controlplane BENCH_ARGS="--claims 50 --size 16Mi"
@@ -28,6 +30,7 @@ from typing import Any
 
 import grpc
 
+from bench.procstats import cpu_seconds, rss_mib
 from devstack.launcher import Stack
 from volplane.csi import resources_pb2 as pb
 from volplane.csi import resources_pb2_grpc
@@ -42,7 +45,8 @@ async def _apply(stub: resources_pb2_grpc.ResourcesStub, obj: dict[str, Any]) ->
     await stub.Apply(pb.ApplyRequest(json=json.dumps(obj).encode(), field_manager="bench"))
 
 
-async def run(stack: Stack, n: int, size: str, concurrency: int) -> None:
+async def run(stack: Stack, n: int, size: str, concurrency: int) -> dict[str, float]:
+    """One round of N; returns each process's resident memory (MiB) once every volume was mounted."""
     channel = grpc.aio.insecure_channel(stack.api_endpoint)
     stub = resources_pb2_grpc.ResourcesStub(channel)
     ns = f"bench-{uuid.uuid4().hex[:6]}"
@@ -92,6 +96,7 @@ async def run(stack: Stack, n: int, size: str, concurrency: int) -> None:
             events = [json.loads(e.json) for e in (await stub.History(pb.ObjectRef(kind="pod", namespace=ns, name=name))).entries if e.type == "EventRecorded"]
             print(f"    {name}: node {pod['spec'].get('nodeName')}, status {pod.get('status')}, claim {(claim.get('status') or {}).get('phase')} {claim['spec'].get('volumeName')}, events {[(e['reason'], e['message'][:120]) for e in events[-3:]]}")
     watcher.cancel()
+    rss = rss_mib(stack)
     elapsed = max(mounted.values(), default=t0) - t0
     lat = sorted(mounted[k] - started[k] for k in mounted)
     if lat:
@@ -112,20 +117,7 @@ async def run(stack: Stack, n: int, size: str, concurrency: int) -> None:
         await asyncio.sleep(1.0)
     print(f"          torn down (unmounted, detached, deleted) in {time.perf_counter() - t1:6.1f}s")
     await channel.close()
-
-
-def cpu_seconds(stack: Stack) -> dict[str, float]:
-    """CPU time (user + system) each process has used so far, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    procs = {**stack.procs, **{s.name: s.proc for s in (stack.nats, stack.redis) if s is not None and s.proc is not None}}
-    for name, proc in procs.items():
-        try:
-            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[name] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    return rss
 
 
 def main() -> None:
@@ -145,9 +137,11 @@ def main() -> None:
             print(f"control plane: N claims + N pods ({args.size} ext4 volumes each, {args.nodes} nodes) → every pod's volume mounted")
             for n in args.claims:
                 before = cpu_seconds(stack)
-                asyncio.run(run(stack, n, args.size, args.concurrency))
+                rss = asyncio.run(run(stack, n, args.size, args.concurrency))
                 used = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(stack).items()}
                 print("          CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items(), key=lambda kv: -kv[1])))
+                print("          RSS MiB with every pod mounted: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(rss.items())))
+                print("          RSS MiB after teardown: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(rss_mib(stack).items())), flush=True)
         finally:
             stack.stop()
 

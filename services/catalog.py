@@ -127,6 +127,8 @@ CATALOG: tuple[Deployable, ...] = (
             subjects.VOLUME_EVENTS, subjects.SNAPSHOT_EVENTS, subjects.GROUP_SNAPSHOT_EVENTS, f"{subjects.ATTACHER}.>",
             # A group snapshot's cut: the nodes holding its volumes freeze and thaw them.
             subjects.NODE_FREEZE_ALL, subjects.NODE_THAW_ALL, subjects.NODE_IO_LIMITS_ALL, *_OBJECTS["provisioner"],
+            # The pools' images: made, copied, grown and removed by the nodes that own them.
+            subjects.POOL_COMMANDS,
         ),
         subscribe=(f"{subjects.PROVISIONER}.>", subjects.health("provisioner")),
         redis_keys=(
@@ -150,9 +152,13 @@ CATALOG: tuple[Deployable, ...] = (
         per_node=True,
         replicas=False,
         health="bus",
-        # Its own node's volumes and registration, and its own node's commands only.
-        publish=(f"vp.ev.node.{NODE}.>", f"vp.ev.nodeinfo.{NODE}", subjects.GET_ATTACHMENTS, subjects.GET_VOLUME, subjects.node_object_write(NODE)),
-        subscribe=(f"vp.cmd.node.{NODE}.>", f"vp.health.nodeagent.{NODE}"),
+        # Its own node's volumes and registration, and its own node's commands only; for a
+        # restore or clone from another node's pool, that node's send command, its own
+        # transfers' subjects, and the transfer stream's API (read any transfer, discard one).
+        publish=(f"vp.ev.node.{NODE}.>", f"vp.ev.nodeinfo.{NODE}", subjects.GET_ATTACHMENTS, subjects.GET_VOLUME, subjects.node_object_write(NODE),
+                 subjects.NODE_POOL_SENDS, f"vp.xfer.*.{NODE}.>", *subjects.TRANSFER_API),
+        # Its own pool's image commands, and the shared pool's (in a queue group of every node that has it).
+        subscribe=(f"vp.cmd.node.{NODE}.>", f"vp.health.nodeagent.{NODE}", subjects.node_pool_command(NODE, ">"), subjects.SHARED_POOL_COMMANDS),
         redis_keys=(f"vp:node:{NODE}:*", *_read_models(f"node:{NODE}")),
     ),
     Deployable(

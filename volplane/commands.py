@@ -45,19 +45,28 @@ __all__ = [
     "GetVolume",
     "GetVolumeStats",
     "GroupSnapshotInfo",
+    "GrowImage",
+    "ImageInfo",
+    "ImageSent",
+    "ImageSource",
     "IoLimitsApplied",
     "ListSnapshots",
     "ListVolumes",
+    "MakeImage",
     "ModifyVolume",
     "NodeExpand",
     "NodeExpanded",
     "NodeLimits",
     "PublishContext",
     "PublishVolume",
+    "RemoveImage",
+    "SendImage",
     "SetIoLimits",
+    "SnapshotImage",
     "SnapshotInfo",
     "SnapshotPage",
     "StageVolume",
+    "StatImage",
     "ThawVolumes",
     "Topology",
     "UnpublishVolume",
@@ -366,3 +375,92 @@ class VolumeStats(Frozen):
     available_inodes: int = 0
     abnormal: bool = False
     condition: str = ""
+
+
+# -- a pool's images, done by the node that owns the pool (services/nodeagent/csi/pool.py) --
+#
+# Each carries ``expires_at`` (seconds since the epoch): the moment the provisioner stops
+# waiting for the answer. A node that receives a request later does not act on it, so a
+# request that sat in a frozen node's queue cannot undo what a retry did since.
+
+
+class ImageSource(Frozen):
+    """Where a new image's data comes from: a snapshot's or a volume's image in ``pool``,
+    which ``node`` owns ("" for the shared pool, which every node with it can read)."""
+
+    kind: Literal["snapshot", "volume"]
+    id: str
+    pool: str
+    node: str = ""
+
+
+class MakeImage(Frozen):
+    """Make volume ``volume_id``'s image in ``pool``: ``size`` bytes, empty or a sparse
+    copy of ``source`` grown to ``size``. Done already: the same answer."""
+
+    pool: str
+    volume_id: str
+    size: int
+    source: ImageSource | None = None
+    expires_at: float = 0.0
+
+
+class GrowImage(Frozen):
+    """Grow volume ``volume_id``'s image to ``size`` bytes (never shrinks it)."""
+
+    pool: str
+    volume_id: str
+    size: int
+    expires_at: float = 0.0
+
+
+class SnapshotImage(Frozen):
+    """Copy volume ``volume_id``'s image to snapshot ``snapshot_id``'s, in the same pool."""
+
+    pool: str
+    volume_id: str
+    snapshot_id: str
+    expires_at: float = 0.0
+
+
+class RemoveImage(Frozen):
+    """Remove a volume's or a snapshot's image from ``pool``; gone already is done."""
+
+    pool: str
+    kind: Literal["volume", "snapshot"]
+    id: str
+    expires_at: float = 0.0
+
+
+class StatImage(Frozen):
+    pool: str
+    volume_id: str
+
+
+class ImageInfo(Frozen):
+    """The reply about one image: whether it exists, and its size."""
+
+    exists: bool
+    size_bytes: int = 0
+
+
+class SendImage(Frozen):
+    """Node to node: send a snapshot's or a volume's image in ``pool`` (the receiving node's
+    pool it is not) into the transfer store, under the key the answer names. Answered when the
+    transfer is complete (its manifest stored); asked again, only what is missing is sent."""
+
+    pool: str
+    kind: Literal["snapshot", "volume"]
+    id: str
+    expires_at: float = 0.0
+
+
+class ImageSent(Frozen):
+    """The transfer ``SendImage`` completed: its key, the image's size, and how many chunks
+    went over the wire this time and how many an earlier send had stored already."""
+
+    key: str
+    size_bytes: int
+    chunks: int
+    transferred: int = 0
+    skipped: int = 0

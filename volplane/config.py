@@ -25,13 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["NODE_ID_RE", "Config", "ConfigError", "parse_quantity"]
+__all__ = ["NODE_ID_RE", "SENTINEL_SCHEMES", "Config", "ConfigError", "RedisSentinel", "parse_quantity"]
 
 _UNITS = {
     "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
@@ -221,6 +221,36 @@ def _url(name: str, schemes: tuple[str, ...], example: str) -> Callable[[Any], s
     return check
 
 
+def _nats_urls(value: Any) -> str:
+    """One NATS server's URL, or a cluster's members separated by commas, all of one scheme
+    (nats-py dials each in turn and will not mix plaintext, TLS and websocket members)."""
+    text = str(value).strip()
+    single = _url("NATS", ("nats", "tls", "ws", "wss"), "nats://127.0.0.1:4222")
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1:
+        return single(text)
+    schemes: list[str] = []
+    for n, part in enumerate(parts, 1):
+        if not part:
+            raise _problem("url", f"has an empty member {n} (expected nats://host1:4222,nats://host2:4222,...)")
+        try:
+            single(part)
+        except PydanticCustomError:
+            raise _problem("url", f"has member {n} {_redact(part)!r} that is not a NATS URL (expected e.g. nats://127.0.0.1:4222)") from None
+        schemes.append(urlsplit(part).scheme)
+    if len(set(schemes)) > 1:
+        raise _problem("url", f"mixes schemes ({', '.join(sorted(set(schemes)))}): every member of a cluster is dialled the same way")
+    return ",".join(parts)
+
+
+def _replicas(value: Any) -> int:
+    """A stream's replica count: 1 (one server) up to 5, JetStream's limit."""
+    text = str(value).strip()
+    if text.isdigit() and 1 <= int(text) <= 5:
+        return int(text)
+    raise _problem("replicas", "is not a replica count from 1 to 5 (1 for one nats-server, 3 for a cluster of three)")
+
+
 def _group(value: Any) -> str:
     text = str(value).strip()
     if text == "":
@@ -230,6 +260,81 @@ def _group(value: Any) -> str:
     except KeyError:
         raise _problem("group", "is not a group on this host") from None
     return text
+
+
+# --- Redis behind Sentinel ---------------------------------------------------------------
+# REDIS_URL may name Sentinels instead of one server; the client asks them for the master
+# (volplane.clients.connect_redis) and follows a failover.
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+_SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class RedisSentinel:
+    """A ``REDIS_URL`` that names Sentinels, parsed::
+
+        redis+sentinel://[user:password@]host1:26379,host2:26379/<master-name>[/<db>][?sentinel_username=u&sentinel_password=p]
+        rediss+sentinel://...     # TLS to the Sentinels and to the master
+
+    ``user``/``password`` log in to the master (the service's own Redis user); the
+    Sentinels take ``sentinel_username``/``sentinel_password`` when they require one.
+    A host without a port is port 26379."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RedisSentinel:
+        """``RedisSentinel.parse("redis+sentinel://s1:26379,s2/vp/0")``; ValueError says what is wrong."""
+        scheme, sep, rest = text.strip().partition("://")
+        if not sep or scheme not in SENTINEL_SCHEMES:
+            raise ValueError(f"the scheme is not one of {', '.join(SENTINEL_SCHEMES)}")
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, pw = userinfo.partition(":")
+            username, password = (unquote(user) or None), (unquote(pw) if colon else None)
+        sentinels: list[tuple[str, int]] = []
+        for part in hosts.split(","):
+            host, colon, port = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "")
+            if colon and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"sentinel {part.strip()!r} has no valid port")
+            if not host or "/" in host or " " in host:
+                raise ValueError("it names no sentinel host (expected host:26379[,host:26379...])")
+            sentinels.append((host.strip("[]"), int(port) if colon else _SENTINEL_PORT))
+        segments = [unquote(s) for s in path.split("/")] if path else []
+        if not segments or not segments[0] or len(segments) > 2:
+            raise ValueError("it names no master (expected .../<master-name> or .../<master-name>/<db>)")
+        db = segments[1] if len(segments) == 2 else "0"
+        if not db.isdigit():
+            raise ValueError(f"database {db!r} is not a number")
+        options = dict(parse_qsl(query, keep_blank_values=True))
+        unknown = set(options) - {"sentinel_username", "sentinel_password"}
+        if unknown:
+            raise ValueError(f"unknown option {sorted(unknown)[0]!r} (known: sentinel_username, sentinel_password)")
+        return cls(tuple(sentinels), segments[0], int(db), username, password, scheme.startswith("rediss"),
+                   options.get("sentinel_username") or None, options.get("sentinel_password") or None)
+
+
+def _redis_url(value: Any) -> str:
+    """A Redis server's URL (``redis://``, ``rediss://``, ``unix://``) or its Sentinels' (``RedisSentinel``)."""
+    text = str(value).strip()
+    if text.partition("://")[0] in SENTINEL_SCHEMES:
+        try:
+            RedisSentinel.parse(text)
+        except ValueError as exc:
+            raise _problem("url", f"is not a Redis Sentinel URL: {exc}; e.g. redis+sentinel://host1:26379,host2:26379/volplane/0") from None
+        return text
+    return _url("Redis", ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0 or redis+sentinel://host1:26379,host2:26379/volplane/0")(text)
 
 
 Quantity = Annotated[int, BeforeValidator(_quantity)]
@@ -255,8 +360,10 @@ class _Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True, validate_default=False)
 
-    nats_url: Annotated[str, BeforeValidator(_url("NATS", ("nats", "tls", "ws", "wss"), "nats://127.0.0.1:4222"))] = Field("nats://127.0.0.1:4222", validation_alias="NATS_URL")
-    redis_url: Annotated[str, BeforeValidator(_url("Redis", ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0"))] = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    nats_url: Annotated[str, BeforeValidator(_nats_urls)] = Field("nats://127.0.0.1:4222", validation_alias="NATS_URL")
+    # Read by whoever creates the event log's stream (the launcher, the install job).
+    stream_replicas: Annotated[int, BeforeValidator(_replicas)] = Field(1, validation_alias="VOLPLANE_STREAM_REPLICAS")
+    redis_url: Annotated[str, BeforeValidator(_redis_url)] = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     run_dir: Annotated[Path, BeforeValidator(_path)] = Field(Path("run"), validation_alias="VOLPLANE_RUN_DIR")
     node_id: Annotated[str | None, BeforeValidator(_node_id)] = Field(None, validation_alias="VOLPLANE_NODE_ID")
     pool_dir: OptionalPath = Field(None, validation_alias="VOLPLANE_POOL_DIR")
@@ -311,7 +418,10 @@ class _Settings(BaseSettings):
 
 @dataclass(frozen=True)
 class Config:
+    # One nats-server, or a cluster's members separated by commas (every client is given all).
     nats_url: str = "nats://127.0.0.1:4222"
+    # The event log's stream replicas when it is created (1; 3 on a cluster of three).
+    stream_replicas: int = 1
     redis_url: str = "redis://127.0.0.1:6379/0"
     run_dir: Path = Path("run")
     node_id: str = field(default_factory=_default_node)
@@ -364,6 +474,11 @@ class Config:
     embedded_redis_server: Path | None = None
 
     @property
+    def nats_servers(self) -> list[str]:
+        """Every member of ``nats_url``, in order: ``["nats://a:4222", "nats://b:4222"]``."""
+        return [part.strip() for part in self.nats_url.split(",") if part.strip()]
+
+    @property
     def apigw_controller(self) -> bool:
         """Whether apigw serves the Controller service and the resource API (``apigw_mode`` is not "node")."""
         return self.apigw_mode != "node"
@@ -385,6 +500,7 @@ class Config:
         node_id = s.node_id or _default_node()
         return cls(
             nats_url=s.nats_url,
+            stream_replicas=s.stream_replicas,
             redis_url=s.redis_url,
             run_dir=run_dir,
             node_id=node_id,
@@ -431,4 +547,4 @@ def _exit(line: str) -> NoReturn:
 
 def _redact(value: str) -> str:
     """Credentials in a URL never reach a message (the same rule as clients.redact)."""
-    return re.sub(r"(://)[^/@,]*@", r"\1***@", value)
+    return re.sub(r"(sentinel_password=)[^&]*", r"\1***", re.sub(r"(://)[^/@,]*@", r"\1***@", value))

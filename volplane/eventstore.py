@@ -12,19 +12,22 @@ so a retried append of the same event is acknowledged once, not written twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from volplane import codec, subjects
+from volplane.deadlines import time_left
 from volplane.errors import ConcurrencyConflict, Unavailable
 from volplane.events import Event
-from volplane.telemetry import SpanKind, carried, inject, span
+from volplane.telemetry import SpanKind, carried, hot_span, inject
 
 __all__ = ["EventStore", "Record"]
 
@@ -32,6 +35,39 @@ __all__ = ["EventStore", "Record"]
 _DUPLICATE_WINDOW = 120.0
 # JetStream's error code for a failed Nats-Expected-Last-Subject-Sequence check.
 _WRONG_LAST_SEQUENCE = 10071
+
+# Failing fast on a clustered log (docs/decisions.md). One JetStream request (an append,
+# a read) waits API_ATTEMPT seconds for its answer: on a healthy cluster answers take
+# milliseconds, and one that went down with a member never comes. It is then sent again —
+# an append with the same Nats-Msg-Id, so the log stores it once — until the caller's
+# deadline (volplane.deadlines) is DEADLINE_MARGIN away, or for RETRY_BUDGET seconds when
+# no caller waits (a control loop, which has its own backoff). What no retry can cure
+# (a minority partition: no stream leader) then answers Unavailable in time.
+API_ATTEMPT = 2.0
+RETRY_BUDGET = 10.0
+DEADLINE_MARGIN = 0.5
+_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8)
+# A feed's consumer sends a heartbeat every FEED_HEARTBEAT seconds while idle; nats-py
+# recreates an ordered consumer silent for two of them (its default, 5 s, waited 10–20 s).
+FEED_HEARTBEAT = 1.0
+# JetStream errors that pass with a leader election or a member's return: "JetStream
+# cluster not available" / "system temporarily unavailable", "insufficient resources",
+# "no suitable peers", "stream offline", "not current", "duplicate message id is in
+# process" (our own earlier try, still being replicated), and every 503.
+_TRANSIENT = frozenset({10005, 10006, 10008, 10009, 10023, 10074, 10118, 10158})
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _transient(exc: nats.js.errors.APIError) -> bool:
+    return exc.code == 503 or exc.err_code in _TRANSIENT
+
+
+def _budget() -> float:
+    """How long the current call may keep retrying."""
+    left = time_left()
+    return RETRY_BUDGET if left is None else max(0.0, left - DEADLINE_MARGIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +86,11 @@ class Record:
 
 class EventStore:
     def __init__(self, js: JetStreamContext, stream: str = subjects.STREAM) -> None:
-        self._js = js
+        # The caller's context administers the stream (``ensure_stream``: creating an R3
+        # stream may take seconds); appends and reads go through one that gives up on a
+        # request after API_ATTEMPT seconds, and are retried (``_retrying``).
+        self._admin = js
+        self._js = JetStreamContext(js._nc, prefix=js._prefix, timeout=API_ATTEMPT)
         self._stream = stream
 
     async def ensure_stream(self, *, replicas: int = 1) -> None:
@@ -63,9 +103,9 @@ class EventStore:
         that no compromised service can reconfigure, purge or delete the log.
         """
         try:
-            info = await self._js.stream_info(self._stream)
+            info = await self._admin.stream_info(self._stream)
         except nats.js.errors.NotFoundError:
-            await self._js.add_stream(
+            await self._admin.add_stream(
                 name=self._stream,
                 subjects=[subjects.EVENTS],
                 storage=api.StorageType.FILE,
@@ -77,7 +117,7 @@ class EventStore:
             return
         config = info.config
         if config.subjects != [subjects.EVENTS] or not config.allow_direct or config.duplicate_window != _DUPLICATE_WINDOW:
-            await self._js.update_stream(config.evolve(subjects=[subjects.EVENTS], allow_direct=True, duplicate_window=_DUPLICATE_WINDOW))
+            await self._admin.update_stream(config.evolve(subjects=[subjects.EVENTS], allow_direct=True, duplicate_window=_DUPLICATE_WINDOW))
 
     async def require_stream(self) -> None:
         """Raise NotFoundError (nats.js.errors) unless the stream exists: a service's check,
@@ -108,7 +148,7 @@ class EventStore:
         # Span names carry the aggregate kind, not its id, to keep their cardinality low.
         kind = ".".join(subject.split(".")[:3])
         attributes = {"messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation.type": "publish", "volplane.event": name}
-        with span(f"{kind} publish", kind=SpanKind.PRODUCER, attributes=attributes) as s:
+        with hot_span(f"{kind} publish", kind=SpanKind.PRODUCER, attributes=attributes) as s:
             if s.is_recording():
                 inject(headers)
             ack = await self._publish(subject, payload, headers, expected)
@@ -116,15 +156,71 @@ class EventStore:
         return ack
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], expected: int | None) -> int:
-        try:
-            ack = await self._js.publish(subject, payload, headers=headers, stream=self._stream)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
-                raise ConcurrencyConflict(f"{subject} moved past {expected}") from exc
-            raise Unavailable(f"event log refused append to {subject}: {exc}") from exc
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.js.errors.NoStreamResponseError) as exc:
-            raise Unavailable(f"event log did not acknowledge append to {subject}") from exc
-        return ack.seq
+        """Publish until acknowledged. A lost acknowledgement (its member died, the stream
+        elected a new leader) is retried with the same Nats-Msg-Id: the log stores the event
+        once and acknowledges the retry with the first one's sequence. Should the retry meet
+        the expected-sequence check first, the aggregate's newest event is ours if it carries
+        our id — then that was our append, not a rival's."""
+        loop = asyncio.get_running_loop()
+        budget = _budget()
+        give_up = loop.time() + budget
+        for tries in range(1, 1_000_000):
+            try:
+                # A try never outlasts the budget: the caller must hear back in time.
+                wait = min(API_ATTEMPT, max(0.05, give_up - loop.time()))
+                ack = await self._js.publish(subject, payload, timeout=wait, headers=headers, stream=self._stream)
+                return ack.seq
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == _WRONG_LAST_SEQUENCE:
+                    if tries > 1 and (mine := await self._stored_as(subject, headers[subjects.MSG_ID])) is not None:
+                        return mine
+                    raise ConcurrencyConflict(f"{subject} moved past {expected}") from exc
+                if not _transient(exc):
+                    raise Unavailable(f"event log refused append to {subject}: {exc}") from exc
+                why: Exception = exc
+            except nats.errors.ConnectionClosedError as exc:
+                raise Unavailable(f"event log did not acknowledge append to {subject}: the connection is closed") from exc
+            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError) as exc:
+                why = exc
+            pause = _PAUSES[min(tries, len(_PAUSES)) - 1]
+            if loop.time() + pause >= give_up:
+                raise Unavailable(f"event log did not acknowledge append to {subject} within {budget:.1f}s ({tries} tries: {_describe(why)})") from why
+            if tries == 1:
+                log.info("append to %s not acknowledged (%s); retrying with the same message id", subject, _describe(why))
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def _stored_as(self, subject: str, msg_id: str) -> int | None:
+        """The sequence of the aggregate's newest event if it is the one named ``msg_id``."""
+        newest = await self._retrying(f"read {subject}", lambda: self._js.get_last_msg(self._stream, subject, direct=True))
+        if newest.headers and newest.headers.get(subjects.MSG_ID) == msg_id:
+            return newest.seq
+        return None
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A read of the log, sent again while its answer is lost or the stream is between
+        leaders, within the caller's deadline; NotFoundError and other answers pass through."""
+        loop = asyncio.get_running_loop()
+        budget = _budget()
+        give_up = loop.time() + budget
+        for tries in range(1, 1_000_000):
+            try:
+                return await call()
+            except nats.js.errors.NotFoundError:
+                raise
+            except nats.js.errors.APIError as exc:
+                if not _transient(exc):
+                    raise
+                why: Exception = exc
+            except nats.errors.ConnectionClosedError as exc:
+                raise Unavailable(f"event log: cannot {what}: the connection is closed") from exc
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
+                why = exc
+            pause = _PAUSES[min(tries, len(_PAUSES)) - 1]
+            if loop.time() + pause >= give_up:
+                raise Unavailable(f"event log: cannot {what} within {budget:.1f}s ({tries} tries: {_describe(why)})") from why
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def read(self, subject: str) -> list[Record]:
         """Every event of one aggregate, oldest first (used to recover, not on hot paths)."""
@@ -132,7 +228,7 @@ class EventStore:
         seq = 1
         while True:
             try:
-                msg = await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True, direct=True)
+                msg = await self._retrying(f"read {subject}", functools.partial(self._js.get_msg, self._stream, seq=seq, subject=subject, next=True, direct=True))
             except nats.js.errors.NotFoundError:
                 return records
             record = _stored(msg)
@@ -142,7 +238,7 @@ class EventStore:
     async def last(self, subject: str) -> Record | None:
         """The aggregate's newest event, in one request whatever its history's length."""
         try:
-            msg = await self._js.get_last_msg(self._stream, subject, direct=True)
+            msg = await self._retrying(f"read {subject}", lambda: self._js.get_last_msg(self._stream, subject, direct=True))
         except nats.js.errors.NotFoundError:
             return None
         return _stored(msg)
@@ -150,14 +246,14 @@ class EventStore:
     async def next_seq(self, filter_subject: str, after: int) -> int | None:
         """The sequence of the first event on ``filter_subject`` after ``after``, if any."""
         try:
-            msg = await self._js.get_msg(self._stream, seq=after + 1, subject=filter_subject, next=True, direct=True)
+            msg = await self._retrying(f"read {filter_subject}", lambda: self._js.get_msg(self._stream, seq=after + 1, subject=filter_subject, next=True, direct=True))
         except nats.js.errors.NotFoundError:
             return None
         return msg.seq
 
     async def subjects(self, filter_subject: str) -> list[str]:
         """The subjects holding events under ``filter_subject`` (one per aggregate)."""
-        info = await self._js.stream_info(self._stream, subjects_filter=filter_subject)
+        info = await self._retrying("read the stream's subjects", lambda: self._js.stream_info(self._stream, subjects_filter=filter_subject))
         return list((info.state.subjects or {}).keys())
 
     @property
@@ -168,7 +264,7 @@ class EventStore:
         return bool(nc.is_draining or nc.is_closed)
 
     async def last_seq(self) -> int:
-        info = await self._js.stream_info(self._stream)
+        info = await self._retrying("read the stream's state", lambda: self._js.stream_info(self._stream))
         return info.state.last_seq
 
     async def follow(self, filter_subject: str, after: int, *, newest_only: bool = False) -> AsyncIterator[Record]:
@@ -179,7 +275,9 @@ class EventStore:
         aggregates, not the length of the log.
 
         An ordered consumer: gaps and redeliveries are handled by the client, which
-        recreates the consumer from the last sequence it delivered.
+        recreates the consumer from the last sequence it delivered. It lives on one member
+        of the cluster (an R1 consumer): when that member dies, its heartbeats stop, and
+        after two missed ones (FEED_HEARTBEAT) the client recreates it on a live member.
         """
         if after:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
@@ -189,6 +287,7 @@ class EventStore:
             filter_subject,
             stream=self._stream,
             ordered_consumer=True,
+            idle_heartbeat=FEED_HEARTBEAT,
             config=config,
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
@@ -219,6 +318,10 @@ async def _end_on_reconnect(js: JetStreamContext, sub: Any) -> None:
         await sub.unsubscribe()
     except nats.errors.Error:  # closed meanwhile: the feed has ended anyway
         pass
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _stored(msg: api.RawStreamMsg) -> Record:

@@ -231,8 +231,12 @@ class ProjectionRunner(Generic[S]):
         replays the whole log; queries wait meanwhile (they settle on this process's
         writes, which the replay passes again). Returns whether it had to.
         """
+        # The position before the read: the runner may apply a batch while the GET is on
+        # its way, and its own write is no loss (compared after, it looked like one, and a
+        # healthy read model was replayed from the start).
+        reached = self.position
         raw = await self._retry(lambda: self._redis.get(self._pos_key))
-        if int(raw or 0) >= self.position:
+        if int(raw or 0) >= reached:
             return False
         log.warning("projection %s: Redis lost it (at %s, was %d); replaying the log", self.projection.name, raw, self.position)
         await self.stop()

@@ -112,6 +112,58 @@ NODE_FREEZE_ALL = f"vp.cmd.node.*.{NODE_FREEZE}"
 NODE_THAW_ALL = f"vp.cmd.node.*.{NODE_THAW}"
 
 
+# A pool's images: made, grown, copied and removed by the node that owns the pool
+# (services/nodeagent/csi/pool.py), asked by the provisioner. A local pool's commands go to
+# its node only; the shared pool's to a queue group of every node that has it, so that one
+# of them performs each. Not under ``vp.cmd.node.<node>``: a node's CSI plugin (apigw in
+# node mode) may send its node those, and must not reach its images.
+POOL_COMMANDS = "vp.cmd.pool.>"
+POOL_MAKE = "make"
+POOL_GROW = "grow"
+POOL_SNAPSHOT = "snapshot"
+POOL_REMOVE = "remove"
+POOL_STAT = "stat"
+# Node to node: the target of a restore or clone asks the node that holds the source to send
+# its image into the transfer store (services/nodeagent/adapters/transfer.py). Every node
+# may ask every other node's (``NODE_POOL_SENDS``); each serves its own.
+POOL_SEND = "send"
+NODE_POOL_SENDS = f"vp.cmd.pool.node.*.{POOL_SEND}"
+SHARED_POOL_QUEUE = "pool-shared"
+
+
+def node_pool_command(node: str, verb: str) -> str:
+    """A command to the local pool of ``node``: ``vp.cmd.pool.node.<node>.<verb>``."""
+    return f"vp.cmd.pool.node.{node_token(node)}.{verb}"
+
+
+def shared_pool_command(verb: str) -> str:
+    """A command to the shared pool, taken by one of the nodes that have it."""
+    return f"vp.cmd.pool.shared.{verb}"
+
+
+SHARED_POOL_COMMANDS = "vp.cmd.pool.shared.>"
+
+
+# Images between hosts (services/nodeagent/adapters/transfer.py): a stream of their own, not
+# the event log. A transfer's key starts with its sender's node token, and a node may store
+# under its own keys only (``node_transfers``); it reads and discards any transfer through
+# the JetStream API of this stream (``TRANSFER_API``).
+TRANSFER_STREAM = "VOLPLANE_TRANSFER"
+TRANSFERS = "vp.xfer.>"
+TRANSFER_API = (
+    f"$JS.API.STREAM.INFO.{TRANSFER_STREAM}",
+    f"$JS.API.DIRECT.GET.{TRANSFER_STREAM}.>",
+    f"$JS.API.CONSUMER.CREATE.{TRANSFER_STREAM}",
+    f"$JS.FC.{TRANSFER_STREAM}.>",
+    f"$JS.API.STREAM.PURGE.{TRANSFER_STREAM}",
+)
+
+
+def node_transfers(node: str) -> str:
+    """Every subject of the transfers ``node`` sends: chunks, parts and manifests."""
+    return f"vp.xfer.*.{node_token(node)}.>"
+
+
 # A node's object writes (its Node, its pods' status, their timelines): apigw checks each
 # against NodeRestriction before it reaches the log, the node being the subject's token —
 # a node's NATS user may publish to its own node's subject only.

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import grpc
@@ -47,7 +47,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
     "INFLIGHT", "OPERATIONS", "SpanKind", "carried", "continued", "extract", "gauge", "grpc_client_interceptors", "grpc_server_interceptors",
-    "inject", "setup_telemetry", "span", "traced_context", "tracer",
+    "hot_span", "inject", "setup_telemetry", "span", "traced_context", "tracer",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,20 @@ def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, attributes: dict[str,
         except BaseException as exc:
             s.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:256]))
             raise
+
+
+# What ``hot_span`` gives while tracing is off: one shared, reusable no-op.
+_NO_SPAN: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
+
+
+def hot_span(name: str, *, kind: SpanKind = SpanKind.INTERNAL, attributes: dict[str, Any] | None = None,
+             parent: otel_context.Context | None = None) -> AbstractContextManager[trace.Span]:
+    """``span`` for the hot paths (every bus request, every append): while tracing is off, a
+    shared no-op instead of a non-recording span made, made current and detached again —
+    nothing is recorded or propagated either way (docs/performance.md, "Controller operations")."""
+    if not _TRACING:
+        return _NO_SPAN
+    return span(name, kind=kind, attributes=attributes, parent=parent)
 
 
 def grpc_server_interceptors() -> list[grpc.aio.ServerInterceptor]:

@@ -31,11 +31,16 @@ from .telemetry import MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
+# Both servers' options: no SO_REUSEPORT (a second apigw must not share a socket), and no
+# BDP probing — these sockets carry small unary calls, and a probe is a PING frame and its
+# acknowledgement on top of the call (docs/performance.md, "Controller operations").
+SERVER_OPTIONS = [("grpc.so_reuseport", 0), ("grpc.http2.bdp_probe", 0)]
+
 
 async def serve(cfg: Config, bus: Bus) -> grpc.aio.Server:
     # The span interceptor first (outermost): the metrics one runs inside the call's span.
     interceptors = [*grpc_server_interceptors(), MetricsInterceptor()]
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     controller = cfg.apigw_controller
     csi_pb2_grpc.add_IdentityServicer_to_server(Identity(bus.nc, controller=controller), server)
     if controller:
@@ -93,7 +98,7 @@ async def serve_api(cfg: Config, resources: Resources) -> ApiServer:
     """The resource API on ``cfg.api_endpoint``: on a unix socket, through ``PeerFront``
     (its callers' uids decide what they may do); on TCP, directly (no peer credentials:
     every caller has the role of other users)."""
-    server = grpc.aio.server(interceptors=[*grpc_server_interceptors(), MetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[*grpc_server_interceptors(), MetricsInterceptor()], options=SERVER_OPTIONS)
     resources_pb2_grpc.add_ResourcesServicer_to_server(resources, server)
     public = _unix_path(cfg.api_endpoint)
     if public is None:

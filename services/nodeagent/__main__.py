@@ -1,8 +1,10 @@
 """``python -m services.nodeagent``: the volume manager of one node (``VOLPLANE_NODE_ID``).
 
 On start it creates its local pool directory, announces itself (id, topology, pools) in the
-node registry, finishes what a crash left undone, and then serves its node commands; then
-it registers the Node object and starts the volume manager (``volumemanager.py``).
+node registry, finishes what a crash left undone, and then serves its node commands and its
+pools' image commands (``csi/pool.py``: the provisioner decides, this node acts on its own
+pool's images, and with the other nodes that have it on the shared pool's); then it
+registers the Node object and starts the volume manager (``volumemanager.py``).
 
 ``VOLPLANE_IO_CGROUP`` (default ``volplane``) is the cgroup it writes volumes' I/O limits into
 (csi/iolimits.py). ``VOLPLANE_REQUIRE_ATTACHMENT=0`` stages volumes without asking the attacher whether they
@@ -12,17 +14,28 @@ are published to this node (default 1: ask).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from volplane import subjects
 from volplane.aggregate import Repository
+from volplane.bus import Bus
 from volplane.commands import (
     FreezeVolumes,
     GetNodeLimits,
     GetVolumeStats,
+    GrowImage,
+    MakeImage,
     NodeExpand,
     PublishVolume,
+    RemoveImage,
+    SendImage,
     SetIoLimits,
+    SnapshotImage,
     StageVolume,
+    StatImage,
     ThawVolumes,
     UnpublishVolume,
     UnstageVolume,
@@ -36,14 +49,17 @@ from volplane.service import Runtime, run_service
 
 from .adapters.attacher import attacher_check
 from .adapters.iolimits import IoCgroup, IoLimitError, provisioner_limits
+from .adapters.pool import ImagePool
 from .adapters.projection import NodeProjection, node_volumes
 from .adapters.storage import HostStorage
 from .controllers.volumemanager import VolumeManager
 from .csi.freeze import Freezer
 from .csi.iolimits import IoLimiter
+from .csi.pool import BusCopy, NodePools
 from .csi.volumes import NodeApp
 
 log = logging.getLogger(__name__)
+C = TypeVar("C", bound=BaseModel)
 
 
 def registration(cfg: Config) -> NodeRegistered:
@@ -65,6 +81,8 @@ async def setup(rt: Runtime) -> None:
     app = NodeApp(cfg, volumes, projection, host, is_published=attacher_check(rt.bus, node) if cfg.require_attachment else None, io=io)
     # The registry holds what the node can really hold (csi/limits.py), as NodeGetInfo reports it.
     await register(rt.store, registration(cfg).model_copy(update={"max_volumes": app.limit.limit}))
+    # Before its own recovery: a stage it finishes may ask the provisioner, which may ask this pool.
+    await serve_pools(rt, node_pools(cfg, rt.bus))
     freezer = Freezer(volumes, host, [str(d) for d in (cfg.pool_dir, cfg.shared_pool_dir) if d is not None])
     await freezer.thaw_all()  # A group snapshot's freeze outlives a crash of this process: undo it first.
     await app.recover()
@@ -82,6 +100,37 @@ async def setup(rt: Runtime) -> None:
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_LIMITS), q, GetNodeLimits, app.limits)
     await rt.bus.serve(subjects.node_command(node, subjects.NODE_IO_LIMITS), q, SetIoLimits, io.set_limits)
     await start_volume_manager(rt)
+
+
+def node_pools(cfg: Config, bus: Bus | None = None) -> NodePools:
+    """The pools whose images this node works on: its own, and the shared one if it has it;
+    with ``bus``, restores and clones from other nodes' pools come over it (csi/pool.py)."""
+    node = cfg.node_id
+    pools = [ImagePool(cfg.pool_dir, cfg.pool_name, "local", cfg.pool_capacity, node, tag=node)]
+    if cfg.shared_pool_dir is not None:
+        pools.append(ImagePool(cfg.shared_pool_dir, SHARED_POOL, "shared", cfg.shared_pool_capacity, tag=node))
+    return NodePools(node, pools, BusCopy(bus) if bus is not None else None)
+
+
+async def serve_pools(rt: Runtime, pools: NodePools) -> None:
+    """Its own pool's commands on its own subjects; the shared pool's in one queue group of
+    every node that has it, so that one node performs each (docs/decisions.md)."""
+    pools.sweep()
+    node = rt.cfg.node_id
+    shared = any(p.kind == "shared" for p in pools.pools)
+
+    async def serve(verb: str, model: type[C], handler: Callable[[C], Awaitable[Any]]) -> None:
+        await rt.bus.serve(subjects.node_pool_command(node, verb), subjects.queue("nodeagent", node), model, handler)
+        if shared:
+            await rt.bus.serve(subjects.shared_pool_command(verb), subjects.SHARED_POOL_QUEUE, model, handler)
+
+    await serve(subjects.POOL_MAKE, MakeImage, pools.make)
+    await serve(subjects.POOL_GROW, GrowImage, pools.grow)
+    await serve(subjects.POOL_SNAPSHOT, SnapshotImage, pools.snapshot)
+    await serve(subjects.POOL_REMOVE, RemoveImage, pools.remove)
+    await serve(subjects.POOL_STAT, StatImage, pools.stat)
+    # Other nodes' requests for this node's images (a restore or clone onto their pools).
+    await rt.bus.serve(subjects.node_pool_command(node, subjects.POOL_SEND), subjects.queue("nodeagent", node), SendImage, pools.send)
 
 
 def io_cgroup(cfg: Config) -> IoCgroup | None:

@@ -1,6 +1,10 @@
 """``python -m services.provisioner``: volumes, snapshots and pools behind the CSI
 Controller service, and the standalone control plane's PV controller, external
-provisioner and scheduler."""
+provisioner and scheduler.
+
+It opens no pool directory (``VOLPLANE_POOL_DIR`` and ``VOLPLANE_SHARED_POOL_DIR`` mean
+nothing to it): the pools are learnt from the node registry, and their nodes act on their
+images when asked (``adapters/pool.py``)."""
 
 from __future__ import annotations
 
@@ -24,14 +28,14 @@ from volplane.commands import (
     ListVolumes,
     ModifyVolume,
 )
-from volplane.nodes import SHARED_POOL, NodesProjection
+from volplane.nodes import NodesProjection
 from volplane.resources.informer import Informer
 from volplane.resources.store import ObjectStore
 from volplane.service import Runtime, run_service
 from volplane.telemetry import gauge
 
 from .adapters.groups import GROUP_SNAPSHOTS, GroupSnapshotsProjection
-from .adapters.pool import ImagePool, Pools
+from .adapters.pool import Pools
 from .adapters.projection import SNAPSHOTS, VOLUMES, SnapshotsProjection, VolumesProjection
 from .controllers.csi_snapshotter import MANAGER as SNAPSHOTTER
 from .controllers.csi_snapshotter import CsiSnapshotter
@@ -45,6 +49,7 @@ from .controllers.pv_controller import MANAGER, PVController
 from .controllers.snapshot_controller import MANAGER as SNAPSHOT_CONTROLLER
 from .controllers.snapshot_controller import SnapshotController
 from .csi.capacity import Capacity
+from .csi.completer import Completer
 from .csi.group_snapshots import GroupSnapshotsApp, NodeCut
 from .csi.snapshots import SnapshotsApp
 from .csi.volumes import NodeIoLimits, ProvisionerApp
@@ -58,9 +63,7 @@ async def setup(rt: Runtime) -> None:
     snapshots = Repository(rt.store, await rt.follow(snapshots_read), SNAPSHOTS)
     groups_read = GroupSnapshotsProjection()
     groups = Repository(rt.store, await rt.follow(groups_read), GROUP_SNAPSHOTS)
-    cfg = rt.cfg
-    shared = ImagePool(cfg.shared_pool_dir, SHARED_POOL, "shared", cfg.shared_pool_capacity) if cfg.shared_pool_dir else None
-    pools = Pools(shared, nodes)
+    pools = Pools(nodes, rt.bus)
     # The attacher's read model, followed here as the node registry is, so that
     # DeleteVolume can refuse a published volume without a round trip to the attacher.
     attachments = Repository(rt.store, await rt.follow(AttachmentsProjection()), ATTACHMENTS)
@@ -79,6 +82,10 @@ async def setup(rt: Runtime) -> None:
     await app.recover()
     await snaps.recover()
     await group_snaps.recover()  # after the snapshots': a group finishes its own members
+    # What waits for a node that did not answer (on start, or since) is tried again until it does.
+    completer = Completer((app.complete, snaps.complete))
+    await completer.start()
+    rt.controllers.append(completer.stop)
     q = subjects.queue("provisioner")
     await rt.bus.serve(subjects.CREATE_VOLUME, q, CreateVolume, app.create_volume)
     await rt.bus.serve(subjects.DELETE_VOLUME, q, DeleteVolume, app.delete_volume)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import grpc
 
+from devstack.hosts import HostsError, HostsStack, require_hosts_support
 from devstack.launcher import Stack
 from tests.chaos import controlplane
 from tests.chaos.common import RETRY, Cell, kill, leaked_loops, loops_of, restart
@@ -84,6 +85,32 @@ class Lab:
         self.ctl = rpc.ControllerStub(self.channel)
         self.nodes = rpc.NodeStub(self.channel)
 
+    def create_request(self, v: Vol) -> csi.CreateVolumeRequest:
+        return csi.CreateVolumeRequest(name=v.name, capacity_range=csi.CapacityRange(required_bytes=SIZE), volume_capabilities=[CAP])
+
+    def images(self, volume_id: str) -> list[Path]:
+        """The volume's image files, in every pool this lab's node sees."""
+        return list(self.stack.pool_dir("shared").glob(f"{volume_id}.img")) + list(self.stack.pool_dir(self.node).glob(f"{volume_id}.img"))
+
+    def mounts_at(self, path: Path) -> int:
+        return mounts_at(path)
+
+    def leftover_images(self) -> list[str]:
+        return [p.name for pool in ("shared", self.node) for p in self.stack.pool_dir(pool).glob("*.img")]
+
+    def leftover_mounts(self) -> list[str]:
+        with open("/proc/self/mountinfo") as f:
+            return [line.split(" ")[4] for line in f if str(self.work) in line.split(" ")[4]]
+
+    def kill(self, victim: str) -> None:
+        kill(self.stack, victim)
+
+    def restart(self, victim: str) -> None:
+        restart(self.stack, victim)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
     def staging(self, v: Vol) -> Path:
         return self.work / "staging" / v.name
 
@@ -93,7 +120,7 @@ class Lab:
     async def call(self, v: Vol, step: str) -> None:
         t = 20.0
         if step == "create":
-            reply = await self.ctl.CreateVolume(csi.CreateVolumeRequest(name=v.name, capacity_range=csi.CapacityRange(required_bytes=SIZE), volume_capabilities=[CAP]), timeout=t)
+            reply = await self.ctl.CreateVolume(self.create_request(v), timeout=t)
             v.id = reply.volume.volume_id
         elif step == "publish":
             await self.ctl.ControllerPublishVolume(csi.ControllerPublishVolumeRequest(volume_id=v.id, node_id=self.node, volume_capability=CAP), timeout=t)
@@ -141,15 +168,15 @@ class Lab:
             return
         if exists != (v.id in listed):
             v.problems.append(f"after {step}: ListVolumes {'lacks' if exists else 'still has'} the volume")
-        images = list(self.stack.pool_dir("shared").glob(f"{v.id}.img")) + list(self.stack.pool_dir(self.node).glob(f"{v.id}.img"))
+        images = self.images(v.id)
         if exists != (len(images) == 1) or len(images) > 1:
             v.problems.append(f"after {step}: {len(images)} image file(s)")
         staged = STEPS.index("stage") <= done < STEPS.index("unstage")
         mounted = STEPS.index("mount") <= done < STEPS.index("unmount")
-        if mounts_at(self.staging(v)) != (1 if staged else 0):
-            v.problems.append(f"after {step}: staging path mounted {mounts_at(self.staging(v))} times")
-        if mounts_at(self.target(v)) != (1 if mounted else 0):
-            v.problems.append(f"after {step}: target path mounted {mounts_at(self.target(v))} times")
+        if (n := self.mounts_at(self.staging(v))) != (1 if staged else 0):
+            v.problems.append(f"after {step}: staging path mounted {n} times")
+        if (n := self.mounts_at(self.target(v))) != (1 if mounted else 0):
+            v.problems.append(f"after {step}: target path mounted {n} times")
         loops = loops_of(v.id)
         if len(loops) != (1 if staged else 0):
             v.problems.append(f"after {step}: {len(loops)} loop device(s) on the image")
@@ -170,7 +197,7 @@ class Lab:
         """From any state back to nothing: every undo is idempotent."""
         if not v.id:
             try:
-                reply = await self.ctl.CreateVolume(csi.CreateVolumeRequest(name=v.name, capacity_range=csi.CapacityRange(required_bytes=SIZE), volume_capabilities=[CAP]), timeout=20)
+                reply = await self.ctl.CreateVolume(self.create_request(v), timeout=20)
                 v.id = reply.volume.volume_id
             except grpc.aio.AioRpcError as exc:
                 v.problems.append(f"teardown: {exc.code().name}")
@@ -179,12 +206,9 @@ class Lab:
             await self.until_done(v, step, None, time.monotonic() + 60)
 
     def leaks(self) -> list[str]:
-        found = []
-        for pool in ("shared", self.node):
-            found += [f"image left: {p.name}" for p in self.stack.pool_dir(pool).glob("*.img")]
+        found = [f"image left: {name}" for name in self.leftover_images()]
         found += [f"loop device left: {line}" for line in leaked_loops(self.stack)]
-        with open("/proc/self/mountinfo") as f:
-            found += [f"mount left: {line.split(' ')[4]}" for line in f if str(self.work) in line.split(" ")[4]]
+        found += [f"mount left: {point}" for point in self.leftover_mounts()]
         return found
 
 
@@ -199,11 +223,11 @@ async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: 
         await asyncio.sleep(random.uniform(0.05 * window, 0.75 * window))  # mostly while calls run
         cell.hit += sum(1 for t in tasks if not t.done())
         killed = time.monotonic()
-        await asyncio.to_thread(kill, lab.stack, victim)
+        await asyncio.to_thread(lab.kill, victim)
         await asyncio.sleep(random.uniform(0, 0.3))
         # Not asyncio.to_thread: the children's parent-death signal is bound to the thread
         # that started them, and the loop's pool threads end with the loop.
-        await asyncio.get_running_loop().run_in_executor(SPAWNER, restart, lab.stack, victim)
+        await asyncio.get_running_loop().run_in_executor(SPAWNER, lab.restart, victim)
     deadline = time.monotonic() + 90
     await asyncio.gather(*(lab.until_done(v, step, t, deadline) for v, t in zip(vols, tasks, strict=True)))
     took = time.monotonic() - t0
@@ -225,17 +249,18 @@ async def trial(lab: Lab, step: str, victim: str | None, inflight: int, window: 
     return took
 
 
-async def run(stack: Stack, work: Path, trials: int, inflight: int, steps: tuple[str, ...]) -> dict[tuple[str, str], Cell]:
-    lab = Lab(stack, work)
+async def run(stack: Stack, work: Path, trials: int, inflight: int, steps: tuple[str, ...],
+              lab_of: Callable[[Stack, Path], Lab] = Lab, victims_of: Callable[[str], tuple[str, ...]] = victims) -> dict[tuple[str, str], Cell]:
+    lab = lab_of(stack, work)
     cells: dict[tuple[str, str], Cell] = {}
     for step in steps:
         window = max(await trial(lab, step, None, inflight, 0, Cell()), 0.05)
-        for victim in victims(step):
+        for victim in victims_of(step):
             cell = cells.setdefault((step, victim), Cell())
             for _ in range(trials):
                 await trial(lab, step, victim, inflight, window, cell)
-            print(f"  {step:9s} × {victim:12s} {cell.text()}" + (f"  PROBLEMS: {cell.problems[:3]}" if cell.problems else ""), flush=True)
-    await lab.channel.close()
+            print(f"  {step:9s} × {victim:14s} {cell.text()}" + (f"  PROBLEMS: {cell.problems[:3]}" if cell.problems else ""), flush=True)
+    await lab.close()
     return cells
 
 
@@ -255,19 +280,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=2, help="kills per step × victim")
     parser.add_argument("--inflight", type=int, default=8, help="volumes per CSI trial")
     parser.add_argument("--claims", type=int, default=3, help="claims (each with a pod) per control-plane trial")
-    parser.add_argument("--suite", choices=("csi", "cp", "all"), default="all", help="CSI calls, the control plane's loops, or both")
+    parser.add_argument("--suite", choices=("csi", "cp", "hosts", "all"), default="all",
+                        help="CSI calls, the control plane's loops, CSI calls on HOSTS=3 with a whole host as the victim (tests/chaos/hosts.py; root), or all three")
     parser.add_argument("--steps", nargs="+", choices=sorted(set(STEPS + controlplane.STEPS)), help="only these steps (of the chosen suites)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     random.seed(args.seed)
     csi_steps = tuple(s for s in STEPS if args.suite in ("csi", "all") and (not args.steps or s in args.steps))
     cp_steps = tuple(s for s in controlplane.STEPS if args.suite in ("cp", "all") and (not args.steps or s in args.steps))
+    host_steps = tuple(s for s in STEPS if args.suite in ("hosts", "all") and (not args.steps or s in args.steps))
     cells: dict[tuple[str, str], Cell] = {}
     cp_cells: dict[tuple[str, str], Cell] = {}
+    host_cells: dict[tuple[str, str], Cell] = {}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="volplane-chaos-") as tmp:
         stack = Stack(Path(tmp) / "run", env={"VOLPLANE_LOG_LEVEL": "WARNING"})
-        stack.start()
+        if csi_steps or cp_steps:
+            stack.start()
         try:
             if csi_steps:
                 print(f"chaos, CSI: {args.trials} kill(s) × {args.inflight} volume(s) in flight per step × victim (kill -9, then restart)", flush=True)
@@ -278,18 +307,29 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stack.stop()
             everything = list(cells.values()) + list(cp_cells.values())
-            if not everything or any(c.problems for c in everything):  # a failed or crashed run: keep its logs
+            if (csi_steps or cp_steps) and (not everything or any(c.problems for c in everything)):  # a failed or crashed run: keep its logs
                 kept = Path(tempfile.gettempdir()) / f"volplane-chaos-logs-{int(time.time())}"
                 shutil.copytree(stack.run_dir / "logs", kept)
                 print(f"service logs kept in {kept}")
+        if host_steps:
+            host_cells = _run_hosts(Path(tmp), args.trials, args.inflight, host_steps, args.suite == "hosts")
     if cells:
         print("\nCSI calls (retried by the caller): volumes converged / volumes (calls in flight at the kill, median s from kill to converged)")
         print(table(cells, STEPS, victims))
     if cp_cells:
         print("\nControl plane (retried by the loops): claims converged / claims (claims not yet past the step at the kill, median s from kill to converged)")
         print(table(cp_cells, controlplane.STEPS, controlplane.victims))
-    # Both suites have a "mount" step: keys carry their suite.
-    both = {("csi", *k): c for k, c in cells.items()} | {("control plane", *k): c for k, c in cp_cells.items()}
+    if host_cells:
+        from tests.chaos import hosts as chaos_hosts  # it builds on this module's Lab
+
+        print(f"\nCSI calls on HOSTS=3, a whole host the victim (tests/chaos/hosts.py): volumes of host-{chaos_hosts.HOST} converged / volumes "
+              "(calls in flight at the strike, median s from strike to converged)")
+        print(f"{'step':10s} " + " ".join(f"{v:28s}" for v in chaos_hosts.VICTIMS))
+        for step in host_steps:
+            print(f"{step:10s} " + " ".join(f"{host_cells[step, v].text() if (step, v) in host_cells else '-':28s}" for v in chaos_hosts.VICTIMS))
+    # The suites share step names: keys carry their suite.
+    both = ({("csi", *k): c for k, c in cells.items()} | {("control plane", *k): c for k, c in cp_cells.items()}
+            | {("hosts", *k): c for k, c in host_cells.items()})
     kills = args.trials * len(both)
     print(f"\n{kills} kills, {sum(c.volumes for c in both.values())} volumes checked, "
           f"{sum(len(c.problems) for c in both.values())} problems, {time.monotonic() - t0:.0f} s")
@@ -297,6 +337,33 @@ def main(argv: list[str] | None = None) -> int:
     for (suite, step, victim), cell in bad.items():
         print(f"{suite}: {step} × {victim}: " + "; ".join(cell.problems[:10]))
     return 1 if bad else 0
+
+
+def _run_hosts(tmp: Path, trials: int, inflight: int, steps: tuple[str, ...], asked: bool) -> dict[tuple[str, str], Cell]:
+    """The CSI suite on a ``HostsStack`` of three hosts, a whole host the victim. Without
+    root (or iproute2/util-linux), skipped with the reason — an error when asked for alone."""
+    from tests.chaos import hosts as chaos_hosts  # it builds on this module's Lab
+
+    try:
+        require_hosts_support()
+    except HostsError as exc:
+        if asked:
+            raise
+        print(f"chaos, hosts: skipped ({exc})", flush=True)
+        return {}
+    stack = HostsStack(tmp / "hosts-run", env={"VOLPLANE_LOG_LEVEL": "WARNING"}, hosts=3, instance=None)
+    stack.start()
+    cells: dict[tuple[str, str], Cell] = {}
+    try:
+        print(f"chaos, hosts: {trials} strike(s) × {inflight} volume(s) of host-{chaos_hosts.HOST} in flight per step × victim", flush=True)
+        cells = asyncio.run(run(stack, tmp / "hosts-work", trials, inflight, steps, chaos_hosts.HostsLab, chaos_hosts.victims))  # type: ignore[arg-type]  # HostsLab takes a HostsStack, a Stack
+    finally:
+        stack.stop()
+        if not cells or any(c.problems for c in cells.values()):
+            kept = Path(tempfile.gettempdir()) / f"volplane-chaos-hosts-logs-{int(time.time())}"
+            shutil.copytree(stack.run_dir / "logs", kept)
+            print(f"service logs kept in {kept}")
+    return cells
 
 
 if __name__ == "__main__":

@@ -50,12 +50,14 @@ VALUES: dict[str, dict[str, Any]] = {
         "namespace": {"create": True},
     },
     "cert-manager": {"tls": {"source": "certManager"}, "nats": {"replicas": 3}},
-    "plaintext": {"tls": {"enabled": False}},
+    # One NATS server, Redis behind five Sentinels, no TLS.
+    "plaintext": {"tls": {"enabled": False}, "nats": {"replicas": 1}, "redis": {"sentinel": {"enabled": True, "replicas": 5, "quorum": 3}}},
+    "sentinel": {"redis": {"sentinel": {"enabled": True}}},
 }
 # Who may be privileged, and who may run as root (without any capability): the node
 # plugin's host work, and the writers of host directories that root owns.
 PRIVILEGED = {"volplane-node/nodeagent"}
-ROOT_NO_CAPS = {"volplane-controller/provisioner", "volplane-node/apigw", "volplane-node/node-driver-registrar", "volplane-node/livenessprobe"}
+ROOT_NO_CAPS = {"volplane-node/apigw", "volplane-node/node-driver-registrar", "volplane-node/livenessprobe"}
 
 
 def render(values: dict[str, Any], name: str = "volplane") -> list[dict[str, Any]]:
@@ -164,6 +166,9 @@ def test_redis_acl_is_the_catalogs() -> None:
         assert not [r for r in rules if r.lstrip("+").lower() in ("@all", "config", "debug", "flushall", "flushdb", "module", "shutdown", "save", "keys", "@admin", "@dangerous")], user
     for case in VALUES.values():
         users = redis_users(render(case))
+        if case.get("redis", {}).get("sentinel", {}).get("enabled"):
+            assert users.pop("replication")[2:] == ["-@all", "+psync", "+replconf", "+ping"]
+            assert "+slaveof" in users.pop("sentinel")
         assert users.pop("default") == ["off"]
         assert users.pop("probe") == ["on", ">$(REDIS_PASSWORD_PROBE)", "resetchannels", "-@all", "+ping"]
         assert users == {u: ["on", f">$(REDIS_PASSWORD_{u.upper()})", *rules] for u, rules in expected.items()}
@@ -181,7 +186,7 @@ def test_every_pod_is_its_own_redis_user() -> None:
             if "REDIS_URL" not in e:
                 continue
             service = c["command"][-1].removeprefix("services.")
-            m = re.fullmatch(r"rediss?://([a-z]+):\$\(REDIS_PASSWORD\)@volplane-redis:6379/0", e["REDIS_URL"])
+            m = re.fullmatch(r"rediss?(?:\+sentinel)?://([a-z]+):\$\(REDIS_PASSWORD\)@(?:volplane-redis:6379|(?:volplane-redis-\d\.volplane-redis-headless:26379,?)+/volplane)/0", e["REDIS_URL"])
             assert m and m[1] == service, (where, e["REDIS_URL"])
             assert e["REDIS_PASSWORD"] == {"secretKeyRef": {"name": secret, "key": f"redis-{service}"}}, where
             assert seen.setdefault(service, where.split("/")[0]) == where.split("/")[0], f"{service} in two pods: {seen[service]}, {where}"
@@ -232,8 +237,10 @@ def test_an_older_credentials_env_keeps_its_passwords_and_gains_the_keys_it_lack
 
 
 def test_every_secret_reference_names_a_key_the_secret_has() -> None:
-    keys = set(generate.secret_keys())
     for case in VALUES.values():
+        # Redis behind Sentinel adds the Sentinels' and the replicas' users (docs/deploy.md).
+        sentinel = case.get("redis", {}).get("sentinel", {}).get("enabled")
+        keys = set(generate.secret_keys()) | ({"redis-replication", "redis-sentinel"} if sentinel else set())
         docs = render(case)
         secret = (case.get("credentials") or {}).get("existingSecret") or "volplane-credentials"
         for where, c in containers(docs).items():
@@ -347,7 +354,7 @@ def test_values_reach_the_objects() -> None:
     assert nats["replicas"] == 3 and nats["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast"
     config = find(docs, "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
     assert config.count("nats://volplane-nats-") == 3 and "cluster {" in config
-    assert "cluster {" not in find(render({}), "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
+    assert "cluster {" not in find(render(VALUES["plaintext"]), "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
     assert env(cs["volplane-controller/provisioner"])["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://volplane-jaeger:4317"
     assert find(docs, "Deployment", "volplane-jaeger")["spec"]["template"]["spec"]["containers"][0]["image"].startswith("jaegertracing/jaeger:2.")
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env(containers(render({}))["volplane-controller/provisioner"])
@@ -355,6 +362,90 @@ def test_values_reach_the_objects() -> None:
     other = render({}, name="storage")
     assert {d["metadata"]["name"] for d in other if d["kind"] == "StatefulSet"} == {"storage-volplane-nats", "storage-volplane-redis"}
     assert env(containers(other)["storage-volplane-controller/attacher"])["REDIS_URL"] == "rediss://attacher:$(REDIS_PASSWORD)@storage-volplane-redis:6379/0"
+
+
+def _service_env(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every volplane container that connects to NATS (the services, the install job): its env."""
+    out = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if "NATS_URL" in env(c):
+                    out[f"{d['metadata']['name']}/{c['name']}"] = env(c)
+    return out
+
+
+@pytest.mark.parametrize("replicas", [3, 5])
+def test_a_nats_cluster_routes_every_member_and_every_client_is_given_all_of_them(replicas: int) -> None:
+    from volplane.config import Config
+
+    docs = render({"nats": {"replicas": replicas}})
+    members = [f"volplane-nats-{i}.volplane-nats-headless" for i in range(replicas)]
+    conf = find(docs, "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
+    cluster = conf[conf.index("cluster {") :]
+    assert "name: volplane" in cluster and "no_advertise: true" in cluster and "verify: true" in cluster
+    assert re.findall(r"nats://([\w.-]+):6222", cluster) == members
+    assert "jetstream {" in conf and "server_name: $POD_NAME" in conf
+    assert find(docs, "StatefulSet", "volplane-nats")["spec"]["replicas"] == replicas
+    assert find(docs, "Service", "volplane-nats-headless")["spec"]["clusterIP"] == "None"
+    assert find(docs, "PodDisruptionBudget", "volplane-nats")["spec"]["maxUnavailable"] == 1
+    clients = _service_env(docs)
+    assert {"volplane-controller/apigw", "volplane-node/nodeagent", "volplane-install-1/install"} <= set(clients)
+    for name, e in clients.items():
+        for var in ("NATS_URL", "NATS_PROBE_URL") if "NATS_PROBE_URL" in e else ("NATS_URL",):
+            urls = e[var].split(",")
+            assert [re.sub(r"^tls://[^@]+@|:4222$", "", u) for u in urls] == members, (name, var)
+            Config.from_env({"NATS_URL": e[var].replace("$(", "").replace(")", "")})  # a list the services accept
+    job = find(docs, "Job", "volplane-install-1")["spec"]["template"]["spec"]["containers"][0]
+    assert job["args"] == ["--replicas", "3"], "the event stream at R3 on any cluster"
+    single = find(render(VALUES["plaintext"]), "Job", "volplane-install-1")["spec"]["template"]["spec"]["containers"][0]
+    assert single["args"] == ["--replicas", "1"]
+    assert "volplane-nats:4222" in _service_env(render(VALUES["plaintext"]))["volplane-controller/provisioner"]["NATS_URL"]
+
+
+def test_the_default_is_a_three_member_nats_cluster() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["nats"]["replicas"] == 3 and values["redis"]["sentinel"]["enabled"] is False
+
+
+def test_redis_sentinel_gives_every_service_the_sentinels() -> None:
+    from volplane.config import Config, RedisSentinel
+
+    docs = render(VALUES["sentinel"])
+    redis = find(docs, "StatefulSet", "volplane-redis")["spec"]
+    assert redis["replicas"] == 3 and redis["serviceName"] == "volplane-redis-headless"
+    pod = redis["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["redis", "sentinel"]
+    server, sentinel = pod["containers"]
+    argv = server["command"]
+    assert argv[:2] == ["sh", "-c"] and argv[3] == "redis-server" and "--tls-replication" in argv
+    # The Sentinels' and the replicas' users, least privilege; passwords from the Secret.
+    users = {argv[i + 1]: argv[i + 2 : next((j for j in range(i + 1, len(argv)) if argv[j].startswith("--")), len(argv))] for i, a in enumerate(argv) if a == "--user"}
+    assert users["replication"] == ["on", ">$(REDIS_PASSWORD_REPLICATION)", "-@all", "+psync", "+replconf", "+ping"]
+    assert "+slaveof" in users["sentinel"] and "+@all" not in users["sentinel"] and "-@all" in users["sentinel"]
+    script = sentinel["command"][2]
+    for line in ("sentinel resolve-hostnames yes", "sentinel announce-hostnames yes", "sentinel monitor volplane $master 6379 2",
+                 "sentinel down-after-milliseconds volplane 5000", "tls-auth-clients yes", "sentinel auth-user volplane sentinel"):
+        assert line in script, line
+    secret = find(docs, "Secret", "volplane-credentials")["data"]
+    assert {"redis-sentinel", "redis-replication"} <= set(secret)
+    assert "redis-sentinel" not in find(render({}), "Secret", "volplane-credentials")["data"]
+    sentinels = [(f"volplane-redis-{i}.volplane-redis-headless", 26379) for i in range(3)]
+    for name, e in _service_env(docs).items():
+        if "REDIS_URL" not in e:
+            continue
+        url = e["REDIS_URL"].replace("$(REDIS_PASSWORD)", "pw")
+        parsed = RedisSentinel.parse(url)
+        assert parsed.sentinels == tuple(sentinels) and parsed.master == "volplane" and parsed.tls and parsed.password == "pw", name
+        Config.from_env({"REDIS_URL": url})
+    ports = {p["port"] for rule in find(docs, "NetworkPolicy", "volplane-redis")["spec"]["ingress"] for p in rule["ports"]}
+    assert ports == {6379, 26379}
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(_secret_files(docs, "volplane-tls-server")["tls.crt"])
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "*.volplane-redis-headless" in names, "the servers' certificate names each Redis server and Sentinel"
+    assert find(docs, "PodDisruptionBudget", "volplane-redis")["spec"]["maxUnavailable"] == 1
 
 
 def test_chart_carries_the_compatibility_it_documents() -> None:
@@ -370,8 +461,9 @@ def test_chart_carries_the_compatibility_it_documents() -> None:
 
 @pytest.mark.parametrize(
     "values",
-    [{"nats": {"replicas": 2}}, {"nat": {"replicas": 3}}, {"pools": {"localCapacity": "10 GB"}}, {"storageClasses": [{"name": "x", "pool": "elsewhere"}]}],
-    ids=["two-nats-servers", "misspelt-key", "bad-quantity", "unknown-pool"],
+    [{"nats": {"replicas": 2}}, {"nat": {"replicas": 3}}, {"pools": {"localCapacity": "10 GB"}}, {"storageClasses": [{"name": "x", "pool": "elsewhere"}]},
+     {"redis": {"sentinel": {"enabled": True, "replicas": 2}}}, {"redis": {"sentinel": {"enable": True}}}, {"nats": {"streamReplicas": 7}}],
+    ids=["two-nats-servers", "misspelt-key", "bad-quantity", "unknown-pool", "two-sentinels", "misspelt-sentinel-key", "stream-beyond-jetstream"],
 )
 def test_values_schema_rejects_what_would_deploy_wrong(values: dict[str, Any]) -> None:
     with helm.Chart.load(CHART) as loaded:

@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -264,3 +265,77 @@ def test_a_missing_redis_url_is_a_crash_loop(tmp_path: Path) -> None:
     wanted = {"volplane-nats/nats", "volplane-redis/redis", "volplane-controller/wait-for-servers", "volplane-controller/apigw"}
     with LocalCluster(docs, node=NODE, select=lambda name: name in wanted) as local, pytest.raises(PodError, match="apigw exited with 2"):
         local.start(timeout=60)
+
+
+def _nats_members(cluster: LocalCluster) -> list[Container]:
+    return sorted((c for c in cluster.containers if c.kind == "nats"), key=lambda c: c.pod.name)
+
+
+def _monitor(cluster: LocalCluster, c: Container, path: str) -> dict[str, Any]:
+    status, body = cluster.fetch(f"http://127.0.0.1:{c.pod.ports[8222]}{path}")
+    assert status == 200, (c.name, path, status, body[:300])
+    return dict(json.loads(body))
+
+
+def test_the_nats_servers_form_one_cluster_with_the_event_stream_on_three(cluster: LocalCluster) -> None:
+    """The StatefulSet's members route to each other by their stable names (the headless
+    Service), each with JetStream; the install job made the event stream with three
+    replicas, all current; every service was given every member."""
+    members = _nats_members(cluster)
+    assert len(members) == 3
+    names = {c.pod.name for c in members}
+    for c in members:
+        routes = _monitor(cluster, c, "/routez")
+        assert {r["remote_name"] for r in routes["routes"]} == names - {c.pod.name}, (c.name, routes["routes"])
+        assert _monitor(cluster, c, "/varz")["server_name"] == c.pod.name
+    def stream_on_all() -> dict[str, Any] | None:
+        for c in members:
+            jsz = _monitor(cluster, c, "/jsz?streams=true&config=true")
+            for account in jsz.get("account_details", []):
+                for stream in account.get("stream_detail", []):
+                    if stream.get("cluster", {}).get("leader") == c.pod.name:
+                        return dict(stream)
+        return None
+    stream = stream_on_all()
+    assert stream is not None, "no member leads the event stream"
+    assert stream["config"]["num_replicas"] == 3
+    followers = stream["cluster"].get("replicas", [])
+    assert sorted([stream["cluster"]["leader"], *(r["name"] for r in followers)]) == sorted(names)
+    assert all(r["current"] for r in followers), followers
+    for c in cluster.volplane():
+        urls = c.env["NATS_URL"].split(",")
+        assert len(urls) == 3 and len({u.rpartition(":")[2] for u in urls}) == 3, (c.name, c.env["NATS_URL"])
+
+
+def test_losing_one_nats_member_loses_no_volume(cluster: LocalCluster) -> None:
+    """kill -9 of the member that leads the event stream: the others elect a leader and the
+    services, given every member, carry a volume's life on; what was written is still there.
+    (Last in this module: the member stays down.)"""
+    members = _nats_members(cluster)
+    leader = next(c for c in members if any(
+        s.get("cluster", {}).get("leader") == c.pod.name
+        for a in _monitor(cluster, c, "/jsz?streams=true").get("account_details", []) for s in a.get("stream_detail", [])))
+    before = max(int(_monitor(cluster, c, "/jsz")["messages"]) for c in members)
+    assert leader.proc is not None
+    os.kill(leader.proc.pid, 9)
+    leader.proc.wait(10)
+    apigw = next(c for c in cluster.volplane() if c.name.endswith("-controller/apigw"))
+    with grpc.insecure_channel(apigw.env["VOLPLANE_CSI_ENDPOINT"]) as channel:
+        controller = rpc.ControllerStub(channel)
+        cap = csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume(), access_mode=csi.VolumeCapability.AccessMode(mode=1))  # type: ignore[arg-type]  # SINGLE_NODE_WRITER
+        request = csi.CreateVolumeRequest(name="pvc-after-a-member", capacity_range=csi.CapacityRange(required_bytes=1 << 20), volume_capabilities=[cap], parameters={"pool": "shared"})
+        # A CO's retry: the same request again while the cluster elects a new leader.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                created = controller.CreateVolume(request, timeout=20)
+                break
+            except grpc.RpcError as exc:
+                if time.monotonic() > deadline or exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
+                    raise
+                time.sleep(1)
+        listed = {e.volume.volume_id for e in controller.ListVolumes(csi.ListVolumesRequest(), timeout=30).entries}
+        assert created.volume.volume_id in listed
+        controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=created.volume.volume_id), timeout=30)
+    survivors = [c for c in members if c is not leader]
+    assert min(int(_monitor(cluster, c, "/jsz")["messages"]) for c in survivors) > before, "the survivors hold the log and what came after"

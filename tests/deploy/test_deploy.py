@@ -37,6 +37,8 @@ from devstack.launcher import Stack
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 COMPOSE_DIR = ROOT / "deploy" / "compose"
+# The chart's default NATS: three members, each by its name behind the headless Service.
+NATS_MEMBERS = tuple(f"volplane-nats-{i}.volplane-nats-headless" for i in range(3))
 COMPOSE = COMPOSE_DIR / "docker-compose.yaml"
 KUBE = ROOT / "deploy" / "kubernetes"
 EXAMPLES = KUBE / "examples"
@@ -384,9 +386,11 @@ def test_controller_deployment() -> None:
         args = args_of(container(docs, "volplane-controller", sidecar))
         assert "--leader-election" in args and "--csi-address=/csi/csi.sock" in args, sidecar
     assert "--feature-gates=Topology=true" in args_of(container(docs, "volplane-controller", "csi-provisioner"))
-    # The provisioner writes images into the pools: it must see them.
-    mounts = {m["mountPath"] for m in container(docs, "volplane-controller", "provisioner")["volumeMounts"]}
-    assert "/var/lib/volplane" in mounts
+    # The nodes act on their pools' images: no controller container mounts a pool, or any host path.
+    assert not [v for v in pod["volumes"] if "hostPath" in v], "the controller needs no node's disk"
+    for c in pod["containers"]:
+        assert not [m for m in c.get("volumeMounts", []) if m["mountPath"].startswith("/var/lib/volplane")], c["name"]
+        assert not {e["name"] for e in c.get("env", [])} & {"VOLPLANE_POOL_DIR", "VOLPLANE_SHARED_POOL_DIR"}, c["name"]
     assert pod["serviceAccountName"] == "volplane-controller"
 
 
@@ -481,13 +485,13 @@ def test_passwords_come_from_the_credentials_secret() -> None:
             redis_users.add(service)
         if owner.startswith("volplane-install") and "NATS_URL" in env:
             # The install step (the stream's creation) is the administrator's, and only it.
-            assert env["NATS_URL"] == "tls://admin:$(NATS_ADMIN_PASSWORD)@volplane-nats:4222", owner
+            assert env["NATS_URL"] == ",".join(f"tls://admin:$(NATS_ADMIN_PASSWORD)@{m}:4222" for m in NATS_MEMBERS), owner
             assert env["NATS_ADMIN_PASSWORD"] == {"secretKeyRef": {**secret, "key": "nats-admin"}}, owner
             continue
         if "NATS_URL" in env:
-            # Each service as its own NATS user, allowed only its subjects.
-            m = re.match(r"^tls://([a-z-]+):\$\(NATS_PASSWORD\)@volplane-nats:4222$", env["NATS_URL"])
-            assert m, (owner, env["NATS_URL"])
+            # Each service as its own NATS user, allowed only its subjects, given every member of the cluster.
+            m = re.match(r"^tls://([a-z-]+):\$\(NATS_PASSWORD\)@", env["NATS_URL"])
+            assert m and env["NATS_URL"] == ",".join(f"tls://{m[1]}:$(NATS_PASSWORD)@{member}:4222" for member in NATS_MEMBERS), (owner, env["NATS_URL"])
             assert env["NATS_PASSWORD"] == {"secretKeyRef": {**secret, "key": f"nats-{m[1]}"}}, owner
             users.add(m[1])
     # The node plugins (apigw in node mode) have a user of their own: node commands only.
@@ -503,11 +507,15 @@ def test_passwords_come_from_the_credentials_secret() -> None:
     assert {e["name"] for e in nats["env"]} >= {f"NATS_PASSWORD_{u.upper()}" for u in SERVICES}
 
 
-def test_the_pool_limitation_is_written_down() -> None:
-    text = (KUBE / "controller.yaml").read_text()
-    assert "LIMITATION" in text and "/var/lib/volplane/shared" in text and "single-node" in text
-    readme = (ROOT / "README.md").read_text()
-    assert "/var/lib/volplane/shared" in readme and "single-node" in readme
+def test_where_volumes_live_is_written_down() -> None:
+    """The nodes own their pools: the manifests, the README and docs/deploy.md say so, and
+    what the shared pool needs; none still says a local pool works on one node only."""
+    controller, node = (KUBE / "controller.yaml").read_text(), (KUBE / "node.yaml").read_text()
+    assert "No pool is mounted here" in controller and "owns its node's pool" in node
+    for doc in (ROOT / "README.md", ROOT / "docs" / "deploy.md"):
+        text = doc.read_text()
+        assert "/var/lib/volplane/shared" in text and "mounts" in text and "no pool" in text, doc
+        assert "only on a single-node cluster" not in text and "put a\n  node's images on the controller's node" not in text, doc
 
 
 # --- shared by both -------------------------------------------------------------------

@@ -197,7 +197,7 @@ def test_after_unpublish_the_volume_goes_to_the_second_node(at: Attacher, volume
 
 
 def test_local_volume_goes_only_to_the_node_that_owns_its_pool(at: Attacher, volumes: Callable[..., str], stack: Stack) -> None:
-    owner = at.register("owner", pool_dir=stack.run_dir / "pools")
+    owner = stack.node_id  # a real node: its nodeagent makes the image in its own pool
     vid = volumes(pool=owner)
     assert at.volume(vid).accessible_topology == ({TOPOLOGY_KEY: owner},)
     stranger = at.register()

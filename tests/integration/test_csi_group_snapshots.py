@@ -22,6 +22,7 @@ import pytest
 from devstack.launcher import Stack
 from services.provisioner.domain.events import GroupSnapshotCreating, MemberSnapshotCreating
 from services.provisioner.domain.group_snapshot import group_snapshot_id_for, member_snapshot_id
+from tests.co import append_event
 from tests.conftest import Csi, code_of, mount_cap, needs_root
 from tests.integration.node_helpers import Node, node  # noqa: F401 - fixtures are used by name
 from volplane import subjects
@@ -29,8 +30,6 @@ from volplane.bus import Bus
 from volplane.commands import FreezeVolumes, FrozenVolumes
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
-from volplane.events import Event
-from volplane.eventstore import EventStore
 
 pytestmark = needs_root
 
@@ -362,15 +361,6 @@ def test_node_at_its_max_volumes_refuses_another_stage_and_publish(limited: tupl
 # -- crashes ------------------------------------------------------------------------
 
 
-def _append(stack: Stack, subject: str, event: Event) -> None:
-    async def go() -> None:
-        nc = await nats.connect(stack.env["NATS_URL"], tls=stack.client_tls())
-        try:
-            await EventStore(nc.jetstream()).append(subject, event, expected=0)
-        finally:
-            await nc.close()
-
-    asyncio.run(go())
 
 
 @pytest.fixture
@@ -410,8 +400,8 @@ def test_group_intent_left_by_a_crash_is_finished_with_a_whole_cut_when_the_prov
         vids = tuple(v for v, _ in staged)
         sids = tuple(member_snapshot_id(gid, v) for v in vids)
         # What a provisioner killed after the group's intent and its first member's leaves behind.
-        _append(stack, subjects.group_snapshot(gid), GroupSnapshotCreating(group_snapshot_id=gid, name=name, source_volume_ids=vids, snapshot_ids=sids))
-        _append(stack, subjects.snapshot(sids[0]), MemberSnapshotCreating(
+        append_event(stack, subjects.group_snapshot(gid), GroupSnapshotCreating(group_snapshot_id=gid, name=name, source_volume_ids=vids, snapshot_ids=sids))
+        append_event(stack, subjects.snapshot(sids[0]), MemberSnapshotCreating(
             snapshot_id=sids[0], name=f"{name}/{vids[0]}", source_volume_id=vids[0], pool="shared", size_bytes=64 * MiB, group_snapshot_id=gid))
         stack.start_service("provisioner")
         stack.wait_healthy(["provisioner"])

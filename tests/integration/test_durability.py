@@ -19,6 +19,7 @@ import redis
 from devstack.launcher import Stack
 from services.nodeagent.domain.events import VolumeStaging
 from services.provisioner.domain.events import VolumeCreating
+from tests.co import append_event
 from tests.conftest import Csi, loops_backing, mount_cap, mounts_under, needs_root
 from volplane import subjects
 from volplane.csi import csi_pb2 as csi
@@ -48,15 +49,6 @@ def _running(run_dir: Path) -> Iterator[tuple[Stack, Csi]]:
         s.stop()
 
 
-def _append(stack: Stack, subject: str, event: object) -> None:
-    async def go() -> None:
-        nc = await nats.connect(stack.env["NATS_URL"], tls=stack.client_tls())
-        try:
-            await EventStore(nc.jetstream()).append(subject, event, expected=0)
-        finally:
-            await nc.close()
-
-    asyncio.run(go())
 
 
 @needs_root
@@ -109,7 +101,7 @@ def test_create_intent_left_by_a_crash_is_finished_when_the_provisioner_starts(t
         vid = volume_id_for("half-made")
         image = s.pool_dir("shared") / f"{vid}.img"
         # What a provisioner killed right after recording its intent leaves behind.
-        _append(s, subjects.volume(vid), VolumeCreating(volume_id=vid, name="half-made", pool="shared", capacity_bytes=64 * 2**20, capabilities=(StoredCapability(),)))
+        append_event(s, subjects.volume(vid), VolumeCreating(volume_id=vid, name="half-made", pool="shared", capacity_bytes=64 * 2**20, capabilities=(StoredCapability(),)))
         assert not image.exists()
         s.start_service("provisioner")
         s.wait_healthy(["provisioner"])
@@ -134,7 +126,7 @@ def test_stage_intent_left_by_a_crash_is_finished_when_the_nodeagent_starts(tmp_
     with _running(tmp_path / "run") as (s, c):
         vol = c.controller.CreateVolume(csi.CreateVolumeRequest(name="half-staged", volume_capabilities=[CAP])).volume
         s.stop_service("nodeagent")
-        _append(s, subjects.node_volume("node-a", vol.volume_id), VolumeStaging(volume_id=vol.volume_id, staging_path=str(stage), fs_type="ext4"))
+        append_event(s, subjects.node_volume("node-a", vol.volume_id), VolumeStaging(volume_id=vol.volume_id, staging_path=str(stage), fs_type="ext4"))
         s.start_service("nodeagent")
         s.wait_healthy(["nodeagent"])
         assert any(f" {stage} " in m and " ext4 " in m for m in mounts_under(tmp_path))

@@ -41,7 +41,14 @@ ADMIN_API = (
     f"$JS.API.CONSUMER.CREATE.{subjects.STREAM}.mine.vp.ev.volume.>",
     "$JS.API.STREAM.LIST",
     "$JS.API.ACCOUNT.PURGE.>",
+    # The image transfer store's, likewise (a node reads and discards transfers, no more).
+    f"$JS.API.STREAM.DELETE.{subjects.TRANSFER_STREAM}",
+    f"$JS.API.STREAM.UPDATE.{subjects.TRANSFER_STREAM}",
+    f"$JS.API.STREAM.CREATE.{subjects.TRANSFER_STREAM}",
+    f"$JS.API.CONSUMER.DURABLE.CREATE.{subjects.TRANSFER_STREAM}.mine",
 )
+# Another node's transfer (its key starts with that node's token): a manifest and a chunk.
+NODE_1_TRANSFER = ("vp.xfer.m.node-1.snapshot.ffffffffffffffffffffffffffffffff", "vp.xfer.c.node-1.snapshot.ffffffffffffffffffffffffffffffff.0.1000.00")
 VOLUME = "vp.ev.volume.ffffffffffffffffffffffffffffffff"
 ATTACHMENT = "vp.ev.attachment.ffffffffffffffffffffffffffffffff"
 # Identity → what it must not publish to, beyond ADMIN_API (which every identity is refused).
@@ -53,20 +60,28 @@ REFUSED_PUBLISH: dict[str, tuple[str, ...]] = {
     "nodeagent-node-2": (
         "vp.ev.node.node-1.x", "vp.ev.nodeinfo.node-1", "vp.cmd.node.node-1.stage", "vp.cmd.node.node-2.stage",
         VOLUME, ATTACHMENT, "vp.cmd.provisioner.create_volume", "vp.cmd.attacher.publish", "vp.health.nodeagent.node-1",
+        # Nor command another node's pool, or the shared pool: only the provisioner asks for image work.
+        "vp.cmd.pool.node.node-1.remove", "vp.cmd.pool.shared.remove", "vp.cmd.pool.node.node-1.make",
+        # Nor store under another node's transfer keys (it asks that node to send instead).
+        *NODE_1_TRANSFER,
     ),
     # Node 2's plugin: its own node's commands and nothing else, the log included.
     "apigw-node-2": (
         "vp.cmd.node.node-1.stage", "vp.cmd.provisioner.create_volume", "vp.cmd.attacher.publish", VOLUME,
+        # Its node's images are the nodeagent's, asked by the provisioner only.
+        "vp.cmd.pool.node.node-2.remove", "vp.cmd.pool.shared.remove",
         "vp.ev.node.node-2.x", f"$JS.API.STREAM.INFO.{subjects.STREAM}", f"$JS.API.CONSUMER.CREATE.{subjects.STREAM}",
+        # Nor ask for images or touch the transfer store: the nodeagent's business.
+        "vp.cmd.pool.node.node-1.send", "vp.xfer.m.node-2.snapshot.x", f"$JS.API.STREAM.PURGE.{subjects.TRANSFER_STREAM}",
     ),
     # The controller part (and node 1's plugin): commands, not a node's or another service's events.
-    "apigw": (VOLUME, ATTACHMENT, "vp.ev.node.node-1.x", "vp.cmd.node.node-2.stage"),
+    "apigw": (VOLUME, ATTACHMENT, "vp.ev.node.node-1.x", "vp.cmd.node.node-2.stage", "vp.cmd.pool.node.node-1.remove", "vp.cmd.pool.shared.remove", *NODE_1_TRANSFER),
 }
 # Identity → what it must not receive: another node's commands, every inbox, the controllers' commands.
 REFUSED_SUBSCRIBE: dict[str, tuple[str, ...]] = {
     "provisioner": ("_INBOX.>", "_INBOX.apigw.>", "vp.cmd.attacher.>", "vp.ev.>"),
     "attacher": ("_INBOX.>", "vp.cmd.provisioner.>"),
-    "nodeagent-node-2": ("vp.cmd.node.node-1.>", "vp.cmd.node.>", "_INBOX.>", "_INBOX.nodeagent-node-1.>", "vp.cmd.provisioner.>"),
+    "nodeagent-node-2": ("vp.cmd.node.node-1.>", "vp.cmd.node.>", "vp.cmd.pool.node.node-1.>", "vp.cmd.pool.>", "_INBOX.>", "_INBOX.nodeagent-node-1.>", "vp.cmd.provisioner.>"),
     "apigw-node-2": ("vp.cmd.node.>", "_INBOX.>", "_INBOX.apigw.>"),
     "apigw": ("_INBOX.>", "vp.cmd.provisioner.>", "vp.cmd.node.>"),
 }
@@ -127,7 +142,12 @@ def test_an_identity_may_not_administer_the_log_nor_step_outside_its_role(stack:
 def test_what_each_node_needs_is_still_allowed(stack: Stack, creds: Credentials) -> None:
     # The permissions themselves: the rest of the suite exercises them end to end.
     url, port, pw = creds.nats_url, _port(stack), creds.nats
-    assert asyncio.run(_violations(stack, "nodeagent-node-2", pw["nodeagent-node-2"], publish=("vp.ev.nodeinfo.node-2",), subscribe=("vp.cmd.node.node-2.probe",))) == set()
+    assert asyncio.run(_violations(
+        stack, "nodeagent-node-2", pw["nodeagent-node-2"],
+        # Its registration; and for a restore from node 1's pool: node 1's send, the transfer store's API.
+        publish=("vp.ev.nodeinfo.node-2", "vp.cmd.pool.node.node-1.send", f"$JS.API.STREAM.INFO.{subjects.TRANSFER_STREAM}"),
+        subscribe=("vp.cmd.node.node-2.probe", "vp.cmd.pool.node.node-2.probe", "vp.cmd.pool.shared.probe"),
+    )) == set()
     assert asyncio.run(_violations(stack, "apigw-node-2", pw["apigw-node-2"], publish=("vp.cmd.node.node-2.probe",))) == set()
     assert asyncio.run(_violations(stack, "apigw", pw["apigw"], publish=("vp.cmd.provisioner.probe", "vp.cmd.node.node-1.probe"))) == set()
 

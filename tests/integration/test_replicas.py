@@ -112,9 +112,16 @@ def test_concurrent_expansions_of_one_volume_are_ok_or_aborted_and_the_image_mat
     assert {code for code, _ in outcomes} <= {C.OK, C.ABORTED}, outcomes
     granted = [size for code, size in outcomes if code == C.OK]
     assert granted, outcomes
-    with grpc.insecure_channel(stack.csi_endpoint) as ch:
-        volume = rpc.ControllerStub(ch).ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=vid)).volume
     # Expansion only grows: the volume holds every size an OK answered, and its image is that big.
+    # GetVolume answers from the read model of whichever replica takes it, which follows
+    # the other replica's expansions through the log: wait until it has applied them.
+    deadline = time.monotonic() + 15
+    with grpc.insecure_channel(stack.csi_endpoint) as ch:
+        while True:
+            volume = rpc.ControllerStub(ch).ControllerGetVolume(csi.ControllerGetVolumeRequest(volume_id=vid)).volume
+            if volume.capacity_bytes >= max(granted) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     assert volume.capacity_bytes >= max(granted)
     assert (stack.pool_dir("shared") / f"{vid}.img").stat().st_size == volume.capacity_bytes
 

@@ -40,6 +40,7 @@ NOT_RUN: dict[str, str] = {
     "make bench": "long: benchmarks over 10,000 volumes",
     "make bench-controlplane": "long: 100 and 1000 claims and pods through the control plane",
     "make bench-restart": "long: restarts over a log of 1,000,000 events",
+    "make bench-soak": "long: 30 minutes at a steady rate",
     "make chaos": "long: kill -9 at random points of every step, per process",
     "make fuzz": "long: ~35,000 generated requests",
     "make unit": "the unit tests, which pytest runs on their own (make test, .ci/run)",

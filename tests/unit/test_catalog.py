@@ -13,6 +13,8 @@ import pytest
 from access.credentials import ADMIN, PERMISSIONS, USERS, Credentials, identities
 from services import catalog
 from services.catalog import CATALOG
+from services.nodeagent.adapters import transfer
+from volplane import subjects
 
 
 @pytest.mark.parametrize("entry", CATALOG, ids=lambda d: d.name)
@@ -49,6 +51,9 @@ def test_credentials_give_each_node_its_own_identity_limited_to_its_node() -> No
 
 def test_no_service_may_administer_the_stream() -> None:
     config = Credentials(nats={u: "x" for u in identities(("node-1", "node-2"))}, redis_password="x", nodes=("node-1", "node-2")).nats_config(4222, Path("/data"))
+    # The one purge a node may do: a transfer it has received, in the image transfer store
+    # (never the event log; test_a_node_reaches_the_transfer_store_for_its_own_keys_only).
+    config = config.replace(f'"$JS.API.STREAM.PURGE.{subjects.TRANSFER_STREAM}"', "")
     for forbidden in ("$JS.API.>", "$JS.API.STREAM.>", "PURGE", "DELETE", "UPDATE", "STREAM.CREATE", "DURABLE", '"_INBOX.>"]'):
         assert forbidden not in config, forbidden
 
@@ -61,3 +66,19 @@ def test_per_node_health_subjects_carry_the_node() -> None:
 def test_an_unknown_service_is_named_in_the_error() -> None:
     with pytest.raises(KeyError, match="known: provisioner, attacher, nodeagent, apigw"):
         catalog.get("scheduler")
+
+
+def test_a_node_reaches_the_transfer_store_for_its_own_keys_only() -> None:
+    """Images across hosts (docs/decisions.md): a node stores under keys that start with its
+    own token, asks other nodes to send, reads and discards through the stream's API only."""
+    assert (subjects.TRANSFER_STREAM, subjects.TRANSFERS) == (transfer.STREAM, transfer.SUBJECTS)
+    ids = identities(("node-1", "node-2"))
+    agent = ids["nodeagent-node-2"]
+    assert "vp.xfer.*.node-2.>" in agent.publish and subjects.NODE_POOL_SENDS in agent.publish
+    assert set(subjects.TRANSFER_API) <= set(agent.publish)
+    assert not [s for s in agent.publish if s.startswith("vp.xfer.") and s != "vp.xfer.*.node-2.>"]
+    assert [s for s in agent.publish if "PURGE" in s] == [f"$JS.API.STREAM.PURGE.{subjects.TRANSFER_STREAM}"]
+    assert subjects.node_pool_command("node-2", subjects.POOL_SEND).startswith(subjects.node_pool_command("node-2", ">")[:-1])
+    assert "vp.cmd.pool.node.node-2.>" in agent.subscribe  # its own send subject, no other node's
+    for other in ("provisioner", "attacher", "apigw", "apigw-node-2"):
+        assert not [s for s in ids[other].publish if s.startswith("vp.xfer") or subjects.TRANSFER_STREAM in s], other

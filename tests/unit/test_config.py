@@ -67,7 +67,25 @@ def test_urls_need_their_scheme_and_a_host_and_hide_credentials() -> None:
     assert cfg.nats_url == "nats://svc:pw@nats-0:4222,nats://nats-1:4222" and cfg.redis_url == "rediss://:pw@redis:6380/2"
     assert bad({"NATS_URL": "http://nats:4222"}) == "NATS_URL='http://nats:4222' is not a NATS URL (expected e.g. nats://127.0.0.1:4222)"
     assert bad({"NATS_URL": "nats://svc:secret@:4222"}) == "NATS_URL='nats://***@:4222' is not a NATS URL (expected e.g. nats://127.0.0.1:4222)"
-    assert bad({"REDIS_URL": "redis://redis:port/0"}) == "REDIS_URL='redis://redis:port/0' is not a Redis URL (expected e.g. redis://127.0.0.1:6379/0)"
+    assert bad({"REDIS_URL": "redis://redis:port/0"}) == "REDIS_URL='redis://redis:port/0' is not a Redis URL (expected e.g. redis://127.0.0.1:6379/0 or redis+sentinel://host1:26379,host2:26379/volplane/0)"
+
+
+def test_a_nats_cluster_is_every_members_url_of_one_scheme() -> None:
+    cfg = Config.from_env({"NATS_URL": "nats://svc:pw@nats-0:4222, nats://svc:pw@nats-1:4222,nats://svc:pw@nats-2:4222"})
+    assert cfg.nats_servers == ["nats://svc:pw@nats-0:4222", "nats://svc:pw@nats-1:4222", "nats://svc:pw@nats-2:4222"]
+    assert Config.from_env({}).nats_servers == ["nats://127.0.0.1:4222"]
+    assert bad({"NATS_URL": "tls://a:4222,nats://b:4222"}) == "NATS_URL='tls://a:4222,nats://b:4222' mixes schemes (nats, tls): every member of a cluster is dialled the same way"
+    assert bad({"NATS_URL": "nats://a:4222,,nats://c:4222"}) == "NATS_URL='nats://a:4222,,nats://c:4222' has an empty member 2 (expected nats://host1:4222,nats://host2:4222,...)"
+    assert bad({"NATS_URL": "nats://u:secret@a:4222,nats://u:secret@b:port"}) == (
+        "NATS_URL='nats://***@a:4222,nats://***@b:port' has member 2 'nats://***@b:port' that is not a NATS URL (expected e.g. nats://127.0.0.1:4222)")
+
+
+def test_stream_replicas_are_one_to_five() -> None:
+    assert Config.from_env({}).stream_replicas == 1
+    assert Config.from_env({"VOLPLANE_STREAM_REPLICAS": "3"}).stream_replicas == 3
+    for value in ("0", "6", "three", "-1"):
+        assert bad({"VOLPLANE_STREAM_REPLICAS": value}) == (
+            f"VOLPLANE_STREAM_REPLICAS={value!r} is not a replica count from 1 to 5 (1 for one nats-server, 3 for a cluster of three)")
 
 
 def test_endpoints_and_addresses() -> None:

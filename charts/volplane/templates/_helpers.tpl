@@ -43,6 +43,57 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-nats" (include "volplane.fullname" .) -}}
 {{- end -}}
 
+{{/*
+The URL a NATS user dials: with one server its Service; with a cluster every member by its
+stable name behind the headless Service, comma-separated (NATS_URL takes a list), so that a
+client reconnects to another member when one dies and never depends on one name.
+(dict "ctx" $ "user" "apigw" "password" "$(NATS_PASSWORD)")
+*/}}
+{{- define "volplane.natsUrl" -}}
+{{- $ctx := .ctx -}}
+{{- $scheme := ternary "tls" "nats" $ctx.Values.tls.enabled -}}
+{{- $host := include "volplane.natsHost" $ctx -}}
+{{- $n := int $ctx.Values.nats.replicas -}}
+{{- if gt $n 1 -}}
+{{- $urls := list -}}
+{{- range $i := until $n -}}
+{{- $urls = append $urls (printf "%s://%s:%s@%s-%d.%s-headless:4222" $scheme $.user $.password $host $i $host) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- else -}}
+{{- printf "%s://%s:%s@%s:4222" $scheme .user .password $host -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The URL a Redis user dials: the one server's Service, or with redis.sentinel.enabled every
+Sentinel by its stable name (REDIS_URL redis+sentinel://…/<master>/0: the client asks them
+for the master and follows a failover). (dict "ctx" $ "user" "apigw" "password" "$(REDIS_PASSWORD)")
+*/}}
+{{- define "volplane.redisUrl" -}}
+{{- $ctx := .ctx -}}
+{{- $host := include "volplane.redisHost" $ctx -}}
+{{- $s := $ctx.Values.redis.sentinel -}}
+{{- if $s.enabled -}}
+{{- $hosts := list -}}
+{{- range $i := until (int $s.replicas) -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s-headless:26379" $host $i $host) -}}
+{{- end -}}
+{{- printf "%s://%s:%s@%s/%s/0" (ternary "rediss+sentinel" "redis+sentinel" $ctx.Values.tls.enabled) .user .password (join "," $hosts) $s.masterName -}}
+{{- else -}}
+{{- printf "%s://%s:%s@%s:6379/0" (ternary "rediss" "redis" $ctx.Values.tls.enabled) .user .password $host -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The event stream's replicas: nats.streamReplicas, else 3 on a cluster (1 on one server). */}}
+{{- define "volplane.streamReplicas" -}}
+{{- if .Values.nats.streamReplicas -}}
+{{- .Values.nats.streamReplicas -}}
+{{- else -}}
+{{- ternary 3 1 (ge (int .Values.nats.replicas) 3) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "volplane.redisHost" -}}
 {{- printf "%s-redis" (include "volplane.fullname" .) -}}
 {{- end -}}
@@ -66,13 +117,14 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 The names the servers' certificate must carry: the Services (short, namespaced, FQDN),
-each NATS server behind the headless Service (the cluster's routes dial those), and
+each NATS server behind its headless Service (the cluster's routes and the clients dial
+those), each Redis server and Sentinel behind its own (with redis.sentinel.enabled), and
 loopback for the probes inside the servers' own pods.
 */}}
 {{- define "volplane.tlsDnsNames" -}}
 {{- $ns := .Release.Namespace -}}
 {{- $names := list "localhost" -}}
-{{- range $host := list (include "volplane.natsHost" .) (include "volplane.redisHost" .) (printf "*.%s-headless" (include "volplane.natsHost" .)) -}}
+{{- range $host := list (include "volplane.natsHost" .) (include "volplane.redisHost" .) (printf "*.%s-headless" (include "volplane.natsHost" .)) (printf "*.%s-headless" (include "volplane.redisHost" .)) -}}
 {{- $names = concat $names (list $host (printf "%s.%s" $host $ns) (printf "%s.%s.svc" $host $ns) (printf "%s.%s.svc.cluster.local" $host $ns)) -}}
 {{- end -}}
 {{- toJson $names -}}
@@ -121,14 +173,14 @@ read-only). (dict "ctx" $ "user" "provisioner" "redis" true "metricsPort" 9091)
       name: {{ include "volplane.secretName" $ctx }}
       key: nats-{{ .user }}
 - name: NATS_URL
-  value: {{ ternary "tls" "nats" $tls }}://{{ .user }}:$(NATS_PASSWORD)@{{ include "volplane.natsHost" $ctx }}:4222
+  value: {{ include "volplane.natsUrl" (dict "ctx" $ctx "user" .user "password" "$(NATS_PASSWORD)") }}
 - name: NATS_PROBE_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ include "volplane.secretName" $ctx }}
       key: nats-probe
 - name: NATS_PROBE_URL
-  value: {{ ternary "tls" "nats" $tls }}://probe:$(NATS_PROBE_PASSWORD)@{{ include "volplane.natsHost" $ctx }}:4222
+  value: {{ include "volplane.natsUrl" (dict "ctx" $ctx "user" "probe" "password" "$(NATS_PROBE_PASSWORD)") }}
 {{- if .redis }}
 {{- $acl := $ctx.Files.Get "files/redis-acl.json" | fromJson }}
 {{- if not (hasKey $acl.users .user) }}
@@ -140,7 +192,7 @@ read-only). (dict "ctx" $ "user" "provisioner" "redis" true "metricsPort" 9091)
       name: {{ include "volplane.secretName" $ctx }}
       key: redis-{{ .user }}
 - name: REDIS_URL
-  value: {{ ternary "rediss" "redis" $tls }}://{{ .user }}:$(REDIS_PASSWORD)@{{ include "volplane.redisHost" $ctx }}:6379/0
+  value: {{ include "volplane.redisUrl" (dict "ctx" $ctx "user" .user "password" "$(REDIS_PASSWORD)") }}
 {{- end }}
 {{- if $tls }}
 # The servers are checked against the release's CA; the client certificate is presented.

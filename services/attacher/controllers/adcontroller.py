@@ -19,7 +19,9 @@ Kubernetes' parts (pkg/controller/volume/attachdetach) and where they live here:
 - the reconciler: ``_sync_volume`` — detach what is no longer desired first, then
   attach what is (out-of-tree: create the VolumeAttachment; the external attacher
   calls ControllerPublishVolume);
-- the node status updater: ``_sync_node`` keeps Node ``status.volumesAttached``.
+- the node status updater: ``_sync_node`` keeps Node ``status.volumesAttached``, one
+  write per node at most every ``_NODE_STATUS_PERIOD`` for all the attachments that
+  changed meanwhile (Kubernetes' updater, too, runs on its reconciler's period).
 
 Keys are per volume (``pv:<name>``), so two nodes never race for one volume: the
 multi-attach check and the create that follows it run under one key. Node status keys
@@ -50,6 +52,14 @@ MANAGER = "attach-detach-controller"
 # How soon a detach held back by a node that still mounts the volume looks again; the
 # Node's own change (volumesInUse cleared) usually gets there first.
 _IN_USE_RECHECK = 5.0
+# How long a node's status update waits for more attachments to join it (see _node_status_soon).
+_NODE_STATUS_PERIOD = 0.5
+
+def _keep_terminated_marks(node: Obj) -> tuple[dict[str, str], dict[str, str]]:
+    """What of a Node, besides its existence, changes which of its pods' volumes are desired."""
+    n = Node(node)
+    return dict(n.labels), dict(n.annotations)
+
 
 def multi_attach_message(pv: str) -> str:
     return f'Multi-Attach error for volume "{pv}" Volume is already exclusively attached to one node and can\'t be attached to another'
@@ -99,24 +109,46 @@ class AttachDetachController:
             for va in map(VolumeAttachment, objs):
                 add(f"pv:{va.pv_name}")
                 if va.node_name:
-                    add(f"node:{va.node_name}")
+                    self._node_status_soon(va.node_name)
         elif kind is NODE:
             node = Object(objs[0]).name
-            add(f"node:{node}")
-            # Its labels decide for terminated pods; its volumesInUse holds back detaches.
-            for key in self._index.pods_on(node):
-                user = self._informer.get(POD, key)
-                for name in self._claimed_volumes(user) if user else ():
-                    add(f"pv:{name}")
-            for va_key in self._index.vas_on(node):
-                attachment = VolumeAttachment.get(self._informer.get, va_key)
-                if attachment is not None:
+            self._node_status_soon(node)
+            if old is None or new is None or _keep_terminated_marks(old) != _keep_terminated_marks(new):
+                # Its existence and its labels decide for its pods' volumes (terminated pods):
+                # every volume of the node is looked at again.
+                for key in self._index.pods_on(node):
+                    user = self._informer.get(POD, key)
+                    for name in self._claimed_volumes(user) if user else ():
+                        add(f"pv:{name}")
+                released = None
+            else:
+                # Its volumesInUse holds back detaches: only the volumes it no longer lists may
+                # go on. The node's writes of volumesAttached (ours) and of volumesInUse
+                # additions concern no volume's sync: syncing every volume of the node at each
+                # of them cost O(volumes on the node) syncs per write, O(N²) in all.
+                released = set(Node(old).volumes_in_use) - set(Node(new).volumes_in_use)
+            if released is None or released:
+                for va_key in self._index.vas_on(node):
+                    attachment = VolumeAttachment.get(self._informer.get, va_key)
+                    if attachment is None:
+                        continue
+                    if released is not None:
+                        volume = PersistentVolume.get(self._informer.get, attachment.pv_name)
+                        if volume is not None and volume.unique_name not in released:
+                            continue
                     add(f"pv:{attachment.pv_name}")
         elif kind is CSIDRIVER:
             driver = Object(objs[0]).name
             for volume in map(PersistentVolume, self._informer.list(PV)):
                 if volume.csi_driver == driver:
                     add(f"pv:{volume.name}")
+
+    def _node_status_soon(self, node: str) -> None:
+        """The node status updater runs a node's key at most once per ``_NODE_STATUS_PERIOD``:
+        the attachments of a burst share one write of the Node (whose volumesAttached grows
+        with the node's volumes) instead of one each. Kubernetes' updater, too, writes the
+        nodes marked as changed on a period (its reconciler's 100 ms loop), not per attach."""
+        self.loop.add_after(f"node:{node}", _NODE_STATUS_PERIOD)
 
     def _claimed_volumes(self, obj: Obj) -> set[str]:
         pod = Pod(obj)

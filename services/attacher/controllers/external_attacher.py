@@ -36,7 +36,7 @@ from volplane.resources.controller import Loop
 from volplane.resources.drivers import controller_endpoint
 from volplane.resources.informer import Informer
 from volplane.resources.kinds import Kind, ref_of
-from volplane.resources.names import attacher_finalizer
+from volplane.resources.names import ANN_CSI_NODE_IDS, attacher_finalizer
 from volplane.resources.objects import Node, Obj, Object, PersistentVolume, VolumeAttachment
 from volplane.resources.store import ObjectStore, rfc3339
 
@@ -96,8 +96,12 @@ class ExternalAttacher:
             for va in self._index.vas_of(_name(obj)):
                 add(f"va:{va}")  # an attachment may have been waiting for its PV
         elif kind is NODE:
-            for va in self._index.vas_on(_name(obj)):
-                add(f"va:{va}")  # the node's CSI node id may have arrived
+            # The node's CSI node id may have arrived. Only then: the Node is written for every
+            # volume attached or mounted there, and looking at all its attachments at each of
+            # those writes cost O(volumes on the node) syncs per write.
+            if old is None or new is None or Node(old).annotations.get(ANN_CSI_NODE_IDS) != Node(new).annotations.get(ANN_CSI_NODE_IDS):
+                for va in self._index.vas_on(_name(obj)):
+                    add(f"va:{va}")
         elif kind is CSIDRIVER:
             for attachment in map(VolumeAttachment, self._informer.list(VA)):
                 if attachment.attacher == _name(obj):

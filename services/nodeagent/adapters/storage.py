@@ -320,6 +320,14 @@ class HostStorage:
             raise ValueError(f"unsupported filesystem {fs_type!r}; expected one of {sorted(_FORMAT_COMMANDS)}")
         await self._run(*command, device)
 
+    def is_mounted(self, path: Path) -> bool:
+        """Whether something is mounted at ``path``: ``storage.is_mounted(Path("/mnt/pv-1"))``. One
+        statx where the kernel tells mount roots; mountinfo only where it does not."""
+        root = syscalls.is_mount_root(_arg(path))
+        if root is not None:
+            return root
+        return self.mount_point(path) is not None
+
     def mount_point(self, path: Path) -> MountEntry | None:
         """The topmost mount at ``path`` or None: ``storage.mount_point(Path("/mnt/pv-1")).fs_type == "ext4"``."""
         wanted = Path(_arg(path))

@@ -98,7 +98,9 @@ class CsiVolumes:
         return self._paths.global_mount(volume.driver, volume.handle)
 
     def set_up_done(self, target: Path) -> bool:
-        return self._storage.mount_point(target) is not None
+        # Every sync of a pod asks this for each of its volumes: one statx, not a read of
+        # mountinfo (a line per mount on the host: O(volumes) per pod sync).
+        return self._storage.is_mounted(target)
 
     async def mount_device(self, volume: DesiredVolume, publish_context: dict[str, str]) -> tuple[str, bool]:
         """NodeStageVolume to the global mount, once per volume per node; returns (staging path or

@@ -135,9 +135,14 @@ class KubeletDir:
         cost every other pod's volumes on the node."""
         out: list[PodVolumeOnDisk] = []
         owners: dict[str, str] = {}
-        for pod in _children(self.pods):
-            if pod_key is not None and self._owners.get(pod.name, pod_key) != pod_key:
-                continue
+        try:
+            uids = sorted(os.listdir(self.pods))
+        except (FileNotFoundError, NotADirectoryError):
+            uids = []
+        if pod_key is not None:
+            # Names first, Paths only for the uids read: the directory holds every pod of the node.
+            uids = [uid for uid in uids if self._owners.get(uid, pod_key) == pod_key]
+        for pod in (self.pods / uid for uid in uids):
             for kind in (VOLUMES, VOLUME_DEVICES):
                 for plugin in _children(pod / kind):
                     names: set[str] = set()

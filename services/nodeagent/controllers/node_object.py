@@ -4,6 +4,7 @@
     await node.register(volumes_in_use=["kubernetes.io/csi/csi.volplane.io^vol-1"])
     await node.add_in_use(unique_name)       # before MountDevice: the AD controller must not detach it
     await node.remove_in_use(unique_name)    # after UnmountDevice
+    # Concurrent calls share one write of the Node (group commit).
     node.keep_terminated                     # label volumes.kubernetes.io/keep-terminated-pod-volumes
 
 Registration lays our labels, the CSI node id annotation and our status fields over the
@@ -14,6 +15,7 @@ status.volumesAttached), as the kubelet's node status updates do.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 
@@ -40,6 +42,11 @@ class NodeObject:
         self._node_id = node_id or node  # the CSI node id of csi.volplane.io on this node
         self.ref = ref(NODE, None, node)
         self._lock = asyncio.Lock()
+        # volumesInUse changes waiting for the write in flight, and what their callers await.
+        self._adds: set[str] = set()
+        self._removes: set[str] = set()
+        self._batch: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def current(self) -> Obj | None:
@@ -86,13 +93,45 @@ class NodeObject:
                 return
         raise ConcurrencyConflict(f"{self.ref} keeps changing; registering again later")
 
-    async def add_in_use(self, unique_name: str) -> None:
-        if unique_name not in self.in_use():
-            await self._change_in_use(lambda names_: sorted({*names_, unique_name}))
+    async def add_in_use(self, *unique_names: str) -> None:
+        """Returns once the Node lists every name (written, or found written)."""
+        have = set(self.in_use())
+        if any(n not in have for n in unique_names):
+            await self._queue_change(add=set(unique_names))
 
-    async def remove_in_use(self, unique_name: str) -> None:
-        if unique_name in self.in_use():
-            await self._change_in_use(lambda names_: [n for n in names_ if n != unique_name])
+    async def remove_in_use(self, *unique_names: str) -> None:
+        have = set(self.in_use())
+        if any(n in have for n in unique_names):
+            await self._queue_change(remove=set(unique_names))
+
+    async def _queue_change(self, *, add: set[str] | None = None, remove: set[str] | None = None) -> None:
+        """Group commit: a change waits for the write in flight, then goes in one write with
+        every other change queued meanwhile. The Node lists every volume on the node, so a
+        write per volume cost O(volumes) each, O(N²) for a burst; the kubelet, too, reports
+        volumesInUse with its periodic node status, not per volume. Later changes of one name
+        win over earlier ones."""
+        add, remove = add or set(), remove or set()
+        self._adds = (self._adds - remove) | add
+        self._removes = (self._removes - add) | remove
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        batch = self._batch
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches(), name=f"node-object/{self.name}:volumesInUse")
+        # Shielded: a waiter that is cancelled must not cancel the write others wait for.
+        await asyncio.shield(batch)
+
+    async def _write_batches(self) -> None:
+        while self._batch is not None:
+            adds, removes, batch = self._adds, self._removes, self._batch
+            self._adds, self._removes, self._batch = set(), set(), None
+            try:
+                await self._change_in_use(functools.partial(_merged, adds=adds, removes=removes))
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter of this batch, which retries.
+                batch.set_exception(exc)
+                batch.exception()  # retrieved here too: a batch whose waiters were all cancelled logs nothing
+            else:
+                batch.set_result(None)
 
     async def _change_in_use(self, change: Callable[[list[str]], list[str]]) -> None:
         async with self._lock:
@@ -160,3 +199,7 @@ class NodeObject:
             have = Node(current).volumes_in_use
             status["volumesInUse"] = sorted({*have, *volumes_in_use})
         return {"metadata": {"labels": self._labels(), "annotations": {names.ANN_CSI_NODE_IDS: self._node_ids(current)}}, "status": status}
+
+
+def _merged(names_: list[str], *, adds: set[str], removes: set[str]) -> list[str]:
+    return sorted((set(names_) | adds) - removes)

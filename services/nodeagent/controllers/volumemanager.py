@@ -16,7 +16,8 @@ Keys, as in docs/control-plane.md:
   pod itself once it is deleted, terminated or moved).
 - ``node:<node>`` — UnmountVolumes for every pod directory no desired pod owns (pods
   deleted while this process was down included), then UnmountDetachDevices for every
-  global mount no pod uses any more, then Node status.volumesInUse made to match the disk.
+  global mount no pod uses any more, then Node status.volumesInUse made to list what the
+  disk has staged and what desired pods want (the kubelet's DSW and ASW), in one write.
 
 The actual state is read from the disk on every sync (``kubelet_paths.py``), so a process
 killed at any point converges after a restart with nothing to rebuild: half-done mounts
@@ -30,6 +31,7 @@ second looks again at what the first left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +86,12 @@ class VolumeManager:
         self.node_key = f"node:{node}"
         self._pods_by_claim: dict[str, set[str]] = {}  # claim key → keys ("pod:ns/name") of pods here using it
         self._claims_by_pv: dict[str, set[str]] = {}  # PV name → claim keys naming it
+        self._pods_by_uid: dict[str, str] = {}  # uid → key ("ns/name") of a pod here
+        # MountDevice/SetUp started per unique name, numbered: a node sync that looked at the
+        # disk when the count was n knows that a volume set up after n is in use, without
+        # reading every pod's directories again.
+        self._set_up_seq = 0
+        self._set_up_at: dict[str, int] = {}
         self.loop = Loop(f"volume-manager/{node}", self.sync, workers=workers, resync=resync, keys=self.keys)
         self._starting: asyncio.Task[None] | None = None
 
@@ -126,6 +134,10 @@ class VolumeManager:
         if kind is POD:
             here = [(p, add) for o, add in ((old, False), (new, True)) if o is not None and (p := Pod(o)).node_name == self.node]
             for p, add in here:
+                if add:
+                    self._pods_by_uid[p.uid] = p.key
+                elif self._pods_by_uid.get(p.uid) == p.key:
+                    del self._pods_by_uid[p.uid]
                 for claim_key in p.claim_keys:
                     pods = self._pods_by_claim.setdefault(claim_key, set())
                     (pods.add if add else pods.discard)(f"pod:{p.key}")
@@ -178,7 +190,11 @@ class VolumeManager:
         return {Pod(p).uid for p in self._pods_here() if self._desired(p)}
 
     def _uid_desired(self, uid: str) -> bool:
-        return uid in self._desired_uids()
+        """Whether the pod of ``uid`` is desired here: an index lookup, since it is asked for
+        every pod volume a node sync takes down (a scan of the pods each time was O(N²))."""
+        key = self._pods_by_uid.get(uid)
+        pod = self._informer.get(POD, key) if key is not None else None
+        return pod is not None and Pod(pod).uid == uid and self._desired(pod)
 
     # -- sync ---------------------------------------------------------------------------
 
@@ -206,16 +222,23 @@ class VolumeManager:
             await self.node_object.register()
         desired = self._desired_uids()
         # UnmountVolumes: pod directories of pods no longer desired here, whoever they were.
-        unwanted = [v for v in self.paths.pod_volumes() if v.pod_uid not in desired]
+        seen_at = self._set_up_seq
+        on_disk = self.paths.pod_volumes()
+        unwanted = [v for v in on_disk if v.pod_uid not in desired]
         errors = await self._tear_down_all(unwanted, lambda v: not self._uid_desired(v.pod_uid), raise_=False)
-        # UnmountDetachDevices: global mounts no pod uses or wants any more.
-        used = self._devices_used()
+        # UnmountDetachDevices: global mounts no pod uses or wants any more (the volumes just
+        # torn down no longer count as used; anything set up since the scan is skipped below).
+        torn = {v.path for v in unwanted if not self.paths.on_disk(v)}
+        used = {v.unique_name for v in on_disk if v.unique_name and v.path not in torn} | self._desired_devices()
+        released: list[str] = []
         for device in self.paths.devices():
             if device.unique_name in used:
                 continue
             async with self._locks.acquire(device.unique_name or str(device.path)):
-                if device.unique_name in self._devices_used() or not device.path.parent.exists():
-                    continue  # A pod mounted it, or another sync took it down, while we waited.
+                if self._set_up_at.get(device.unique_name, -1) > seen_at or self._wanted(device.unique_name, str(device.data.get("specVolID") or "")):
+                    continue  # A pod mounted it, or wants it now, while we waited.
+                if not device.path.parent.exists():
+                    continue  # Another sync took it down while we waited.
                 try:
                     await self._csi.unmount_device(device)
                 except Exception as exc:  # noqa: BLE001 - one device must not block the others.
@@ -224,33 +247,69 @@ class VolumeManager:
                 self.paths.remove_device(device)
                 if device.unique_name:
                     self._expansion.forget(device.unique_name)
-                    await self.node_object.remove_in_use(device.unique_name)
+                    self._set_up_at.pop(device.unique_name, None)
+                    released.append(device.unique_name)
                 log.info("unmounted device %s from %s", device.unique_name or "?", device.path)
-        await self._heal_in_use()
+        # One write of the Node for every device taken down (it stays listed a little longer:
+        # the AD controller only waits the longer to detach; a crash before the write is
+        # healed below on the next sync).
+        if released:
+            await self.node_object.remove_in_use(*released)
+        await self._report_in_use()
         if errors:
             raise Internal("; ".join(errors))
 
-    def _devices_used(self) -> set[str]:
-        """Unique names of CSI volumes a pod directory holds or a desired pod wants."""
-        used = {v.unique_name for v in self.paths.pod_volumes() if v.unique_name}
+    def _desired_devices(self) -> set[str]:
+        """Unique names of the CSI volumes the desired pods here want (the DSW's)."""
+        wanted = set()
         for pod in self._pods_here():
             if self._desired(pod):
                 for volume in Pod(pod).volumes:
                     r = resolve(pod, volume, self._informer.get)
                     if isinstance(r, DesiredVolume) and r.is_csi:
-                        used.add(r.unique_name)
-        return used
+                        wanted.add(r.unique_name)
+        return wanted
 
-    async def _heal_in_use(self) -> None:
-        """Node status.volumesInUse lists exactly the devices the disk records (a crash between
-        writing one and the other leaves them apart)."""
+    def _wanted(self, unique_name: str, pv_name: str) -> bool:
+        """Whether a desired pod here wants the volume, found through the claim indexes from its PV."""
+        if not unique_name:
+            return False
+        for claim in self._claims_by_pv.get(pv_name, ()):
+            for pod_key in self._pods_by_claim.get(claim, ()):
+                pod = self._informer.get(POD, pod_key.removeprefix("pod:"))
+                if pod is None or not self._desired(pod):
+                    continue
+                for volume in Pod(pod).volumes:
+                    r = resolve(pod, volume, self._informer.get)
+                    if isinstance(r, DesiredVolume) and r.unique_name == unique_name:
+                        return True
+        return False
+
+    async def _report_in_use(self) -> None:
+        """Node status.volumesInUse: the devices the disk records and the CSI volumes desired
+        pods here want, as the kubelet reports the volumes of its desired and actual states of
+        world. Reported in one write for all, ahead of MountDevice, so that a burst of pods
+        does not write the Node once per volume (MountDevice still makes sure its own volume
+        is listed first). A crash between a device's record and its entry leaves them apart;
+        this heals it."""
         on_disk = {d.unique_name for d in self.paths.devices() if d.unique_name}
-        for name in set(self.node_object.in_use()) - on_disk:
-            async with self._locks.acquire(name):
-                if name not in {d.unique_name for d in self.paths.devices()}:
-                    await self.node_object.remove_in_use(name)
-        for name in on_disk - set(self.node_object.in_use()):
-            await self.node_object.add_in_use(name)
+        wanted = on_disk | self._desired_devices()
+        listed = set(self.node_object.in_use())
+        stale = sorted(listed - wanted)
+        if stale:
+            async with contextlib.AsyncExitStack() as held:
+                # Every stale name's lock (in order: a MountDevice holds one at most), so that
+                # none is being mounted while we look.
+                for name in stale:
+                    await held.enter_async_context(self._locks.acquire(name))
+                on_disk = {d.unique_name for d in self.paths.devices() if d.unique_name}
+                wanted = on_disk | self._desired_devices()
+                gone = [n for n in stale if n not in wanted]
+                if gone:
+                    await self.node_object.remove_in_use(*gone)
+        missing = wanted - set(self.node_object.in_use())
+        if missing:
+            await self.node_object.add_in_use(*sorted(missing))
 
     # -- MountAttachVolumes ---------------------------------------------------------------
 
@@ -311,6 +370,8 @@ class VolumeManager:
             if self._csi.set_up_done(target):
                 return
             async with self._locks.acquire(volume.unique_name):
+                self._set_up_seq += 1
+                self._set_up_at[volume.unique_name] = self._set_up_seq
                 context = self._csi.publish_context(volume)
                 try:
                     # Before MountDevice: the AD controller never detaches a volume in use.

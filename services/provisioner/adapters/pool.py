@@ -1,181 +1,131 @@
-"""Image files in pool directories: the provisioner's only side effects on storage.
+"""The pools volumes are placed in, and the requests that have their nodes work on them.
 
-    pools = Pools(shared=ImagePool(Path("run/pools/shared"), "shared", "shared", 100 * 2**30), registry=nodes)
-    pool = pools.get("node-1")
-    pool.create(vid, 2**30)                         # a sparse file; idempotent
-    await pool.copy_in(snapshot_image, vid, 2**30)  # restore or clone, sparsely
-    pool.delete(vid)                                # gone; idempotent
+    pools = Pools(nodes_projection, bus)
+    pool = pools.get("node-1")                            # name, kind, owning node, capacity
+    await pools.make("node-1", vid, 2**30)                # node-1's nodeagent makes the image
+    await pools.make("shared", clone, 2**30, pools.source("volume", vid, "node-1"))
+    await pools.remove("node-1", "volume", vid)
 
-Paths are built only from validated ids, so no id can name a file outside a pool
-directory. Local pools are learnt from the node registry (each nodeagent announces its
-own); the provisioner must be able to reach their directories — true on one machine,
-and in a cluster only for shared storage (docs/decisions.md).
+The provisioner never opens a pool directory (docs/decisions.md, "Pools and topology"):
+it learns the pools from the node registry (each nodeagent announces its own, and the
+shared one if it has it) and asks the node that owns a pool to act on its images
+(``services/nodeagent/csi/pool.py``): a local pool's node on its own subject, the shared
+pool one of the nodes that have it, through their queue group. A node that does not answer
+in time is Unavailable (retryable): the caller leaves its intent in the log and asks again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import os
-import uuid
-from pathlib import Path
-from typing import Literal
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from volplane.errors import Internal, NotFound, ResourceExhausted
-from volplane.ids import image_path, is_volume_id
-from volplane.nodes import NodesProjection
+from pydantic import BaseModel
 
-COPY_CHUNK = 64 * 2**20
+from volplane import deadlines, subjects
+from volplane.bus import Bus
+from volplane.commands import GrowImage, ImageInfo, ImageSource, MakeImage, RemoveImage, SnapshotImage, StatImage
+from volplane.errors import Internal, Unavailable
+from volplane.nodes import SHARED_POOL, NodesProjection
 
+__all__ = ["COPY_TIMEOUT_S", "POOL_TIMEOUT_S", "STAT_TIMEOUT_S", "Pool", "Pools"]
 
-class ImagePool:
-    def __init__(self, directory: Path, name: str, kind: Literal["local", "shared"], capacity: int, node: str = "") -> None:
-        self.directory = directory
-        self.name = name
-        self.kind = kind
-        self.capacity = capacity
-        self.node = node
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def path_for(self, volume_id: str) -> Path:
-        path = image_path(self.directory, volume_id)
-        if path is None:
-            raise NotFound(f"volume {volume_id[:128]!r} does not exist")
-        return path
-
-    def snapshot_path(self, snapshot_id: str) -> Path:
-        if not is_volume_id(snapshot_id):
-            raise NotFound(f"snapshot {snapshot_id[:128]!r} does not exist")
-        return self.directory / "snapshots" / f"{snapshot_id}.img"
-
-    def create(self, volume_id: str, size: int) -> Path:
-        """Make (or finish making) a sparse image of exactly ``size`` bytes."""
-        path = self.path_for(volume_id)
-        self._truncate(path, size, create=True)
-        return path
-
-    def grow(self, volume_id: str, size: int) -> None:
-        self._truncate(self.path_for(volume_id), size, create=False)
-
-    async def copy_in(self, source: Path, volume_id: str, size: int) -> Path:
-        """A new image holding ``source``'s data, grown to ``size``; redone from scratch if interrupted."""
-        path = self.path_for(volume_id)
-        await asyncio.to_thread(os.sync)  # A clone's source may be mounted: see snapshot().
-        await _sparse_copy(source, path, self.name)
-        self._truncate(path, size, create=False)
-        return path
-
-    async def snapshot(self, source_volume_id: str, snapshot_id: str) -> Path:
-        # Dirty pages of a mounted volume sit above its loop device; flush them so the
-        # copy is at least crash-consistent (on this machine; a remote node would freeze).
-        await asyncio.to_thread(os.sync)
-        target = self.snapshot_path(snapshot_id)
-        target.parent.mkdir(exist_ok=True)
-        await _sparse_copy(self.path_for(source_volume_id), target, self.name)
-        return target
-
-    def sweep(self) -> int:
-        """Remove copies a crash left half-written (``*.tmp``); returns how many."""
-        stale = [*self.directory.glob("*.tmp"), *self.directory.glob("snapshots/*.tmp")]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return len(stale)
-
-    def delete(self, volume_id: str) -> None:
-        self._unlink(self.path_for(volume_id))
-
-    def delete_snapshot(self, snapshot_id: str) -> None:
-        self._unlink(self.snapshot_path(snapshot_id))
-
-    def _unlink(self, path: Path) -> None:
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise Internal(f"pool {self.name}: cannot delete {path.name}: {exc.strerror}") from exc
-
-    def _truncate(self, path: Path, size: int, *, create: bool) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
-            try:
-                if os.fstat(fd).st_size != size:
-                    os.ftruncate(fd, size)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _translate(exc, self.name, size) from exc
+# How long a node may take to make, grow or remove an image (a truncate or an unlink: a
+# node slower than this is treated as away, and the CO's retry asks again).
+POOL_TIMEOUT_S = 10.0
+# ... and to copy one (a snapshot, a restore or a clone: sparse, but as long as its data).
+COPY_TIMEOUT_S = 60.0
+# ... and to say whether an image exists (ControllerGetVolume's volume condition).
+STAT_TIMEOUT_S = 2.0
+# Within a command, the node is given what the caller still waits less this, so that the
+# caller hears UNAVAILABLE and why, rather than its own deadline passing.
+ANSWER_MARGIN_S = 0.5
 
 
-async def _sparse_copy(source: Path, target: Path, pool: str) -> None:
-    """Copy only the data extents of ``source`` (holes stay holes), atomically by rename.
-
-    Each attempt writes its own temporary file, so two writers finishing the same intent
-    (replicas, or a retry racing recovery) never rename each other's work away."""
-    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-    def copy() -> None:
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            size = os.fstat(src.fileno()).st_size
-            pos = 0
-            while pos < size:
-                try:
-                    start = os.lseek(src.fileno(), pos, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:
-                        break  # Only a hole remains.
-                    raise
-                end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
-                offset = start
-                while offset < end:
-                    n = os.copy_file_range(src.fileno(), dst.fileno(), min(COPY_CHUNK, end - offset), offset, offset)
-                    if n == 0:
-                        break
-                    offset += n
-                pos = end
-            os.ftruncate(dst.fileno(), size)
-            os.fsync(dst.fileno())
-        os.replace(tmp, target)
-
-    try:
-        await asyncio.to_thread(copy)
-    except FileNotFoundError as exc:
-        tmp.unlink(missing_ok=True)
-        raise NotFound(f"pool {pool}: source image {source.name} is gone") from exc
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _translate(exc, pool, 0) from exc
-
-
-def _translate(exc: OSError, pool: str, size: int) -> Exception:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return ResourceExhausted(f"pool {pool}: no room for {size} bytes: {exc.strerror}")
-    return Internal(f"pool {pool}: {exc.strerror}")
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    kind: Literal["local", "shared"]
+    capacity: int
+    node: str = ""  # the node that owns a local pool; "" for the shared one
+    nodes: tuple[str, ...] = ()  # the nodes that have it
 
 
 class Pools:
-    """Every pool the provisioner can place volumes in: the shared one and each node's local one."""
+    """Every pool the registry knows: the shared one and each node's local one."""
 
-    def __init__(self, shared: ImagePool | None, registry: NodesProjection) -> None:
-        self._shared = shared
+    def __init__(self, registry: NodesProjection, bus: Bus, *, timeout: float = POOL_TIMEOUT_S, copy_timeout: float = COPY_TIMEOUT_S) -> None:
         self._registry = registry
-        self._local: dict[str, ImagePool] = {}
+        self._bus = bus
+        self._timeout = timeout
+        self._copy_timeout = copy_timeout
 
-    def all(self) -> list[ImagePool]:
-        pools = [self._shared] if self._shared else []
+    def all(self) -> list[Pool]:
+        local: list[Pool] = []
+        shared: list[tuple[int, int, str]] = []  # (registration, capacity, node) of each node that has it
         for info in self._registry.nodes.values():
             for spec in info.pools:
                 if spec.kind == "local":
-                    pools.append(self._local_pool(info.node_id, spec.name, spec.directory, spec.capacity))
-        return pools
+                    local.append(Pool(spec.name, "local", spec.capacity, info.node_id, (info.node_id,)))
+                else:
+                    shared.append((info.version, spec.capacity, info.node_id))
+        if not shared:
+            return local
+        # Every node announces the same shared pool; the newest registration says its size.
+        capacity = max(shared)[1]
+        return [Pool(SHARED_POOL, "shared", capacity, "", tuple(sorted(n for _, _, n in shared))), *local]
 
-    def get(self, name: str) -> ImagePool:
+    def get(self, name: str) -> Pool:
         for pool in self.all():
             if pool.name == name:
                 return pool
-        raise Internal(f"pool {name!r} is unknown: its node has not registered")
+        raise Internal(f"pool {name!r} is unknown: no node that has it has registered")
 
-    def _local_pool(self, node: str, name: str, directory: str, capacity: int) -> ImagePool:
-        pool = self._local.get(name)
-        if pool is None or str(pool.directory) != directory or pool.capacity != capacity:
-            pool = self._local[name] = ImagePool(Path(directory), name, "local", capacity, node)
-        return pool
+    def source(self, kind: Literal["snapshot", "volume"], id: str, pool: str) -> ImageSource:
+        """Where a restore's or a clone's data is: its pool, and the node that owns it."""
+        return ImageSource(kind=kind, id=id, pool=pool, node=self.get(pool).node)
+
+    # -- requests to the pool's node ---------------------------------------
+
+    async def make(self, pool: str, volume_id: str, size: int, source: ImageSource | None = None) -> ImageInfo:
+        """The volume's image, empty or a copy of ``source``: done by the node that owns
+        ``pool`` — or, for the shared pool and a source in a node's local pool, by that node
+        (it has both)."""
+        target = self.get(pool)
+        via = ""
+        if target.kind == "shared" and source is not None and source.node in target.nodes:
+            via = source.node
+        timeout = self._copy_timeout if source else self._timeout
+        cmd = MakeImage(pool=pool, volume_id=volume_id, size=size, source=source)
+        return ImageInfo.model_validate(await self._ask(target, subjects.POOL_MAKE, cmd, timeout, via=via))
+
+    async def grow(self, pool: str, volume_id: str, size: int) -> ImageInfo:
+        cmd = GrowImage(pool=pool, volume_id=volume_id, size=size)
+        return ImageInfo.model_validate(await self._ask(self.get(pool), subjects.POOL_GROW, cmd, self._timeout))
+
+    async def snapshot(self, pool: str, volume_id: str, snapshot_id: str) -> ImageInfo:
+        cmd = SnapshotImage(pool=pool, volume_id=volume_id, snapshot_id=snapshot_id)
+        return ImageInfo.model_validate(await self._ask(self.get(pool), subjects.POOL_SNAPSHOT, cmd, self._copy_timeout))
+
+    async def remove(self, pool: str, kind: Literal["volume", "snapshot"], id: str) -> None:
+        cmd = RemoveImage(pool=pool, kind=kind, id=id)
+        await self._ask(self.get(pool), subjects.POOL_REMOVE, cmd, self._timeout)
+
+    async def stat(self, pool: str, volume_id: str) -> ImageInfo:
+        cmd = StatImage(pool=pool, volume_id=volume_id)
+        return ImageInfo.model_validate(await self._ask(self.get(pool), subjects.POOL_STAT, cmd, STAT_TIMEOUT_S))
+
+    async def _ask(self, pool: Pool, verb: str, cmd: BaseModel, timeout: float, via: str = "") -> Any:
+        node = via or pool.node
+        left = deadlines.time_left()
+        if left is not None:
+            timeout = max(ANSWER_MARGIN_S, min(timeout, left - ANSWER_MARGIN_S))
+        if "expires_at" in type(cmd).model_fields:
+            # The node acts on no copy of it that arrives after this (csi/pool.py in the nodeagent).
+            cmd = cmd.model_copy(update={"expires_at": time.time() + timeout})
+        subject = subjects.node_pool_command(node, verb) if node else subjects.shared_pool_command(verb)
+        try:
+            return await self._bus.request(subject, cmd, timeout)
+        except Unavailable as exc:
+            who = f"node {node}" if node else f"no node with the shared pool ({', '.join(pool.nodes) or 'none registered'})"
+            raise Unavailable(f"pool {pool.name}: {who} did not answer ({exc.message}); retry when it is back") from exc

@@ -20,7 +20,7 @@ from types import TracebackType
 
 from volplane.errors import ResourceExhausted
 
-from ..adapters.pool import ImagePool, Pools
+from ..adapters.pool import Pool, Pools
 from ..adapters.projection import SnapshotsProjection, VolumesProjection
 from ..domain.placement import PoolView
 
@@ -65,7 +65,7 @@ class Capacity:
         self._snapshots = snapshots
         self._reserved: dict[str, _Held] = {}
 
-    def free(self, pool: ImagePool) -> int:
+    def free(self, pool: Pool) -> int:
         used = self._volumes.used.get(pool.name, 0) + self._snapshots.used.get(pool.name, 0)
         return max(0, pool.capacity - used - self._in_flight(pool.name))
 

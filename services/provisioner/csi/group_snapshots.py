@@ -207,6 +207,9 @@ class GroupSnapshotsApp:
             for node in sorted(nodes):
                 by_node.setdefault(node, []).append(member.source_volume_id)
         requests = [(node, tuple(vids)) for node, vids in sorted(by_node.items())]
+        # A copy an earlier attempt left (a crash before any member was recorded) is of
+        # another moment: the nodes keep an image that exists, so it goes before the cut.
+        await asyncio.gather(*(self._pools.remove(m.pool, "snapshot", m.snapshot_id) for m in members))
         loop = asyncio.get_running_loop()
         frozen_at = loop.time()
         results = await asyncio.gather(*(self._cut.freeze(node, vids) for node, vids in requests), return_exceptions=True)
@@ -215,9 +218,7 @@ class GroupSnapshotsApp:
             failed = next((r for r in results if isinstance(r, BaseException)), None)
             if failed is not None:
                 raise failed
-            copies = await asyncio.gather(
-                *(self._pools.get(m.pool).snapshot(m.source_volume_id, m.snapshot_id) for m in members), return_exceptions=True
-            )
+            copies = await asyncio.gather(*(self._pools.snapshot(m.pool, m.source_volume_id, m.snapshot_id) for m in members), return_exceptions=True)
             failed = next((r for r in copies if isinstance(r, BaseException)), None)
             if failed is not None:
                 raise failed
@@ -237,7 +238,7 @@ class GroupSnapshotsApp:
         for member in members:
             if member.phase == "creating":
                 await self._snapshots.append(member.snapshot_id, member, SnapshotCreateFailed(snapshot_id=member.snapshot_id, reason=reason))
-                self._pools.get(member.pool).delete_snapshot(member.snapshot_id)
+                await self._members.discard(member.pool, member.snapshot_id)
             elif member.phase == "ready":
                 # Failed after some were recorded (only a member's source gone on recovery): none outlive the group.
                 await self._members.delete_member(member.snapshot_id)

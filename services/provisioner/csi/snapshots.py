@@ -1,4 +1,6 @@
-"""The provisioner's snapshots: sparse copies of a volume's image in the same pool.
+"""The provisioner's snapshots: sparse copies of a volume's image in the same pool, made by
+the node that owns the pool (``adapters/pool.py``). A node that does not answer leaves the
+intent in the log and the call UNAVAILABLE; a retry, ``complete`` or ``recover`` finishes it.
 
     app = SnapshotsApp(snapshots, snapshots_projection, volumes, pools)
     info = await app.create_snapshot(CreateSnapshot(name="snap-1", source_volume_id=vid))
@@ -17,7 +19,7 @@ import logging
 
 from volplane.aggregate import Repository
 from volplane.commands import CreateSnapshot, DeleteSnapshot, Done, GetSnapshot, ListSnapshots, SnapshotInfo, SnapshotPage
-from volplane.errors import Aborted, InvalidArgument, NotFound, VolplaneError
+from volplane.errors import Aborted, InvalidArgument, NotFound, Unavailable, VolplaneError
 from volplane.ids import is_volume_id
 
 from ..adapters.pool import Pools
@@ -25,6 +27,7 @@ from ..adapters.projection import SnapshotsProjection
 from ..domain.events import SnapshotCreated, SnapshotCreateFailed, SnapshotDeleted, SnapshotEvent, VolumeEvent
 from ..domain.snapshot import SnapshotState, decide_create_snapshot, decide_delete_snapshot, snapshot_id_for
 from ..domain.volume import VolumeState
+from .completer import complete
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class SnapshotsApp:
         async def create(state: SnapshotState | None) -> SnapshotInfo:
             if state is not None and state.phase == "creating":
                 state = await self._finish_create(state)
+            if state is not None and state.phase == "failed":
+                # What a failed attempt may have left goes first: an image there would be taken for the new copy.
+                await self._pools.remove(state.pool, "snapshot", sid)
             source = await self._volumes.load(cmd.source_volume_id) if is_volume_id(cmd.source_volume_id) else None
             intent = decide_create_snapshot(state, cmd, source)
             if intent is None:
@@ -93,7 +99,7 @@ class SnapshotsApp:
             if state is not None and state.phase == "creating":
                 # Its group never finished the cut (it failed or was not recovered): no copy counts.
                 await self._snapshots.append(snapshot_id, state, SnapshotCreateFailed(snapshot_id=snapshot_id, reason="group snapshot deleted"))
-                self._pools.get(state.pool).delete_snapshot(snapshot_id)
+                await self.discard(state.pool, snapshot_id)
                 return
             if state is not None and state.phase == "deleting":
                 await self._finish_delete(state)
@@ -120,9 +126,21 @@ class SnapshotsApp:
         return SnapshotPage(snapshots=tuple(_info(s) for s in found), next_token=next_token)
 
     async def recover(self) -> int:
-        """Finish every intent a crash left without its result; returns how many."""
+        """Finish every intent a crash left without its result (on start): those whose node
+        does not answer yet wait for ``complete``; returns how many still wait."""
+        return await self.complete()
+
+    async def complete(self) -> int:
+        """Try again the intents that wait for a node that did not answer; returns how many still wait."""
         finishers = {"creating": self._recover_create, "deleting": self._finish_delete}
-        return await self._snapshots.recover(await self._read.in_flight(), finishers, phase=lambda s: s.phase)
+        return await complete(self._snapshots, await self._read.in_flight(), finishers, lambda s: s.phase, lambda s: s.pool)
+
+    async def discard(self, pool: str, snapshot_id: str) -> None:
+        """A failed snapshot's copy, if its node made one (else removed before the name is used again)."""
+        try:
+            await self._pools.remove(pool, "snapshot", snapshot_id)
+        except VolplaneError as exc:
+            log.warning("snapshot %s failed; its copy in pool %s is removed when it is taken again: %s", snapshot_id, pool, exc.message)
 
     async def _recover_create(self, state: SnapshotState) -> SnapshotState:
         # A group's member is copied only inside its group's cut: GroupSnapshotsApp.recover finishes it.
@@ -130,18 +148,19 @@ class SnapshotsApp:
 
     async def _finish_create(self, state: SnapshotState) -> SnapshotState:
         sid = state.snapshot_id
-        pool = self._pools.get(state.pool)
         try:
-            await pool.snapshot(state.source_volume_id, sid)
+            await self._pools.snapshot(state.pool, state.source_volume_id, sid)
+        except Unavailable:
+            raise  # The node is away: the intent waits for a retry (module docstring).
         except VolplaneError as exc:
             # The failure first, the cleanup only if that append wins (see ProvisionerApp).
             await self._snapshots.append(sid, state, SnapshotCreateFailed(snapshot_id=sid, reason=exc.message))
-            pool.delete_snapshot(sid)
+            await self.discard(state.pool, sid)
             raise
         return await self._snapshots.append(sid, state, SnapshotCreated(snapshot_id=sid))
 
     async def _finish_delete(self, state: SnapshotState) -> None:
-        self._pools.get(state.pool).delete_snapshot(state.snapshot_id)
+        await self._pools.remove(state.pool, "snapshot", state.snapshot_id)
         await self._snapshots.append(state.snapshot_id, state, SnapshotDeleted(snapshot_id=state.snapshot_id))
 
 

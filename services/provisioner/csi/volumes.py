@@ -1,4 +1,4 @@
-"""The provisioner's volumes: load → decide → append intent → act on the pool → append result.
+"""The provisioner's volumes: load → decide → append intent → have the pool's node act → append result.
 
     app = ProvisionerApp(volumes, volumes_projection, capacity, snapshots, published_on, NodeIoLimits(bus))
     info = await app.create_volume(CreateVolume(name="pvc-1", capabilities=(Capability(),)))
@@ -7,6 +7,14 @@
 ``volumes`` and ``snapshots`` are the aggregates' repositories (``volplane.aggregate``):
 they load, append with the expected version, note the new state and, when another
 writer wins a race, reload and run the handler's step again.
+
+The images themselves are made, grown, copied and removed by the node that owns their pool,
+asked over the bus (``adapters/pool.py``; docs/decisions.md, "Pools and topology"). A node
+that does not answer (down, frozen, cut off) leaves the intent in the log without its
+result and the call UNAVAILABLE: the CO's retry, or ``complete`` (run every few seconds,
+``csi/completer.py``) and ``recover`` (on start), finish it through the node once it is
+back. A CreateVolume never records a volume whose image is not made; a DeleteVolume stays
+"deleting" (gone for every new use) until its node has removed the image.
 
 I/O limits (docs/decisions.md, "I/O limits"): ModifyVolume records the volume's new limits
 (VolumeModifying), asks every node the volume may be staged on to apply them to its loop
@@ -21,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from volplane import subjects, volumes
 from volplane.aggregate import Repository
@@ -37,6 +44,7 @@ from volplane.commands import (
     ExpandVolume,
     GetCapacity,
     GetVolume,
+    ImageSource,
     IoLimitsApplied,
     ListVolumes,
     ModifyVolume,
@@ -85,6 +93,7 @@ from ..domain.volume import (
     volume_id_for,
 )
 from .capacity import Capacity, Reservation
+from .completer import complete
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +153,10 @@ class ProvisionerApp:
                 assumed, known = not known, True
                 if state is not None and state.phase not in ("deleted", "failed"):
                     return await self._existing(state, cmd, size)
+                if state is not None and state.phase == "failed":
+                    # What a failed attempt may have left in its pool goes before a new one
+                    # starts: an image there would be taken for the new one's, made already.
+                    await self._pools.remove(state.pool, "volume", vid)
                 try:
                     held = await self._reserve(vid, cmd, size)
                 except (ResourceExhausted, NotFound):
@@ -188,7 +201,17 @@ class ProvisionerApp:
             return Done()
 
         async with self._volumes.locks.hold(vid):
-            return await self._volumes.retry(vid, await self._volumes.load(vid), delete, what=f"volume {vid}")
+            return await self._volumes.retry(vid, await self._settled(vid), delete, what=f"volume {vid}")
+
+    async def _settled(self, vid: str) -> VolumeState | None:
+        """The volume's state, read again from the log when the read model has it between
+        intent and result: another replica may have finished that intent a moment ago (a
+        CO's DeleteVolume right after CreateVolume, answered by the other replica), and
+        this process must not answer "still being created" for what is already created."""
+        state = await self._volumes.load(vid)
+        if state is not None and state.phase in ("creating", "expanding"):
+            state = await self._volumes.reload(vid)
+        return state
 
     async def expand_volume(self, cmd: ExpandVolume) -> ExpandResult:
         if not is_volume_id(cmd.volume_id):
@@ -196,7 +219,7 @@ class ProvisionerApp:
         size = resolve_size(cmd.required_bytes, cmd.limit_bytes)
         vid = cmd.volume_id
         async with self._volumes.locks.hold(vid):
-            state = await self._volumes.load(vid)
+            state = await self._settled(vid)
             if state is not None and state.phase == "expanding":
                 state = await self._finish_expand(state)
             intent = decide_expand(state, vid, size)
@@ -239,7 +262,7 @@ class ProvisionerApp:
         # A volume being deleted is gone for every new use (publishing it, validating it).
         if state is None or state.phase in ("deleted", "failed", "deleting"):
             raise NotFound(f"volume {cmd.volume_id[:128]!r} does not exist")
-        return self._info(state, check=True)
+        return self._info(state, await self._condition(state))
 
     async def list_volumes(self, cmd: ListVolumes) -> VolumePage:
         if cmd.max_entries < 0:
@@ -263,12 +286,17 @@ class ProvisionerApp:
         return CapacityInfo(available_bytes=free, total_bytes=total, maximum_volume_size=free, minimum_volume_size=minimum_size_for(cmd.parameters))
 
     async def recover(self) -> int:
-        """Finish every intent a crash left without its result; returns how many."""
-        for pool in self._pools.all():
-            if swept := pool.sweep():
-                log.info("removed %d half-written copies from pool %s", swept, pool.name)
-        finishers = {"creating": self._finish_create, "expanding": self._finish_expand, "deleting": self._finish_delete}
-        return await self._volumes.recover(await self._read.in_flight(), finishers, phase=lambda s: s.phase)
+        """Finish every intent a crash left without its result (on start): those whose node
+        does not answer yet wait for ``complete``; returns how many still wait."""
+        return await self.complete()
+
+    async def complete(self) -> int:
+        """Try again every intent still waiting for a node that did not answer (a DeleteVolume
+        on a host that was down, a CreateVolume the CO gave up on); returns how many still wait."""
+        return await complete(self._volumes, await self._read.in_flight(), self._finishers(), lambda s: s.phase, lambda s: s.pool)
+
+    def _finishers(self) -> dict[str, Callable[[VolumeState], Awaitable[object]]]:
+        return {"creating": self._finish_create, "expanding": self._finish_expand, "deleting": self._finish_delete}
 
     # -- steps --------------------------------------------------------------
 
@@ -306,25 +334,31 @@ class ProvisionerApp:
 
     async def _finish_create(self, state: VolumeState) -> VolumeState:
         vid = state.volume_id
-        pool = self._pools.get(state.pool)
         try:
-            source = await self._source_image(state)
-            if source is None:
-                pool.create(vid, state.capacity_bytes)
-            else:
-                await pool.copy_in(source, vid, state.capacity_bytes)
+            await self._pools.make(state.pool, vid, state.capacity_bytes, await self._source_image(state))
+        except Unavailable:
+            raise  # The node is away: the intent waits in the log for a retry (module docstring).
         except VolplaneError as exc:
             # Record the failure first: if another writer finished this intent meanwhile,
             # the append loses (ConcurrencyConflict) and its image is left alone.
             await self._volumes.append(vid, state, VolumeCreateFailed(volume_id=vid, reason=exc.message))
-            pool.delete(vid)
+            await self._discard(state.pool, vid)
             raise
         return await self._volumes.append(vid, state, VolumeCreated(volume_id=vid))
+
+    async def _discard(self, pool: str, vid: str) -> None:
+        """After a failed create: its image, if the node made one (a retry removes it otherwise)."""
+        try:
+            await self._pools.remove(pool, "volume", vid)
+        except VolplaneError as exc:
+            log.warning("volume %s failed; its image in pool %s is removed when it is created again: %s", vid, pool, exc.message)
 
     async def _finish_expand(self, state: VolumeState) -> VolumeState:
         vid = state.volume_id
         try:
-            self._pools.get(state.pool).grow(vid, state.capacity_bytes)
+            await self._pools.grow(state.pool, vid, state.capacity_bytes)
+        except Unavailable:
+            raise  # The intent waits for the node (module docstring).
         except VolplaneError as exc:
             # Back to the size it had, so the volume stays usable and deletable.
             back = VolumeExpandFailed(volume_id=vid, capacity_bytes=state.expand_from or state.capacity_bytes, reason=exc.message)
@@ -351,7 +385,9 @@ class ProvisionerApp:
         return await self._volumes.append(state.volume_id, state, VolumeModified(volume_id=state.volume_id))
 
     async def _finish_delete(self, state: VolumeState) -> None:
-        self._pools.get(state.pool).delete(state.volume_id)
+        # Unavailable leaves the intent: the volume stays "deleting" (NotFound for every new
+        # use) until its node removes the image, on the CO's retry or ``complete``.
+        await self._pools.remove(state.pool, "volume", state.volume_id)
         await self._volumes.append(state.volume_id, state, VolumeDeleted(volume_id=state.volume_id))
 
     # -- content sources ----------------------------------------------------
@@ -378,28 +414,38 @@ class ProvisionerApp:
             raise OutOfRange(f"the content source holds {have} bytes, more than limit_bytes {cmd.limit_bytes}")
         return have
 
-    async def _source_image(self, state: VolumeState) -> Path | None:
-        """Where the content source's data is: its own pool, which may differ from ours."""
+    async def _source_image(self, state: VolumeState) -> ImageSource | None:
+        """Where the content source's data is: its own pool (and node), which may differ from ours."""
         src = state.content_source
         if src is None:
             return None
         if src.kind == "snapshot":
             snap = await self._snapshots.load(src.id)
-            if snap is None:
+            if snap is None or snap.phase in ("deleted", "failed"):
                 raise NotFound(f"snapshot {src.id} is gone")
-            return self._pools.get(snap.pool).snapshot_path(src.id)
+            return self._pools.source("snapshot", src.id, snap.pool)
         vol = await self._volumes.load(src.id)
-        if vol is None:
+        if vol is None or vol.phase in ("deleted", "failed"):
             raise NotFound(f"source volume {src.id} is gone")
-        return self._pools.get(vol.pool).path_for(src.id)
+        return self._pools.source("volume", src.id, vol.pool)
 
     # -- answers -------------------------------------------------------------
 
-    def _info(self, state: VolumeState, check: bool = False) -> VolumeInfo:
+    async def _condition(self, state: VolumeState) -> str:
+        """ControllerGetVolume's volume condition: what is wrong with the image, as its node sees it."""
+        if state.phase != "ready":
+            return ""
+        try:
+            image = await self._pools.stat(state.pool, state.volume_id)
+        except Unavailable as exc:
+            return exc.message
+        except VolplaneError as exc:
+            log.warning("volume %s: cannot check its image: %s", state.volume_id, exc.message)
+            return ""
+        return "" if image.exists else f"the image of volume {state.volume_id} is missing from pool {state.pool}"
+
+    def _info(self, state: VolumeState, condition: str = "") -> VolumeInfo:
         pool = next((p for p in self._capacity.views() if p.name == state.pool), None)
-        condition = ""
-        if check and state.phase == "ready" and not self._pools.get(state.pool).path_for(state.volume_id).exists():
-            condition = f"the image of volume {state.volume_id} is missing from pool {state.pool}"
         return VolumeInfo(
             volume_id=state.volume_id,
             name=state.name,
