@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
@@ -178,17 +179,27 @@ async def _await_stream(store: EventStore) -> None:
     launcher; an install job in Kubernetes) that no service's credentials allow; a service
     started alongside waits for it, and stops with the reason if it never comes."""
     deadline = asyncio.get_running_loop().time() + STREAM_WAIT
-    for attempt in range(1_000_000):
+    missing = unanswered = 0
+    while True:
         try:
             await store.require_stream()
             return
         except nats.js.errors.NotFoundError:
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            if attempt == 0:
+            missing += 1
+            if missing == 1:
                 log.warning("waiting for the event log (stream %s) to be created by the install step", subjects.STREAM)
-            await asyncio.sleep(1.0)
-    raise Unavailable(f"no event log (stream {subjects.STREAM}) after {STREAM_WAIT:.0f}s: the install step creates it, as admin")
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as exc:
+            # A cluster member that has just (re)started, or a cluster between leaders,
+            # answers late or "temporarily unavailable" until JetStream is ready on it.
+            unanswered += 1
+            if unanswered == 1:
+                log.warning("waiting for the event log (stream %s) to answer: %s", subjects.STREAM, exc.__class__.__name__)
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    if missing >= unanswered:
+        raise Unavailable(f"no event log (stream {subjects.STREAM}) after {STREAM_WAIT:.0f}s: the install step creates it, as admin")
+    raise Unavailable(f"the event log (stream {subjects.STREAM}) did not answer for {STREAM_WAIT:.0f}s")
 
 
 async def shutdown(nc: NATS, bus: Bus | None = None, grace: float = 5.0) -> None:
