@@ -204,12 +204,14 @@ class ProvisionerApp:
             return await self._volumes.retry(vid, await self._settled(vid), delete, what=f"volume {vid}")
 
     async def _settled(self, vid: str) -> VolumeState | None:
-        """The volume's state, read again from the log when the read model has it between
-        intent and result: another replica may have finished that intent a moment ago (a
-        CO's DeleteVolume right after CreateVolume, answered by the other replica), and
-        this process must not answer "still being created" for what is already created."""
+        """The volume's state, read again from the log when the read model does not know it
+        or has it between intent and result: another replica may have created it, or
+        finished that intent, a moment ago (a CO's DeleteVolume right after CreateVolume,
+        answered by the other replica, or by one whose Redis is being rebuilt), and this
+        process must neither answer "already gone" for a volume that exists nor "still
+        being created" for one that is created."""
         state = await self._volumes.load(vid)
-        if state is not None and state.phase in ("creating", "expanding"):
+        if state is None or state.phase in ("creating", "expanding"):
             state = await self._volumes.reload(vid)
         return state
 
