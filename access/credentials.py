@@ -258,10 +258,19 @@ class Credentials:
         return redis_acl_file({REDIS_USER: self.redis_password, **self.redis}, rules)
 
 
+# Every member's route options. Clients are given every member (NATS_URL), so a member does
+# not hand them the others' addresses (no_advertise): a pool of discovered duplicates would
+# double the dead members a reconnect tries, at CONNECT_TIMEOUT each. Routes ping every 2 s
+# and are dropped after 2 unanswered pings: a member that is frozen or cut off stops
+# holding the queue-group interest of clients that have left it within 4-6 s, where the
+# server's default (2 minutes) kept routing requests to them, unanswered, all that time.
+ROUTE_OPTIONS = '  no_advertise: true\n  ping_interval: "2s"\n  ping_max: 2\n'
+
+
 def _cluster_block(cluster: NatsCluster, tls: ServerTls | None) -> str:
     head = f"server_name: {_quote(cluster.server_name)}\n" if cluster.server_name else ""
     routes = ", ".join(_quote(r) for r in cluster.routes)
-    body = f"  name: {_quote(cluster.name)}\n  listen: {cluster.host}:{cluster.port}\n  routes: [{routes}]\n"
+    body = f"  name: {_quote(cluster.name)}\n  listen: {cluster.host}:{cluster.port}\n  routes: [{routes}]\n" + ROUTE_OPTIONS
     if tls is not None:
         body += "  " + tls.nats_block() + "\n"
     return head + "cluster {\n" + body + "}\n"

@@ -22,11 +22,13 @@ import logging
 import re
 import ssl
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import nats
+import nats.aio.transport as nats_transport
 import redis.asyncio as aioredis
 import redis.exceptions
 from nats.aio.client import Client as NATS
@@ -67,6 +69,38 @@ PING_INTERVAL = 2
 MAX_OUTSTANDING_PINGS = 2
 RECONNECT_WAIT = 0.5
 CONNECT_TIMEOUT = 2
+# How long closing a connection may wait for the member to take what is left to send and,
+# over TLS, answer the close: a frozen member never does (see _bounded_close).
+CLOSE_TIMEOUT = 1.0
+
+
+def _bounded_close() -> None:
+    """Bound how long nats-py waits for a connection to close, and abort it past that.
+
+    nats-py closes the connection it gives up on and waits until it is closed before it
+    dials the next member. A member that is frozen or cut off never reads: a TLS connection
+    then waits out asyncio's SSL shutdown timeout (30 s), and a plain one with unsent bytes
+    waits without end, and the client reaches no other member meanwhile (a frozen host's
+    member held the others' services for 30 s). Past ``CLOSE_TIMEOUT`` the socket is
+    aborted: nothing it still held was acknowledged, and requests are re-sent on reconnect."""
+    transport_class = nats_transport.TcpTransport
+    if getattr(transport_class, "_volplane_bounded", False):
+        return
+    graceful: Callable[[Any], Awaitable[None]] = transport_class.wait_closed
+
+    async def wait_closed(self: Any) -> None:
+        try:
+            await asyncio.wait_for(graceful(self), CLOSE_TIMEOUT)
+        except TimeoutError:
+            writer = getattr(self, "_io_writer", None)
+            if writer is not None:
+                writer.transport.abort()
+
+    transport_class.wait_closed = wait_closed  # type: ignore[method-assign]
+    transport_class._volplane_bounded = True  # type: ignore[attr-defined]
+
+
+_bounded_close()
 
 
 class _Reconnects:

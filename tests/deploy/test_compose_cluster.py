@@ -75,7 +75,7 @@ def test_init_writes_the_cluster_configuration_owns_every_members_data_and_names
     init = services["init"]
     script = init["command"][2]
     assert 'write("/config/nats-cluster.conf", nats_conf(cluster))' in script
-    assert 'members = ("nats", "nats-2", "nats-3")' in script and "no_advertise: true" in script
+    assert 'members = ("nats", "nats-2", "nats-3")' in script
     assert re.search(r'hosts=\("nats", "nats-2", "nats-3", "redis"', script)
     assert 'pathlib.Path("/data").iterdir()' in script
     compile(script, "init", "exec")
