@@ -45,7 +45,8 @@ DEFAULT_NODES = ("node-1",)
 
 _STREAM = subjects.STREAM
 # A reader of the log asks for the stream's state, reads single events (direct get: by
-# sequence in the body, or the last of a subject in the request subject), follows with
+# sequence in the body, or the last of a subject in the request subject; from the leader
+# alone when the stream is replicated, volplane.eventstore), follows with
 # ordered consumers — ephemeral, created without a name — and answers their flow control.
 # Nothing else of the JetStream API: no STREAM.CREATE/UPDATE/PURGE/DELETE, no
 # STREAM.MSG.DELETE, no CONSUMER.DELETE, no durable consumers.
@@ -53,6 +54,7 @@ _LOG_READER = [
     f"$JS.API.STREAM.INFO.{_STREAM}",
     f"$JS.API.DIRECT.GET.{_STREAM}",
     f"$JS.API.DIRECT.GET.{_STREAM}.>",
+    f"$JS.API.STREAM.MSG.GET.{_STREAM}",
     f"$JS.API.CONSUMER.CREATE.{_STREAM}",
     f"$JS.FC.{_STREAM}.>",
 ]

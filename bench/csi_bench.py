@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -405,6 +406,10 @@ def run_hosts(args: argparse.Namespace, results: Results) -> None:
             # The single machine's figures stand; the caller reports the failure.
             results.hosts_failed = f"{type(exc).__name__}: {exc}"
             print(f"\nHOSTS={args.hosts} case failed: {results.hosts_failed}", flush=True)
+            # The run directory goes with this block: show the end of the logs it names now.
+            for named in re.findall(r"(/\S+\.log)", str(exc)):
+                if Path(named).is_file():
+                    print(f"--- the end of {named}:\n" + "\n".join(Path(named).read_text(errors="replace").splitlines()[-20:]), flush=True)
             return
     print_hosts_summary(results)
 

@@ -605,21 +605,31 @@ class HostsStack(Stack):
         return asyncio.run(answers(self.member_url(self.host_of(name)), service.health_subject(node), tls=self.client_tls()))
 
     async def cluster_info(self, host: int | str = 1) -> dict[str, object]:
-        """What host ``host``'s member says of the cluster and the event log:
+        """What host ``host``'s member says of the event log, and which members answer:
         ``{"members": ["10.213.0.1:4222", …], "replicas": 3, "stream_peers": ["host-1", …],
-        "messages": n}`` — the members are the client URLs it gossips (every member whose
-        routes are up), the peers the members holding the stream."""
+        "current": True, "messages": n}`` — the members every member that accepts a client
+        (members advertise no client URLs: access.credentials.ROUTE_OPTIONS), the peers the
+        members holding the stream, ``current`` whether every replica has caught up with
+        its leader (their routes are up)."""
         from volplane import subjects
 
         nc = await connect_once(self.member_url(host), tls=self.client_tls())
         try:
             info = await nc.jetstream(timeout=10).stream_info(subjects.STREAM)
-            peers = [] if info.cluster is None else [info.cluster.leader, *(r.name for r in info.cluster.replicas or [])]
-            members = sorted({f"{u.hostname}:{u.port}" for u in nc.servers})
-            return {"members": members, "replicas": info.config.num_replicas, "stream_peers": sorted(p for p in peers if p),
-                    "messages": info.state.messages}
         finally:
             await nc.close()
+        replicas = [] if info.cluster is None else (info.cluster.replicas or [])
+        peers = [] if info.cluster is None else [info.cluster.leader, *(r.name for r in replicas)]
+        members = []
+        for k in range(1, self.hosts + 1):
+            try:
+                other = await connect_once(self.member_url(k), timeout=2.0, tls=self.client_tls())
+            except Exception:  # noqa: BLE001 - that member is down or cut off: not listed
+                continue
+            members.append(f"{self.address(k)}:{NATS_PORT}")
+            await other.close()
+        return {"members": sorted(members), "replicas": info.config.num_replicas, "stream_peers": sorted(p for p in peers if p),
+                "current": all(r.current for r in replicas), "messages": info.state.messages}
 
     # --- stop -------------------------------------------------------------------------------
 

@@ -96,8 +96,8 @@ def _bounded_close() -> None:
             if writer is not None:
                 writer.transport.abort()
 
-    transport_class.wait_closed = wait_closed  # type: ignore[method-assign]
-    transport_class._volplane_bounded = True  # type: ignore[attr-defined]
+    transport_class.wait_closed = wait_closed  # type: ignore[method-assign]  # the bounded close replaces nats-py's on purpose
+    transport_class._volplane_bounded = True  # type: ignore[attr-defined]  # our mark on their class: patched once
 
 
 _bounded_close()

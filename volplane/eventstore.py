@@ -92,6 +92,12 @@ class EventStore:
         self._admin = js
         self._js = JetStreamContext(js._nc, prefix=js._prefix, timeout=API_ATTEMPT)
         self._stream = stream
+        # Whether single events are read by direct get. Any replica answers one, and on a
+        # replicated stream a replica may be behind: a read right after another process's
+        # append could miss it (a DeleteVolume answered OK for a volume just created). So
+        # reads go to the stream's leader (STREAM.MSG.GET) unless the stream has one
+        # replica, which is its leader; require_stream and ensure_stream learn which.
+        self._direct = False
 
     async def ensure_stream(self, *, replicas: int = 1) -> None:
         """Create the stream if it is missing, or bring the settings volplane relies on
@@ -105,6 +111,7 @@ class EventStore:
         try:
             info = await self._admin.stream_info(self._stream)
         except nats.js.errors.NotFoundError:
+            self._direct = replicas <= 1
             await self._admin.add_stream(
                 name=self._stream,
                 subjects=[subjects.EVENTS],
@@ -116,13 +123,15 @@ class EventStore:
             )
             return
         config = info.config
+        self._direct = (config.num_replicas or 1) <= 1
         if config.subjects != [subjects.EVENTS] or not config.allow_direct or config.duplicate_window != _DUPLICATE_WINDOW:
             await self._admin.update_stream(config.evolve(subjects=[subjects.EVENTS], allow_direct=True, duplicate_window=_DUPLICATE_WINDOW))
 
     async def require_stream(self) -> None:
         """Raise NotFoundError (nats.js.errors) unless the stream exists: a service's check,
         with nothing but the right to read the stream's state."""
-        await self._js.stream_info(self._stream)
+        info = await self._js.stream_info(self._stream)
+        self._direct = (info.config.num_replicas or 1) <= 1
 
     async def append(self, subject: str, event: Event, *, expected: int | None) -> int:
         """Append one event after the aggregate's event number ``expected`` (0: none yet).
@@ -192,7 +201,7 @@ class EventStore:
 
     async def _stored_as(self, subject: str, msg_id: str) -> int | None:
         """The sequence of the aggregate's newest event if it is the one named ``msg_id``."""
-        newest = await self._retrying(f"read {subject}", lambda: self._js.get_last_msg(self._stream, subject, direct=True))
+        newest = await self._retrying(f"read {subject}", lambda: self._js.get_last_msg(self._stream, subject, direct=self._direct))
         if newest.headers and newest.headers.get(subjects.MSG_ID) == msg_id:
             return newest.seq
         return None
@@ -228,7 +237,7 @@ class EventStore:
         seq = 1
         while True:
             try:
-                msg = await self._retrying(f"read {subject}", functools.partial(self._js.get_msg, self._stream, seq=seq, subject=subject, next=True, direct=True))
+                msg = await self._retrying(f"read {subject}", functools.partial(self._js.get_msg, self._stream, seq=seq, subject=subject, next=True, direct=self._direct))
             except nats.js.errors.NotFoundError:
                 return records
             record = _stored(msg)
@@ -238,7 +247,7 @@ class EventStore:
     async def last(self, subject: str) -> Record | None:
         """The aggregate's newest event, in one request whatever its history's length."""
         try:
-            msg = await self._retrying(f"read {subject}", lambda: self._js.get_last_msg(self._stream, subject, direct=True))
+            msg = await self._retrying(f"read {subject}", lambda: self._js.get_last_msg(self._stream, subject, direct=self._direct))
         except nats.js.errors.NotFoundError:
             return None
         return _stored(msg)
@@ -246,7 +255,7 @@ class EventStore:
     async def next_seq(self, filter_subject: str, after: int) -> int | None:
         """The sequence of the first event on ``filter_subject`` after ``after``, if any."""
         try:
-            msg = await self._retrying(f"read {filter_subject}", lambda: self._js.get_msg(self._stream, seq=after + 1, subject=filter_subject, next=True, direct=True))
+            msg = await self._retrying(f"read {filter_subject}", lambda: self._js.get_msg(self._stream, seq=after + 1, subject=filter_subject, next=True, direct=self._direct))
         except nats.js.errors.NotFoundError:
             return None
         return msg.seq

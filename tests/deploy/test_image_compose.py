@@ -29,7 +29,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,7 +63,8 @@ pytestmark = [
 class Timer:
     """Wall-clock time of each phase, printed at the end (make e2e runs pytest -s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, title: str = "image + compose e2e") -> None:
+        self.title = title
         self.phases: list[tuple[str, float]] = []
         self.start = time.monotonic()
 
@@ -77,7 +78,7 @@ class Timer:
 
     def report(self) -> str:
         lines = [f"  {name:<28} {seconds:7.1f} s" for name, seconds in self.phases]
-        return "\n".join(["image + compose e2e timings:", *lines, f"  {'total':<28} {time.monotonic() - self.start:7.1f} s"])
+        return "\n".join([f"{self.title} timings:", *lines, f"  {'total':<28} {time.monotonic() - self.start:7.1f} s"])
 
 
 def free_port() -> int:
@@ -128,13 +129,15 @@ def unshare(directory: Path) -> None:
 
 
 class Compose:
-    """podman-compose on a copy of deploy/compose in a directory of its own, as a project of its own."""
+    """podman-compose on a copy of deploy/compose in a directory of its own, as a project of its own;
+    ``files``: the compose files, in order (an override after the base, as ``-f a -f b``)."""
 
-    def __init__(self, workdir: Path, images: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, images: dict[str, str], files: tuple[str, ...] = ("docker-compose.yaml",)) -> None:
         self.dir = workdir / "compose"
         self.dir.mkdir()
-        shutil.copy(COMPOSE_DIR / "docker-compose.yaml", self.dir)
-        shutil.copy(COMPOSE_DIR / "init-env.sh", self.dir)
+        self.files = files
+        for name in (*files, "init-env.sh"):
+            shutil.copy(COMPOSE_DIR / name, self.dir)
         self.shared = self.dir / "run" / "volplane"
         self.project = f"volplane-e2e-{uuid.uuid4().hex[:8]}"
         self.healthy_after: dict[str, float] = {}  # service → seconds its last wait_healthy took for it
@@ -150,7 +153,8 @@ class Compose:
         }
 
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [str(BIN / "podman-compose"), "-p", self.project, "-f", str(self.dir / "docker-compose.yaml"), *args]
+        files = [arg for name in self.files for arg in ("-f", str(self.dir / name))]
+        cmd = [str(BIN / "podman-compose"), "-p", self.project, *files, *args]
         return run(cmd, env=self.env, timeout=timeout, check=check, cwd=self.dir)
 
     def up(self, *profile: str) -> None:
@@ -287,8 +291,9 @@ def volume_life(channel: grpc.Channel, shared: Path) -> None:
     assert not images[0].exists()
 
 
-def test_image_builds_and_the_compose_stack_serves_a_volume_life() -> None:
-    timer = Timer()
+def build_images(timer: Timer) -> dict[str, str]:
+    """podman (installed if missing; the test is skipped when it cannot be), the stand-in images and
+    ``make image``: the images the stack runs, by role (base, nats, redis)."""
     try:
         with timer.phase("podman (apt, if missing)"):
             standins.ensure_podman()
@@ -303,6 +308,43 @@ def test_image_builds_and_the_compose_stack_serves_a_volume_life() -> None:
             ["make", "--no-print-directory", "image", "ENGINE=podman", f"IMAGE={IMAGE}", f"BASE_IMAGE={images['base']}", f"CA_CERTIFICATES={ca if Path(ca).exists() else ''}"],
             env=standins.podman_env(), cwd=ROOT, timeout=1200,
         )
+    return images
+
+
+def teardown(compose: Compose, workdir: Path, shared_set: bool, loops_before: set[str], timer: Timer) -> Callable[[], None]:
+    """``down -v`` and the host put back as it was: the shared mount undone, the stack's leaked loop
+    devices detached, the work directory gone. Returns the check to run once the test's own
+    ``finally`` is over (nothing of the project, no mount, no loop device left behind), so that a
+    failure of the test itself is the one reported."""
+    with timer.phase("compose down"):
+        left = compose.down()
+    if shared_set:
+        leaked_mounts = mounts_below(compose.shared)
+        unshare(compose.shared)
+    else:
+        leaked_mounts = []
+    leaked_loops = loop_devices(compose.shared) - loops_before
+    for line in leaked_loops:
+        run(["losetup", "-d", line.split(":")[0]], check=False)
+    shutil.rmtree(workdir, ignore_errors=True)
+    # Each change of the code leaves the previous build's images dangling: drop this project's
+    # older than a day (newer ones are the layer cache that keeps the next build short).
+    standins.podman("image", "prune", "-f", "--filter", "label=org.opencontainers.image.title=volplane", "--filter", "until=24h", check=False)
+    print("\n" + timer.report())
+
+    def nothing_left() -> None:
+        assert leaked_mounts == [], leaked_mounts
+        assert leaked_loops == set(), leaked_loops
+        assert left == {}, left
+        assert compose.leftovers() == {}
+        assert not workdir.exists()
+
+    return nothing_left
+
+
+def test_image_builds_and_the_compose_stack_serves_a_volume_life() -> None:
+    timer = Timer()
+    images = build_images(timer)
 
     workdir = Path(tempfile.mkdtemp(prefix="vp-e2e-", dir="/tmp"))  # short: the CSI socket's path has a 107-byte limit
     compose = Compose(workdir, images)
@@ -411,24 +453,5 @@ def test_image_builds_and_the_compose_stack_serves_a_volume_life() -> None:
                 senders = {line.split()[1] for line in logs.splitlines() if line.startswith("spans ")}
             assert {"volplane-apigw", "volplane-provisioner"} <= senders, f"{senders}\n{compose.logs()}"
     finally:
-        with timer.phase("compose down"):
-            left = compose.down()
-        if shared_set:
-            leaked_mounts = mounts_below(compose.shared)
-            unshare(compose.shared)
-        else:
-            leaked_mounts = []
-        leaked_loops = loop_devices(compose.shared) - loops_before
-        for line in leaked_loops:
-            run(["losetup", "-d", line.split(":")[0]], check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
-        # Each change of the code leaves the previous build's images dangling: drop this project's
-        # older than a day (newer ones are the layer cache that keeps the next build short).
-        standins.podman("image", "prune", "-f", "--filter", "label=org.opencontainers.image.title=volplane", "--filter", "until=24h", check=False)
-        print("\n" + timer.report())
-
-    assert leaked_mounts == [], leaked_mounts
-    assert leaked_loops == set(), leaked_loops
-    assert left == {}, left
-    assert compose.leftovers() == {}
-    assert not workdir.exists()
+        nothing_left = teardown(compose, workdir, shared_set, loops_before, timer)
+    nothing_left()

@@ -85,7 +85,7 @@ def test_a_frozen_host_answers_nothing_until_it_is_thawed(hosts: HostsStack) -> 
 def test_the_nats_cluster_has_three_members_and_the_event_log_three_replicas(hosts: HostsStack) -> None:
     info = asyncio.run(hosts.cluster_info(2))
     assert info["members"] == sorted(f"{hosts.address(k)}:4222" for k in (1, 2, 3))
-    assert info["replicas"] == 3
+    assert info["replicas"] == 3 and info["current"]
     assert info["stream_peers"] == ["host-1", "host-2", "host-3"]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import nats.aio.msg
 import pytest
 
 from access.credentials import ADMIN, Credentials, NatsCluster
@@ -285,3 +286,38 @@ def test_a_minority_answers_unavailable_in_time_and_converges_after_healing(clus
     kinds = asyncio.run(_volume_events(cluster.admin_url, [vid]))[vid]
     assert kinds["VolumeCreated"] == 1 and kinds["VolumeDeleted"] == 1, kinds
     assert not cluster.stack.dead()
+
+
+def test_reads_of_a_replicated_log_go_to_its_leader(cluster: Cluster) -> None:
+    """A direct get is answered by any replica, and one that is behind would miss an event
+    another process has just appended: on an R3 stream, single events are read from the
+    leader (STREAM.MSG.GET), never by direct get."""
+
+    async def scenario() -> tuple[list[str], int]:
+        spy = await connect_once(cluster.admin_url)
+        nc = await connect_once(cluster.admin_url)
+        try:
+            seen: list[str] = []
+
+            async def note(msg: nats.aio.msg.Msg) -> None:
+                seen.append(msg.subject)
+
+            await spy.subscribe("$JS.API.DIRECT.GET.>", cb=note)
+            await spy.subscribe(f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}", cb=note)
+            await spy.flush()
+            store = EventStore(nc.jetstream(timeout=10))
+            await store.require_stream()  # as every service does before it reads
+            aggregates = await store.subjects("vp.ev.>")
+            assert aggregates, "the stack wrote no event yet"
+            newest = await store.last(aggregates[0])
+            history = await store.read(aggregates[0])
+            assert newest is not None and history and history[-1].seq == newest.seq
+            await asyncio.sleep(0.2)  # the spy's copies of the requests
+            return seen, len(history)
+        finally:
+            await spy.close()
+            await nc.close()
+
+    seen, events = asyncio.run(scenario())
+    assert seen and all(s == f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}" for s in seen), seen
+    assert len(seen) == events + 2  # the last, then each event and the read's end
