@@ -14,8 +14,9 @@
 The log is the truth and the read model follows it, so a state may be behind the log:
 ``append`` states the version it decided on (``Nats-Expected-Last-Subject-Sequence``),
 and the log refuses it when another writer appended first (``ConcurrencyConflict``).
-``reload`` then fetches the newest state: one direct read of the log for the aggregate's
-last sequence, then the read model once its runner has applied that event. A deleted
+``reload`` then fetches the newest state: one read of the log for the aggregate's last
+sequence, then the read model if its runner has applied that event, else the aggregate's
+own events folded from the log (a runner may be seconds behind another process's writes). A deleted
 aggregate has no key in the read model, so it comes back as its kind's tombstone, which
 carries the version the next incarnation's first append must name.
 
@@ -113,23 +114,29 @@ class Repository(Generic[S, E]):
 
     async def reload(self, aid: str) -> S | None:
         """The state as of the log's newest event for it (after losing a race, or to be
-        sure): one direct read of the log, then the read model once it has applied that
-        event. None when the log holds nothing of it; its tombstone when the read model
-        dropped it."""
-        last = await self._store.last(self.aggregate.subject(aid))
+        sure): one read of the log, then the read model when its runner has already
+        applied that event, else the aggregate's own events folded from the log (the runner
+        may be seconds behind another process's writes). None when the log holds nothing
+        of it; its tombstone when the read model would drop it."""
+        key, subject = self.aggregate.key(aid), self.aggregate.subject(aid)
+        last = await self._store.last(subject)
         if last is None:
             return None
-        await self._runner.wait_for(last.seq)
-        state = await self.load(aid)
+        if self._runner.position >= last.seq:
+            state = await self.load(aid)
+            newest = last.seq
+        else:
+            folded, newest = await self._runner.folded(key, subject)
+            state = None if folded is None else self.aggregate.kept(folded)
         if state is None:
-            return self.aggregate.tombstone(aid, last.seq)
-        if state.version < last.seq:
-            # The runner has passed every event of this aggregate up to ``last``, so the
-            # ones after the state's version were quarantined (volplane.quarantine): they
-            # are skipped, but the log's concurrency check counts them, so the next append
+            return self.aggregate.tombstone(aid, newest)
+        if state.version < newest:
+            # Every event of this aggregate up to ``newest`` is accounted for, so the ones
+            # after the state's version were quarantined (volplane.quarantine): they are
+            # skipped, but the log's concurrency check counts them, so the next append
             # names the subject's newest sequence instead of conflicting forever.
-            log.warning("%s %s: events after %d up to %d were quarantined; deciding on the state before them", self.aggregate.kind, aid, state.version, last.seq)
-            state = self.aggregate.at_version(state, last.seq)
+            log.warning("%s %s: events after %d up to %d were quarantined; deciding on the state before them", self.aggregate.kind, aid, state.version, newest)
+            state = self.aggregate.at_version(state, newest)
         return state
 
     # -- appending ----------------------------------------------------------

@@ -265,6 +265,20 @@ class ProjectionRunner(Generic[S]):
             self._overlay[key] = (seq, state)
             self.written = max(self.written, seq)
 
+    async def folded(self, key: str, subject: str) -> tuple[S | None, int]:
+        """(the state at ``key`` folded from ``subject``'s own events in the log, the newest
+        one's sequence; 0 when there is none): what Redis will hold once this runner has
+        applied them, without waiting for it — a runner can be seconds behind a busy log,
+        and an aggregate has few events. Noted ahead of the runner, as our own writes are."""
+        state: S | None = None
+        newest = 0
+        for record in await self._store.read(subject):
+            state = self._evolved_or_kept(state, record)
+            newest = record.seq
+        if newest:
+            self.note(key, state, newest)
+        return state, newest
+
     async def settled(self) -> None:
         """Wait until Redis holds every event this process has appended."""
         await self.wait_for(self.written)

@@ -138,6 +138,29 @@ def test_a_step_that_lost_the_race_runs_again_on_the_newest_state(servers: tuple
     run(servers, scenario)
 
 
+def test_a_reload_does_not_wait_for_a_runner_behind_the_log(servers: tuple[str, str]) -> None:
+    """Replica B's runner is behind the log (here: not started at all), as a busy replica's
+    can be by seconds: B's reload folds the volume's own events from the log at once,
+    and remembers the result, instead of waiting for its runner to get there."""
+
+    async def scenario(world: World) -> None:
+        a, _ = await world.volumes()
+        b = Repository(world.store, ProjectionRunner(world.redis, world.store, VolumesProjection()), VOLUMES)
+        name = f"v-{uuid.uuid4().hex}"
+        vid = volume_id_for(name)
+        made = await a.append(vid, await a.append(vid, None, creating(name)), VolumeCreated(volume_id=vid))
+        seen = await asyncio.wait_for(b.reload(vid), 5)
+        assert seen == made and seen.phase == "ready"
+        assert b.cached(vid) == (True, made)
+        gone = await a.append(vid, await a.append(vid, made, VolumeDeleting(volume_id=vid)), VolumeDeleted(volume_id=vid))
+        assert gone.phase == "deleted"
+        tomb = await asyncio.wait_for(b.reload(vid), 5)
+        assert tomb is not None and tomb.phase == "deleted" and tomb.version == gone.version
+        assert b.cached(vid) == (True, None)
+
+    run(servers, scenario)
+
+
 def test_a_step_that_keeps_losing_is_aborted_after_three_runs(servers: tuple[str, str]) -> None:
     async def scenario(world: World) -> None:
         a, b = await world.attachments(), await world.attachments()
