@@ -98,7 +98,8 @@ def _hosts_rows(csi: csi_bench.Results) -> list[tuple[str, str, str, str]]:
     for case in csi.hosts_controller:
         single = csi.single_rate(case.clients)
         ratio = f" ({case.rate / single:.2f}× of {single:,.0f})" if single else ""
-        rows.append(("12", f"controller pairs/s, {label}, {case.clients} client{'s' if case.clients > 1 else ''}", "≥ 0.7× one machine", f"{case.rate:,.0f}{ratio}"))
+        cpu = f", {case.cpu_total:,.0f} CPU µs/pair" if case.cpu else ""
+        rows.append(("12", f"controller pairs/s, {label}, {case.clients} client{'s' if case.clients > 1 else ''}", "≥ 0.7× one machine", f"{case.rate:,.0f}{ratio}{cpu}"))
     if retried:
         again = ", ".join(f"{n} {k}" for k, n in sorted(csi.hosts_retries.items()))
         rows.append(("12", f"calls retried on {label}", "", f"{again} (made again as a CO does)"))

@@ -358,16 +358,19 @@ async def check_placement(stack: HostsStack, host: int) -> str:
 async def hosts_controller_suite(args: argparse.Namespace, stack: HostsStack, results: Results) -> None:
     vid = await check_placement(stack, HOST)
     print(f"# placement checked: volume {vid} had its image in host-{HOST}'s pool only, and none after DeleteVolume", flush=True)
-    print(f"{'HOSTS=' + str(stack.hosts):<18}{'clients':>8}{'pairs':>8}{'pairs/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'HOSTS=' + str(stack.hosts):<18}{'clients':>8}{'pairs':>8}{'pairs/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'CPU µs/pair':>13}")
     for clients in args.clients:
         case = ControllerCase(0, clients)
         for _ in range(args.hosts_repeat):
             retries: Counter[str] = Counter()
+            before = _cpu_now(stack)
             elapsed, lat = await run_case(stack.csi_endpoint, clients, args.hosts_pairs, on_host(HOST), timeout=120, retries=retries)
+            after = _cpu_now(stack)
             case.rates.append(len(lat) / elapsed)
+            case.cpu.append({n: (after[n] - before.get(n, 0.0)) * 1e6 / len(lat) for n in after})
             results.hosts_retries.update(retries)
             again = ", ".join(f"{n} {k}" for k, n in sorted(retries.items())) or "none"
-            print(f"{_row(f'host-{HOST} pool', clients, elapsed, lat)}  retries: {again}", flush=True)
+            print(f"{_row(f'host-{HOST} pool', clients, elapsed, lat)}{sum(case.cpu[-1].values()):>13.0f}  retries: {again}", flush=True)
         results.hosts_controller.append(case)
 
 
@@ -416,10 +419,15 @@ def run_hosts(args: argparse.Namespace, results: Results) -> None:
 
 def print_hosts_summary(results: Results) -> None:
     print(f"\nmedian pairs/s, HOSTS={results.hosts} (volumes in host-{HOST}'s pool) beside one machine (no other volumes):")
-    print(f"  {'clients':>7} {'1 machine':>10} {'HOSTS=' + str(results.hosts):>10} {'ratio':>6}")
+    print(f"  {'clients':>7} {'1 machine':>10} {'HOSTS=' + str(results.hosts):>10} {'ratio':>6} {'CPU µs/pair: 1 machine':>23} {'HOSTS':>7}")
     for c in results.hosts_controller:
         single = results.single_rate(c.clients)
-        print(f"  {c.clients:>7} {'-' if single is None else f'{single:.0f}':>10} {c.rate:>10.0f} {'' if single is None else f'{c.rate / single:.2f}x':>6}")
+        one = next((s for s in results.controller if s.existing == 0 and s.clients == c.clients and s.cpu), None)
+        print(f"  {c.clients:>7} {'-' if single is None else f'{single:.0f}':>10} {c.rate:>10.0f} {'' if single is None else f'{c.rate / single:.2f}x':>6}"
+              f" {'-' if one is None else f'{one.cpu_total:.0f}':>23} {c.cpu_total:>7.0f}")
+    if results.hosts_controller and results.hosts_controller[-1].cpu:
+        by = sorted(results.hosts_controller[-1].cpu_by_process.items(), key=lambda kv: -kv[1])
+        print("  HOSTS CPU µs/pair by process (the last case): " + ", ".join(f"{n} {v:.0f}" for n, v in by if v >= 50))
     again = ", ".join(f"{n} {k}" for k, n in sorted(results.hosts_retries.items())) or "none"
     print(f"  calls made again after a retryable code (as a CO does): {again}")
 

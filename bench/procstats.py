@@ -20,6 +20,8 @@ __all__ = ["cpu_seconds", "pids", "rss_line", "rss_mib"]
 def pids(stack: Stack) -> dict[str, int]:
     """Name → pid of every running process of the stack."""
     procs = {**stack.procs, **{s.name: s.proc for s in (stack.nats, stack.redis) if s is not None and s.proc is not None}}
+    # A HostsStack's servers (a nats-server per host, one redis-server) are its ``servers``.
+    procs.update({name: s.proc for name, s in getattr(stack, "servers", {}).items() if s.proc is not None})
     return {name: proc.pid for name, proc in procs.items() if proc.poll() is None}
 
 
