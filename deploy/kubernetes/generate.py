@@ -51,7 +51,10 @@ BASE_VALUES: dict[str, Any] = {
 }
 # The names the servers' certificate carries: the chart's (volplane.tlsDnsNames) for this
 # release and namespace, and loopback for the probes in the servers' pods.
-_HOSTS = ("volplane-nats", "volplane-redis", "*.volplane-nats-headless", "*.volplane-redis-headless")
+# Each NATS pod by name too (the chart's default three): OpenSSL matches no wildcard that
+# leaves a single label, and clients dial the pods by name.
+_HOSTS = ("volplane-nats", "volplane-redis", "*.volplane-nats-headless", "*.volplane-redis-headless",
+          *(f"volplane-nats-{i}.volplane-nats-headless" for i in range(3)))
 TLS_HOSTS = ("localhost", *(f"{h}{s}" for h in _HOSTS for s in ("", f".{NAMESPACE}", f".{NAMESPACE}.svc", f".{NAMESPACE}.svc.cluster.local")), "127.0.0.1")
 # Labels that name Helm as the manager: wrong for objects kubectl applies.
 HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")

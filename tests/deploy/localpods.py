@@ -31,6 +31,16 @@ for the rest of tests/deploy): as in a pod, 127.0.0.1:6379 or :4222 reach nothin
 the manifest's own server is there — a service falling back to a default address fails as
 it would in the cluster, and never touches this machine's servers.
 
+A server pod whose container runs a shell script (the chart's Redis behind Sentinel) works
+out addresses at run time — ``$POD_NAME.<headless>``, a master named by the Sentinels, a
+fixed 6379 — which no rewrite of its text can follow. Such a pod gets what a cluster gives
+it instead: a network namespace of its own on the cluster's bridge with an address of its
+own (10.244.0.N), its ports as declared, and DNS: its StatefulSet names and the Services
+selecting it in a hosts file that every container sees as /etc/hosts (a mount namespace of
+the cluster's, so this machine's /etc/hosts is untouched). The image's ``redis-server`` in
+its script is the local one (Debian's when the script speaks TLS), paths under its mounts
+in the script are the volumes' directories.
+
 A container is ready when its own probe passes, run as the kubelet would: an ``exec``
 probe's command (the bus health request), an ``httpGet`` probe against its port — or,
 for a probe answered by the livenessprobe sidecar, what that sidecar does: the CSI
@@ -62,6 +72,8 @@ __all__ = ["LocalCluster", "PodError"]
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NAMESPACE_SUFFIXES = ("", ".{ns}", ".{ns}.svc", ".{ns}.svc.cluster.local")
+LOOPBACK = "127.0.0.1"
+POD_NETWORK = "10.244.0"  # /24 on the cluster's bridge; .1 is the bridge (the node's side)
 WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Job", "Pod"}
 VOLPLANE_IMAGE = re.compile(r"^(?:[\w.-]+/)*volplane(?::[\w.-]+)?$")
 
@@ -80,6 +92,8 @@ class Pod:
     ns: str = "default"
     ports: dict[int, int] = field(default_factory=dict)  # containerPort → loopback port
     volumes: dict[str, Path] = field(default_factory=dict)  # volume name → local directory
+    ip: str = LOOPBACK  # another: a network namespace of its own, ports as declared
+    netns: subprocess.Popen[bytes] | None = None  # the process holding that namespace
 
 
 @dataclass
@@ -92,6 +106,7 @@ class Container:
     env: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
     outside: list[str] = field(default_factory=list)  # paths outside every volume mount
+    bin: Path | None = None  # the directory of the server program it runs (its redis-cli beside)
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
     status: str = "not started"
@@ -124,30 +139,78 @@ class LocalCluster:
         self.node = node
         self.select = select or (lambda name: True)
         self.root = Path(tempfile.mkdtemp(prefix="vp", dir="/tmp"))  # short: unix socket paths stay < 108 bytes
-        self.netns = self._network_namespace()
         self.secrets = {d["metadata"]["name"]: _secret_data(d) for d in self.docs if d["kind"] == "Secret"}
         self.configmaps = {d["metadata"]["name"]: dict(d.get("data", {})) for d in self.docs if d["kind"] == "ConfigMap"}
         self.pods = list(self._pods())
         self.containers: list[Container] = []
         self.hosts: dict[tuple[str, int], int] = {}  # (DNS name, port) → loopback port
+        self.names: dict[str, str] = {}  # DNS name → address of a pod with a network of its own
         self._resolve_services()
+        self.dns = self._hosts_file() if self.names else None
+        self.netns = self._network_namespace(self.dns)
+        try:
+            for pod in self.pods:
+                if pod.ip != LOOPBACK:
+                    self._pod_network(pod)
+        except BaseException:
+            self.stop()
+            raise
 
     @staticmethod
-    def _network_namespace() -> subprocess.Popen[bytes]:
-        """A process holding a fresh network namespace with loopback up; others enter it."""
+    def _holder(argv: list[str], script: str) -> subprocess.Popen[bytes]:
+        """``sh -c script`` under ``argv`` (an unshare), kept as a sleep holding its namespaces."""
         holder = subprocess.Popen(
-            with_parent(["unshare", "--net", "--", "sh", "-c", "ip link set lo up && echo up && exec sleep infinity"]),
+            with_parent([*argv, "sh", "-c", f"{script} && echo up && exec sleep infinity"]),
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         assert holder.stdout is not None
         if holder.stdout.readline().strip() != b"up":
             holder.kill()
-            raise PodError("could not make a network namespace (needs root, unshare and ip)")
+            holder.wait()
+            raise PodError(f"could not make a namespace with {argv} {script!r} (needs root, unshare and ip)")
         return holder
 
-    def inside(self, argv: list[str]) -> list[str]:
-        """``argv`` run inside the cluster's network namespace."""
-        return ["nsenter", f"--net=/proc/{self.netns.pid}/ns/net", "--", *argv]
+    def _network_namespace(self, dns: Path | None) -> subprocess.Popen[bytes]:
+        """A process holding a fresh network namespace with loopback up; others enter it.
+        With ``dns`` (pods with networks of their own): also the bridge they are on, and a
+        private mount namespace where ``dns`` is /etc/hosts."""
+        if dns is None:
+            return self._holder(["unshare", "--net", "--"], "ip link set lo up")
+        return self._holder(
+            ["unshare", "--net", "--mount", "--propagation", "private", "--"],
+            f"ip link set lo up && mount --bind {dns} /etc/hosts"
+            f" && ip link add vpbr0 type bridge && ip addr add {POD_NETWORK}.1/24 dev vpbr0 && ip link set vpbr0 up",
+        )
+
+    def _pod_network(self, pod: Pod) -> None:
+        """The pod's own network namespace, joined to the bridge by a veth pair (eth0 inside)."""
+        pod.netns = self._holder(self.inside(["unshare", "--net", "--"]), "ip link set lo up")
+        veth = f"vp{pod.ip.rsplit('.', 1)[1]}"
+        for argv, where in (
+            (["sh", "-c", f"ip link add {veth} type veth peer name eth0 netns {pod.netns.pid} && ip link set {veth} master vpbr0 up"], None),
+            (["sh", "-c", f"ip addr add {pod.ip}/24 dev eth0 && ip link set eth0 up"], pod),
+        ):
+            out = subprocess.run(self.inside(argv, where), capture_output=True, text=True, timeout=30)
+            if out.returncode != 0:
+                raise PodError(f"{pod.name}: could not wire its network ({argv[-1]}): {out.stderr.strip()}")
+
+    def _hosts_file(self) -> Path:
+        """The cluster's DNS: this machine's /etc/hosts, then the names of pods with networks of their own."""
+        path = self.root / "hosts"
+        own = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else "127.0.0.1 localhost\n"
+        by_ip: dict[str, list[str]] = {}
+        for name, ip in self.names.items():
+            by_ip.setdefault(ip, []).append(name)
+        path.write_text(own.rstrip("\n") + "\n# LocalCluster\n" + "".join(f"{ip} {' '.join(sorted(names))}\n" for ip, names in sorted(by_ip.items())))
+        path.chmod(0o644)
+        return path
+
+    def inside(self, argv: list[str], pod: Pod | None = None) -> list[str]:
+        """``argv`` run inside the cluster's network namespace (or ``pod``'s own, if it has
+        one), with the cluster's DNS when there is one."""
+        net = pod.netns if pod is not None and pod.netns is not None else self.netns
+        mnt = [f"--mount=/proc/{self.netns.pid}/ns/mnt"] if self.dns is not None else []
+        return ["nsenter", f"--net=/proc/{net.pid}/ns/net", *mnt, "--", *argv]
 
     def fetch(self, url: str) -> tuple[int, str]:
         """GET ``url`` from inside the namespace: (status, body); status 0 when nothing answers."""
@@ -158,7 +221,12 @@ class LocalCluster:
 
     # --- the objects ------------------------------------------------------------------
 
+    def _needs_own_network(self, spec: dict[str, Any]) -> bool:
+        """A server pod whose container computes addresses in a shell script at run time."""
+        return any(self._prepare_kind(c) in ("nats", "redis") and (c.get("command") or [""])[0] in ("sh", "/bin/sh") for c in spec["containers"])
+
     def _pods(self) -> Iterator[Pod]:
+        own = 0  # pods given a network of their own so far
         for d in self.docs:
             if d["kind"] not in WORKLOADS:
                 continue
@@ -173,9 +241,13 @@ class LocalCluster:
                 names = [name if d["kind"] == "Pod" else f"{name}-x1"]
             for pod_name in names:
                 pod = Pod(pod_name, f"{d['kind']}/{name}", copy.deepcopy(spec), labels, self.root / "pods" / pod_name, ns)
+                if self._needs_own_network(spec):
+                    own += 1
+                    pod.ip = f"{POD_NETWORK}.{own + 1}"
                 for c in spec.get("initContainers", []) + spec["containers"]:
                     for p in c.get("ports", []):
-                        pod.ports.setdefault(int(p["containerPort"]), free_port())
+                        port = int(p["containerPort"])
+                        pod.ports.setdefault(port, port if pod.ip != LOOPBACK else free_port())
                 self._volumes(pod, d)
                 yield pod
 
@@ -207,6 +279,14 @@ class LocalCluster:
             selector = svc["spec"].get("selector", {})
             backends = [p for p in self.pods if selector and all(p.labels.get(k) == v for k, v in selector.items())]
             if not backends:
+                continue
+            if all(p.ip != LOOPBACK for p in backends):
+                # By DNS, ports as declared: the Service's name to one pod (a cluster balances),
+                # a headless Service's pod names each to its pod.
+                for suffix in NAMESPACE_SUFFIXES:
+                    self.names[name + suffix.format(ns=ns)] = backends[0].ip
+                    if svc["spec"].get("clusterIP") == "None":
+                        self.names.update({f"{p.name}.{name}{suffix.format(ns=ns)}": p.ip for p in backends})
                 continue
             for port in svc["spec"]["ports"]:
                 target = self._container_port(backends[0], port.get("targetPort", port["port"]))
@@ -259,6 +339,14 @@ class LocalCluster:
         if not command:
             raise PodError(f"{c.name}: no command (the image's CMD would run apigw)")
         argv = [self._rewrite(c, _expand(a, c.env)) for a in command + args]
+        # Paths under the container's mounts inside a script (conf=/sentinel/…, echo "dir /sentinel").
+        argv = [re.sub(r"(?<=[\s=\"'])(/[\w./-]+)", lambda m: self._mounted_path(c, m[1]), a) if "\n" in a else a for a in argv]
+        if c.kind == "redis" and c.pod.ip != LOOPBACK:
+            # Its own network, its ports as declared: only the program is the local one, wherever
+            # the script runs it (exec "$0" "$@", exec redis-server …); its redis-cli beside it.
+            server = _tls_redis_server() if any("tls-port" in a for a in argv) else _redis_server()
+            c.bin = Path(server).parent
+            return [server if a == "redis-server" else a for a in argv]
         programs = {"python": sys.executable, "nats-server": str(BIN / "nats-server"), "redis-server": _redis_server()}
         argv[0] = programs.get(argv[0], argv[0])
         if c.kind == "redis" and "--tls-port" in argv:
@@ -290,7 +378,7 @@ class LocalCluster:
                 elif "fieldRef" in ref:
                     env[e["name"]] = {
                         "spec.nodeName": self.node, "metadata.name": c.pod.name, "metadata.namespace": c.pod.ns,
-                        "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1",
+                        "status.podIP": c.pod.ip, "status.hostIP": "127.0.0.1",
                     }[ref["fieldRef"]["fieldPath"]]
                 else:
                     raise PodError(f"{c.name}: unsupported valueFrom {ref}")
@@ -414,7 +502,7 @@ class LocalCluster:
         }
         if c.kind == "redis" and c.argv:
             # The image's redis-cli (its probes) is the one beside its redis-server.
-            base["PATH"] = f"{Path(c.argv[0]).parent}:{base['PATH']}"
+            base["PATH"] = f"{c.bin or Path(c.argv[0]).parent}:{base['PATH']}"
         return {**base, **c.env}
 
     def _workdir(self, c: Container) -> Path:
@@ -427,7 +515,7 @@ class LocalCluster:
         c.log = c.pod.root / f"{c.spec['name']}.log"
         with open(c.log, "ab") as log:
             c.proc = subprocess.Popen(
-                with_parent(self.inside(c.argv)), env=self._process_env(c), cwd=self._workdir(c),
+                with_parent(self.inside(c.argv, c.pod)), env=self._process_env(c), cwd=self._workdir(c),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         c.status = "started"
@@ -466,14 +554,14 @@ class LocalCluster:
             # Paths under the container's mounts inside a shell command (sh -c "... /etc/x/ca.crt ...").
             argv = [re.sub(r"(?<=\s)(/[\w./-]+)", lambda m: self._mounted_path(c, m[1]), a) if " " in a else a for a in argv]
             argv[0] = sys.executable if argv[0] == "python" else shutil.which(argv[0], path=env["PATH"]) or argv[0]
-            out = subprocess.run(self.inside(argv), env=env, cwd=self._workdir(c), capture_output=True, text=True, timeout=30)
+            out = subprocess.run(self.inside(argv, c.pod), env=env, cwd=self._workdir(c), capture_output=True, text=True, timeout=30)
             return out.returncode == 0, f"exec probe exited {out.returncode}: {out.stderr.strip()[-800:]}"
         port = self._container_port(c.pod, probe["httpGet"]["port"])
         served_by = self._served_by(c.pod, port)
         if served_by is not None and served_by is not c.spec and parse_image(served_by["image"]):
             # The livenessprobe sidecar answers: it calls the driver's Probe on its socket.
             return self._csi_probe(c, served_by)
-        url = f"http://127.0.0.1:{c.pod.ports[port]}{probe['httpGet'].get('path', '/')}"
+        url = f"http://{c.pod.ip}:{c.pod.ports[port]}{probe['httpGet'].get('path', '/')}"
         status, body = self.fetch(url)
         return status == 200, f"GET {url}: {status} {body.strip()[:200]}"
 
@@ -524,7 +612,7 @@ class LocalCluster:
         network namespace, cluster addresses in the arguments mapped to loopback ports."""
         argv = [self._rewrite(c, a) for a in argv]
         argv[0] = sys.executable if argv[0] == "python" else shutil.which(argv[0], path=self._process_env(c)["PATH"]) or argv[0]
-        return subprocess.run(self.inside(argv), env=self._process_env(c), cwd=self._workdir(c), input=input, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self.inside(argv, c.pod), env=self._process_env(c), cwd=self._workdir(c), input=input, capture_output=True, text=True, timeout=timeout)
 
     def sidecar_socket(self, c: Container) -> Path | None:
         """Where a sidecar's --csi-address lies locally (None without one)."""
@@ -551,12 +639,15 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(c.proc.pid, signal.SIGKILL)
                 c.proc.wait()
-        with open("/proc/self/mountinfo") as f:
+        netns = getattr(self, "netns", None)  # None: __init__ failed before making it
+        # The containers' mounts, seen from their mount namespace (the cluster's, with DNS).
+        with open(f"/proc/{netns.pid}/mountinfo" if netns is not None and self.dns is not None else "/proc/self/mountinfo") as f:
             left = [line.split(" ")[4] for line in f if line.split(" ")[4].startswith(str(self.root))]
-        if left:
+        for holder in [p.netns for p in self.pods if p.netns is not None] + ([netns] if netns is not None else []):
+            holder.kill()
+            holder.wait()
+        if left:  # kept: removing it would reach into what is mounted there
             raise PodError(f"mounts left under {self.root}: {left}")
-        self.netns.kill()
-        self.netns.wait()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:

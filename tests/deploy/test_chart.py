@@ -543,3 +543,57 @@ def test_tls_can_be_turned_off() -> None:
         assert "VOLPLANE_TLS_CA" not in e and not str(e.get("NATS_URL", "nats://")).startswith("tls://"), where
     assert not [d for d in docs if d["kind"] == "Secret" and "tls" in d["metadata"]["name"]]
 
+
+
+def _handshake(server: dict[str, bytes], hostname: str, tmp: Path) -> None:
+    """A TLS handshake in memory: the servers' certificate against a client that checks
+    it as the services do (the chart's CA, the host name it dialled)."""
+    import ssl
+
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (tmp / name).write_bytes(server[name])
+    serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.load_cert_chain(tmp / "tls.crt", tmp / "tls.key")
+    dialling = ssl.create_default_context(cafile=str(tmp / "ca.crt"))
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = dialling.wrap_bio(c_in, c_out, server_hostname=hostname)
+    end = serving.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for side, obj in (("client", client), ("server", end)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return
+    raise AssertionError(f"no handshake with {hostname}")
+
+
+@pytest.mark.parametrize("values", [{}, {"nats": {"replicas": 3}, "redis": {"sentinel": {"enabled": True}}}], ids=["defaults", "sentinel"])
+def test_every_server_name_a_client_or_route_dials_passes_the_certificate_check(values: dict[str, Any], tmp_path: Path) -> None:
+    """Each host name in a NATS_URL, a REDIS_URL or a route verifies against the servers'
+    certificate as a client checks it (OpenSSL matches no wildcard that leaves a single
+    label, so "*.volplane-nats-headless" alone does not cover the pods' names)."""
+    docs = render(values)
+    dialled: set[str] = set()
+    for c in containers(docs).values():
+        e = env(c)
+        for key in ("NATS_URL", "REDIS_URL"):
+            if isinstance(e.get(key), str) and "://" in e[key]:
+                rest = e[key].partition("://")[2]
+                # One URL per member ("tls://…@a:4222,tls://…@b:4222"), or a Sentinels' list ("…@s1:26379,s2:26379/master").
+                for member in rest.split(","):
+                    host = member.split("://")[-1].split("/", 1)[0].rpartition("@")[2].rsplit(":", 1)[0]
+                    if host and not host.startswith("$"):
+                        dialled.add(host)
+    config = find(docs, "ConfigMap", "volplane-nats-config")["data"]["nats.conf"]
+    dialled |= set(re.findall(r"nats://([\w.-]+):6222", config))
+    assert any(h.startswith("volplane-nats-0.") for h in dialled), dialled
+    server = _secret_files(docs, "volplane-tls-server")
+    for host in sorted(dialled):
+        _handshake(server, host, tmp_path)

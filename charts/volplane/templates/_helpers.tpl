@@ -120,11 +120,28 @@ The names the servers' certificate must carry: the Services (short, namespaced, 
 each NATS server behind its headless Service (the cluster's routes and the clients dial
 those), each Redis server and Sentinel behind its own (with redis.sentinel.enabled), and
 loopback for the probes inside the servers' own pods.
+OpenSSL (redis-py's TLS, Python's ssl) matches no wildcard over a single label: the Redis
+Sentinel pods' short names (<redis>-N.<redis>-headless, which the Sentinels announce and the
+services dial) are listed one by one; "*.<redis>-headless" alone failed every service's
+Sentinel connection ("Hostname mismatch") when the chart's Sentinel pods first ran.
 */}}
 {{- define "volplane.tlsDnsNames" -}}
 {{- $ns := .Release.Namespace -}}
 {{- $names := list "localhost" -}}
-{{- range $host := list (include "volplane.natsHost" .) (include "volplane.redisHost" .) (printf "*.%s-headless" (include "volplane.natsHost" .)) (printf "*.%s-headless" (include "volplane.redisHost" .)) -}}
+{{- $redis := include "volplane.redisHost" . -}}
+{{- $hosts := list (include "volplane.natsHost" .) $redis (printf "*.%s-headless" (include "volplane.natsHost" .)) (printf "*.%s-headless" $redis) -}}
+{{- /* Each StatefulSet pod by name as well: OpenSSL matches no wildcard that leaves a
+       single label ("*.volplane-nats-headless"), and clients dial the pods by name. */ -}}
+{{- $nats := include "volplane.natsHost" . -}}
+{{- range $i := until (int .Values.nats.replicas) -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s-headless" $nats $i $nats) -}}
+{{- end -}}
+{{- if .Values.redis.sentinel.enabled -}}
+{{- range $i := until (int .Values.redis.sentinel.replicas) -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s-headless" $redis $i $redis) -}}
+{{- end -}}
+{{- end -}}
+{{- range $host := $hosts -}}
 {{- $names = concat $names (list $host (printf "%s.%s" $host $ns) (printf "%s.%s.svc" $host $ns) (printf "%s.%s.svc.cluster.local" $host $ns)) -}}
 {{- end -}}
 {{- toJson $names -}}
