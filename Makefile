@@ -110,6 +110,7 @@ image:
 	@test -n "$(ENGINE)" || { echo "make image: needs podman, or docker with a running daemon" >&2; exit 1; }
 	$(ENGINE) build -t $(IMAGE) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(if $(CA_CERTIFICATES),--secret id=ca-certificates$(comma)src=$(CA_CERTIFICATES)) .
 
-# The image built and the compose stack run for real (podman, installed from Debian if missing; root).
+# The image built and the compose stack run for real (podman, installed from Debian if missing; root):
+# the one-server stack, then the three-member NATS cluster override with one member killed.
 e2e: install proto
-	VOLPLANE_E2E=1 $(BIN)/python -m pytest -q -s tests/deploy/test_image_compose.py $(PYTEST_ARGS)
+	VOLPLANE_E2E=1 $(BIN)/python -m pytest -q -s tests/deploy/test_image_compose.py tests/deploy/test_compose_cluster_e2e.py $(PYTEST_ARGS)

@@ -540,6 +540,15 @@ class ProjectionRunner(Generic[S]):
                 await asyncio.sleep(0.5)
 
     def _remember(self, key: str, state: S | None) -> None:
+        """Keep ``key``'s state as the read model now holds it, the least recently
+        applied dropped beyond ``cache_size``. A key the read model no longer holds (a
+        deleted volume) is forgotten rather than kept as None: Redis answers for it just
+        as well, and a process that creates and deletes all day would otherwise hold an
+        entry for every aggregate it ever saw, until the bound (issue 15: the soak's
+        provisioner grew by one per CreateVolume+DeleteVolume pair)."""
+        if state is None:
+            self._cache.pop(key, None)
+            return
         self._cache[key] = state
         self._cache.move_to_end(key)
         if len(self._cache) > self._cache_size:

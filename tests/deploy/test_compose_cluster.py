@@ -3,7 +3,7 @@ compose merges it over docker-compose.yaml: three members on one cluster configu
 with names of their own, every volplane process given all three as its own user, the
 event log made at R3, the members' data owned by the unprivileged user, the servers'
 certificate naming every member. No containers run here (``make e2e`` runs the
-one-server stack with podman).
+override with podman: tests/deploy/test_compose_cluster_e2e.py).
 
     python -m pytest -q tests/deploy/test_compose_cluster.py
 """

@@ -2,9 +2,9 @@
 docker-compose.yaml), for real: podman-compose runs both files, every container becomes
 healthy (the three members too), the event log's stream and the transfer store are at R3
 with every member current, and one CSI volume lives its whole life through the stack's
-CSI socket. Then one member is killed — nats-2: not ``nats``, the member of the one-server
-file that setup waits for and the first every client dials — and CreateVolume and
-DeleteVolume still succeed, retried on UNAVAILABLE, ABORTED and DEADLINE_EXCEEDED as
+CSI socket. Then one member — nats-2: not ``nats``, the member of the one-server file that
+setup waits for and the first every NATS_URL names — is made the leader of both streams and
+killed (SIGKILL), and CreateVolume and DeleteVolume still succeed, retried on UNAVAILABLE, ABORTED and DEADLINE_EXCEEDED as
 external-provisioner does, within ``CO_RETRY``. The member comes back and catches up; the
 stack goes down leaving no container, loop device, mount or image file behind.
 
@@ -71,16 +71,23 @@ pytestmark = [
 ]
 
 # Run in the attacher's container (it has nats-py, the CA and the client certificate), as NATS'
-# admin: each stream named on its command line: replicas, leader and followers, as JSON.
+# admin: each stream named on its command line: replicas, leader and followers, as JSON. With
+# VP_LEADER set, a stream led by another member is first asked to hand its leadership to that
+# one (a leader stepdown with a preferred member, nats-server 2.11 and later).
 STREAM_INFO = """
 import asyncio, json, os, sys
 from volplane.clients import client_tls, connect_once
 async def main():
     nc = await connect_once(os.environ["VP_ADMIN_URL"], timeout=3, tls=client_tls("/tls/ca.pem", "/tls/client.pem", "/tls/client.key"))
     try:
-        js, out = nc.jetstream(timeout=5), {}
+        js, out, leader = nc.jetstream(timeout=5), {}, os.environ.get("VP_LEADER")
         for name in sys.argv[1:]:
             info = await js.stream_info(name)
+            if leader and info.cluster and info.cluster.leader != leader:
+                answer = json.loads((await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{name}", json.dumps({"placement": {"preferred": leader}}).encode(), timeout=5)).data)
+                if not answer.get("success"):
+                    raise SystemExit(f"{name}: stepdown to {leader}: {answer}")
+                info = await js.stream_info(name)
             cluster = info.cluster
             out[name] = {"replicas": info.config.num_replicas, "leader": cluster.leader if cluster else None,
                          "followers": {r.name: bool(r.current and not r.offline) for r in (cluster.replicas or [])} if cluster else {}}
@@ -91,12 +98,14 @@ asyncio.run(main())
 """
 
 
-def stream_info(compose: Compose, admin_password: str) -> dict[str, Any]:
-    """Each stream's replicas, leader and followers (name → current), asked of any member as admin.
-    The password reaches the container through podman's environment, not its command line."""
+def stream_info(compose: Compose, admin_password: str, leader: str = "") -> dict[str, Any]:
+    """Each stream's replicas, leader and followers (name → current), asked of any member as admin;
+    ``leader``: a member's JetStream name to lead every stream first. The password reaches the
+    container through podman's environment, not its command line."""
     url = ",".join(f"tls://admin:{admin_password}@{m}:4222" for m in MEMBERS)
     name = compose.containers()["attacher"]
-    out = run(["podman", "exec", "-e", "VP_ADMIN_URL", name, "python", "-c", STREAM_INFO, *STREAMS], env={**standins.podman_env(), "VP_ADMIN_URL": url}, timeout=60, check=False)
+    env = {**standins.podman_env(), "VP_ADMIN_URL": url, "VP_LEADER": leader}
+    out = run(["podman", "exec", "-e", "VP_ADMIN_URL", "-e", "VP_LEADER", name, "python", "-c", STREAM_INFO, *STREAMS], env=env, timeout=60, check=False)
     if out.returncode != 0:
         raise AssertionError(f"stream info exited {out.returncode}: {out.stderr[-1500:]}")
     return dict(json.loads(out.stdout))
@@ -107,18 +116,24 @@ def all_current(info: dict[str, Any]) -> bool:
     return all(s["replicas"] == 3 and s["leader"] in SERVER_NAMES.values() and len(s["followers"]) == 2 and all(s["followers"].values()) and s["leader"] not in s["followers"] for s in info.values())
 
 
-def wait_streams(compose: Compose, admin_password: str, ready: Callable[[dict[str, Any]], bool], deadline: float = 60.0) -> tuple[float, dict[str, Any]]:
+def wait_streams(compose: Compose, admin_password: str, ready: Callable[[dict[str, Any]], bool], deadline: float = 60.0, leader: str = "") -> tuple[float, dict[str, Any]]:
     """Ask until ``ready`` holds for the streams' state: (seconds it took, that state)."""
     start, info, error = time.monotonic(), {}, ""
     while time.monotonic() - start < deadline:
         try:
-            info = stream_info(compose, admin_password)
+            info = stream_info(compose, admin_password, leader)
             if ready(info):
                 return time.monotonic() - start, info
         except AssertionError as e:  # a member (re)starting, a stream electing its leader
             error = str(e)
         time.sleep(1)
     raise AssertionError(f"streams not as wanted after {deadline:.0f} s: {info} {error}\n{compose.logs()}")
+
+
+def client_connections(compose: Compose, member: str) -> int:
+    """How many clients (not routes) a member serves, from its monitoring port (/connz)."""
+    out = standins.podman("exec", compose.containers()[member], "wget", "-q", "-O", "-", "http://127.0.0.1:8222/connz", timeout=30)
+    return int(json.loads(out.stdout)["num_connections"])
 
 
 def co_call(name: str, call: Callable[[], Any], figures: list[str]) -> Any:
@@ -136,7 +151,7 @@ def co_call(name: str, call: Callable[[], Any], figures: list[str]) -> Any:
             time.sleep(1)
             continue
         took = time.monotonic() - start
-        figures.append(f"{name:<14} {took:5.1f} s, {len(codes) + 1} attempt(s){', retried on ' + ', '.join(codes) if codes else ''}")
+        figures.append(f"{name:<20} {took:6.2f} s, {len(codes) + 1} attempt(s){', retried on ' + ', '.join(codes) if codes else ''}")
         assert took <= CO_RETRY + CALL_TIMEOUT, figures[-1]
         return result
 
@@ -159,7 +174,8 @@ def test_compose_cluster_survives_the_loss_of_a_nats_member() -> None:
     images = build_images(timer)
 
     workdir = Path(tempfile.mkdtemp(prefix="vp-e2ec-", dir="/tmp"))  # short: the CSI socket's path has a 107-byte limit
-    compose = Compose(workdir, images, FILES)
+    # NATS' stand-in of a version that takes the members' route options (tests/deploy/standins.py).
+    compose = Compose(workdir, {**images, "nats": images["nats-cluster"]}, FILES)
     loops_before = loop_devices(compose.shared)
     shared_set = False
     figures: list[str] = []
@@ -193,8 +209,14 @@ def test_compose_cluster_survives_the_loss_of_a_nats_member() -> None:
             except (grpc.RpcError, AssertionError) as e:
                 raise AssertionError(f"{e}\n{compose.logs()}") from e
 
-        # One member lost at once (SIGKILL): its streams' replicas elsewhere carry on, the
-        # services' connections to it move to the others.
+        # The worst member to lose of those that may go: first made the leader of every stream,
+        # so that its loss costs the event log an election, not only a follower.
+        with timer.phase(f"{KILLED} made the leader"):
+            took, info = wait_streams(compose, admin, lambda i: all_current(i) and all(s["leader"] == SERVER_NAMES[KILLED] for s in i.values()), leader=SERVER_NAMES[KILLED])
+            figures.append(f"{KILLED} leads every stream after {took:.1f} s; it serves {client_connections(compose, KILLED)} client connection(s)")
+
+        # One member lost at once (SIGKILL): its streams' replicas elsewhere elect a leader and
+        # carry on, the services' connections to it move to the others.
         with timer.phase(f"{KILLED} killed: calls"):
             standins.podman("kill", names[KILLED])
             killed_at = time.monotonic()
@@ -209,7 +231,7 @@ def test_compose_cluster_survives_the_loss_of_a_nats_member() -> None:
         with timer.phase(f"{KILLED} down: health"):
             compose.wait_healthy(VOLPLANE_SERVICES)
             figures.append("volplane health checks, member down: " + ", ".join(f"{s} {compose.healthy_after[s]:.1f} s" for s in VOLPLANE_SERVICES))
-            _, info = wait_streams(compose, admin, lambda i: all(s["leader"] in SERVER_NAMES.values() for s in i.values()))
+            _, info = wait_streams(compose, admin, lambda i: all(s["leader"] in SERVER_NAMES.values() and s["leader"] != SERVER_NAMES[KILLED] for s in i.values()))
             figures.append(f"streams, member down: {info}")
 
         with timer.phase(f"{KILLED} back, caught up"):
