@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -69,6 +70,17 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
 def loops_backing(directory: Path) -> list[str]:
     out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if str(directory) in line]
+
+
+def loops_released(directory: Path, timeout: float = 10.0) -> list[str]:
+    """The loop devices still backed by files under ``directory`` once they are gone, or after
+    ``timeout`` s. A device someone else holds open when the node agent detaches it (udev's
+    probe, another test's scan of /dev/loop*) is only marked to detach, and the kernel does
+    so at that holder's last close: a check right after NodeUnstageVolume may still see it."""
+    deadline = time.monotonic() + timeout
+    while (left := loops_backing(directory)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 def mounts_under(directory: Path) -> list[str]:

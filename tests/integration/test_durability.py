@@ -20,7 +20,7 @@ from devstack.launcher import Stack
 from services.nodeagent.domain.events import VolumeStaging
 from services.provisioner.domain.events import VolumeCreating
 from tests.co import append_event
-from tests.conftest import Csi, loops_backing, mount_cap, mounts_under, needs_root
+from tests.conftest import Csi, loops_released, mount_cap, mounts_under, needs_root
 from volplane import subjects
 from volplane.csi import csi_pb2 as csi
 from volplane.eventstore import EventStore
@@ -85,7 +85,7 @@ def test_volume_survives_a_restart_of_everything_and_finishes_its_life(tmp_path:
         c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id))
         assert not target.exists()
         assert mounts_under(tmp_path) == []
-        assert loops_backing(run_dir / "pools") == []
+        assert loops_released(run_dir / "pools") == []
         assert list((s.pool_dir("shared")).iterdir()) == []
     finally:
         c.close()
@@ -132,7 +132,7 @@ def test_stage_intent_left_by_a_crash_is_finished_when_the_nodeagent_starts(tmp_
         assert any(f" {stage} " in m and " ext4 " in m for m in mounts_under(tmp_path))
         c.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(volume_id=vol.volume_id, staging_target_path=str(stage)))
         assert mounts_under(tmp_path) == []
-        assert loops_backing(tmp_path / "run" / "pools") == []
+        assert loops_released(tmp_path / "run" / "pools") == []
         c.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.volume_id))
         subprocess.run(["umount", "-R", str(stage)], capture_output=True)
 
