@@ -113,10 +113,17 @@ def test_every_volplane_container_becomes_ready_with_redis_behind_the_sentinels(
     assert all(c.status == "completed" for c in cluster.containers if c.init)
     # Every Sentinel names pod 0 the master (the first start), sees both replicas and the
     # two other Sentinels; the master is not thought down.
+    # A Sentinel learns the replicas from the master's INFO (every 10 s) and the other
+    # Sentinels from their hello messages (every 2 s): wait for it, up to 60 s.
     for c in sentinels:
         assert _master_of(cluster, c) == "volplane-redis-0", c.name
-        state = _master_state(cluster, c)
-        assert state["num-slaves"] == "2" and state["num-other-sentinels"] == "2" and state["flags"] == "master", (c.name, state)
+        deadline = time.monotonic() + 60
+        while True:
+            state = _master_state(cluster, c)
+            if state["num-slaves"] == "2" and state["num-other-sentinels"] == "2" and state["flags"] == "master":
+                break
+            assert time.monotonic() < deadline, (c.name, state)
+            time.sleep(0.5)
 
 
 def test_a_volume_is_created_and_deleted_through_the_deployment(cluster: LocalCluster) -> None:
@@ -175,8 +182,12 @@ def test_the_sentinels_promote_a_replica_when_the_master_dies(cluster: LocalClus
         assert promoted["pod"] in {c.pod.name for c in survivors}
         assert before in listed, "the volume created before the failover is lost from the read model"
         # Every surviving Sentinel agrees; the old master is listed as a (down) replica.
+        # (the others learn the new configuration from the first's hello messages, every 2 s)
         for c in survivors:
-            assert _master_of(cluster, c) == promoted["pod"], c.name
+            agreed = time.monotonic() + 30
+            while (named := _master_of(cluster, c)) != promoted["pod"]:
+                assert time.monotonic() < agreed, (c.name, named)
+                time.sleep(0.5)
         state = _master_state(cluster, survivors[0])
         print(f"new master as the Sentinels see it: flags={state['flags']} replicas={state['num-slaves']} other-sentinels={state['num-other-sentinels']}")
         assert state["flags"] == "master" and state["num-other-sentinels"] == "2", state

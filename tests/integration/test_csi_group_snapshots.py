@@ -161,12 +161,23 @@ def test_cut_is_write_order_consistent_under_a_writer_that_alternates_volumes(no
     stop = threading.Event()
     written = [0]
 
+    def stamp(path: Path, n: int) -> None:
+        # One write(2) in place, then fsync: a freeze lets a write in progress finish and holds
+        # the next, so a cut sees the old stamp or the new one. (Opening with O_TRUNC first, a
+        # cut between the truncation and the write rightly holds an empty file.)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"%012d" % n, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def writer() -> None:
         n = 0
         while not stop.is_set():
             n += 1
-            write(sa / "data", str(n).encode())
-            write(sb / "data", str(n).encode())
+            stamp(sa / "data", n)
+            stamp(sb / "data", n)
             written[0] = n
 
     thread = threading.Thread(target=writer, daemon=True)
