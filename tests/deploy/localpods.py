@@ -139,6 +139,7 @@ class LocalCluster:
         self.node = node
         self.select = select or (lambda name: True)
         self.root = Path(tempfile.mkdtemp(prefix="vp", dir="/tmp"))  # short: unix socket paths stay < 108 bytes
+        self._ports: set[int] = set()  # loopback ports handed to pods (_port)
         self.secrets = {d["metadata"]["name"]: _secret_data(d) for d in self.docs if d["kind"] == "Secret"}
         self.configmaps = {d["metadata"]["name"]: dict(d.get("data", {})) for d in self.docs if d["kind"] == "ConfigMap"}
         self.pods = list(self._pods())
@@ -247,9 +248,18 @@ class LocalCluster:
                 for c in spec.get("initContainers", []) + spec["containers"]:
                     for p in c.get("ports", []):
                         port = int(p["containerPort"])
-                        pod.ports.setdefault(port, port if pod.ip != LOOPBACK else free_port())
+                        pod.ports.setdefault(port, port if pod.ip != LOOPBACK else self._port())
                 self._volumes(pod, d)
                 yield pod
+
+    def _port(self) -> int:
+        """A loopback port no other pod of this cluster was given. ``free_port`` asks the
+        kernel for one that is free now; nothing is bound to it until the pod starts, so two
+        asks in a row may get the same one (a redis-server then failed: address in use)."""
+        while (port := free_port()) in self._ports:
+            pass
+        self._ports.add(port)
+        return port
 
     def _volumes(self, pod: Pod, workload: dict[str, Any]) -> None:
         for v in pod.spec.get("volumes", []):

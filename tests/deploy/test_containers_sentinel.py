@@ -188,9 +188,12 @@ def test_the_sentinels_promote_a_replica_when_the_master_dies(cluster: LocalClus
             while (named := _master_of(cluster, c)) != promoted["pod"]:
                 assert time.monotonic() < agreed, (c.name, named)
                 time.sleep(0.5)
-        state = _master_state(cluster, survivors[0])
+        # Just promoted, a Sentinel may still be connecting to the new master ("master,disconnected").
+        settled = time.monotonic() + 30
+        while not ((state := _master_state(cluster, survivors[0]))["flags"] == "master" and state["num-other-sentinels"] == "2"):
+            assert time.monotonic() < settled, state
+            time.sleep(0.5)
         print(f"new master as the Sentinels see it: flags={state['flags']} replicas={state['num-slaves']} other-sentinels={state['num-other-sentinels']}")
-        assert state["flags"] == "master" and state["num-other-sentinels"] == "2", state
         # The projections write to the new master: a volume made now is listed, then deleted.
         after = _retrying(controller.CreateVolume, _request("pvc-after-promotion"), time.monotonic() + RETRY_FOR, seen).volume.volume_id
         deadline = time.monotonic() + RETRY_FOR
