@@ -31,6 +31,9 @@ pytestmark = needs_hosts
 
 TIMEOUT = 60
 CALL_DEADLINE = 10.0  # a CO's deadline on each call
+# How long a CO retries a restore from a frozen host before the test calls it stuck: two
+# completer passes (SEND_TIMEOUT_S + COMPLETE_PERIOD_S each) and a reconnect, with room.
+GIVE_UP_FROZEN = 75.0
 TOPOLOGY_KEY = "topology.csi.volplane.io/node"
 SIZE = 64 * 2**20
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -198,21 +201,28 @@ def test_a_restore_from_a_frozen_host_is_unavailable_in_time_and_completes_after
     answers: list[tuple[grpc.StatusCode, str, float]] = []
     hosts.freeze(2)
     try:
-        # As a CO: the call again on each retryable answer, until one names the frozen source
-        # host (the first may meet the log's leader moving off host 2, or host 2's replica).
-        for _ in range(12):
+        # As a CO: the call again on each retryable answer, with its backoff, until one names
+        # the frozen source host. Before it, a call may meet the log's leader moving off host 2,
+        # host 3's agent reconnecting (when its NATS member was host 2's), or ABORTED while the
+        # provisioner's completer holds the volume to finish the intent itself (each pass waits
+        # SEND_TIMEOUT_S for host 2, then COMPLETE_PERIOD_S free): so a time, not a count.
+        give_up, pause = time.monotonic() + GIVE_UP_FROZEN, 0.2
+        while time.monotonic() < give_up:
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as err:
                 ctl.controller.CreateVolume(req, timeout=CALL_DEADLINE)
             answers.append((err.value.code(), err.value.details() or "", time.monotonic() - started))
             if "host-2" in answers[-1][1] and answers[-1][0] == grpc.StatusCode.UNAVAILABLE:
                 break
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
         assert volume_id_for(req.name) not in on[3].pool_files(3)  # nothing half-made while it waits
     finally:
         hosts.thaw(2)
     # Every answer a retryable code given before the call's deadline; one says host 2 did not send.
-    assert all(code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED) and took < CALL_DEADLINE for code, _, took in answers), answers
-    assert any(code == grpc.StatusCode.UNAVAILABLE and "host-2" in details for code, details, _ in answers), answers
+    seen = "\n".join(f"{code.name} after {took:.2f}s: {details}" for code, details, took in answers)
+    assert all(code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED) and took < CALL_DEADLINE for code, _, took in answers), seen
+    assert any(code == grpc.StatusCode.UNAVAILABLE and "host-2" in details for code, details, _ in answers), seen
     thawed = time.monotonic()
     vol = _retried(ctl.controller.CreateVolume, req).volume
     print(f"\nfrozen source: {[(c.name, round(t, 1), d[:160]) for c, d, t in answers]}; restored {time.monotonic() - thawed:.1f}s after thaw")

@@ -21,6 +21,7 @@ counted under reader ``informer``, skipped — controllers never see it.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -48,8 +49,13 @@ class Informer:
     def __init__(self, store: EventStore) -> None:
         self._store = store
         self._objects: dict[str, dict[str, dict[str, Any]]] = {}
-        # Versions of deleted objects, so a late event cannot bring one back.
+        # Deletions observed ahead of the log (``observe``), by version, so that the log's
+        # older events of the object cannot bring it back before the log reaches the
+        # deletion. Dropped once the feed has passed them (``_forget_gone``): from then on
+        # every event is newer, and ``observe`` ignores versions the feed has passed. So it
+        # holds only what is ahead of the log, not one entry per object ever deleted.
         self._gone: dict[tuple[str, str], int] = {}
+        self._gone_order: list[tuple[int, tuple[str, str]]] = []  # a heap by version
         self._handlers: list[Handler] = []
         self.position = 0
         self.skipped = 0  # events quarantined since the start
@@ -78,7 +84,11 @@ class Informer:
         return list(self._objects.get(kind.name, {}).values())
 
     def observe(self, obj: dict[str, Any] | None, ref: Ref | None = None, deleted_at: int = 0) -> None:
-        """Take a version this process just wrote (or deleted) ahead of the log."""
+        """Take a version this process just wrote (or deleted) ahead of the log. A version the
+        feed has passed is ignored: the log delivered that event already, so the cache holds
+        it or something newer (a late observation cannot bring back a deleted object)."""
+        if (version_of(obj) if obj is not None else deleted_at) <= self.position:
+            return
         if obj is not None:
             self._put(ref or ref_of(obj), obj, version_of(obj))
         elif ref is not None:
@@ -99,6 +109,8 @@ class Informer:
                         with continued(record.trace if self._synced.is_set() else ()):
                             self._put(ref_of_subject(record.subject), None if kind == "ObjectDeleted" else obj, record.seq)
                     self.position = record.seq
+                    if self._gone_order and self._gone_order[0][0] <= record.seq:
+                        self._forget_gone()
                     caught_up = record.pending == 0 and not self._synced.is_set()
                     if caught_up and (record.seq >= target or await self._store.next_seq(RESOURCE_EVENTS, record.seq) is None):
                         self._synced.set()
@@ -144,6 +156,14 @@ class Informer:
             if obj is not None:
                 self._put(ref, obj, version)
 
+    def _forget_gone(self) -> None:
+        """Drop the deletions the feed has reached: no event or observation older than them
+        can come any more."""
+        while self._gone_order and self._gone_order[0][0] <= self.position:
+            version, key = heapq.heappop(self._gone_order)
+            if self._gone.get(key) == version:
+                del self._gone[key]
+
     def _put(self, ref: Ref, obj: dict[str, Any] | None, version: int) -> None:
         bucket = self._objects.setdefault(ref.kind.name, {})
         old = bucket.get(ref.key)
@@ -153,6 +173,7 @@ class Informer:
         if obj is None:
             bucket.pop(ref.key, None)
             self._gone[(ref.kind.name, ref.key)] = version
+            heapq.heappush(self._gone_order, (version, (ref.kind.name, ref.key)))
         else:
             bucket[ref.key] = obj
             self._gone.pop((ref.kind.name, ref.key), None)
