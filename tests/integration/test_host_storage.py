@@ -289,6 +289,27 @@ def test_detach_leaves_a_device_rebound_to_another_file_alone(image: Path, tmp_p
     assert Path(device).name not in syscalls.bound_loops()
 
 
+def test_a_device_rebound_to_another_file_names_the_new_file(image: Path, tmp_path: Path) -> None:
+    """The backing file is read through a kept descriptor: once the device is detached and
+    bound again (here by losetup, to another image), it names the new image, never the old."""
+    from services.nodeagent.adapters import syscalls
+
+    other = tmp_path / "other.img"
+    other.touch()
+    os.truncate(other, IMAGE_SIZE)
+    device = asyncio.run(HostStorage().attach(image))
+    name = Path(device).name
+    assert syscalls.loop_backing(name) == str(image)  # read once: its descriptor is kept
+    subprocess.run(["losetup", "-d", device], check=True)
+    subprocess.run(["losetup", device, str(other)], check=True)
+    try:
+        assert syscalls.loop_backing(name) == str(other)
+        assert asyncio.run(HostStorage().attach(image)) != device  # not taken for the old image's
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+    assert syscalls.loop_backing(name) is None
+
+
 @pytest.mark.parametrize("fs_type", ["ext4", "xfs"])
 def test_the_superblock_names_the_filesystem_and_its_size_without_blkid(image: Path, fs_type: str) -> None:
     if fs_type == "xfs":

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from services.nodeagent.controllers.desired_state import PV, PVC, DesiredVolume, Unresolved, claim_keys, is_desired, resolve
+from services.nodeagent.controllers.volumemanager import _index
 from volplane.resources.kinds import Kind
 
 Obj = dict[str, Any]
@@ -122,3 +123,16 @@ def test_other_inline_sources_are_refused_with_their_name() -> None:
 
 def test_claim_keys_are_namespaced() -> None:
     assert claim_keys(pod(claim_volume(), claim_volume("b", "other"))) == {"apps/data", "apps/other"}
+
+
+def test_an_index_entry_left_with_nothing_goes() -> None:
+    """claim → pods and volume → claims hold what is here, not every claim ever seen."""
+    index: dict[str, set[str]] = {}
+    for i in range(100):
+        _index(index, f"ns/claim-{i}", f"pod:ns/web-{i}", True)
+        _index(index, f"ns/claim-{i}", f"pod:ns/job-{i}", True)
+        _index(index, f"ns/claim-{i}", f"pod:ns/web-{i}", False)
+        assert index[f"ns/claim-{i}"] == {f"pod:ns/job-{i}"}
+        _index(index, f"ns/claim-{i}", f"pod:ns/job-{i}", False)
+    _index(index, "ns/never-added", "pod:ns/x", False)
+    assert index == {}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import services.nodeagent.controllers.volume_plugins as plugins
+from services.nodeagent.controllers import kubelet_paths
 from services.nodeagent.controllers.kubelet_paths import KubeletDir
 from services.nodeagent.controllers.pod_status import VOLUMES_READY, status_patch, volume_entry
 from services.nodeagent.controllers.volume_plugins import nfs_unsupported
@@ -70,6 +71,25 @@ def test_devices_are_found_by_their_global_directory_and_removed_with_their_reco
     assert (device.path, device.driver, device.unique_name) == (gm, "csi.volplane.io", "kubernetes.io/csi/csi.volplane.io^vol-1")
     paths.remove_device(device)
     assert paths.devices() == [] and not gm.parent.parent.exists()
+
+
+def test_removed_records_leave_nothing_in_the_read_cache(tmp_path: Path) -> None:
+    """Records are read through a cache (each is read once): a pod volume or device removed
+    takes its entry with it, so the cache holds what is on the disk, not every pod ever mounted."""
+    paths = KubeletDir(tmp_path)
+    for i in range(50):
+        target = paths.pod_volume(f"u{i}", "kubernetes.io/csi", "pv-1", block=False)
+        gm = paths.global_mount("csi.volplane.io", f"vol-{i}")
+        paths.write_pod_volume_data(target, {"podName": f"web-{i}"})
+        paths.write_device_data(gm, {"uniqueName": f"kubernetes.io/csi/csi.volplane.io^vol-{i}"})
+        target.mkdir()
+        gm.mkdir()
+        assert paths.read_pod_volume_data(target) and paths.read_device_data(gm)  # cached now
+        [volume] = [v for v in paths.pod_volumes() if v.path == target]
+        [device] = [d for d in paths.devices() if d.path == gm]
+        paths.remove_pod_volume(volume)
+        paths.remove_device(device)
+    assert not any(str(path).startswith(str(tmp_path)) for path in kubelet_paths._RECORDS)
 
 
 def test_status_patch_is_none_when_converged_and_keeps_other_conditions() -> None:

@@ -186,7 +186,7 @@ class KubeletDir:
         _remove_entry(volume.path)
         data = self.data_of(volume.path)
         data.with_name(data.name + _TMP).unlink(missing_ok=True)
-        data.unlink(missing_ok=True)
+        _remove_record(data)
         plugin = volume.path.parent
         for directory in (plugin, plugin.parent, plugin.parent.parent):
             if not _rmdir(directory):
@@ -196,7 +196,7 @@ class KubeletDir:
         _rmdir(device.path)
         data = self.device_data_of(device.path)
         data.with_name(data.name + _TMP).unlink(missing_ok=True)
-        data.unlink(missing_ok=True)
+        _remove_record(data)
         if _rmdir(device.path.parent):
             _rmdir(device.path.parent.parent)
 
@@ -211,6 +211,13 @@ def _children(directory: Path) -> list[Path]:
 # Records are written once (to a temporary name, then renamed) and removed after the
 # unmount, so a record's (inode, mtime) names its content: scans read each one once.
 _RECORDS: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
+def _remove_record(path: Path) -> None:
+    """Remove a record and forget it: a removed record is read no more, so nothing else
+    would drop its cache entry (one per pod volume ever mounted)."""
+    path.unlink(missing_ok=True)
+    _RECORDS.pop(path, None)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

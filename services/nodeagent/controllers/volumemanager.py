@@ -139,8 +139,7 @@ class VolumeManager:
                 elif self._pods_by_uid.get(p.uid) == p.key:
                     del self._pods_by_uid[p.uid]
                 for claim_key in p.claim_keys:
-                    pods = self._pods_by_claim.setdefault(claim_key, set())
-                    (pods.add if add else pods.discard)(f"pod:{p.key}")
+                    _index(self._pods_by_claim, claim_key, f"pod:{p.key}", add)
             if here:
                 self.loop.add(f"pod:{here[0][0].key}")  # old and new are one pod: one key
                 self._node_soon()
@@ -153,8 +152,7 @@ class VolumeManager:
             changed = [(PersistentVolumeClaim(o), add) for o, add in ((old, False), (new, True)) if o is not None]
             for claim, add in changed:
                 if claim.volume_name:
-                    keys = self._claims_by_pv.setdefault(claim.volume_name, set())
-                    (keys.add if add else keys.discard)(claim.key)
+                    _index(self._claims_by_pv, claim.volume_name, claim.key, add)
             self._add_pods({claim.key for claim, _ in changed})
         elif kind is PV:
             pvs = {PersistentVolume(o).name for o in (old, new) if o is not None}
@@ -441,3 +439,14 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, VolplaneError):
         return exc.message
     return str(exc) or type(exc).__name__
+
+
+def _index(index: dict[str, set[str]], key: str, value: str, add: bool) -> None:
+    """Add ``value`` under ``key``, or take it away; a key left with nothing goes (the index
+    holds only what is here, not one entry per claim or volume ever seen)."""
+    if add:
+        index.setdefault(key, set()).add(value)
+    elif (values := index.get(key)) is not None:
+        values.discard(value)
+        if not values:
+            del index[key]

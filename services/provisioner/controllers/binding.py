@@ -63,6 +63,12 @@ def find_best_match(claim: Obj, volumes: list[Obj], *, delay: bool, node: Obj | 
     best: Obj | None = None
     best_size = 0
     for obj in volumes:
+        # 2) first when it is cheap: bound to a claim of another name, read from the raw
+        # object. Most PVs of a busy cluster are; building each one's view and parsing its
+        # capacity made every claim's sync cost O(all PVs) in parsed objects.
+        raw_ref = (obj.get("spec") or {}).get("claimRef")
+        if raw_ref and raw_ref.get("name") != pvc.name:
+            continue
         pv = PersistentVolume(obj)
         # 1) volumeMode.
         if pv.volume_mode != mode:
