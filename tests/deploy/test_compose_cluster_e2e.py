@@ -42,7 +42,6 @@ from tests.deploy.test_image_compose import (
     loop_devices,
     mount_cap,
     run,
-    share,
     teardown,
     volume_life,
 )
@@ -177,27 +176,10 @@ def test_compose_cluster_survives_the_loss_of_a_nats_member() -> None:
     # NATS' stand-in of a version that takes the members' route options (tests/deploy/standins.py).
     compose = Compose(workdir, {**images, "nats": images["nats-cluster"]}, FILES)
     loops_before = loop_devices(compose.shared)
-    shared_set = False
     figures: list[str] = []
     try:
-        run([str(compose.dir / "init-env.sh")])
-        passwords = dict(line.split("=", 1) for line in (compose.dir / ".env").read_text().splitlines() if "=" in line)
+        passwords, names = compose.start(timer, CLUSTER_SERVICES, " (cluster)")
         admin = passwords["NATS_PASSWORD_ADMIN"]
-        compose.shared.mkdir(parents=True)
-        share(compose.shared)
-        shared_set = True
-
-        with timer.phase("compose up (cluster)"):
-            compose.up()
-        with timer.phase("every container healthy"):
-            compose.wait_healthy(CLUSTER_SERVICES)
-        print("\nhealthy after (s):", {s: round(v, 1) for s, v in sorted(compose.healthy_after.items())}, compose.failures)
-        compose.failures.clear()
-        names = compose.containers()
-        assert set(CLUSTER_SERVICES) <= set(names), names
-        for one_shot in ("init", "setup"):
-            code = standins.podman("inspect", "--format", "{{.State.ExitCode}}", names[one_shot]).stdout.strip()
-            assert code == "0", f"{one_shot} exited {code}\n{compose.logs()}"
 
         with timer.phase("streams at R3, all current"):
             took, info = wait_streams(compose, admin, all_current)
@@ -245,5 +227,5 @@ def test_compose_cluster_survives_the_loss_of_a_nats_member() -> None:
             create_and_delete(channel, compose.shared, figures, f"{KILLED} back:")
     finally:
         print("\naround the kill:\n  " + "\n  ".join(figures))
-        nothing_left = teardown(compose, workdir, shared_set, loops_before, timer)
+        nothing_left = teardown(compose, workdir, loops_before, timer)
     nothing_left()

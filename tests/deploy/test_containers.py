@@ -92,13 +92,18 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield running
 
 
-def test_every_volplane_container_becomes_ready(cluster: LocalCluster) -> None:
+def assert_volplane_ready(cluster: LocalCluster) -> None:
+    """Every volplane container the chart deploys is there and ready, and given no path
+    outside its volumes (with a read-only root filesystem, each must be a volume)."""
     names = {c.name.split("/", 1)[1] + ("@node" if "-node/" in c.name else "") for c in cluster.volplane()}
     assert names == {"apigw", "provisioner", "attacher", "apigw@node", "nodeagent@node"}
     for c in cluster.volplane():
         assert c.status == "ready", (c.name, c.status)
-        # With a read-only root filesystem, every path a service is given must be a volume.
         assert not c.outside, f"{c.name} is given paths outside its volumes: {c.outside}"
+
+
+def test_every_volplane_container_becomes_ready(cluster: LocalCluster) -> None:
+    assert_volplane_ready(cluster)
     assert all(c.status == "ready" for c in cluster.containers if c.kind in ("nats", "redis"))
     assert all(c.status == "completed" for c in cluster.containers if c.init)
 

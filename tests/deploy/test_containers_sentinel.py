@@ -25,7 +25,7 @@ import grpc
 import pytest
 
 from tests.deploy.localpods import Container, LocalCluster
-from tests.deploy.test_containers import NODE, chart, needs_root
+from tests.deploy.test_containers import NODE, assert_volplane_ready, chart, needs_root
 from tests.deploy.test_containers import test_a_volume_is_created_and_deleted_through_the_deployment as create_and_delete
 from volplane.csi import csi_pb2 as csi
 from volplane.csi import csi_pb2_grpc as rpc
@@ -100,11 +100,8 @@ def _retrying(call: Any, request: Any, deadline: float, seen: list[str]) -> Any:
 
 
 def test_every_volplane_container_becomes_ready_with_redis_behind_the_sentinels(cluster: LocalCluster) -> None:
-    names = {c.name.split("/", 1)[1] + ("@node" if "-node/" in c.name else "") for c in cluster.volplane()}
-    assert names == {"apigw", "provisioner", "attacher", "apigw@node", "nodeagent@node"}
+    assert_volplane_ready(cluster)
     for c in cluster.volplane():
-        assert c.status == "ready", (c.name, c.status)
-        assert not c.outside, f"{c.name} is given paths outside its volumes: {c.outside}"
         if "REDIS_URL" in c.env:
             assert c.env["REDIS_URL"].startswith("rediss+sentinel://") and f"volplane-redis-2.{HEADLESS}:26379" in c.env["REDIS_URL"], c.name
     servers, sentinels = _redis(cluster, "redis"), _redis(cluster, "sentinel")

@@ -142,6 +142,7 @@ class Compose:
         self.project = f"volplane-e2e-{uuid.uuid4().hex[:8]}"
         self.healthy_after: dict[str, float] = {}  # service → seconds its last wait_healthy took for it
         self.failures: dict[str, list[str]] = {}  # service → its failed health checks, for the report
+        self.shared_set = False  # whether ``share`` made the shared directory a mount (undone by ``teardown``)
         self.env = {
             **standins.podman_env(),
             "VOLPLANE_IMAGE": IMAGE,
@@ -164,6 +165,29 @@ class Compose:
         if first.returncode != 0:
             print(f"\nup -d exited {first.returncode}, once more: {first.stderr[-500:]}")
             self(*profile, "up", "-d", timeout=600)
+
+    def start(self, timer: Timer, services: tuple[str, ...] = SERVICES, label: str = "") -> tuple[dict[str, str], dict[str, str]]:
+        """As a user starts it: ``init-env.sh`` (fresh passwords), the shared directory made a
+        shared mount, ``up -d``, each of ``services`` healthy by its own check, and the one-shot
+        containers (the data directories and NATS' users; the event log) exited 0. Returns the
+        ``.env``'s passwords and service → container name."""
+        run([str(self.dir / "init-env.sh")])
+        passwords = dict(line.split("=", 1) for line in (self.dir / ".env").read_text().splitlines() if "=" in line)
+        self.shared.mkdir(parents=True)
+        share(self.shared)
+        self.shared_set = True
+        with timer.phase(f"compose up{label}"):
+            self.up()
+        with timer.phase("every service healthy"):
+            self.wait_healthy(services)
+        print("\nhealthy after (s):", {s: round(v, 1) for s, v in sorted(self.healthy_after.items())}, self.failures)
+        self.failures.clear()
+        names = self.containers()
+        assert set(services) <= set(names), names
+        for one_shot in ("init", "setup"):
+            code = standins.podman("inspect", "--format", "{{.State.ExitCode}}", names[one_shot]).stdout.strip()
+            assert code == "0", f"{one_shot} exited {code}\n{self.logs()}"
+        return passwords, names
 
     def containers(self) -> dict[str, str]:
         """service → container name, of every container of the project (running or not)."""
@@ -311,14 +335,14 @@ def build_images(timer: Timer) -> dict[str, str]:
     return images
 
 
-def teardown(compose: Compose, workdir: Path, shared_set: bool, loops_before: set[str], timer: Timer) -> Callable[[], None]:
+def teardown(compose: Compose, workdir: Path, loops_before: set[str], timer: Timer) -> Callable[[], None]:
     """``down -v`` and the host put back as it was: the shared mount undone, the stack's leaked loop
     devices detached, the work directory gone. Returns the check to run once the test's own
     ``finally`` is over (nothing of the project, no mount, no loop device left behind), so that a
     failure of the test itself is the one reported."""
     with timer.phase("compose down"):
         left = compose.down()
-    if shared_set:
+    if compose.shared_set:
         leaked_mounts = mounts_below(compose.shared)
         unshare(compose.shared)
     else:
@@ -349,30 +373,13 @@ def test_image_builds_and_the_compose_stack_serves_a_volume_life() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="vp-e2e-", dir="/tmp"))  # short: the CSI socket's path has a 107-byte limit
     compose = Compose(workdir, images)
     loops_before = loop_devices(compose.shared)
-    shared_set = False
     try:
-        # First run: init-env.sh writes .env with fresh passwords, readable by root only.
-        run([str(compose.dir / "init-env.sh")])
-        env_file = compose.dir / ".env"
-        assert env_file.stat().st_mode & 0o077 == 0
-        passwords = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        passwords, names = compose.start(timer)
+        # First run: init-env.sh wrote .env with fresh passwords, readable by root only.
+        assert (compose.dir / ".env").stat().st_mode & 0o077 == 0
         assert {"REDIS_PASSWORD_PROVISIONER", "REDIS_PASSWORD_REBUILD", "REDIS_PASSWORD_PROBE", "NATS_PASSWORD_PROVISIONER", "NATS_PASSWORD_PROBE"} <= set(passwords)
         assert len(set(passwords.values())) == len(passwords) and all(len(v) >= 32 for v in passwords.values())
-        compose.shared.mkdir(parents=True)
-        share(compose.shared)
-        shared_set = True
-
-        with timer.phase("compose up"):
-            compose.up()
-        with timer.phase("every service healthy"):
-            compose.wait_healthy()
-        print("\nhealthy after (s):", {s: round(v, 1) for s, v in sorted(compose.healthy_after.items())}, compose.failures)
-        compose.failures.clear()
-        names = compose.containers()
         assert "jaeger" not in names, "Jaeger is an optional profile"
-        for one_shot in ("init", "setup"):  # the data directories and NATS' users; the event log
-            code = standins.podman("inspect", "--format", "{{.State.ExitCode}}", names[one_shot]).stdout.strip()
-            assert code == "0", f"{one_shot} exited {code}\n{compose.logs()}"
 
         # Unprivileged where no privilege is needed: a user of its own, a read-only root filesystem.
         for service in SERVICES:
@@ -453,5 +460,5 @@ def test_image_builds_and_the_compose_stack_serves_a_volume_life() -> None:
                 senders = {line.split()[1] for line in logs.splitlines() if line.startswith("spans ")}
             assert {"volplane-apigw", "volplane-provisioner"} <= senders, f"{senders}\n{compose.logs()}"
     finally:
-        nothing_left = teardown(compose, workdir, shared_set, loops_before, timer)
+        nothing_left = teardown(compose, workdir, loops_before, timer)
     nothing_left()
