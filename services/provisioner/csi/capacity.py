@@ -15,6 +15,7 @@ more than a pool holds, by at most what they have in flight (docs/decisions.md).
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -59,11 +60,20 @@ class Reservation:
 
 
 class Capacity:
+    """Each pool's free bytes in O(1) a question: the projections' used bytes, less what this
+    process holds. Held bytes are summed per pool as they are reserved and released, and
+    confirmed reservations wait in a heap by sequence, dropped in order once the volumes
+    projection has passed them. (A scan of every reservation per question cost a quarter of
+    the provisioner's samples at 16 clients: while the projection lags, reservations pile
+    up, each create scanned them all, and the lag grew.)"""
+
     def __init__(self, pools: Pools, volumes: VolumesProjection, snapshots: SnapshotsProjection) -> None:
         self.pools = pools
         self._volumes = volumes
         self._snapshots = snapshots
         self._reserved: dict[str, _Held] = {}
+        self._held: dict[str, int] = {}  # pool → bytes its reservations hold
+        self._confirmed: list[tuple[int, str]] = []  # (seq, key), a heap
 
     def free(self, pool: Pool) -> int:
         used = self._volumes.used.get(pool.name, 0) + self._snapshots.used.get(pool.name, 0)
@@ -73,24 +83,40 @@ class Capacity:
         return [PoolView(name=p.name, kind=p.kind, node=p.node, free=self.free(p)) for p in self.pools.all()]
 
     def reserve(self, key: str, pool: str, size: int) -> Reservation:
-        """Hold ``size`` bytes of ``pool`` for the intent ``key``, or ResourceExhausted."""
+        """Hold ``size`` bytes of ``pool`` for the intent ``key``, or ResourceExhausted. A key
+        reserved again holds only its newest reservation."""
         free = self.free(self.pools.get(pool))
         if size > free:
             raise ResourceExhausted(f"pool {pool} has {free} bytes free, {size} requested")
+        self.release(key)
         self._reserved[key] = _Held(pool, size)
+        self._held[pool] = self._held.get(pool, 0) + size
         return Reservation(self, key, pool, size)
 
     def release(self, key: str) -> None:
-        self._reserved.pop(key, None)
+        held = self._reserved.pop(key, None)
+        if held is None:
+            return
+        left = self._held[held.pool] - held.size
+        if left:
+            self._held[held.pool] = left
+        else:
+            del self._held[held.pool]
 
     def _confirm(self, key: str, seq: int) -> None:
-        if key in self._reserved:
-            self._reserved[key].seq = seq
+        held = self._reserved.get(key)
+        if held is not None:
+            held.seq = seq
+            heapq.heappush(self._confirmed, (seq, key))
 
     def _in_flight(self, pool: str) -> int:
-        # Volume intents (creations, expansions) are counted by the volumes projection.
+        # Volume intents (creations, expansions) are counted by the volumes projection: what
+        # it has passed is released, oldest first. A heap entry of a reservation since
+        # released or replaced no longer matches its key's and is dropped.
         position = self._volumes.position
-        done = [k for k, r in self._reserved.items() if r.seq and r.seq <= position]
-        for key in done:
-            del self._reserved[key]
-        return sum(r.size for r in self._reserved.values() if r.pool == pool)
+        while self._confirmed and self._confirmed[0][0] <= position:
+            seq, key = heapq.heappop(self._confirmed)
+            held = self._reserved.get(key)
+            if held is not None and held.seq == seq:
+                self.release(key)
+        return self._held.get(pool, 0)
