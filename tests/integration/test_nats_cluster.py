@@ -293,14 +293,14 @@ def test_reads_of_a_replicated_log_go_to_its_leader(cluster: Cluster) -> None:
     another process has just appended: on an R3 stream, single events are read from the
     leader (STREAM.MSG.GET), never by direct get."""
 
-    async def scenario() -> tuple[list[str], int]:
+    async def scenario() -> tuple[list[str], list[str], int]:
         spy = await connect_once(cluster.admin_url)
         nc = await connect_once(cluster.admin_url)
         try:
-            seen: list[str] = []
+            seen: list[tuple[str, str]] = []  # (subject, reply) of every read by any process
 
             async def note(msg: nats.aio.msg.Msg) -> None:
-                seen.append(msg.subject)
+                seen.append((msg.subject, msg.reply))
 
             await spy.subscribe("$JS.API.DIRECT.GET.>", cb=note)
             await spy.subscribe(f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}", cb=note)
@@ -313,11 +313,15 @@ def test_reads_of_a_replicated_log_go_to_its_leader(cluster: Cluster) -> None:
             history = await store.read(aggregates[0])
             assert newest is not None and history and history[-1].seq == newest.seq
             await asyncio.sleep(0.2)  # the spy's copies of the requests
-            return seen, len(history)
+            # The stack's services read the log too (their completers, DeleteVolume's check):
+            # this store's own requests are those answered on its connection's reply prefix.
+            ours = (nc._resp_sub_prefix or b"").decode()
+            assert ours
+            return [s for s, _ in seen], [s for s, reply in seen if reply.startswith(ours)], len(history)
         finally:
             await spy.close()
             await nc.close()
 
-    seen, events = asyncio.run(scenario())
-    assert seen and all(s == f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}" for s in seen), seen
-    assert len(seen) == events + 2  # the last, then each event and the read's end
+    every, mine, events = asyncio.run(scenario())
+    assert mine and all(s == f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}" for s in every), every
+    assert len(mine) == events + 2, mine  # the last, then each event and the read's end
